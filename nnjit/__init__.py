@@ -1,0 +1,19 @@
+"""nnjit: convolutional networks from scratch, with Numba kernels for every hot loop.
+
+Importing nnjit compiles nothing: kernels compile on first use and are cached
+on disk, so later processes load them.
+"""
+from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Softmax
+from .losses import softmax_cross_entropy
+from .model import Sequential
+from .optim import SGD, Adam, Momentum, Optimizer
+from .params import Parameter
+from .threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "Softmax", "Layer",
+    "SGD", "Momentum", "Adam", "Optimizer", "Parameter", "softmax_cross_entropy",
+    "set_num_threads", "get_num_threads", "__version__",
+]

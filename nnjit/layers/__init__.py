@@ -1,0 +1,9 @@
+"""Layer classes: one module per layer family."""
+from .activation import ReLU, Softmax
+from .base import LAYER_TYPES, Layer
+from .conv import Conv2D
+from .dense import Dense
+from .pool import MaxPool2D
+from .shape import Flatten
+
+__all__ = ["Layer", "LAYER_TYPES", "Conv2D", "MaxPool2D", "Dense", "Flatten", "ReLU", "Softmax"]

@@ -1,0 +1,132 @@
+"""The Layer base class: parameter discovery, input checks, reusable buffers."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..params import Parameter
+
+#: Every Layer subclass by class name, so checkpoints can rebuild a model.
+LAYER_TYPES: dict[str, type["Layer"]] = {}
+
+
+class Layer:
+    """Base of every layer.
+
+    A layer computes ``y = forward(x)`` and, after a training forward,
+    ``dx = backward(dy)``: it returns dL/dx shaped like ``x`` and overwrites
+    each parameter's ``grad`` with dL/dparameter, never materialising a
+    Jacobian.
+
+    Arrays returned by ``forward`` and ``backward`` live in buffers the layer
+    reuses: the next call of the same method overwrites them, so copy a result
+    to keep it. (Reuse is what keeps a training loop free of allocations.)
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYER_TYPES[cls.__name__] = cls
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    # -- what subclasses provide ------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """Compute the layer's output; with ``training`` keep what backward needs."""
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """Given dL/dy, fill parameter grads and return dL/dx (None if not needed)."""
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one output sample for one input sample of ``input_shape``."""
+        return tuple(input_shape)
+
+    def config(self) -> dict:
+        """Constructor keyword arguments that rebuild this layer (JSON-safe)."""
+        return {}
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """Draw fresh initial values for the parameters from ``rng``."""
+
+    # -- shared machinery ----------------------------------------------------
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        """(attribute name, Parameter) pairs, found among the attributes in definition order."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+
+    def parameters(self) -> list[Parameter]:
+        """This layer's Parameters, in definition order."""
+        return [p for _, p in self.named_parameters()]
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A reusable uninitialised array, reallocated only when shape or dtype change."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            self._buffers[name] = buf
+        return buf
+
+    def _check_input(self, x, ndim: int | None, dtype=None) -> np.ndarray:
+        """Validate a float array of ``ndim`` dims (None: any); return it C-contiguous.
+
+        ``dtype`` (a parameterised layer's dtype) converts floating input to it;
+        otherwise the input keeps its floating dtype.
+        """
+        name = type(self).__name__
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} expects a numpy array, got {type(x).__name__}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(
+                f"{name} expects floating-point input, got dtype {x.dtype} "
+                "(convert images with nnjit.data.to_float first)"
+            )
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{name} expects a {ndim}-D input, got shape {x.shape}")
+        return np.ascontiguousarray(x, dtype=dtype or x.dtype)
+
+    def _check_grad(self, dy, expected_shape: tuple[int, ...], dtype) -> np.ndarray:
+        if getattr(dy, "shape", None) != tuple(expected_shape):
+            raise ValueError(
+                f"{type(self).__name__}.backward expects dy of shape {tuple(expected_shape)}, "
+                f"got {getattr(dy, 'shape', type(dy).__name__)}"
+            )
+        return np.ascontiguousarray(dy, dtype=dtype)
+
+    def _no_cache(self):
+        return RuntimeError(
+            f"{type(self).__name__}.backward called without a training forward before it"
+        )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def pair(value, name: str, minimum: int) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to (h, w), each >= ``minimum``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        hw = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        hw = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(hw) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return hw
+
+
+def positive_int(value, name: str) -> int:
+    """Return ``value`` as int, raising ValueError unless it is an int >= 1."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def he_uniform(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+    """He/Kaiming-uniform draw: U(-b, b) with b = sqrt(6 / fan_in), suited to ReLU."""
+    bound = np.sqrt(6.0 / fan_in)
+    return rng.uniform(-bound, bound, size=shape)

@@ -1,0 +1,63 @@
+"""Dense (fully connected) layer: y = x W^T + b."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.dense import bias_add_rows, bias_grad_rows
+from ..params import Parameter
+from .base import Layer, he_uniform, positive_int
+
+
+class Dense(Layer):
+    """Fully connected layer, PyTorch's ``Linear``.
+
+    Shape
+    -----
+    input (N, in_features) -> output (N, out_features).
+    weight (out_features, in_features), bias (out_features,).
+    """
+
+    def __init__(self, in_features, out_features, dtype=np.float32):
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.dtype = np.dtype(dtype)
+        self.weight = Parameter("weight", np.zeros((out_features, in_features), self.dtype))
+        self.bias = Parameter("bias", np.zeros(out_features, self.dtype))
+        self.reset_parameters(np.random.default_rng())
+        self._cache = None
+
+    def reset_parameters(self, rng):
+        self.weight.value[...] = he_uniform(rng, self.weight.shape, self.in_features)
+        self.bias.value[...] = 0
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Dense expects samples of shape ({self.in_features},), "
+                             f"got {tuple(input_shape)}")
+        return (self.out_features,)
+
+    def forward(self, x, training=True):
+        x = self._check_input(x, 2, self.dtype)
+        self.output_shape(x.shape[1:])
+        n = x.shape[0]
+        out = self._buffer("out/train" if training else "out/eval", (n, self.out_features), self.dtype)
+        np.matmul(x, self.weight.value.T, out=out)
+        bias_add_rows(out.reshape(-1), self.bias.value, n, self.out_features)
+        self._cache = x if training else None
+        return out
+
+    def backward(self, dy, need_input_grad=True):
+        if self._cache is None:
+            raise self._no_cache()
+        x = self._cache
+        n = x.shape[0]
+        dy = self._check_grad(dy, (n, self.out_features), self.dtype)
+        bias_grad_rows(dy.reshape(-1), n, self.out_features, self.bias.grad)
+        np.matmul(dy.T, x, out=self.weight.grad)  # (out, in)
+        if not need_input_grad:
+            return None
+        return np.matmul(dy, self.weight.value, out=self._buffer("dx", x.shape, self.dtype))

@@ -1,0 +1,182 @@
+"""Sequential: a stack of layers trained with softmax cross-entropy."""
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import LAYER_TYPES, Layer, Softmax
+from .losses import check_labels, softmax_cross_entropy
+from .params import FlatParameters, Parameter
+
+
+class Sequential:
+    """Layers applied in order, with the loss attached to the end.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    seed : int, optional
+        Re-initialises every layer's parameters from ``np.random.default_rng(seed)``,
+        in layer order, so a seed fixes all initial weights.
+
+    The parameters of all layers are packed into one flat buffer
+    (:class:`~nnjit.params.FlatParameters`) and renamed ``"<layer index>.<name>"``
+    (``"0.weight"``); optimizers, checkpoints and the ONNX exporter all use
+    these names.
+    """
+
+    def __init__(self, layers: list[Layer], seed: int | None = None):
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {type(layer).__name__}, not an nnjit Layer")
+        if seed is not None:
+            rng = np.random.default_rng(seed)
+            for layer in self.layers:
+                layer.reset_parameters(rng)
+        for i, layer in enumerate(self.layers):
+            for attr, p in layer.named_parameters():
+                p.name = f"{i}.{attr}"
+        params = self.parameters()
+        self.flat = FlatParameters(params) if params else None
+        self._logits = None
+        # Layers before the first one with parameters need no backward pass.
+        self._first_trainable = next(
+            (i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
+
+    # -- parameters --------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        """Every layer's Parameters, in layer order."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameter name -> value (views, not copies)."""
+        return {p.name: p.value for p in self.parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy values into the parameters in place; strict about names and shapes."""
+        params = {p.name: p for p in self.parameters()}
+        missing, unexpected = params.keys() - state.keys(), state.keys() - params.keys()
+        if missing or unexpected:
+            raise ValueError(f"state does not match the model: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        for name, p in params.items():
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"parameter {name!r} has shape {value.shape}, model expects {p.shape}")
+            p.value[...] = value
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.flat.values.dtype if self.flat is not None else np.dtype(np.float32)
+
+    # -- computing ---------------------------------------------------------
+    def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for layer in self.layers:
+            if isinstance(layer, Softmax) and layer is self.layers[-1]:
+                self._logits = x
+            x = layer.forward(x, training)
+        if not isinstance(self.layers[-1], Softmax):
+            self._logits = x
+        return x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Training forward pass; keeps what ``backward`` needs.
+
+        x: float (N, C, H, W) (or whatever the first layer takes).
+        Returns a new array, e.g. float32 (N, 10) probabilities for a model
+        ending in Softmax.
+        """
+        return self._run(x, training=True).copy()
+
+    def backward(self, labels) -> float:
+        """Mean softmax cross-entropy of the last ``forward`` against ``labels``.
+
+        labels: int (N,). Fills every parameter's ``grad`` and returns the loss.
+        A model ending in Softmax starts from the fused gradient
+        (probs - onehot) / N at the Softmax input; one ending in logits gets
+        the same loss through log-softmax.
+        """
+        if self._logits is None:
+            raise RuntimeError("backward() needs a forward() on the same batch first")
+        loss, dy = softmax_cross_entropy(self._logits, labels)
+        self._logits = None
+        end = len(self.layers) - 1 if isinstance(self.layers[-1], Softmax) else len(self.layers)
+        for i in range(end - 1, self._first_trainable - 1, -1):
+            dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
+        return loss
+
+    def _batches(self, x, batch_size):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, len(x), batch_size):
+            yield start, self._run(x[start:start + batch_size], training=False)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Inference only (no caches kept for backward), in batches.
+
+        x: float (N, C, H, W). Returns a new float array (N, K) of outputs
+        (probabilities for a model ending in Softmax).
+        """
+        out = None
+        for start, y in self._batches(x, batch_size):
+            if out is None:
+                out = np.empty((len(x),) + y.shape[1:], dtype=y.dtype)
+            out[start:start + len(y)] = y
+        self._logits = None
+        return out
+
+    def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model on (x, labels).
+
+        x: float (N, C, H, W); labels: int (N,). Returns (loss, accuracy).
+        """
+        labels = np.asarray(labels)
+        loss_sum, correct = 0.0, 0
+        for start, _ in self._batches(x, batch_size):
+            logits = self._logits
+            batch_labels = labels[start:start + len(logits)]
+            loss, _ = softmax_cross_entropy(logits, batch_labels)
+            loss_sum += loss * len(logits)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == batch_labels))
+        self._logits = None
+        return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+
+    # -- description -------------------------------------------------------
+    def summary(self, input_shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int]]:
+        """(layer repr, output shape of one sample, parameter count) for each layer.
+
+        Raises ValueError naming the first layer that does not fit ``input_shape``.
+        """
+        rows, shape = [], tuple(input_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as err:
+                raise ValueError(f"layer {i} ({layer!r}): {err}") from None
+            rows.append((repr(layer), shape, sum(p.value.size for p in layer.parameters())))
+        return rows
+
+    def config(self) -> list[dict]:
+        """The architecture as JSON-safe data: [{"type": ..., "config": {...}}, ...]."""
+        return [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers]
+
+    @classmethod
+    def from_config(cls, config: list[dict]) -> "Sequential":
+        """Rebuild a model (with fresh weights) from :meth:`config` output."""
+        layers = []
+        for i, entry in enumerate(config):
+            layer_type = LAYER_TYPES.get(entry.get("type"))
+            if layer_type is None:
+                raise ValueError(f"layer {i}: unknown layer type {entry.get('type')!r}")
+            try:
+                layers.append(layer_type(**entry.get("config", {})))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"layer {i} ({entry.get('type')}): {err}") from None
+        return cls(layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n  {inner},\n])"
+
+
+__all__ = ["Sequential", "check_labels"]

@@ -1,0 +1,141 @@
+"""Optimizers: SGD, Momentum and Adam over one flat parameter buffer.
+
+The base class owns the parameters, ``zero_grad`` and ``step``; a subclass
+only says how to update (``_update``) and which state it keeps. Every
+optimizer works on :class:`~nnjit.params.FlatParameters`, so it neither knows
+nor cares which layers the parameters came from, and one kernel call updates
+them all.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels.optim import adam_step, momentum_step, sgd_step
+from .params import FlatParameters, Parameter
+
+#: Every Optimizer subclass by class name, so checkpoints can rebuild one.
+OPTIMIZER_TYPES: dict[str, type["Optimizer"]] = {}
+
+
+def _positive(value, name):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _fraction(value, name):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base: holds the flat parameters, per-parameter state and a step count."""
+
+    #: names of the state buffers (each shaped like the flat parameters)
+    state_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        OPTIMIZER_TYPES[cls.__name__] = cls
+
+    def __init__(self, params: list[Parameter], lr: float):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        self.lr = _positive(lr, "lr")
+        self.flat = FlatParameters.of(params)
+        self.state = {name: np.zeros_like(self.flat.values) for name in self.state_names}
+        self.steps = 0
+
+    def zero_grad(self) -> None:
+        """Set every parameter's gradient to zero."""
+        self.flat.grads[...] = 0
+
+    def step(self) -> None:
+        """Apply one update from the current gradients."""
+        self.steps += 1
+        self._update()
+
+    def _update(self) -> None:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        """Constructor keyword arguments except ``params`` (JSON-safe)."""
+        return {"lr": self.lr}
+
+    def state_dict(self) -> dict:
+        """Name, hyperparameters, step count and state buffers (as flat arrays)."""
+        return {"name": type(self).__name__, "hyperparameters": self.hyperparameters(),
+                "steps": self.steps, "state": {k: v for k, v in self.state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` output in place (buffers keep their identity)."""
+        if state["name"] != type(self).__name__:
+            raise ValueError(f"optimizer state is for {state['name']}, not {type(self).__name__}")
+        for name in self.state_names:
+            src = np.asarray(state["state"][name], dtype=self.flat.values.dtype)
+            if src.shape != self.state[name].shape:
+                raise ValueError(f"optimizer state {name!r} has shape {src.shape}, "
+                                 f"expected {self.state[name].shape}")
+            self.state[name][...] = src
+        self.steps = int(state["steps"])
+
+
+class SGD(Optimizer):
+    """Plain stochastic gradient descent.
+
+    for each parameter p with gradient g:  p <- p - lr * g
+    """
+
+    def _update(self):
+        sgd_step(self.flat.values, self.flat.grads, self.lr)
+
+
+class Momentum(Optimizer):
+    """SGD with momentum, PyTorch's convention (velocity accumulates raw gradients).
+
+    v <- momentum * v + g
+    p <- p - lr * v
+    (v starts at 0, so the first step equals plain SGD.)
+    """
+
+    state_names = ("velocity",)
+
+    def __init__(self, params, lr, momentum=0.9):
+        super().__init__(params, lr)
+        self.momentum = _fraction(momentum, "momentum")
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum}
+
+    def _update(self):
+        momentum_step(self.flat.values, self.flat.grads, self.state["velocity"],
+                      self.lr, self.momentum)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba 2015; PyTorch's formulation).
+
+    t <- t + 1
+    m <- b1 m + (1 - b1) g
+    v <- b2 v + (1 - b2) g^2
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    state_names = ("m", "v")
+
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        self.betas = (_fraction(betas[0], "betas[0]"), _fraction(betas[1], "betas[1]"))
+        self.eps = _positive(eps, "eps")
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps}
+
+    def _update(self):
+        b1, b2 = self.betas
+        adam_step(self.flat.values, self.flat.grads, self.state["m"], self.state["v"],
+                  self.lr, b1, b2, self.eps, 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps)
