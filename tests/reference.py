@@ -1,0 +1,56 @@
+"""Slow, obvious NumPy implementations that the kernels are checked against."""
+import numpy as np
+
+
+def conv2d(x, weight, bias, stride, padding):
+    """x (N, C, H, W), weight (OC, C, KH, KW) -> (N, OC, OH, OW), direct loops over outputs."""
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x.shape
+    oc, _, kh, kw = weight.shape
+    xp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.float64)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out = np.zeros((n, oc, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]  # (N, C, KH, KW)
+            out[:, :, i, j] = np.tensordot(patch, weight, axes=([1, 2, 3], [1, 2, 3]))
+    return out + bias[None, :, None, None]
+
+
+def maxpool2d(x, kernel, stride):
+    (kh, kw), (sh, sw) = kernel, stride
+    n, c, h, w = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].max(axis=(2, 3))
+    return out
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(z, labels):
+    """Mean of logsumexp(z) - z[label], via np.logaddexp (a different route than the kernel)."""
+    z = np.asarray(z, dtype=np.float64)
+    lse = np.logaddexp.reduce(z, axis=1)
+    return float(np.mean(lse - z[np.arange(len(z)), labels]))
+
+
+def numeric_grad(f, arr, eps=1e-6):
+    """Central differences of scalar f() with respect to every entry of arr (modified in place)."""
+    grad = np.zeros(arr.shape)
+    flat = arr.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = f()
+        flat[i] = old - eps
+        down = f()
+        flat[i] = old
+        grad.reshape(-1)[i] = (up - down) / (2 * eps)
+    return grad

@@ -1,0 +1,116 @@
+"""Every analytic gradient against central finite differences, in float64.
+
+For a layer y = f(x), L = sum(y * g) with a fixed random g; backward(g) must
+return dL/dx and fill dL/dparameter for every parameter.
+"""
+import numpy as np
+import pytest
+
+import reference as ref
+from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax, softmax_cross_entropy
+
+F64 = np.float64
+
+
+def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
+    g = rng.normal(size=layer.forward(x.copy()).shape)
+
+    def loss():
+        return float(np.sum(layer.forward(x, training=False) * g))
+
+    layer.forward(x)
+    dx = layer.backward(g.copy())
+    dx = None if dx is None else dx.copy()
+    analytic = {p.name: p.grad.copy() for p in layer.parameters()}
+    np.testing.assert_allclose(dx, ref.numeric_grad(loss, x), rtol=rtol, atol=atol, err_msg="dx")
+    for p in layer.parameters():
+        np.testing.assert_allclose(analytic[p.name], ref.numeric_grad(loss, p.value),
+                                   rtol=rtol, atol=atol, err_msg=p.name)
+
+
+@pytest.mark.parametrize("n,c,h,w,oc,k,s,p", [
+    (2, 2, 6, 5, 3, 3, 1, 0),
+    (3, 2, 7, 6, 2, 3, 2, 1),
+    (1, 3, 6, 7, 2, (2, 3), (2, 1), (1, 0)),
+    (2, 1, 5, 5, 2, 1, 1, 0),
+])
+def test_conv2d_gradients(n, c, h, w, oc, k, s, p, rng):
+    layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=F64)
+    layer.bias.value[...] = rng.normal(size=oc)
+    check_layer_gradients(layer, rng.normal(size=(n, c, h, w)), rng)
+
+
+@pytest.mark.parametrize("shape,k,s", [((2, 2, 6, 6), 2, None), ((1, 2, 7, 5), 3, 2),
+                                       ((2, 1, 6, 7), 3, 1), ((1, 1, 5, 6), (2, 3), (1, 2))])
+def test_maxpool_gradients(shape, k, s, rng):
+    # Distinct values spaced far beyond eps: no ties, no argmax flips under perturbation.
+    x = rng.permutation(np.prod(shape)).reshape(shape) * 0.01
+    check_layer_gradients(MaxPool2D(k, s), x.astype(F64), rng)
+
+
+def test_dense_gradients(rng):
+    layer = Dense(7, 4, dtype=F64)
+    layer.bias.value[...] = rng.normal(size=4)
+    check_layer_gradients(layer, rng.normal(size=(3, 7)), rng)
+
+
+def test_relu_gradients(rng):
+    x = rng.uniform(0.1, 1.0, size=(3, 2, 4)) * rng.choice([-1, 1], size=(3, 2, 4))
+    check_layer_gradients(ReLU(), x, rng)
+
+
+def test_flatten_gradients(rng):
+    check_layer_gradients(Flatten(), rng.normal(size=(2, 3, 2, 2)), rng)
+
+
+def test_softmax_vector_jacobian_product(rng):
+    check_layer_gradients(Softmax(), rng.normal(size=(4, 6)) * 3, rng)
+
+
+def test_softmax_cross_entropy_value_and_gradient(rng):
+    z = rng.normal(size=(5, 4)) * 2
+    labels = rng.integers(0, 4, size=5)
+    loss, dz = softmax_cross_entropy(z, labels)
+    assert loss == pytest.approx(ref.cross_entropy(z, labels), rel=1e-12)
+    np.testing.assert_allclose(dz, ref.numeric_grad(lambda: softmax_cross_entropy(z, labels)[0], z),
+                               rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4 - 5], [3e4, 3e4, -3e4]], dtype=dtype)
+    labels = np.array([0, 0, 1])
+    loss, dz = softmax_cross_entropy(z, labels)
+    assert np.isfinite(loss) and np.all(np.isfinite(dz))
+    assert loss == pytest.approx(ref.cross_entropy(z, labels), rel=1e-6)
+    np.testing.assert_allclose(dz.sum(axis=1), 0, atol=1e-6)
+
+
+def test_softmax_cross_entropy_rejects_bad_labels():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        softmax_cross_entropy(np.zeros((2, 3)), [0, 3])
+    with pytest.raises(ValueError, match="shape"):
+        softmax_cross_entropy(np.zeros((2, 3)), [0])
+
+
+@pytest.mark.parametrize("ends_in_softmax", [True, False])
+def test_model_backward_is_gradient_of_mean_loss(ends_in_softmax, rng):
+    """The whole model: every parameter's grad is d(mean cross-entropy)/dparameter.
+
+    Catches any extra 1/N (the 1/B^2 bug) or a missing one."""
+    layers = [Conv2D(1, 2, 3, stride=2, padding=1, dtype=F64), ReLU(), MaxPool2D(2),
+              Flatten(), Dense(8, 3, dtype=F64)] + ([Softmax()] if ends_in_softmax else [])
+    model = Sequential(layers, seed=3)
+    x = rng.normal(size=(4, 1, 8, 8))
+    labels = np.array([0, 2, 1, 2])
+
+    def loss():
+        out = model.predict(x)
+        return ref.cross_entropy(np.log(out) if ends_in_softmax else out, labels)
+
+    model.forward(x)
+    reported = model.backward(labels)
+    assert reported == pytest.approx(loss(), rel=1e-10)
+    for p in model.parameters():
+        np.testing.assert_allclose(p.grad, ref.numeric_grad(loss, p.value), rtol=1e-5, atol=1e-8,
+                                   err_msg=p.name)

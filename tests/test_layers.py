@@ -1,0 +1,105 @@
+"""Layer forward passes against the NumPy references, and their input checks."""
+import numpy as np
+import pytest
+
+import reference as ref
+from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+
+CONV_CASES = [
+    # (N, C, H, W, OC, kernel, stride, padding)
+    (1, 1, 7, 7, 2, 3, 1, 0),
+    (3, 2, 9, 6, 4, 3, 2, 1),
+    (3, 3, 8, 5, 2, 1, 1, 0),
+    (1, 2, 6, 9, 3, (2, 3), (2, 1), (1, 0)),
+    (3, 1, 5, 5, 2, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_forward_matches_reference(case, dtype, rng):
+    n, c, h, w, oc, k, s, p = case
+    layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=dtype)
+    layer.bias.value[...] = rng.normal(size=oc)
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    got = layer.forward(x)
+    want = ref.conv2d(x, layer.weight.value, layer.bias.value, layer.stride, layer.padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s", [(1, 1, 4, 4, 2, None), (3, 2, 7, 5, 2, None),
+                                         (3, 2, 7, 8, 3, 2), (1, 3, 6, 5, (2, 3), (1, 2))])
+def test_maxpool_forward_matches_reference(n, c, h, w, k, s, rng):
+    layer = MaxPool2D(k, s)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    np.testing.assert_array_equal(layer.forward(x), ref.maxpool2d(x, layer.kernel_size, layer.stride))
+
+
+def test_maxpool_floors_partial_windows():
+    assert MaxPool2D(2).forward(np.zeros((1, 1, 5, 7), np.float32)).shape == (1, 1, 2, 3)
+
+
+def test_maxpool_backward_routes_ties_to_one_input():
+    layer = MaxPool2D(2)
+    layer.forward(np.ones((1, 1, 2, 2), np.float32))
+    dx = layer.backward(np.ones((1, 1, 1, 1), np.float32))
+    assert dx.sum() == 1.0 and np.count_nonzero(dx) == 1
+
+
+def test_dense_relu_softmax_flatten_forward(rng):
+    x = rng.normal(size=(3, 2, 2, 3)).astype(np.float32)
+    flat = Flatten().forward(x)
+    np.testing.assert_array_equal(flat, x.reshape(3, 12))
+    dense = Dense(12, 5)
+    dense.bias.value[...] = rng.normal(size=5)
+    y = dense.forward(flat)
+    np.testing.assert_allclose(y, flat @ dense.weight.value.T + dense.bias.value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ReLU().forward(y), np.maximum(y, 0))
+    probs = Softmax().forward(y)
+    np.testing.assert_allclose(probs, ref.softmax(y.astype(np.float64)), rtol=1e-5, atol=1e-7)
+
+
+def test_parameters_have_pytorch_shapes():
+    conv, dense = Conv2D(3, 8, (3, 5)), Dense(20, 7)
+    assert [(p.name, p.shape) for p in conv.parameters()] == [("weight", (8, 3, 3, 5)), ("bias", (8,))]
+    assert [(p.name, p.shape) for p in dense.parameters()] == [("weight", (7, 20)), ("bias", (7,))]
+    assert all(p.value.dtype == np.float32 for p in conv.parameters() + dense.parameters())
+
+
+def test_assigning_parameter_values_changes_the_layer(rng):
+    dense = Dense(4, 2)
+    dense.weight.value[...] = np.arange(8).reshape(2, 4)
+    dense.bias.value[...] = [1, -1]
+    np.testing.assert_allclose(dense.forward(np.ones((1, 4), np.float32)), [[7, 21]])
+
+
+@pytest.mark.parametrize("make,x,match", [
+    (lambda: Conv2D(3, 4, 3), np.zeros((2, 1, 8, 8), np.float32), r"\(3, H, W\)"),
+    (lambda: Conv2D(1, 4, 5), np.zeros((2, 1, 3, 3), np.float32), "does not fit"),
+    (lambda: Conv2D(1, 4, 3), np.zeros((1, 8, 8), np.float32), "4-D"),
+    (lambda: Conv2D(1, 4, 3), np.zeros((1, 1, 8, 8), np.uint8), "floating-point"),
+    (lambda: Dense(10, 2), np.zeros((2, 9), np.float32), r"\(10,\)"),
+    (lambda: MaxPool2D(3), np.zeros((1, 1, 2, 2), np.float32), "does not fit"),
+])
+def test_bad_input_raises_clear_value_error(make, x, match):
+    with pytest.raises(ValueError, match=match):
+        make().forward(x)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: Conv2D(0, 4, 3), "in_channels"),
+    (lambda: Conv2D(1, 4, 3, stride=0), "stride"),
+    (lambda: Conv2D(1, 4, 3, padding=-1), "padding"),
+    (lambda: Conv2D(1, 4, (3, 3, 3)), "kernel_size"),
+    (lambda: Dense(3, 0), "out_features"),
+    (lambda: MaxPool2D(2, stride=0), "stride"),
+])
+def test_bad_constructor_arguments_name_the_value(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_backward_without_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="forward"):
+        Dense(2, 2).backward(np.zeros((1, 2), np.float32))

@@ -1,0 +1,68 @@
+"""Numba behaviour: lazy compilation, disk cache reuse, and 1 vs 2 threads agreeing."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from nnjit import set_num_threads
+
+STEP = """
+import json, numpy as np, importlib, pkgutil
+import nnjit, nnjit.kernels
+from numba.core.registry import CPUDispatcher
+kernels = []
+for m in pkgutil.iter_modules(nnjit.kernels.__path__):
+    mod = importlib.import_module('nnjit.kernels.' + m.name)
+    kernels += [v for v in vars(mod).values() if isinstance(v, CPUDispatcher)]
+compiled_at_import = sum(len(k.signatures) for k in kernels)
+model = nnjit.Sequential([nnjit.Conv2D(1, 4, 3), nnjit.ReLU(), nnjit.MaxPool2D(2), nnjit.Flatten(),
+                          nnjit.Dense(4 * 13 * 13, 10), nnjit.Softmax()], seed=0)
+opt = nnjit.Momentum(model.parameters(), lr=0.01)
+x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+model.forward(x); model.backward(np.arange(8)); opt.step()
+misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
+hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
+print(json.dumps({"at_import": compiled_at_import, "misses": misses, "hits": hits,
+                  "checksum": float(model.flat.values.sum())}))
+"""
+
+
+def run_step(threads):
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", STEP], env=env, capture_output=True, text=True,
+                         check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_compiles_nothing_and_second_run_uses_the_disk_cache():
+    first = run_step(2)  # may compile (cold cache) and writes the cache
+    assert first["at_import"] == 0
+    for threads in (1, 2):
+        warm = run_step(threads)
+        assert warm["misses"] == 0, f"recompiled at {threads} thread(s): {warm}"
+        assert warm["hits"] > 0
+        assert warm["checksum"] == first["checksum"]
+
+
+def test_one_and_two_threads_agree(rng):
+    from nnjit import Conv2D, Dense, Flatten, MaxPool2D, Momentum, ReLU, Sequential, Softmax
+
+    x = rng.random((16, 1, 14, 14), dtype=np.float32)
+    labels = rng.integers(0, 10, 16)
+    results = []
+    try:
+        for threads in (1, 2):
+            set_num_threads(threads)
+            model = Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                                Dense(4 * 7 * 7, 10), Softmax()], seed=0)
+            opt = Momentum(model.parameters(), lr=0.1)
+            for _ in range(3):
+                model.forward(x)
+                model.backward(labels)
+                opt.step()
+            results.append(model.flat.values.copy())
+    finally:
+        set_num_threads(os.cpu_count() or 1)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)

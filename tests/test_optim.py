@@ -1,0 +1,96 @@
+"""Optimizer updates: hand-computed single steps and a NumPy reference over many steps."""
+import numpy as np
+import pytest
+
+from nnjit import SGD, Adam, Momentum, Parameter
+
+
+def make_params():
+    a = Parameter("a", np.array([1.0, -2.0], np.float32))
+    b = Parameter("b", np.array([[0.5]], np.float32))
+    return a, b
+
+
+def set_grads(a, b, ga, gb):
+    a.grad[...] = ga
+    b.grad[...] = gb
+
+
+def test_sgd_one_step_by_hand():
+    a, b = make_params()
+    opt = SGD([a, b], lr=0.1)
+    set_grads(a, b, [0.5, 0.25], [[-1.0]])
+    opt.step()
+    np.testing.assert_allclose(a.value, [0.95, -2.025], rtol=1e-7)
+    np.testing.assert_allclose(b.value, [[0.6]], rtol=1e-7)
+
+
+def test_momentum_two_steps_by_hand():
+    a, b = make_params()
+    opt = Momentum([a, b], lr=0.1, momentum=0.9)
+    set_grads(a, b, [0.5, 0.25], [[-1.0]])
+    opt.step()  # v = g = [0.5, 0.25]; a = [0.95, -2.025]
+    set_grads(a, b, [1.0, 0.0], [[0.0]])
+    opt.step()  # v = 0.9*[0.5, 0.25] + [1, 0] = [1.45, 0.225]; a -= 0.1 v
+    np.testing.assert_allclose(a.value, [0.805, -2.0475], rtol=1e-6)
+    np.testing.assert_allclose(b.value, [[0.6 + 0.09]], rtol=1e-6)  # v = [-0.9]
+
+
+def test_adam_first_step_by_hand():
+    # After bias correction m_hat = g and v_hat = g^2, so the step is lr * g / (|g| + eps).
+    a, b = make_params()
+    opt = Adam([a, b], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    set_grads(a, b, [0.5, -0.25], [[0.0]])
+    opt.step()
+    np.testing.assert_allclose(a.value, [0.9, -1.9], rtol=1e-6)
+    np.testing.assert_allclose(b.value, [[0.5]])
+
+
+def numpy_reference(kind, value, grads, lr, **hp):
+    value = value.astype(np.float64)
+    m = np.zeros_like(value)
+    v = np.zeros_like(value)
+    for t, g in enumerate(grads, start=1):
+        if kind == "sgd":
+            value = value - lr * g
+        elif kind == "momentum":
+            m = hp["momentum"] * m + g
+            value = value - lr * m
+        else:
+            b1, b2 = hp["betas"]
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            value = value - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + hp["eps"])
+    return value
+
+
+@pytest.mark.parametrize("kind,cls,hp", [
+    ("sgd", SGD, {}),
+    ("momentum", Momentum, {"momentum": 0.9}),
+    ("adam", Adam, {"betas": (0.8, 0.99), "eps": 1e-6}),
+])
+@pytest.mark.parametrize("lr", [0.01, 5.0])
+def test_optimizers_match_numpy_over_many_steps(kind, cls, hp, lr, rng):
+    start = rng.normal(size=1000).astype(np.float32)
+    p = Parameter("w", start.copy())
+    opt = cls([p], lr=lr, **hp)
+    grads = [rng.normal(size=1000).astype(np.float32) for _ in range(7)]
+    for g in grads:
+        opt.zero_grad()
+        assert not p.grad.any()
+        p.grad[...] = g
+        opt.step()
+    np.testing.assert_allclose(p.value, numpy_reference(kind, start, grads, lr, **hp),
+                               rtol=1e-5, atol=1e-5 * lr)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: SGD(p, lr=0), "lr"),
+    (lambda p: SGD(p, lr=-1), "lr"),
+    (lambda p: Momentum(p, lr=0.1, momentum=1.0), "momentum"),
+    (lambda p: Adam(p, lr=0.1, betas=(0.9,)), "betas"),
+    (lambda p: SGD([], lr=0.1), "empty"),
+])
+def test_bad_hyperparameters_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(list(make_params()))
