@@ -1,0 +1,204 @@
+"""JSON checkpoints: architecture, parameters, optimizer state and metadata.
+
+Format (``"format": "nnjit-checkpoint"``, ``"version": 1``)::
+
+    {"format": "nnjit-checkpoint", "version": 1,
+     "architecture": [{"type": "Conv2D", "config": {...}}, ...],
+     "parameters": [{"name": "0.weight", "shape": [32, 1, 3, 3], "dtype": "float32",
+                     "values": [...]}, ...],
+     "optimizer": {"name": "Momentum", "hyperparameters": {...}, "steps": 375,
+                   "state": {"velocity": [...]}} or null,
+     "metadata": {"epoch": 3, "nnjit_version": "...", "date": "...", ...}}
+
+Values are plain JSON numbers, flattened in C order. Each float32 is written
+as the shortest decimal that reads back as the same float32, so a round trip
+is bit-exact. A checkpoint of the ``cnn`` preset is about 0.4 MB without
+optimizer state and 1.2 MB with Adam's two moments.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .fileio import atomic_write_text
+from .model import Sequential
+from .optim import OPTIMIZER_TYPES, Optimizer
+
+FORMAT = "nnjit-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read; the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model, optimizer state, metadata."""
+
+    model: Sequential
+    optimizer_state: dict | None
+    metadata: dict = field(default_factory=dict)
+    path: str = ""
+
+    def make_optimizer(self) -> Optimizer | None:
+        """Rebuild the saved optimizer over ``self.model``'s parameters, with its state."""
+        if self.optimizer_state is None:
+            return None
+        state = self.optimizer_state
+        opt = OPTIMIZER_TYPES[state["name"]](self.model.parameters(), **state["hyperparameters"])
+        opt.load_state_dict(state)
+        return opt
+
+
+def _float_list(values: np.ndarray) -> str:
+    """A JSON array of the values that reads back (via float64) bit-exactly.
+
+    float32 values are written as their shortest float32 decimal; the rare one
+    whose decimal would round differently through float64 falls back to the
+    float64 repr, which is always exact.
+    """
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.dtype != np.float32:
+        return json.dumps(flat.tolist())
+    texts = [np.format_float_scientific(v, unique=True, trim="-") for v in flat]
+    back = np.array(texts, dtype=np.float64).astype(np.float32)
+    for i in np.flatnonzero(back != flat):
+        texts[i] = repr(float(flat[i]))
+    return "[" + ",".join(texts) + "]"
+
+
+def save_checkpoint(model: Sequential, path, optimizer: Optimizer | None = None, **metadata) -> None:
+    """Write ``model`` (and ``optimizer``'s state) to ``path`` as one JSON document, atomically.
+
+    ``metadata`` (JSON-safe values: epoch, dataset, class names, ...) is stored
+    beside ``nnjit_version`` and ``date``, which are filled in.
+
+    Raises CheckpointError if a parameter or optimizer buffer holds nan or inf.
+    """
+    from . import __version__
+
+    arrays = {p.name: p.value for p in model.parameters()}
+    if optimizer is not None:
+        arrays.update({f"optimizer {k}": v for k, v in optimizer.state.items()})
+    for name, array in arrays.items():
+        if not np.all(np.isfinite(array)):
+            raise CheckpointError(f"{path}: not saved, {name} holds nan or inf")
+    meta = {"nnjit_version": __version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta.update(metadata)
+    params = ",\n".join(
+        f'{{"name": {json.dumps(p.name)}, "shape": {json.dumps(list(p.shape))}, '
+        f'"dtype": "{p.value.dtype}", "values": {_float_list(p.value)}}}'
+        for p in model.parameters())
+    if optimizer is None:
+        opt = "null"
+    else:
+        sd = optimizer.state_dict()
+        state = ", ".join(f"{json.dumps(k)}: {_float_list(v)}" for k, v in sd["state"].items())
+        opt = (f'{{"name": {json.dumps(sd["name"])}, "hyperparameters": '
+               f'{json.dumps(sd["hyperparameters"])}, "steps": {sd["steps"]}, "state": {{{state}}}}}')
+    text = (f'{{"format": "{FORMAT}", "version": {VERSION},\n'
+            f'"architecture": {json.dumps(model.config())},\n'
+            f'"metadata": {json.dumps(meta, allow_nan=False)},\n'
+            f'"optimizer": {opt},\n"parameters": [\n{params}\n]}}\n')
+    atomic_write_text(path, text)
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-finite value {name}")
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` and rebuild its model.
+
+    Raises
+    ------
+    CheckpointError
+        "<path>: <problem>" for an unreadable file, invalid or truncated JSON,
+        another format or version, an unknown layer type, a parameter that
+        does not fit its layer, or non-finite values.
+    """
+    path = os.fspath(path)
+
+    def fail(problem):
+        return CheckpointError(f"{path}: {problem}")
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise fail(f"cannot read ({getattr(err, 'strerror', None) or err})") from None
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as err:
+        raise fail(f"not valid JSON, truncated or corrupt ({err.msg} at line {err.lineno} "
+                   f"column {err.colno})") from None
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise fail(f"not an nnjit checkpoint (no \"format\": \"{FORMAT}\")")
+    if doc.get("version") != VERSION:
+        raise fail(f"unknown checkpoint format version {doc.get('version')!r} "
+                   f"(this nnjit reads version {VERSION})")
+    try:
+        model = Sequential.from_config(doc["architecture"])
+        _load_parameters(model, doc["parameters"])
+        opt_state = _check_optimizer(doc.get("optimizer"), model)
+        metadata = dict(doc.get("metadata") or {})
+    except CheckpointError as err:
+        raise fail(str(err)) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
+        raise fail(what) from None
+    return Checkpoint(model, opt_state, metadata, path)
+
+
+def _values(entry_name, values, shape, dtype) -> np.ndarray:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+        raise CheckpointError(f"{entry_name}: values must be a list of numbers")
+    if len(values) != math.prod(shape):
+        raise CheckpointError(f"{entry_name}: {len(values)} values for shape {tuple(shape)}")
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)) or not np.all(np.isfinite(array.astype(dtype))):
+        raise CheckpointError(f"{entry_name}: holds non-finite values")
+    return array.astype(dtype).reshape(shape)
+
+
+def _load_parameters(model: Sequential, entries) -> None:
+    params = {p.name: p for p in model.parameters()}
+    names = [e.get("name") for e in entries]
+    if sorted(names) != sorted(params):
+        raise CheckpointError(f"parameters {names} do not match the architecture's "
+                              f"{list(params)}")
+    for entry in entries:
+        p = params[entry["name"]]
+        shape = tuple(entry["shape"])
+        if shape != p.shape:
+            layer = model.layers[int(p.name.split(".")[0])]
+            raise CheckpointError(f"parameter {p.name!r} has shape {shape} but layer "
+                                  f"{type(layer).__name__} needs {p.shape}")
+        if entry.get("dtype", "float32") != str(p.value.dtype):
+            raise CheckpointError(f"parameter {p.name!r} has dtype {entry.get('dtype')}, "
+                                  f"expected {p.value.dtype}")
+        p.value[...] = _values(f"parameter {p.name!r}", entry["values"], shape, p.value.dtype)
+
+
+def _check_optimizer(state, model) -> dict | None:
+    if state is None:
+        return None
+    if state.get("name") not in OPTIMIZER_TYPES:
+        raise CheckpointError(f"unknown optimizer {state.get('name')!r}")
+    size = model.flat.values.size
+    state = dict(state)
+    state["state"] = {k: _values(f"optimizer state {k!r}", v, (size,), model.dtype)
+                      for k, v in state["state"].items()}
+    missing = set(OPTIMIZER_TYPES[state["name"]].state_names) - state["state"].keys()
+    if missing:
+        raise CheckpointError(f"optimizer state lacks {sorted(missing)}")
+    return state
