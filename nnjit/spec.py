@@ -1,0 +1,69 @@
+"""Models from a compact text spec, and the named presets.
+
+A spec is comma-separated layers; channel and feature counts coming in are
+inferred from the input shape:
+
+- ``conv:OC:K[:S[:P]]``  Conv2D with OC output channels, kernel K, stride S, padding P
+- ``pool:K[:S]``         MaxPool2D
+- ``dense:N``            Dense with N outputs (a Flatten is inserted before it on image input)
+- ``relu``, ``flatten``, ``softmax``
+"""
+from __future__ import annotations
+
+from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+from .model import Sequential
+
+PRESETS = {
+    "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:10,softmax",
+    "mlp": "flatten,dense:128,relu,dense:10,softmax",
+}
+
+SPEC_HELP = ("conv:OC:K[:S[:P]], pool:K[:S], dense:N, relu, flatten, softmax "
+             "(comma-separated), or a preset: " + ", ".join(PRESETS))
+
+
+def _ints(token: str, args: list[str], low: int, high: int) -> list[int]:
+    if not low <= len(args) <= high:
+        raise ValueError(f"{token!r} takes {low} to {high} numbers")
+    try:
+        return [int(a) for a in args]
+    except ValueError:
+        raise ValueError(f"{token!r}: {args} are not all integers") from None
+
+
+def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> Sequential:
+    """Build a Sequential from a preset name or a spec string.
+
+    input_shape: one sample's shape (C, H, W). Raises ValueError naming the
+    first token that is unknown, malformed or does not fit its input.
+    """
+    text = PRESETS.get(spec, spec)
+    shape = tuple(input_shape)
+    layers = []
+    for token in (t.strip() for t in text.split(",")):
+        kind, *args = token.split(":")
+        try:
+            if kind == "conv":
+                oc, k, *rest = _ints(token, args, 2, 4)
+                stride, padding = (rest + [1, 0][len(rest):])[:2]  # defaults: stride 1, padding 0
+                new = [Conv2D(shape[0], oc, k, stride=stride, padding=padding)]
+            elif kind == "pool":
+                k, *s = _ints(token, args, 1, 2)
+                new = [MaxPool2D(k, s[0] if s else None)]
+            elif kind == "dense":
+                (n,) = _ints(token, args, 1, 1)
+                new = [Flatten()] if len(shape) > 1 else []
+                flat = shape if not new else new[0].output_shape(shape)
+                new.append(Dense(flat[0], n))
+            elif kind in ("relu", "flatten", "softmax") and not args:
+                new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax}[kind]()]
+            else:
+                raise ValueError(f"unknown layer {token!r}")
+            for layer in new:
+                shape = layer.output_shape(shape)
+        except (ValueError, IndexError) as err:
+            raise ValueError(f"model spec {spec!r}: {err}; expected {SPEC_HELP}") from None
+        layers.extend(new)
+    if not layers:
+        raise ValueError(f"model spec {spec!r} is empty")
+    return Sequential(layers, seed=seed)

@@ -1,0 +1,145 @@
+"""The training loop: epochs of shuffled mini-batches, with stop and divergence checks.
+
+No printing here: callers (scripts/train.py) observe progress through the
+``on_batch`` callback and the returned :class:`EpochResult`.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Sequential
+from .optim import Optimizer
+
+CSV_COLUMNS = ("epoch", "step", "train_loss", "test_loss", "test_accuracy", "seconds",
+               "images_per_second")
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffled sample order of ``epoch``: int64 (n,), a function of (seed, epoch) only.
+
+    Deriving it afresh each epoch (rather than from one running generator)
+    lets a resumed run see exactly the batches an uninterrupted run would.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclass
+class EpochResult:
+    """What one (possibly partial) epoch did.
+
+    ``epoch`` counts from 1; ``batches_done`` < ``batches`` when stopped early.
+    """
+
+    epoch: int
+    step: int
+    batches_done: int
+    batches: int
+    train_loss: float
+    train_accuracy: float
+    images: int
+    seconds: float
+    stopped: bool = False
+    diverged: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+class Trainer:
+    """Runs epochs of mini-batch training of ``model`` with ``optimizer``.
+
+    x: float32 (N, C, H, W); y: int (N,). ``start_batch`` skips the first
+    batches of the first epoch run (resuming mid-epoch).
+    """
+
+    def __init__(self, model: Sequential, optimizer: Optimizer, batch_size: int, seed: int):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {batch_size}")
+        self.model, self.optimizer = model, optimizer
+        self.batch_size, self.seed = batch_size, seed
+
+    def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
+                  on_batch=None, should_stop=lambda: False) -> EpochResult:
+        """Train one epoch (``epoch`` counts from 1).
+
+        on_batch(batches_done, batches, loss, running_accuracy, images_per_second)
+        is called after every step; ``should_stop()`` is checked after every
+        step too, and a True ends the epoch early (``stopped``). A nan or inf
+        loss ends it before the optimizer applies that step (``diverged``).
+        """
+        n, bs = len(x), self.batch_size
+        batches = math.ceil(n / bs)
+        order = epoch_order(self.seed, epoch, n)
+        xb = np.empty((bs,) + x.shape[1:], dtype=x.dtype)
+        loss_sum, correct, seen, done = 0.0, 0, 0, start_batch
+        start = time.perf_counter()
+        result = EpochResult(epoch, self.optimizer.steps, done, batches, math.nan, 0.0, 0, 0.0)
+        for b in range(start_batch, batches):
+            idx = order[b * bs:(b + 1) * bs]
+            batch = np.take(x, idx, axis=0, out=xb[:len(idx)])
+            labels = y[idx]
+            probs = self.model.forward(batch)
+            loss = self.model.backward(labels)
+            if not math.isfinite(loss):
+                result.diverged = True
+                break
+            self.optimizer.step()
+            done += 1
+            loss_sum += loss * len(idx)
+            correct += int(np.count_nonzero(probs.argmax(axis=1) == labels))
+            seen += len(idx)
+            elapsed = time.perf_counter() - start
+            if on_batch is not None:
+                on_batch(done, batches, loss, correct / seen, seen / elapsed if elapsed else 0.0)
+            if should_stop() and done < batches:
+                result.stopped = True
+                break
+        result.step, result.batches_done = self.optimizer.steps, done
+        result.train_loss = loss_sum / seen if seen else math.nan
+        result.train_accuracy = correct / seen if seen else 0.0
+        result.images, result.seconds = seen, time.perf_counter() - start
+        return result
+
+
+class LossLog:
+    """The per-epoch CSV: header first, one flushed row per epoch.
+
+    Appends to an existing file when ``append`` (a resumed run), so a run
+    killed at any point still leaves a valid CSV.
+    """
+
+    def __init__(self, path: str | os.PathLike, append: bool = False):
+        exists = append and os.path.exists(path) and os.path.getsize(path) > 0
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        self._file = open(path, "a" if exists else "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        if not exists:
+            self._write(CSV_COLUMNS)
+
+    def _write(self, row) -> None:
+        self._writer.writerow(row)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def add(self, epoch, step, train_loss, test_loss, test_accuracy, seconds, images_per_second):
+        """Append one epoch's row."""
+        self._write([epoch, step, f"{train_loss:.6f}", f"{test_loss:.6f}", f"{test_accuracy:.6f}",
+                     f"{seconds:.3f}", f"{images_per_second:.1f}"])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_loss_log(path) -> dict[str, list[float]]:
+    """Columns of a LossLog CSV as lists of floats, keyed by CSV_COLUMNS."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {c: [float(r[c]) for r in rows] for c in CSV_COLUMNS}

@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""Train a network on MNIST or Fashion-MNIST, with checkpoints, a loss CSV and a plot."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+import nnjit
+from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, positive_float,
+                       positive_int)
+from nnjit.data import DATASETS, NORMALISATION, DataError, load_dataset, to_float
+from nnjit.optim import OPTIMIZER_TYPES
+from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
+from nnjit.spec import SPEC_HELP, build_model
+from nnjit.trainer import LossLog, Trainer
+
+OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam"}
+DEFAULT_LR = 0.05
+
+EXAMPLES = """
+examples:
+  python scripts/train.py                                   # MNIST, downloaded into data/
+  python scripts/train.py --dataset fashion-mnist           # uses /usr/share/datasets/fashion-mnist if present
+  python scripts/train.py --dataset mnist --train-data-dir ../shared/data/mnist --split-test 8000 --nb-epochs 3
+  python scripts/train.py --resume checkpoints/latest.json --nb-epochs 10
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="dataset to train on")
+    p.add_argument("--train-data-dir", default="data",
+                   help="folder with the IDX files (directly or in <dir>/<dataset>/); "
+                        "missing files are downloaded into <dir>/<dataset>/")
+    p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
+    p.add_argument("--split-test", type=positive_int, metavar="N",
+                   help="use only the test files: train on their first N images, evaluate on the rest")
+    p.add_argument("--train-limit", type=positive_int, metavar="N",
+                   help="train on the first N training images only (quick runs)")
+    p.add_argument("--model", default="cnn", help=f"network: {SPEC_HELP}")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
+                   help="sgd, momentum (PyTorch's, 0.9) or adam (betas 0.9, 0.999)")
+    p.add_argument("--learning-rate", type=positive_float, default=DEFAULT_LR, help="step size")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per optimizer step")
+    p.add_argument("--nb-epochs", type=positive_int, default=5,
+                   help="total epochs to reach (with --resume, counting the epochs already done)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                   help="threads for Numba kernels and BLAS")
+    p.add_argument("--checkpoint-folder", default="checkpoints", help="where checkpoints go")
+    p.add_argument("--checkpoint-stride", type=positive_int, default=1,
+                   help="save a checkpoint every N epochs (the final one is always saved)")
+    p.add_argument("--loss-csv-path", help="per-epoch CSV (default: <checkpoint-folder>/loss.csv)")
+    p.add_argument("--plot", metavar="PNG",
+                   help="loss/accuracy plot (default: next to the CSV when matplotlib is installed)")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue from a checkpoint: same weights, optimizer state, epoch counter, "
+                        "seed and batch size")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    return p.parse_args(argv)
+
+
+class StopFlag:
+    """First Ctrl-C: finish the batch, save, exit 130. Second Ctrl-C: stop at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("\n[yellow]Ctrl-C: stopping after this batch and saving a checkpoint "
+                      "(Ctrl-C again to quit at once)[/]")
+
+    def __call__(self):
+        return self.requested
+
+
+def show_header(args, model, data, opt, start_epoch, input_shape):
+    settings = {
+        "dataset": f"{data.name}: {data.description}",
+        "model": args.model if args.resume is None else f"from {args.resume}",
+        "optimizer": f"{type(opt).__name__} {opt.hyperparameters()}",
+        "batch size": args.batch_size, "epochs": f"{start_epoch} done, up to {args.nb_epochs}",
+        "seed": args.seed, "threads": nnjit.get_num_threads(),
+        "checkpoints": args.checkpoint_folder, "loss CSV": args.loss_csv_path,
+    }
+    rows = model.summary(input_shape)
+    total = sum(count for _, _, count in rows)
+    if not console.is_terminal:
+        for key, value in settings.items():
+            console.print(f"{key}: {value}")
+        console.print(f"model: {len(rows)} layers, {total:,} parameters")
+        return
+    table = Table(title="nnjit training run", show_header=False)
+    for key, value in settings.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    layers = Table(title=f"model ({total:,} parameters)")
+    for col in ("#", "layer", "output shape", "parameters"):
+        layers.add_column(col, justify="right" if col != "layer" else "left")
+    for i, (name, shape, count) in enumerate(rows):
+        layers.add_row(str(i), name, str(shape), f"{count:,}")
+    console.print(layers)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    nnjit.set_num_threads(args.threads)
+    args.loss_csv_path = args.loss_csv_path or str(Path(args.checkpoint_folder) / "loss.csv")
+    if args.plot and not matplotlib_available():
+        fail(f"--plot: {INSTALL_HINT}")
+    plot_path = args.plot or (str(Path(args.loss_csv_path).with_suffix(".png"))
+                              if matplotlib_available() else None)
+    quiet = args.quiet
+
+    start_epoch, start_batch, best = 0, 0, 0.0
+    try:
+        if args.resume:
+            ckpt = load_checkpoint(args.resume)
+            meta = ckpt.metadata
+            model, opt = ckpt.model, ckpt.make_optimizer()
+            if opt is None:
+                fail(f"{args.resume}: holds no optimizer state, so training cannot resume exactly")
+            start_epoch, start_batch = int(meta.get("epoch", 0)), int(meta.get("batches_done", 0))
+            best = float(meta.get("best_accuracy", 0.0))
+            for key in ("dataset", "seed", "batch_size", "split_test", "train_limit"):
+                if key in meta:
+                    setattr(args, key, meta[key])
+            args.model = meta.get("model_spec", args.model)
+        data = load_dataset(args.dataset, args.train_data_dir, split_test=args.split_test,
+                            train_limit=args.train_limit, download=not args.no_download,
+                            show_progress=not quiet and console.is_terminal)
+        input_shape = (1,) + data.x_train.shape[1:]
+        if not args.resume:
+            model = build_model(args.model, input_shape, seed=args.seed)
+            opt_type = OPTIMIZER_TYPES[OPTIMIZERS[args.optimizer]]
+            opt = (opt_type(model.parameters(), lr=args.learning_rate, momentum=0.9)
+                   if args.optimizer == "momentum" else opt_type(model.parameters(), lr=args.learning_rate))
+        out_shape = model.summary(input_shape)[-1][1]
+        if out_shape != (len(data.class_names),):
+            fail(f"the model outputs shape {out_shape}, but {data.name} has "
+                 f"{len(data.class_names)} classes: end the model with dense:{len(data.class_names)}")
+        os.makedirs(args.checkpoint_folder, exist_ok=True)
+        log = LossLog(args.loss_csv_path, append=bool(args.resume))
+    except (DataError, CheckpointError, ValueError, OSError) as err:
+        fail(str(err))
+
+    if start_epoch >= args.nb_epochs:
+        fail(f"the checkpoint has already done {start_epoch} epochs; pass --nb-epochs above that")
+    x_train, x_test = to_float(data.x_train), to_float(data.x_test)
+    trainer = Trainer(model, opt, args.batch_size, args.seed)
+    stop = StopFlag()
+    if not quiet:
+        show_header(args, model, data, opt, start_epoch, input_shape)
+
+    def checkpoint(epoch, batches_done, accuracy, tag=""):
+        name = f"checkpoint-e{epoch:03d}-s{opt.steps:07d}{tag}.json"
+        path = Path(args.checkpoint_folder) / name
+        meta = dict(epoch=epoch, batches_done=batches_done, step=opt.steps, dataset=data.name,
+                    class_names=list(data.class_names), input_shape=list(input_shape),
+                    normalisation=NORMALISATION, model_spec=args.model, seed=args.seed,
+                    batch_size=args.batch_size, split_test=args.split_test,
+                    train_limit=args.train_limit, test_accuracy=accuracy, best_accuracy=best)
+        save_checkpoint(model, path, opt, **meta)
+        save_checkpoint(model, Path(args.checkpoint_folder) / "latest.json", opt, **meta)
+        return path
+
+    with console.status("Preparing kernels (compiled on the first run, then cached)...",
+                        spinner="dots") if console.is_terminal and not quiet else contextlib.nullcontext():
+        model.forward(x_train[:args.batch_size])
+        model.backward(data.y_train[:args.batch_size])
+
+    last_path, accuracy, run_start = None, math.nan, time.perf_counter()
+    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
+                          "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn()]
+    for epoch in range(start_epoch + 1, args.nb_epochs + 1):
+        with Progress(*columns, console=console, transient=True,
+                      disable=quiet or not console.is_terminal) as bar:
+            task = bar.add_task("", total=math.ceil(len(x_train) / args.batch_size),
+                                completed=start_batch, epoch=f"{epoch}/{args.nb_epochs}",
+                                loss=math.nan, acc=0.0, ips=0.0)
+
+            def on_batch(done, total, loss, acc, ips):
+                bar.update(task, completed=done, loss=loss, acc=acc, ips=ips)
+
+            result = trainer.run_epoch(x_train, data.y_train, epoch, start_batch, on_batch, stop)
+        start_batch = 0
+        if result.diverged:
+            where = f"the last good checkpoint is {last_path}" if last_path else \
+                "no checkpoint was written before it"
+            fail(f"loss became nan/inf in epoch {epoch}, batch {result.batches_done + 1}: the "
+                 f"learning rate ({opt.lr}) is most likely too high, try a tenth of it; {where}",
+                 code=1)
+        if result.stopped:
+            path = checkpoint(epoch - 1, result.batches_done, accuracy, "-interrupted")
+            console.print(f"Interrupted in epoch {epoch} after {result.batches_done} batches; "
+                          f"saved {path} (resume with --resume {path})")
+            log.close()
+            sys.exit(EXIT_INTERRUPTED)
+        test_loss, accuracy = model.evaluate(x_test, data.y_test, batch_size=1000)
+        best = max(best, accuracy)
+        log.add(epoch, result.step, result.train_loss, test_loss, accuracy, result.seconds,
+                result.images_per_second)
+        if epoch % args.checkpoint_stride == 0 or epoch == args.nb_epochs or stop():
+            last_path = checkpoint(epoch, 0, accuracy)
+        if not quiet:
+            console.print(f"epoch {epoch}/{args.nb_epochs}  train loss {result.train_loss:.4f}  "
+                          f"test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
+                          f"{result.seconds:.1f}s  {result.images_per_second:,.0f} img/s")
+        if stop():
+            console.print(f"Interrupted after epoch {epoch}; saved {last_path} "
+                          f"(resume with --resume {last_path})")
+            log.close()
+            sys.exit(EXIT_INTERRUPTED)
+    log.close()
+    if plot_path:
+        plot_loss_log(args.loss_csv_path, plot_path, title=f"{data.name}, {args.model}")
+    console.print(f"done in {time.perf_counter() - run_start:.1f}s: best test accuracy {best:.2%}, "
+                  f"final {accuracy:.2%}; checkpoints in {args.checkpoint_folder}/ "
+                  f"(latest: {Path(args.checkpoint_folder) / 'latest.json'}), "
+                  f"loss CSV {args.loss_csv_path}" + (f", plot {plot_path}" if plot_path else ""))
+
+
+if __name__ == "__main__":
+    main()
