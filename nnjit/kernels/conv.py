@@ -1,111 +1,127 @@
-"""im2col / col2im and the row<->NCHW transposes around the convolution GEMM.
+"""im2col / col2im and the channel-major <-> NCHW moves around the convolution GEMM.
 
 Layout conventions (all buffers flat, C-contiguous):
 
 - ``x``: (N, C, H, W) images.
-- ``cols``: (N*OH*OW, C*KH*KW); row ``(n, oh, ow)``, column ``(c, kh, kw)``.
-  ``cols @ weight.reshape(OC, C*KH*KW).T`` is the convolution in "rows" layout.
-- ``rows``: (N*OH*OW, OC), the GEMM output (channels last).
+- ``cols``: (C*KH*KW, N*OH*OW); row ``(c, kh, kw)``, column ``(n, oh, ow)``.
+  Rows are patches of one input plane, so unfolding and folding both walk
+  memory contiguously along ``ow``.
+- ``ymat``: (OC, N*OH*OW) = ``weight.reshape(OC, C*KH*KW) @ cols``, the
+  convolution with channels first and the batch inside.
 """
+from numba import njit
+
 from ._jit import kernel, prange
+
+
+@njit(cache=True, inline="always")
+def valid_range(k, S, P, W, OW):
+    """Output columns [lo, hi) whose input column ow*S + k - P lies inside [0, W).
+
+    Splitting loops at these bounds keeps the bounds test out of the inner
+    loop, so it vectorises."""
+    lo = max(0, (P - k + S - 1) // S)
+    hi = min(OW, (W - 1 + P - k) // S + 1)
+    return lo, max(lo, hi)
 
 
 @kernel
 def im2col(x, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, cols):
     """Unfold zero-padded patches of ``x`` into ``cols``.
 
-    x: float (N*C*H*W,); writes cols: float (N*OH*OW*C*KH*KW,).
-    Each parallel iteration owns the rows of one output line (n, oh).
+    x: float (N*C*H*W,); writes cols: float (C*KH*KW * N*OH*OW,).
+    Each parallel iteration owns one (row, n) block of OH*OW columns.
     """
     K = C * KH * KW
-    for line in prange(N * OH):
-        n = line // OH
-        oh = line % OH
-        for ow in range(OW):
-            base = ((n * OH + oh) * OW + ow) * K
-            for c in range(C):
-                plane = (n * C + c) * H
-                for kh in range(KH):
-                    ih = oh * SH + kh - PH
-                    dst = base + (c * KH + kh) * KW
-                    if ih < 0 or ih >= H:
-                        for kw in range(KW):
-                            cols[dst + kw] = 0
-                        continue
-                    src = (plane + ih) * W
-                    for kw in range(KW):
-                        iw = ow * SW + kw - PW
-                        if iw < 0 or iw >= W:
-                            cols[dst + kw] = 0
-                        else:
-                            cols[dst + kw] = x[src + iw]
+    x4 = x.reshape((N, C, H, W))
+    c4 = cols.reshape((K, N, OH, OW))
+    for rn in prange(K * N):
+        row = rn // N
+        n = rn % N
+        c = row // (KH * KW)
+        kh = (row // KW) % KH
+        kw = row % KW
+        hlo, hhi = valid_range(kh, SH, PH, H, OH)
+        wlo, whi = valid_range(kw, SW, PW, W, OW)
+        block = c4[row, n]
+        if hlo > 0 or hhi < OH or wlo > 0 or whi < OW:
+            block[:, :] = 0
+        if hlo < hhi and wlo < whi:
+            ih, iw = hlo * SH + kh - PH, wlo * SW + kw - PW
+            # Slice copies, not computed flat indices: those keep a sign check
+            # per element and do not vectorise.
+            block[hlo:hhi, wlo:whi] = x4[n, c, ih:ih + (hhi - hlo - 1) * SH + 1:SH,
+                                         iw:iw + (whi - wlo - 1) * SW + 1:SW]
 
 
 @kernel
 def col2im(dcols, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, dx):
     """Fold patch gradients back onto the image: the adjoint of ``im2col``.
 
-    dcols: float (N*OH*OW*C*KH*KW,); writes dx: float (N*C*H*W,) (overwritten,
-    overlapping patches summed). Each parallel iteration owns one (n, c) plane,
-    so overlapping windows never race.
+    dcols: float (C*KH*KW * N*OH*OW,); writes dx: float (N*C*H*W,)
+    (overwritten; overlapping patches summed). Each parallel iteration owns
+    one (n, c) plane of dx, so overlapping windows never race.
     """
     K = C * KH * KW
-    HW = H * W
+    dx4 = dx.reshape((N, C, H, W))
+    c4 = dcols.reshape((K, N, OH, OW))
     for nc in prange(N * C):
         n = nc // C
         c = nc % C
-        out = nc * HW
-        for i in range(HW):
-            dx[out + i] = 0
-        for oh in range(OH):
-            for ow in range(OW):
-                base = ((n * OH + oh) * OW + ow) * K + c * KH * KW
-                for kh in range(KH):
-                    ih = oh * SH + kh - PH
-                    if ih < 0 or ih >= H:
-                        continue
-                    for kw in range(KW):
-                        iw = ow * SW + kw - PW
-                        if iw >= 0 and iw < W:
-                            dx[out + ih * W + iw] += dcols[base + kh * KW + kw]
+        plane = dx4[n, c]
+        plane[:, :] = 0
+        for kh in range(KH):
+            hlo, hhi = valid_range(kh, SH, PH, H, OH)
+            for kw in range(KW):
+                wlo, whi = valid_range(kw, SW, PW, W, OW)
+                src = c4[(c * KH + kh) * KW + kw, n]
+                ih, iw = hlo * SH + kh - PH, wlo * SW + kw - PW
+                dst = plane[ih:ih + (hhi - hlo - 1) * SH + 1:SH, iw:iw + (whi - wlo - 1) * SW + 1:SW]
+                for i in range(hhi - hlo):
+                    for j in range(whi - wlo):
+                        dst[i, j] += src[hlo + i, wlo + j]
 
 
 @kernel
-def rows_to_nchw(rows, bias, N, P, OC, relu, out):
-    """Transpose GEMM rows to NCHW, adding the bias and optionally ReLU.
+def ymat_to_nchw(ymat, bias, N, P, OC, relu, out):
+    """Move the GEMM output to NCHW, adding the bias and optionally ReLU.
 
-    rows: float (N*P*OC,) as (N, P, OC); bias: float (OC,); P = OH*OW.
+    ymat: float (OC*N*P,) as (OC, N, P); bias: float (OC,); P = OH*OW.
     Writes out: float (N*OC*P,) as (N, OC, P). ``relu`` (bool) fuses max(0, .).
     """
+    y3 = ymat.reshape((OC, N, P))
+    o3 = out.reshape((N, OC, P))
     for noc in prange(N * OC):
         n = noc // OC
         oc = noc % OC
         b = bias[oc]
-        src = n * P * OC + oc
-        dst = noc * P
-        for p in range(P):
-            v = rows[src + p * OC] + b
-            if relu and v < 0:
-                out[dst + p] = 0
-            else:
-                out[dst + p] = v
+        src = y3[oc, n]
+        dst = o3[n, oc]
+        if relu:
+            for p in range(P):
+                dst[p] = max(src[p] + b, 0)
+        else:
+            for p in range(P):
+                dst[p] = src[p] + b
 
 
 @kernel
-def nchw_to_rows(dy, N, P, OC, rows, dbias):
-    """Transpose an NCHW gradient to GEMM rows and reduce it for the bias.
+def nchw_to_ymat(dy, N, P, OC, dymat, dbias):
+    """Move an NCHW gradient to the GEMM layout and reduce it for the bias.
 
-    dy: float (N*OC*P,) as (N, OC, P). Writes rows: float (N*P*OC,) as
-    (N, P, OC) and dbias: float (OC,) = sum of dy over N and P. Each parallel
+    dy: float (N*OC*P,) as (N, OC, P). Writes dymat: float (OC*N*P,) as
+    (OC, N, P) and dbias: float (OC,) = sum of dy over N and P. Each parallel
     iteration owns one output channel; the batch is summed serially inside it.
     """
+    d3 = dy.reshape((N, OC, P))
+    y3 = dymat.reshape((OC, N, P))
     for oc in prange(OC):
         acc = 0.0
         for n in range(N):
-            src = (n * OC + oc) * P
-            dst = n * P * OC + oc
+            src = d3[n, oc]
+            dst = y3[oc, n]
             for p in range(P):
-                v = dy[src + p]
-                rows[dst + p * OC] = v
+                v = src[p]
+                dst[p] = v
                 acc += v
         dbias[oc] = acc

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import col2im, im2col, nchw_to_rows, rows_to_nchw
+from ..kernels.conv import col2im, im2col, nchw_to_ymat, ymat_to_nchw
 from ..params import Parameter
 from .base import Layer, he_uniform, pair, positive_int
 
@@ -68,12 +68,12 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         k, p = c * kh * kw, oh * ow
         mode = "train" if training else "eval"
-        cols = self._buffer(f"cols/{mode}", (n * p, k), self.dtype)  # (N*OH*OW, C*KH*KW)
+        cols = self._buffer(f"cols/{mode}", (k, n * p), self.dtype)  # (C*KH*KW, N*OH*OW)
         im2col(x.reshape(-1), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, cols.reshape(-1))
-        rows = self._buffer(f"rows/{mode}", (n * p, oc), self.dtype)  # (N*OH*OW, OC)
-        np.matmul(cols, self.weight.value.reshape(oc, k).T, out=rows)
+        ymat = self._buffer(f"ymat/{mode}", (oc, n * p), self.dtype)  # (OC, N*OH*OW)
+        np.matmul(self.weight.value.reshape(oc, k), cols, out=ymat)
         out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
-        rows_to_nchw(rows.reshape(-1), self.bias.value, n, p, oc, False, out.reshape(-1))
+        ymat_to_nchw(ymat.reshape(-1), self.bias.value, n, p, oc, False, out.reshape(-1))
         self._cache = (x.shape, cols) if training else None
         return out
 
@@ -85,14 +85,14 @@ class Conv2D(Layer):
         dy = self._check_grad(dy, (n, oc, oh, ow), self.dtype)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         k, p = c * kh * kw, oh * ow
-        drows = self._buffer("drows", (n * p, oc), self.dtype)  # (N*OH*OW, OC)
-        nchw_to_rows(dy.reshape(-1), n, p, oc, drows.reshape(-1), self.bias.grad)
-        np.matmul(drows.T, cols, out=self.weight.grad.reshape(oc, k))  # (OC, C*KH*KW)
+        dymat = self._buffer("dymat", (oc, n * p), self.dtype)  # (OC, N*OH*OW)
+        nchw_to_ymat(dy.reshape(-1), n, p, oc, dymat.reshape(-1), self.bias.grad)
+        np.matmul(dymat, cols.T, out=self.weight.grad.reshape(oc, k))  # (OC, C*KH*KW)
         if not need_input_grad:
             return None
         # cols is spent once dW is known: reuse its memory for dcols.
         self._cache = None
-        dcols = np.matmul(drows, self.weight.value.reshape(oc, k), out=cols)  # (N*OH*OW, K)
+        dcols = np.matmul(self.weight.value.reshape(oc, k).T, dymat, out=cols)  # (K, N*OH*OW)
         dx = self._buffer("dx", (n, c, h, w), self.dtype)
         col2im(dcols.reshape(-1), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, dx.reshape(-1))
         return dx
