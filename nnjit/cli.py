@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -19,7 +20,7 @@ class UsageError(Exception):
 
 def fail(message: str, code: int = EXIT_BAD_INPUT):
     """Print ``error: message`` to stderr (one line, no traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 

@@ -12,6 +12,11 @@ class ReLU(Layer):
         super().__init__()
         self._out = None
 
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("Relu", [x], [y])]
+
     def forward(self, x, training=True):
         x = self._check_input(x, None)
         out = self._buffer("out/train" if training else "out/eval", x.shape, x.dtype)
@@ -42,6 +47,11 @@ class Softmax(Layer):
         super().__init__()
         self._out = None
         self.logits = None
+
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("Softmax", [x], [y], axis=-1)]
 
     def forward(self, x, training=True):
         x = self._check_input(x, 2)

@@ -49,6 +49,14 @@ class Layer:
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial values for the parameters from ``rng``."""
 
+    def onnx_nodes(self, x: str, y: str, params: dict[str, str]) -> list:
+        """ONNX nodes computing tensor ``y`` from tensor ``x``.
+
+        ``params`` maps this layer's parameter attributes ("weight") to the
+        initializer names the exporter gave them ("0.weight").
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no ONNX lowering")
+
     # -- shared machinery ----------------------------------------------------
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         """(attribute name, Parameter) pairs, found among the attributes in definition order."""

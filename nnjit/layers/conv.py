@@ -61,6 +61,14 @@ class Conv2D(Layer):
                              f"does not fit a {h}x{w} input")
         return (self.out_channels, oh, ow)
 
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        (ph, pw) = self.padding
+        return [helper.make_node("Conv", [x, params["weight"], params["bias"]], [y],
+                                 kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                                 pads=[ph, pw, ph, pw])]
+
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
         n, c, h, w = x.shape

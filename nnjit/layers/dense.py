@@ -40,6 +40,11 @@ class Dense(Layer):
                              f"got {tuple(input_shape)}")
         return (self.out_features,)
 
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("Gemm", [x, params["weight"], params["bias"]], [y], transB=1)]
+
     def forward(self, x, training=True):
         x = self._check_input(x, 2, self.dtype)
         self.output_shape(x.shape[1:])

@@ -38,6 +38,12 @@ class MaxPool2D(Layer):
             raise ValueError(f"MaxPool2D window {self.kernel_size} does not fit a {h}x{w} input")
         return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
 
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("MaxPool", [x], [y], kernel_shape=list(self.kernel_size),
+                                 strides=list(self.stride))]
+
     def forward(self, x, training=True):
         x = self._check_input(x, 4)
         n, c, h, w = x.shape

@@ -21,6 +21,11 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("Flatten", [x], [y], axis=1)]
+
     def forward(self, x, training=True):
         x = self._check_input(x, None)
         if x.ndim < 2:

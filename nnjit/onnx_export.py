@@ -1,0 +1,76 @@
+"""Export a Sequential to ONNX with standard operators, and check it with onnxruntime."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .model import Sequential
+from .layers import Softmax
+
+OPSET = 13
+
+
+def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | None = None):
+    """Build an ``onnx.ModelProto`` for ``model``.
+
+    input_shape: one sample's shape, e.g. (1, 28, 28). The graph has input
+    ``input`` (batch, *input_shape) with a symbolic batch dimension, output
+    ``probs`` (``logits`` when the model does not end in Softmax) of shape
+    (batch, K), and one initializer per parameter named as in checkpoints
+    ("0.weight"). ``metadata`` entries become the model's metadata_props
+    (non-string values JSON-encoded).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from . import __version__
+
+    rows = model.summary(input_shape)
+    nodes, initializers = [], []
+    x = "input"
+    for i, layer in enumerate(model.layers):
+        last = i == len(model.layers) - 1
+        y = ("probs" if isinstance(layer, Softmax) else "logits") if last else \
+            f"{i}.{type(layer).__name__.lower()}"
+        params = {}
+        for attr, p in layer.named_parameters():
+            initializers.append(numpy_helper.from_array(np.asarray(p.value, np.float32), name=p.name))
+            params[attr] = p.name
+        nodes += layer.onnx_nodes(x, y, params)
+        x = y
+    graph = helper.make_graph(
+        nodes, "nnjit", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                       ["batch", *input_shape])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *rows[-1][1]])],
+        initializer=initializers)
+    proto = helper.make_model(graph, producer_name="nnjit", producer_version=__version__,
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    # Pin the IR version to what the opset was released with, so older runtimes load the file.
+    proto.ir_version = 7
+    meta = {"nnjit_version": __version__, **(metadata or {})}
+    helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v)
+                                   for k, v in meta.items()})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(model: Sequential, path, input_shape, metadata: dict | None = None) -> None:
+    """Write :func:`to_onnx` of ``model`` to ``path`` (via a temporary file and rename)."""
+    import onnx
+
+    proto = to_onnx(model, input_shape, metadata)
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+
+
+def onnxruntime_max_difference(path, model: Sequential, x: np.ndarray) -> float:
+    """Largest |onnxruntime(path)(x) - model.predict(x)|. x: float32 (N, C, H, W)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"input": np.ascontiguousarray(x, np.float32)})
+    return float(np.max(np.abs(got - model.predict(x))))

@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Run a trained checkpoint on one image, or evaluate it on a whole IDX test set."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from rich.progress import Progress
+from rich.table import Table
+from rich.text import Text
+
+from nnjit.checkpoint import CheckpointError, load_checkpoint
+from nnjit.cli import HelpFormatter, console, fail, positive_int
+from nnjit.data import NORMALISATION, DataError, load_split, read_idx, to_float
+from nnjit.images import load_image
+
+EXAMPLES = """
+examples:
+  python scripts/infer.py checkpoints/latest.json image_sample.bin
+  python scripts/infer.py checkpoints/latest.json digit.png --json
+  python scripts/infer.py checkpoints/latest.json --idx data/mnist/t10k-images-idx3-ubyte.gz data/mnist/t10k-labels-idx1-ubyte.gz
+  python scripts/infer.py --save-sample 0 --idx data/mnist/t10k-images-idx3-ubyte.gz --output image_sample.bin
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
+    p.add_argument("checkpoint", nargs="?", help="checkpoint JSON written by scripts/train.py")
+    p.add_argument("image", nargs="?",
+                   help="a raw 784-byte 28x28 grayscale file, a .npy array, or a PNG/JPEG")
+    p.add_argument("--idx", nargs="+", metavar="FILE",
+                   help="IMAGES LABELS: evaluate on an IDX test set (with --save-sample: IMAGES [LABELS])")
+    p.add_argument("--top", type=positive_int, default=5, help="how many classes to list")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result instead")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="batch size for --idx")
+    p.add_argument("--save-sample", type=int, metavar="INDEX",
+                   help="write image INDEX of the --idx images file as a raw 784-byte file and exit")
+    p.add_argument("--output", default="image_sample.bin", help="file written by --save-sample")
+    return p.parse_args(argv)
+
+
+def draw(pixels: np.ndarray) -> Text:
+    """The image in the terminal: two pixel rows per line with half blocks (ASCII when piped)."""
+    text = Text()
+    if not console.is_terminal:
+        ramp = " .:-=+*#%@"
+        for row in pixels:
+            text.append("".join(ramp[int(v) * len(ramp) // 256] * 2 for v in row) + "\n")
+        return text
+    for top, bottom in zip(pixels[0::2], pixels[1::2]):
+        for a, b in zip(top, bottom):
+            text.append("▀", style=f"rgb({a},{a},{a}) on rgb({b},{b},{b})")
+        text.append("\n")
+    return text
+
+
+def class_names(ckpt, k):
+    names = ckpt.metadata.get("class_names")
+    return [str(n) for n in names] if names and len(names) == k else [str(i) for i in range(k)]
+
+
+def check_preprocessing(ckpt):
+    norm = ckpt.metadata.get("normalisation", NORMALISATION)
+    if norm != NORMALISATION:
+        fail(f"{ckpt.path}: trained with normalisation {norm!r}, this nnjit applies {NORMALISATION!r}")
+    return tuple(ckpt.metadata.get("input_shape", (1, 28, 28)))
+
+
+def save_sample(args):
+    if not args.idx or len(args.idx) > 2:
+        fail("--save-sample needs --idx IMAGES [LABELS]")
+    try:
+        images = read_idx(args.idx[0])
+        labels = read_idx(args.idx[1]) if len(args.idx) == 2 else None
+    except DataError as err:
+        fail(str(err))
+    if images.ndim != 3 or not 0 <= args.save_sample < len(images):
+        fail(f"--save-sample: index {args.save_sample} is outside 0..{len(images) - 1}")
+    try:
+        with open(args.output, "wb") as f:
+            f.write(images[args.save_sample].tobytes())
+    except OSError as err:
+        fail(f"{args.output}: cannot write: {err.strerror}")
+    label = f" (label {labels[args.save_sample]})" if labels is not None else ""
+    console.print(f"wrote image {args.save_sample}{label} to {args.output} "
+                  f"({images[args.save_sample].size} bytes)")
+
+
+def predict_one(args, ckpt, shape):
+    try:
+        pixels, how = load_image(args.image, shape[1:])
+    except DataError as err:
+        fail(str(err))
+    probs = ckpt.model.predict(to_float(pixels[None]))[0]
+    names = class_names(ckpt, len(probs))
+    order = np.argsort(-probs)[:args.top]
+    best = int(order[0])
+    if args.json:
+        print(json.dumps({"image": args.image, "read_as": how, "class": best, "name": names[best],
+                          "probabilities": {names[i]: float(probs[i]) for i in range(len(probs))}}))
+        return
+    console.print(draw(pixels))
+    console.print(f"read as: {how}")
+    label = f"{best}" + (f" ({names[best]})" if names[best] != str(best) else "")
+    console.print(f"[bold]prediction: {label}[/]  probability {probs[best]:.2%}")
+    table = Table(title=f"top {len(order)}")
+    for col in ("class", "name", "probability"):
+        table.add_column(col, justify="right" if col != "name" else "left")
+    for i in order:
+        table.add_row(str(i), names[i], f"{probs[i]:.2%}")
+    console.print(table)
+
+
+def evaluate(args, ckpt, shape):
+    if len(args.idx) != 2:
+        fail("--idx takes IMAGES LABELS")
+    k = ckpt.model.summary(shape)[-1][1][0]
+    try:
+        images, labels = load_split(args.idx[0], args.idx[1], k)
+    except DataError as err:
+        fail(str(err))
+    if images.shape[1:] != shape[1:]:
+        fail(f"the images are {images.shape[1]}x{images.shape[2]}, the checkpoint expects "
+             f"{shape[1]}x{shape[2]}")
+    x = to_float(images)
+    preds = np.empty(len(x), np.int64)
+    with Progress(console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
+        task = bar.add_task("evaluating", total=len(x))
+        for start in range(0, len(x), args.batch_size):
+            probs = ckpt.model.predict(x[start:start + args.batch_size], args.batch_size)
+            preds[start:start + len(probs)] = probs.argmax(axis=1)
+            bar.update(task, advance=len(probs))
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels.astype(np.int64), preds), 1)
+    accuracy = float(np.trace(confusion) / max(len(x), 1))
+    per_class = [float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
+                 for i in range(k)]
+    names = class_names(ckpt, k)
+    if args.json:
+        print(json.dumps({"images": len(x), "accuracy": accuracy,
+                          "per_class_accuracy": dict(zip(names, per_class)),
+                          "confusion": confusion.tolist()}))
+        return
+    console.print(f"[bold]accuracy {accuracy:.2%}[/] on {len(x):,} images")
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)")
+    table.add_column("true")
+    for i in range(k):
+        table.add_column(str(i), justify="right")
+    table.add_column("acc", justify="right")
+    for i in range(k):
+        acc = "-" if per_class[i] is None else f"{per_class[i]:.1%}"
+        table.add_row(f"{i} {names[i]}" if names[i] != str(i) else str(i),
+                      *[str(v) if v else "." for v in confusion[i]], acc)
+    console.print(table)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.save_sample is not None:
+        return save_sample(args)
+    if not args.checkpoint:
+        fail("a CHECKPOINT is needed (or --save-sample INDEX --idx IMAGES)")
+    if bool(args.image) == bool(args.idx):
+        fail("give either an IMAGE or --idx IMAGES LABELS")
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        fail(str(err))
+    shape = check_preprocessing(ckpt)
+    try:
+        ckpt.model.summary(shape)
+    except ValueError as err:
+        fail(f"{args.checkpoint}: the model does not take inputs of shape {shape}: {err}")
+    if args.image:
+        predict_one(args, ckpt, shape)
+    else:
+        evaluate(args, ckpt, shape)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

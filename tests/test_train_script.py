@@ -1,0 +1,170 @@
+"""scripts/train.py end to end, as a subprocess on small synthetic IDX data."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from nnjit.checkpoint import load_checkpoint
+from nnjit.trainer import CSV_COLUMNS
+from synthetic import write_dataset
+
+TRAIN = str(ROOT / "scripts" / "train.py")
+
+
+def run(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, TRAIN, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    write_dataset(folder, n_train=512, n_test=128)
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_runs_writes_csv_checkpoints_and_learns(tiny_data, tmp_path):
+    ck = tmp_path / "ck"
+    proc = run("--train-data-dir", tiny_data, "--model", "mlp", "--nb-epochs", 3,
+               "--checkpoint-folder", ck, "--checkpoint-stride", 2, "--batch-size", 32)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_csv(ck / "loss.csv")
+    assert rows[0] == list(CSV_COLUMNS)
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert [r[1] for r in rows[1:]] == ["16", "32", "48"]  # 512 / 32 steps per epoch
+    assert float(rows[-1][4]) > 0.9, rows  # the blocks are easy to tell apart
+    names = sorted(p.name for p in ck.glob("checkpoint-*.json"))
+    assert names == ["checkpoint-e002-s0000032.json", "checkpoint-e003-s0000048.json"]
+    latest = load_checkpoint(ck / "latest.json")
+    assert latest.metadata["epoch"] == 3 and latest.metadata["dataset"] == "mnist"
+    assert "epoch 3/3" in proc.stdout and "best test accuracy" in proc.stdout
+
+
+def test_resume_gives_the_same_weights_as_one_run(tiny_data, tmp_path):
+    common = ["--train-data-dir", tiny_data, "--model", "conv:4:3,relu,pool:2,dense:10,softmax",
+              "--optimizer", "adam", "--learning-rate", "0.002", "--batch-size", 50]
+    straight = run(*common, "--nb-epochs", 4, "--checkpoint-folder", tmp_path / "a")
+    first = run(*common, "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "b")
+    resumed = run("--resume", tmp_path / "b" / "latest.json", "--nb-epochs", 4,
+                  "--train-data-dir", tiny_data, "--checkpoint-folder", tmp_path / "b")
+    for proc in (straight, first, resumed):
+        assert proc.returncode == 0, proc.stderr
+    a = load_checkpoint(tmp_path / "a" / "latest.json")
+    b = load_checkpoint(tmp_path / "b" / "latest.json")
+    assert b.metadata["epoch"] == 4 and b.optimizer_state["steps"] == a.optimizer_state["steps"]
+    assert np.array_equal(a.model.flat.values, b.model.flat.values)
+    assert len(read_csv(tmp_path / "b" / "loss.csv")) == 5  # header + 4 epochs, appended
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint_and_valid_csv(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, n_train=6000, n_test=200)
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, TRAIN, "--train-data-dir", str(data), "--nb-epochs", "50",
+                             "--checkpoint-folder", str(ck), "--model", "cnn"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ck / "latest.json").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # now mid-way through epoch 2
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out.lower()
+    saved = sorted(ck.glob("checkpoint-*-interrupted.json"))
+    assert saved, out
+    ckpt = load_checkpoint(saved[-1])
+    assert ckpt.metadata["epoch"] == 1 and ckpt.metadata["batches_done"] > 0
+    rows = read_csv(ck / "loss.csv")
+    assert rows[0] == list(CSV_COLUMNS) and all(len(r) == len(CSV_COLUMNS) for r in rows)
+
+
+def test_divergence_stops_with_a_learning_rate_hint(tiny_data, tmp_path):
+    proc = run("--train-data-dir", tiny_data, "--model", "mlp", "--nb-epochs", 3,
+               "--optimizer", "sgd", "--learning-rate", "1e30", "--checkpoint-folder", tmp_path)
+    assert proc.returncode == 1
+    assert "learning rate" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("checkpoint-*.json"))
+
+
+def corrupt(folder):
+    write_dataset(folder, 64, 32)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def mismatched(folder):
+    write_dataset(folder, 64, 32)
+    from nnjit.data import write_idx
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(31, np.uint8))
+
+
+@pytest.mark.parametrize("args,setup,match", [
+    (["--train-data-dir", "{tmp}/missing"], None, "does not exist"),
+    (["--train-data-dir", "{tmp}/d"], corrupt, "truncated|corrupt"),
+    (["--train-data-dir", "{tmp}/d"], mismatched, "32 images but .* 31 labels"),
+    (["--batch-size", "0"], None, "must be positive"),
+    (["--learning-rate", "-0.1"], None, "positive number"),
+    (["--learning-rate", "0"], None, "positive number"),
+    (["--model", "conv:8,relu"], None, "model spec"),
+    (["--model", "dense:7,softmax"], None, "7"),
+    (["--optimizer", "rmsprop"], None, "invalid choice"),
+    (["--resume", "{tmp}/nope.json"], None, "cannot read"),
+])
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, tiny_data, args, setup, match):
+    if setup:
+        setup(tmp_path / "d")
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--train-data-dir" not in args:
+        args += ["--train-data-dir", str(tiny_data)]
+    proc = run(*args, "--checkpoint-folder", tmp_path / "ck", "--nb-epochs", 1, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+    assert re.search(match, proc.stderr), proc.stderr
+
+
+def test_plot_is_written(tiny_data, tmp_path):
+    proc = run("--train-data-dir", tiny_data, "--model", "mlp", "--nb-epochs", 1,
+               "--checkpoint-folder", tmp_path, "--plot", tmp_path / "curves.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_what_to_install(tiny_data, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "matplotlib.py").write_text("raise ImportError('matplotlib is blocked here')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    proc = run("--train-data-dir", tiny_data, "--model", "mlp", "--nb-epochs", 1,
+               "--checkpoint-folder", tmp_path, "--plot", tmp_path / "curves.png", env=env)
+    assert proc.returncode == 2 and "pip install 'nnjit[plot]'" in proc.stderr, proc.stderr
+
+
+def test_help_explains_every_flag():
+    out = run("--help").stdout
+    for flag in ("--learning-rate", "--batch-size", "--nb-epochs", "--train-data-dir",
+                 "--checkpoint-folder", "--checkpoint-stride", "--loss-csv-path", "--dataset",
+                 "--model", "--optimizer", "--seed", "--threads", "--resume", "--quiet",
+                 "--split-test", "--train-limit", "--plot"):
+        assert flag in out
+
+
+def test_default_recipe_reaches_98_percent_on_real_mnist(mnist_test_set, tmp_path):
+    from conftest import MNIST_DIR
+    proc = run("--dataset", "mnist", "--train-data-dir", MNIST_DIR, "--split-test", 8000,
+               "--nb-epochs", 3, "--checkpoint-folder", tmp_path, "--quiet", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(read_csv(tmp_path / "loss.csv")[-1][4])
+    assert accuracy >= 0.98, f"test accuracy {accuracy:.4f}"
