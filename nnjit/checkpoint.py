@@ -164,10 +164,11 @@ def _values(entry_name, values, shape, dtype) -> np.ndarray:
         raise CheckpointError(f"{entry_name}: values must be a list of numbers")
     if len(values) != math.prod(shape):
         raise CheckpointError(f"{entry_name}: {len(values)} values for shape {tuple(shape)}")
-    array = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(array)) or not np.all(np.isfinite(array.astype(dtype))):
-        raise CheckpointError(f"{entry_name}: holds non-finite values")
-    return array.astype(dtype).reshape(shape)
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: caught below
+        array = np.asarray(values, dtype=np.float64).astype(dtype)
+    if not np.all(np.isfinite(array)):
+        raise CheckpointError(f"{entry_name}: holds non-finite values (or values beyond {dtype})")
+    return array.reshape(shape)
 
 
 def _load_parameters(model: Sequential, entries) -> None:

@@ -1,0 +1,83 @@
+"""ONNX export: the checker's full check, then onnxruntime against nnjit's forward."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import ROOT
+from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
+from nnjit.checkpoint import save_checkpoint
+from nnjit.onnx_export import export_onnx
+from nnjit.spec import build_model
+
+SPECS = [
+    "cnn",
+    "mlp",
+    "conv:6:3:2:1,relu,pool:3:2,conv:8:3:1:1,relu,dense:10,softmax",
+    "conv:4:5:2:2,relu,pool:3:1,flatten,dense:32,relu,dense:10",
+    "non-square",
+]
+
+
+def make_model(spec):
+    if spec != "non-square":
+        return build_model(spec, seed=3)
+    return Sequential([Conv2D(1, 5, (2, 3), stride=(2, 1), padding=(1, 0)), ReLU(),
+                       MaxPool2D((3, 2), stride=(2, 3)), Flatten(), Dense(5 * 7 * 9, 10), Softmax()],
+                      seed=3)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
+    model = make_model(spec)
+    for p in model.parameters():  # non-zero biases, so a dropped bias would show
+        if p.name.endswith("bias"):
+            p.value[...] = np.random.default_rng(1).normal(size=p.shape) * 0.1
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, (1, 28, 28), {"class_names": list("0123456789")})
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.opset_import[0].version >= 13
+    assert [i.name for i in proto.graph.initializer] == [p.name for p in model.parameters()]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert "nnjit_version" in props and "class_names" in props
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    for batch in (x[:1], x):
+        (got,) = session.run(None, {"input": batch})
+        np.testing.assert_allclose(got, model.predict(batch), rtol=0, atol=1e-5)
+    ops = {n.op_type for n in proto.graph.node}
+    assert ops <= {"Conv", "MaxPool", "Relu", "Flatten", "Gemm", "Softmax"}
+
+
+def test_output_is_named_probs():
+    from nnjit.onnx_export import to_onnx
+    assert to_onnx(build_model("mlp"), (1, 28, 28)).graph.output[0].name == "probs"
+
+
+SCRIPT = str(ROOT / "scripts" / "export_onnx.py")
+
+
+def test_script_exports_and_verifies(tmp_path):
+    save_checkpoint(build_model("cnn", seed=0), tmp_path / "c.json", input_shape=[1, 28, 28],
+                    class_names=list("0123456789"))
+    proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint-path", tmp_path / "c.json",
+                           "--onnx-path", tmp_path / "m.onnx", "--verify"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "max |difference|" in proc.stdout
+    onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"), full_check=True)
+
+
+@pytest.mark.parametrize("ckpt,out,match", [
+    ("{tmp}/missing.json", "{tmp}/m.onnx", "cannot read"),
+    ("{tmp}/c.json", "{tmp}/no/such/folder/m.onnx", "cannot write"),
+])
+def test_script_bad_input_exits_2(tmp_path, ckpt, out, match):
+    save_checkpoint(build_model("mlp", seed=0), tmp_path / "c.json")
+    proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint-path", ckpt.format(tmp=tmp_path),
+                           "--onnx-path", out.format(tmp=tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and match in proc.stderr and "Traceback" not in proc.stderr
