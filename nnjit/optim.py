@@ -8,6 +8,8 @@ them all.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .kernels.optim import adam_step, momentum_step, sgd_step
@@ -139,3 +141,12 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         adam_step(self.flat.values, self.flat.grads, self.state["m"], self.state["v"],
                   self.lr, b1, b2, self.eps, 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps)
+
+
+def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
+    """Cosine decay from ``base_lr`` at step 0 to 0 at ``total_steps`` (Loshchilov & Hutter).
+
+    lr(t) = base_lr * (1 + cos(pi * t / total_steps)) / 2, held at 0 past the end.
+    """
+    t = min(step, total_steps) / max(total_steps, 1)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))

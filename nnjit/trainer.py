@@ -55,19 +55,24 @@ class EpochResult:
 class Trainer:
     """Runs epochs of mini-batch training of ``model`` with ``optimizer``.
 
-    x: float32 (N, C, H, W); y: int (N,). ``start_batch`` skips the first
-    batches of the first epoch run (resuming mid-epoch).
+    ``lr_at(step)``, when given, sets the optimizer's learning rate before
+    each step (``step`` counts optimizer steps from 0), e.g. a cosine schedule.
     """
 
-    def __init__(self, model: Sequential, optimizer: Optimizer, batch_size: int, seed: int):
+    def __init__(self, model: Sequential, optimizer: Optimizer, batch_size: int, seed: int,
+                 lr_at=None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.seed = batch_size, seed
+        self.lr_at = lr_at
 
     def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
                   on_batch=None, should_stop=lambda: False) -> EpochResult:
         """Train one epoch (``epoch`` counts from 1).
+
+        x: float32 (N, C, H, W); y: int (N,). ``start_batch`` skips the first
+        batches (resuming mid-epoch).
 
         on_batch(batches_done, batches, loss, running_accuracy, images_per_second)
         is called after every step; ``should_stop()`` is checked after every
@@ -90,6 +95,8 @@ class Trainer:
             if not math.isfinite(loss):
                 result.diverged = True
                 break
+            if self.lr_at is not None:
+                self.optimizer.lr = self.lr_at(self.optimizer.steps)
             self.optimizer.step()
             done += 1
             loss_sum += loss * len(idx)

@@ -51,9 +51,12 @@ def test_runs_writes_csv_checkpoints_and_learns(tiny_data, tmp_path):
     assert "epoch 3/3" in proc.stdout and "best test accuracy" in proc.stdout
 
 
-def test_resume_gives_the_same_weights_as_one_run(tiny_data, tmp_path):
-    common = ["--train-data-dir", tiny_data, "--model", "conv:4:3,relu,pool:2,dense:10,softmax",
-              "--optimizer", "adam", "--learning-rate", "0.002", "--batch-size", 50]
+RESUME_ARGS = ["--model", "conv:4:3,relu,pool:2,dense:10,softmax", "--optimizer", "adam",
+               "--learning-rate", "0.002", "--batch-size", 50]
+
+
+def test_two_epochs_then_two_more_equal_four_in_one_go(tiny_data, tmp_path):
+    common = ["--train-data-dir", tiny_data, "--lr-schedule", "constant", *RESUME_ARGS]
     straight = run(*common, "--nb-epochs", 4, "--checkpoint-folder", tmp_path / "a")
     first = run(*common, "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "b")
     resumed = run("--resume", tmp_path / "b" / "latest.json", "--nb-epochs", 4,
@@ -65,6 +68,19 @@ def test_resume_gives_the_same_weights_as_one_run(tiny_data, tmp_path):
     assert b.metadata["epoch"] == 4 and b.optimizer_state["steps"] == a.optimizer_state["steps"]
     assert np.array_equal(a.model.flat.values, b.model.flat.values)
     assert len(read_csv(tmp_path / "b" / "loss.csv")) == 5  # header + 4 epochs, appended
+
+
+def test_resuming_a_cosine_run_continues_its_schedule_exactly(tiny_data, tmp_path):
+    straight = run("--train-data-dir", tiny_data, *RESUME_ARGS, "--nb-epochs", 4,
+                   "--checkpoint-folder", tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr
+    resumed = run("--resume", tmp_path / "a" / "checkpoint-e002-s0000022.json", "--nb-epochs", 4,
+                  "--train-data-dir", tiny_data, "--checkpoint-folder", tmp_path / "b")
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "a" / "latest.json")
+    b = load_checkpoint(tmp_path / "b" / "latest.json")
+    assert np.array_equal(a.model.flat.values, b.model.flat.values)
+    assert a.optimizer_state["hyperparameters"]["lr"] == b.optimizer_state["hyperparameters"]["lr"] < 1e-4
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint_and_valid_csv(tmp_path):
