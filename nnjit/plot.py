@@ -20,6 +20,7 @@ def plot_loss_log(csv_path, png_path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     log = read_loss_log(csv_path)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -31,6 +32,7 @@ def plot_loss_log(csv_path, png_path, title: str = "") -> None:
     ax_acc.set(xlabel="epoch", ylabel="%", title="test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
