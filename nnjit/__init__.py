@@ -3,6 +3,7 @@
 Importing nnjit compiles nothing: kernels compile on first use and are cached
 on disk, so later processes load them.
 """
+from . import _env  # noqa: F401  (first: sets thread-pool waits before numpy loads OpenBLAS)
 from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Softmax
 from .losses import softmax_cross_entropy
 from .model import Sequential

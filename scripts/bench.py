@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+
 import numpy as np
 from rich.table import Table
 
-import nnjit
 from nnjit import SGD, Conv2D
 from nnjit.cli import HelpFormatter, console, positive_int
 from nnjit.spec import build_model

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+
 import numpy as np
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+
 import numpy as np
 from rich.progress import Progress
 from rich.table import Table

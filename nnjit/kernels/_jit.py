@@ -7,18 +7,47 @@ semantics, and the kernels are memory-bound where fastmath would matter.
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops
 vectorise.
 """
-import os
+import functools
 
-# Numba's OpenMP threads busy-wait between kernels by default, and so do
-# OpenBLAS's between GEMMs: on 2 cores the two pools then fight, and a kernel
-# right after a GEMM waited milliseconds (measured: 8 ms for a 10 us update).
-# Sleeping waits cost ~40 us per parallel launch instead. Must be set before
-# the OpenMP runtime loads (Numba loads it at the first parallel launch); a
-# user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba
+from numba import njit, prange
 
-from numba import njit, prange  # noqa: E402
+from .. import _env  # noqa: F401  (thread-pool waits; see nnjit/_env.py)
 
-kernel = njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+#: Below this many elements in its first array, a kernel runs on one thread:
+#: waking the sleeping pool (~40 us) would cost more than the work it splits.
+SERIAL_BELOW = 1 << 17
 
-__all__ = ["kernel", "prange"]
+_compile = njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+
+
+class Kernel:
+    """A parallel Numba kernel that runs serially on small inputs.
+
+    Calling it calls the compiled dispatcher (``.dispatcher``), with Numba's
+    thread count set to 1 for the call when the first argument (by
+    convention the array that measures the work) is smaller than
+    ``SERIAL_BELOW``.
+    """
+
+    def __init__(self, fn):
+        self.dispatcher = _compile(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        threads = numba.get_num_threads()
+        if threads == 1 or args[0].size >= SERIAL_BELOW:
+            return self.dispatcher(*args)
+        numba.set_num_threads(1)
+        try:
+            return self.dispatcher(*args)
+        finally:
+            numba.set_num_threads(threads)
+
+
+def kernel(fn) -> Kernel:
+    """Compile ``fn`` as an nnjit kernel (lazily, on first call; cached on disk)."""
+    return Kernel(fn)
+
+
+__all__ = ["kernel", "prange", "Kernel", "SERIAL_BELOW"]

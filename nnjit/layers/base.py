@@ -83,13 +83,15 @@ class Layer:
         name = type(self).__name__
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{name} expects a numpy array, got {type(x).__name__}")
-        if not np.issubdtype(x.dtype, np.floating):
+        if x.dtype.kind != "f":
             raise ValueError(
                 f"{name} expects floating-point input, got dtype {x.dtype} "
                 "(convert images with nnjit.data.to_float first)"
             )
         if ndim is not None and x.ndim != ndim:
             raise ValueError(f"{name} expects a {ndim}-D input, got shape {x.shape}")
+        if x.flags.c_contiguous and (dtype is None or x.dtype == dtype):
+            return x
         return np.ascontiguousarray(x, dtype=dtype or x.dtype)
 
     def _check_grad(self, dy, expected_shape: tuple[int, ...], dtype) -> np.ndarray:
