@@ -38,6 +38,18 @@ class Sequential:
                 p.name = f"{i}.{attr}"
         params = self.parameters()
         self.flat = FlatParameters(params) if params else None
+        # Layers taken over by their predecessor (e.g. a ReLU fused into Conv2D's
+        # output pass) stay in `layers` for description and export, but are not run.
+        self._fused = set()
+        for layer in self.layers:
+            layer.unfuse()
+        i = 0
+        while i < len(self.layers):
+            j = i + 1
+            while j < len(self.layers) and self.layers[i].fuse_next(self.layers[j]):
+                self._fused.add(j)
+                j += 1
+            i = j
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
         self._first_trainable = next(
@@ -71,7 +83,9 @@ class Sequential:
 
     # -- computing ---------------------------------------------------------
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i in self._fused:
+                continue
             if isinstance(layer, Softmax) and layer is self.layers[-1]:
                 self._logits = x
             x = layer.forward(x, training)
@@ -102,7 +116,8 @@ class Sequential:
         self._logits = None
         end = len(self.layers) - 1 if isinstance(self.layers[-1], Softmax) else len(self.layers)
         for i in range(end - 1, self._first_trainable - 1, -1):
-            dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
+            if i not in self._fused:
+                dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
         return loss
 
     def _batches(self, x, batch_size):

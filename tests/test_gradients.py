@@ -114,3 +114,52 @@ def test_model_backward_is_gradient_of_mean_loss(ends_in_softmax, rng):
     for p in model.parameters():
         np.testing.assert_allclose(p.grad, ref.numeric_grad(loss, p.value), rtol=1e-5, atol=1e-8,
                                    err_msg=p.name)
+
+
+FUSED_STACKS = [
+    # (conv args, pool args): conv -> ReLU -> MaxPool2D, fused inside Sequential
+    ((2, 3, 3, 1, 1), (2, None)),    # the unrolled 2x2 / stride 2 path
+    ((2, 3, (2, 3), (2, 1), (1, 0)), (3, 2)),  # general path, overlapping windows
+    ((2, 2, 3, 1, 0), ((2, 3), (1, 2))),
+]
+
+
+@pytest.mark.parametrize("conv,pool", FUSED_STACKS)
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_fused_conv_relu_pool_gradients(conv, pool, block_bytes, rng, monkeypatch):
+    """Conv2D -> ReLU -> MaxPool2D runs as one fused pass in a Sequential; check its
+    gradients by finite differences, also when the batch is unfolded one image at a time."""
+    import nnjit.layers.conv as conv_module
+
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_module, "COLS_BLOCK_BYTES", block_bytes)
+    c, oc, k, s, p = conv
+    layers = [Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(), MaxPool2D(*pool), Flatten()]
+    flat = int(np.prod(MaxPool2D(*pool).output_shape(layers[0].output_shape((c, 9, 8)))))
+    model = Sequential(layers + [Dense(flat, 3, dtype=F64)], seed=5)
+    assert model._fused == {1, 2}
+    # Distinct conv outputs (no pooling ties): random weights on random input.
+    x = rng.normal(size=(3, c, 9, 8))
+    labels = np.array([0, 2, 1])
+
+    def loss():
+        return ref.cross_entropy(model.predict(x), labels)
+
+    model.forward(x)
+    assert model.backward(labels) == pytest.approx(loss(), rel=1e-10)
+    for prm in model.parameters():
+        np.testing.assert_allclose(prm.grad, ref.numeric_grad(loss, prm.value), rtol=1e-5,
+                                   atol=1e-8, err_msg=prm.name)
+
+
+@pytest.mark.parametrize("conv,pool", FUSED_STACKS)
+def test_fused_forward_equals_the_layers_run_one_by_one(conv, pool, rng):
+    c, oc, k, s, p = conv
+    model = Sequential([Conv2D(c, oc, k, stride=s, padding=p), ReLU(), MaxPool2D(*pool)], seed=2)
+    alone = Conv2D(c, oc, k, stride=s, padding=p)  # not in a Sequential: nothing fused
+    alone.weight.value[...] = model.layers[0].weight.value
+    alone.bias.value[...] = rng.normal(size=oc)
+    model.layers[0].bias.value[...] = alone.bias.value
+    x = rng.normal(size=(4, c, 9, 8)).astype(np.float32)
+    expected = MaxPool2D(*pool).forward(ReLU().forward(alone.forward(x)))
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)

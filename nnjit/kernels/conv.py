@@ -106,22 +106,138 @@ def ymat_to_nchw(ymat, bias, N, P, OC, relu, out):
 
 
 @kernel
-def nchw_to_ymat(dy, N, P, OC, dymat, dbias):
+def nchw_to_ymat(dy, y, N, P, OC, relu, dymat, dbias):
     """Move an NCHW gradient to the GEMM layout and reduce it for the bias.
 
-    dy: float (N*OC*P,) as (N, OC, P). Writes dymat: float (OC*N*P,) as
-    (OC, N, P) and dbias: float (OC,) = sum of dy over N and P. Each parallel
-    iteration owns one output channel; the batch is summed serially inside it.
+    dy: float (N*OC*P,) as (N, OC, P). With ``relu``, dy is the gradient at
+    the output of a fused ReLU whose output is y (same layout), and is passed
+    through only where y > 0; without, y is not read. Writes dymat: float
+    (OC*N*P,) as (OC, N, P) and dbias: float (OC,) = sum of dymat over N and P.
+    Each parallel iteration owns one output channel and sums the batch serially.
     """
     d3 = dy.reshape((N, OC, P))
-    y3 = dymat.reshape((OC, N, P))
+    y3 = y.reshape((N, OC, P))
+    m3 = dymat.reshape((OC, N, P))
     for oc in prange(OC):
         acc = 0.0
         for n in range(N):
             src = d3[n, oc]
-            dst = y3[oc, n]
-            for p in range(P):
-                v = src[p]
-                dst[p] = v
-                acc += v
+            dst = m3[oc, n]
+            if relu:
+                out = y3[n, oc]
+                for p in range(P):
+                    if out[p] > 0:
+                        v = src[p]
+                        dst[p] = v
+                        acc += v
+                    else:
+                        dst[p] = 0
+            else:
+                for p in range(P):
+                    v = src[p]
+                    dst[p] = v
+                    acc += v
+        dbias[oc] = acc
+
+
+@kernel
+def ymat_to_pooled_nchw(ymat, bias, N, OH, OW, OC, relu, KH, KW, SH, SW, PH, PW, out, argmax):
+    """Bias, optional ReLU and max pooling straight from the GEMM output.
+
+    The conv output (OC, N, OH, OW) is never written out: each pooled value is
+    max(window) + bias (then max(0, .) with ``relu``; ReLU commutes with max).
+    ymat: float (OC*N*OH*OW,); bias: float (OC,). Writes out: float
+    (N*OC*PH*PW,) and argmax: int32 (same), the position oh*OW + ow of each
+    window's first maximum in its conv plane.
+    """
+    y4 = ymat.reshape((OC, N, OH, OW))
+    o3 = out.reshape((N, OC, PH * PW))
+    a3 = argmax.reshape((N, OC, PH * PW))
+    for noc in prange(N * OC):
+        n = noc // OC
+        oc = noc % OC
+        plane = y4[oc, n]
+        dst = o3[n, oc]
+        pos = a3[n, oc]
+        b = bias[oc]
+        if KH == 2 and KW == 2 and SH == 2 and SW == 2:
+            _pool2x2(plane, OW, PH, PW, dst, pos)
+        else:
+            for ph in range(PH):
+                h0 = ph * SH
+                for pw in range(PW):
+                    w0 = pw * SW
+                    best = plane[h0, w0]
+                    best_i = h0 * OW + w0
+                    for kh in range(KH):
+                        row = plane[h0 + kh]
+                        for kw in range(KW):
+                            v = row[w0 + kw]
+                            if not (v <= best):  # also lets a NaN win, so NaN propagates
+                                best = v
+                                best_i = (h0 + kh) * OW + w0 + kw
+                    dst[ph * PW + pw] = best
+                    pos[ph * PW + pw] = best_i
+        for j in range(PH * PW):
+            v = dst[j] + b
+            if relu and v < 0:
+                dst[j] = 0
+            else:
+                dst[j] = v
+
+
+@njit(cache=True, inline="always")
+def _pool2x2(plane, OW, PH, PW, dst, pos):
+    """2x2 windows, stride 2, the common case, unrolled: ~7x faster than the general loop.
+
+    plane: (OH, OW) view; writes dst (PH*PW,) maxima and pos their flat positions."""
+    for ph in range(PH):
+        r0 = plane[2 * ph]
+        r1 = plane[2 * ph + 1]
+        for pw in range(PW):
+            w0 = 2 * pw
+            best = r0[w0]
+            at = 0
+            v = r0[w0 + 1]
+            if not (v <= best):
+                best = v
+                at = 1
+            v = r1[w0]
+            if not (v <= best):
+                best = v
+                at = OW
+            v = r1[w0 + 1]
+            if not (v <= best):
+                best = v
+                at = OW + 1
+            dst[ph * PW + pw] = best
+            pos[ph * PW + pw] = 2 * ph * OW + w0 + at
+
+
+@kernel
+def pooled_grad_to_ymat(dy, out, argmax, N, P, OC, PP, relu, dymat, dbias):
+    """Backward of ``ymat_to_pooled_nchw``: route pooled gradients to the GEMM layout.
+
+    dy, out: float (N*OC*PP,) (gradient at, and value of, the pooled output);
+    argmax: int32 from forward. Each gradient goes to its window's maximum,
+    and with ``relu`` only where the output is > 0. Writes dymat: float
+    (OC*N*P,) as (OC, N, P) and dbias: float (OC,). Each parallel iteration
+    owns one output channel, so scattered adds from overlapping windows never race.
+    """
+    d3 = dy.reshape((N, OC, PP))
+    o3 = out.reshape((N, OC, PP))
+    a3 = argmax.reshape((N, OC, PP))
+    m3 = dymat.reshape((OC, N, P))
+    for oc in prange(OC):
+        acc = 0.0
+        for n in range(N):
+            dst = m3[oc, n]
+            dst[:] = 0
+            g = d3[n, oc]
+            o = o3[n, oc]
+            pos = a3[n, oc]
+            for j in range(PP):
+                if not relu or o[j] > 0:
+                    dst[pos[j]] += g[j]
+                    acc += g[j]
         dbias[oc] = acc

@@ -49,6 +49,17 @@ class Layer:
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial values for the parameters from ``rng``."""
 
+    def fuse_next(self, layer: "Layer") -> bool:
+        """Take over ``layer`` (the next one in a Sequential), if this layer can.
+
+        Returns True when this layer now computes ``layer``'s forward and
+        backward as well, so the container skips ``layer``. Default: no.
+        """
+        return False
+
+    def unfuse(self) -> None:
+        """Forget what ``fuse_next`` took over (a container re-fuses from scratch)."""
+
     def onnx_nodes(self, x: str, y: str, params: dict[str, str]) -> list:
         """ONNX nodes computing tensor ``y`` from tensor ``x``.
 

@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import col2im, im2col, nchw_to_ymat, ymat_to_nchw
+from ..kernels.conv import (col2im, im2col, nchw_to_ymat, pooled_grad_to_ymat, ymat_to_nchw,
+                            ymat_to_pooled_nchw)
 from ..params import Parameter
+from .activation import ReLU
+from .pool import MaxPool2D
 from .base import Layer, he_uniform, pair, positive_int
+
+
+#: Size of one block of im2col columns. Blocks of this size stay in cache
+#: between the unfold and the GEMM that reads them (tests lower it to force blocking).
+COLS_BLOCK_BYTES = 4 << 20
 
 
 class Conv2D(Layer):
@@ -38,6 +46,26 @@ class Conv2D(Layer):
         self.bias = Parameter("bias", np.zeros(out_channels, self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
+        self.unfuse()
+
+    def unfuse(self):
+        self.fused_relu = False
+        self.fused_pool = None
+
+    def fuse_next(self, layer) -> bool:
+        """Absorb a following ReLU and then a MaxPool2D into the output pass.
+
+        Inside a Sequential, conv -> ReLU -> max-pool then runs as one GEMM and
+        one kernel that writes only the pooled output (the full-size
+        activation is never stored), and backward likewise.
+        """
+        if isinstance(layer, ReLU) and not self.fused_relu and self.fused_pool is None:
+            self.fused_relu = True
+            return True
+        if isinstance(layer, MaxPool2D) and self.fused_pool is None:
+            self.fused_pool = layer
+            return True
+        return False
 
     def reset_parameters(self, rng):
         kh, kw = self.kernel_size
@@ -69,38 +97,93 @@ class Conv2D(Layer):
                                  kernel_shape=list(self.kernel_size), strides=list(self.stride),
                                  pads=[ph, pw, ph, pw])]
 
+    def _chunk(self, n: int, k: int, p: int) -> int:
+        """Images per im2col block: as many as keep cols within COLS_BLOCK_BYTES."""
+        return max(1, min(n, COLS_BLOCK_BYTES // (k * p * self.dtype.itemsize)))
+
+    def _unfold(self, x, start, stop, cols):
+        """im2col of images [start, stop) of x into cols (K, (stop-start)*OH*OW)."""
+        _, c, h, w = x.shape
+        _, oh, ow = self.output_shape(x.shape[1:])
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        im2col(x[start:stop].reshape(-1), stop - start, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
+               cols.reshape(-1))
+
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
         n, c, h, w = x.shape
         oc, oh, ow = self.output_shape(x.shape[1:])
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        kh, kw = self.kernel_size
         k, p = c * kh * kw, oh * ow
         mode = "train" if training else "eval"
-        cols = self._buffer(f"cols/{mode}", (k, n * p), self.dtype)  # (C*KH*KW, N*OH*OW)
-        im2col(x.reshape(-1), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, cols.reshape(-1))
-        ymat = self._buffer(f"ymat/{mode}", (oc, n * p), self.dtype)  # (OC, N*OH*OW)
-        np.matmul(self.weight.value.reshape(oc, k), cols, out=ymat)
-        out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
-        ymat_to_nchw(ymat.reshape(-1), self.bias.value, n, p, oc, False, out.reshape(-1))
-        self._cache = (x.shape, cols) if training else None
+        if self.fused_pool is None:
+            out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
+            argmax = None
+        else:
+            _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
+            out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
+            argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
+        # The batch goes through in blocks whose cols fit in cache: one GEMM per
+        # block, which BLAS then reads from cache instead of memory.
+        chunk = self._chunk(n, k, p)
+        weight = self.weight.value.reshape(oc, k)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            m = stop - start
+            cols = self._buffer(f"cols/{mode}", (k, m * p), self.dtype)  # (C*KH*KW, m*OH*OW)
+            self._unfold(x, start, stop, cols)
+            ymat = self._buffer(f"ymat/{mode}", (oc, m * p), self.dtype)  # (OC, m*OH*OW)
+            np.matmul(weight, cols, out=ymat)
+            if argmax is None:
+                ymat_to_nchw(ymat.reshape(-1), self.bias.value, m, p, oc, self.fused_relu,
+                             out[start:stop].reshape(-1))
+            else:
+                (pkh, pkw), (psh, psw) = self.fused_pool.kernel_size, self.fused_pool.stride
+                ymat_to_pooled_nchw(ymat.reshape(-1), self.bias.value, m, oh, ow, oc,
+                                    self.fused_relu, pkh, pkw, psh, psw, out.shape[2], out.shape[3],
+                                    out[start:stop].reshape(-1), argmax[start:stop].reshape(-1))
+        # One block: keep its cols for backward. Several: backward unfolds again.
+        kept = cols if chunk >= n else None
+        self._cache = (x, kept, out, argmax) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise self._no_cache()
-        (n, c, h, w), cols = self._cache
+        x, kept, out, argmax = self._cache
+        n, c, h, w = x.shape
         oc, oh, ow = self.output_shape((c, h, w))
-        dy = self._check_grad(dy, (n, oc, oh, ow), self.dtype)
+        dy = self._check_grad(dy, out.shape, self.dtype)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         k, p = c * kh * kw, oh * ow
-        dymat = self._buffer("dymat", (oc, n * p), self.dtype)  # (OC, N*OH*OW)
-        nchw_to_ymat(dy.reshape(-1), n, p, oc, dymat.reshape(-1), self.bias.grad)
-        np.matmul(dymat, cols.T, out=self.weight.grad.reshape(oc, k))  # (OC, C*KH*KW)
-        if not need_input_grad:
-            return None
-        # cols is spent once dW is known: reuse its memory for dcols.
+        chunk = self._chunk(n, k, p)
+        weight = self.weight.value.reshape(oc, k)
+        dweight = self.weight.grad.reshape(oc, k)
+        dx = self._buffer("dx", (n, c, h, w), self.dtype) if need_input_grad else None
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            m = stop - start
+            cols = kept if kept is not None else self._buffer("cols/train", (k, m * p), self.dtype)
+            if kept is None:
+                self._unfold(x, start, stop, cols)
+            dymat = self._buffer("dymat", (oc, m * p), self.dtype)  # (OC, m*OH*OW)
+            dbias = self.bias.grad if start == 0 else self._buffer("dbias", (oc,), self.dtype)
+            if argmax is None:
+                nchw_to_ymat(dy[start:stop].reshape(-1), out[start:stop].reshape(-1), m, p, oc,
+                             self.fused_relu, dymat.reshape(-1), dbias)
+            else:
+                pooled_grad_to_ymat(dy[start:stop].reshape(-1), out[start:stop].reshape(-1),
+                                    argmax[start:stop].reshape(-1), m, p, oc, out[0, 0].size,
+                                    self.fused_relu, dymat.reshape(-1), dbias)
+            if start == 0:
+                np.matmul(dymat, cols.T, out=dweight)  # (OC, C*KH*KW)
+            else:
+                self.bias.grad += dbias
+                dweight += np.matmul(dymat, cols.T, out=self._buffer("dw", (oc, k), self.dtype))
+            if need_input_grad:
+                # cols is spent once this block's dW is known: reuse its memory for dcols.
+                dcols = np.matmul(weight.T, dymat, out=cols)  # (C*KH*KW, m*OH*OW)
+                col2im(dcols.reshape(-1), m, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
+                       dx[start:stop].reshape(-1))
         self._cache = None
-        dcols = np.matmul(self.weight.value.reshape(oc, k).T, dymat, out=cols)  # (K, N*OH*OW)
-        dx = self._buffer("dx", (n, c, h, w), self.dtype)
-        col2im(dcols.reshape(-1), n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow, dx.reshape(-1))
         return dx
