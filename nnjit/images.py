@@ -50,7 +50,7 @@ def _from_npy(array, shape, path):
     if array.dtype == np.uint8:
         return array, f".npy uint8 array {h}x{w}"
     if np.issubdtype(array.dtype, np.floating) and np.all((array >= 0) & (array <= 1)):
-        return np.rint(array * 255).astype(np.uint8), f".npy float array in [0, 1], scaled by 255"
+        return np.rint(array * 255).astype(np.uint8), ".npy float array in [0, 1], scaled by 255"
     raise DataError(f"{path}: .npy must hold uint8 pixels or floats in [0, 1], got {array.dtype}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layers import LAYER_TYPES, Layer, Softmax
-from .losses import check_labels, softmax_cross_entropy
+from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
 
 
@@ -193,5 +193,3 @@ class Sequential:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner},\n])"
 
-
-__all__ = ["Sequential", "check_labels"]

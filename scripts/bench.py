@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
 import numpy as np
 from rich.table import Table
@@ -136,7 +136,6 @@ def torch_train_step(twin, x, y):
 
 
 def measure_models(args, have_torch):
-    import contextlib
     torch = None
     if have_torch:
         import torch
@@ -296,12 +295,13 @@ def main(argv=None):
         torch_v = f"{r['torch']:,.0f} {r['unit']}" if r["torch"] else "-"
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
         table.add_row(r["figure"], f"{r['nnjit']:,.0f} {r['unit']}", gf, torch_v, ratio)
-    console.print(table, width=max(console.width, 110))
+    console.width = max(console.width, 110)  # one line per figure, also in logs
+    console.print(table)
     if startup:
         console.print(f"scripts/train.py start to exit after one step: cold cache {startup['cold']:.1f}s, "
                       f"warm cache {startup['warm']:.1f}s")
     if memory:
-        console.print(f"peak RSS, one cnn epoch on 60k Fashion-MNIST images: "
+        console.print("peak RSS, one cnn epoch on 60k Fashion-MNIST images: "
                       + (f"{memory[0]:.0f} MB" if memory[0] else f"not measured ({memory[1]})"))
     console.print("ratios > 1 favour nnjit (for latency: PyTorch's time / nnjit's).")
 

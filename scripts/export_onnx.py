@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
 import numpy as np
 

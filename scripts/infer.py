@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
 import numpy as np
 from rich.progress import Progress

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import nnjit  # noqa: I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table

@@ -1,6 +1,5 @@
 """JSON checkpoints: exact round trip, atomic writes, clear errors for broken files."""
 import json
-import os
 import subprocess
 import sys
 

@@ -85,7 +85,7 @@ def test_resuming_a_cosine_run_continues_its_schedule_exactly(tiny_data, tmp_pat
 
 def test_ctrl_c_saves_a_loadable_checkpoint_and_valid_csv(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data, n_train=6000, n_test=200)
+    write_dataset(data, n_train=30000, n_test=200)  # epochs of several seconds: SIGINT lands mid-epoch
     ck = tmp_path / "ck"
     proc = subprocess.Popen([sys.executable, TRAIN, "--train-data-dir", str(data), "--nb-epochs", "50",
                              "--checkpoint-folder", str(ck), "--model", "cnn"],
