@@ -132,6 +132,10 @@ class Sequential:
         x: float (N, C, H, W). Returns a new float array (N, K) of outputs
         (probabilities for a model ending in Softmax).
         """
+        if len(x) <= batch_size:
+            out = self._run(x, training=False).copy()
+            self._logits = None
+            return out
         out = None
         for start, y in self._batches(x, batch_size):
             if out is None:

@@ -163,3 +163,24 @@ def test_fused_forward_equals_the_layers_run_one_by_one(conv, pool, rng):
     x = rng.normal(size=(4, c, 9, 8)).astype(np.float32)
     expected = MaxPool2D(*pool).forward(ReLU().forward(alone.forward(x)))
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_dense_relu_gradients(rng):
+    """Dense -> ReLU runs as one bias+ReLU pass inside a Sequential: check every gradient."""
+    model = Sequential([Flatten(), Dense(12, 6, dtype=F64), ReLU(), Dense(6, 3, dtype=F64), Softmax()],
+                       seed=4)
+    assert model._fused == {2}
+    for p in model.parameters():
+        if p.name.endswith("bias"):
+            p.value[...] = rng.normal(size=p.shape) * 0.5
+    x = rng.normal(size=(4, 1, 3, 4))
+    labels = np.array([0, 2, 1, 2])
+
+    def loss():
+        return ref.cross_entropy(np.log(model.predict(x)), labels)
+
+    model.forward(x)
+    assert model.backward(labels) == pytest.approx(loss(), rel=1e-10)
+    for p in model.parameters():
+        np.testing.assert_allclose(p.grad, ref.numeric_grad(loss, p.value), rtol=1e-5, atol=1e-8,
+                                   err_msg=p.name)

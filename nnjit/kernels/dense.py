@@ -3,12 +3,18 @@ from ._jit import kernel, prange
 
 
 @kernel
-def bias_add_rows(out, bias, N, F):
-    """out: float (N*F,) as (N, F), updated in place: out[n, f] += bias[f]."""
+def bias_add_rows(out, bias, N, F, relu):
+    """out: float (N*F,) as (N, F), updated in place: out[n, f] += bias[f],
+    then max(0, .) when ``relu`` (a fused ReLU)."""
+    o2 = out.reshape((N, F))
     for n in prange(N):
-        r = n * F
+        row = o2[n]
         for f in range(F):
-            out[r + f] += bias[f]
+            v = row[f] + bias[f]
+            if relu and v < 0:
+                row[f] = 0
+            else:
+                row[f] = v
 
 
 @kernel
