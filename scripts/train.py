@@ -223,7 +223,7 @@ def main(argv=None):
                           f"saved {path} (resume with --resume {path})")
             log.close()
             sys.exit(EXIT_INTERRUPTED)
-        test_loss, accuracy = model.evaluate(x_test, data.y_test, batch_size=1000)
+        test_loss, accuracy = model.evaluate(x_test, data.y_test, batch_size=256)
         best = max(best, accuracy)
         log.add(epoch, result.step, result.train_loss, test_loss, accuracy, result.seconds,
                 result.images_per_second)
