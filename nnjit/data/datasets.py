@@ -124,7 +124,9 @@ def locate(info: DatasetInfo, data_dir, splits=("train", "test"), download: bool
 def _not_found_message(info, dirs, stems, why) -> str:
     where = ", ".join(str(d) for d in dirs)
     files = ", ".join(s + "[.gz]" for s in stems)
-    hint = (" (or `apt-get install dataset-fashion-mnist`)" if info.name == "fashion-mnist" else "")
+    hint = (" (or `apt-get install dataset-fashion-mnist`)" if info.name == "fashion-mnist" else
+            "; offline, --dataset fashion-mnist uses the Debian package dataset-fashion-mnist, and "
+            "--split-test N trains on a folder that has only the t10k files")
     return (f"{info.name}: files not found in {where}; {why}. Put {files} in {dirs[0]} "
             f"or pass --train-data-dir to a folder that has them{hint}.")
 
