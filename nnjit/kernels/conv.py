@@ -241,3 +241,45 @@ def pooled_grad_to_ymat(dy, out, argmax, N, P, OC, PP, relu, dymat, dbias):
                     dst[pos[j]] += g[j]
                     acc += g[j]
         dbias[oc] = acc
+
+
+@kernel
+def pooled_weight_grad(dy, out, argmax, cols, N, P, OC, PP, K, relu, accumulate, dweight, dbias):
+    """dW and db of a fused conv -> (ReLU) -> max-pool from the pooled gradients alone.
+
+    Only one conv output per pooling window receives gradient, so
+    dW[oc, :] = sum over windows of dy * cols[:, window's argmax] touches a
+    quarter of the columns a GEMM over the full (mostly zero) gradient would,
+    and the full-size gradient is never written. Used when the input gradient
+    is not needed (the first layer).
+
+    dy, out: float (N*OC*PP,); argmax: int32 (N*OC*PP,); cols: float
+    (K*N*P,) as (K, N*P). Writes (or with ``accumulate`` adds to) dweight:
+    float (OC*K,) and dbias: float (OC,). Each parallel iteration owns one
+    output channel.
+    """
+    d3 = dy.reshape((N, OC, PP))
+    o3 = out.reshape((N, OC, PP))
+    a3 = argmax.reshape((N, OC, PP))
+    c2 = cols.reshape((K, N * P))
+    w2 = dweight.reshape((OC, K))
+    for oc in prange(OC):
+        row = w2[oc]
+        if not accumulate:
+            row[:] = 0
+        acc = 0.0
+        for n in range(N):
+            g = d3[n, oc]
+            o = o3[n, oc]
+            pos = a3[n, oc]
+            for j in range(PP):
+                if not relu or o[j] > 0:
+                    v = g[j]
+                    acc += v
+                    col = n * P + pos[j]
+                    for k in range(K):
+                        row[k] += v * c2[k, col]
+        if accumulate:
+            dbias[oc] += acc
+        else:
+            dbias[oc] = acc

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import (col2im, im2col, nchw_to_ymat, pooled_grad_to_ymat, ymat_to_nchw,
-                            ymat_to_pooled_nchw)
+from ..kernels.conv import (col2im, im2col, nchw_to_ymat, pooled_grad_to_ymat, pooled_weight_grad,
+                            ymat_to_nchw, ymat_to_pooled_nchw)
 from ..params import Parameter
 from .activation import ReLU
 from .pool import MaxPool2D
@@ -168,6 +168,12 @@ class Conv2D(Layer):
             cols = kept if kept is not None else self._buffer("cols/train", (k, m * p), self.dtype)
             if kept is None:
                 self._unfold(x, start, stop, cols)
+            if argmax is not None and not need_input_grad:
+                pooled_weight_grad(dy[start:stop].reshape(-1), out[start:stop].reshape(-1),
+                                   argmax[start:stop].reshape(-1), cols.reshape(-1), m, p, oc,
+                                   out[0, 0].size, k, self.fused_relu, start > 0,
+                                   dweight.reshape(-1), self.bias.grad)
+                continue
             dymat = self._buffer("dymat", (oc, m * p), self.dtype)  # (OC, m*OH*OW)
             dbias = self.bias.grad if start == 0 else self._buffer("dbias", (oc,), self.dtype)
             if argmax is None:
