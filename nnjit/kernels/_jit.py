@@ -35,8 +35,10 @@ class Kernel:
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
+        if args[0].size >= SERIAL_BELOW:
+            return self.dispatcher(*args)
         threads = numba.get_num_threads()
-        if threads == 1 or args[0].size >= SERIAL_BELOW:
+        if threads == 1:
             return self.dispatcher(*args)
         numba.set_num_threads(1)
         try:
