@@ -24,6 +24,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT):
     sys.exit(code)
 
 
+def run(main) -> None:
+    """Run a script's ``main()``; a KeyboardInterrupt that reaches here exits 130 with one line."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
     try:

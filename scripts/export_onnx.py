@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
 import numpy as np
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint
-from nnjit.cli import HelpFormatter, console, fail
+from nnjit.cli import HelpFormatter, console, fail, run
 from nnjit.data import NORMALISATION
 from nnjit.onnx_export import OPSET, export_onnx, onnxruntime_max_difference
 
@@ -60,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
 
@@ -14,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint
-from nnjit.cli import HelpFormatter, console, fail, positive_int
+from nnjit.cli import HelpFormatter, console, fail, positive_int, run
 from nnjit.data import NORMALISATION, DataError, load_split, read_idx, to_float
 from nnjit.images import load_image
 
@@ -182,4 +181,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, positive_float,
-                       positive_int)
+                       positive_int, run)
 from nnjit.data import DATASETS, NORMALISATION, DataError, load_dataset, to_float
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
@@ -248,4 +248,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -125,8 +125,8 @@ class Conv2D(Layer):
             _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
             out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
             argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
-        # The batch goes through in blocks whose cols fit in cache: one GEMM per
-        # block, which BLAS then reads from cache instead of memory.
+        # One GEMM for the whole batch, unless its cols would pass COLS_BLOCK_BYTES:
+        # then one per block of images, so memory stays bounded for large inputs.
         chunk = self._chunk(n, k, p)
         weight = self.weight.value.reshape(oc, k)
         for start in range(0, n, chunk):
