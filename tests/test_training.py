@@ -87,3 +87,35 @@ def test_sgd_reduces_loss_on_a_fixed_batch():
         model.forward(x)
         last = model.backward(labels)
     assert last < first * 0.8
+
+
+def test_stopping_mid_epoch_and_resuming_from_a_checkpoint_is_exact(tmp_path):
+    """The mechanism behind Ctrl-C + --resume: stop after 3 batches, save, load, skip them."""
+    from nnjit.checkpoint import load_checkpoint, save_checkpoint
+    from nnjit.optim import cosine_lr
+    from nnjit.trainer import Trainer
+
+    rng = np.random.default_rng(2)
+    x = rng.random((200, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 200)
+
+    def lr_at(step):
+        return cosine_lr(0.05, step, 2 * 7)
+
+    straight = small_cnn(seed=3)
+    trainer = Trainer(straight, Momentum(straight.parameters(), lr=0.05), 32, seed=9, lr_at=lr_at)
+    for epoch in (1, 2):
+        trainer.run_epoch(x, y, epoch)
+
+    model = small_cnn(seed=3)
+    trainer = Trainer(model, Momentum(model.parameters(), lr=0.05), 32, seed=9, lr_at=lr_at)
+    trainer.run_epoch(x, y, 1)
+    calls = []
+    stopped = trainer.run_epoch(x, y, 2, should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    assert stopped.stopped and stopped.batches_done == 3
+    save_checkpoint(model, tmp_path / "c.json", trainer.optimizer)
+    ckpt = load_checkpoint(tmp_path / "c.json")
+    resumed = Trainer(ckpt.model, ckpt.make_optimizer(), 32, seed=9, lr_at=lr_at)
+    rest = resumed.run_epoch(x, y, 2, start_batch=3)
+    assert rest.batches_done == 7 and resumed.optimizer.steps == 14
+    assert np.array_equal(ckpt.model.flat.values, straight.flat.values)
