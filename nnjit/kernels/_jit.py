@@ -6,6 +6,11 @@ module (``cache=True``), and parallel over its outermost ``prange`` loop.
 semantics, and the kernels are memory-bound where fastmath would matter.
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops
 vectorise.
+
+Numba's disk cache is keyed by each kernel's own source file: a kernel that
+inlines a helper from another module (``pool_plane``, ``row_max_expsum``)
+is not recompiled when only the helper changes. After editing such a helper,
+delete ``nnjit/kernels/__pycache__``.
 """
 import functools
 

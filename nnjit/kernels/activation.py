@@ -1,5 +1,6 @@
 """Elementwise ReLU and row-wise softmax over flat buffers."""
 import numpy as np
+from numba import njit
 
 from ._jit import kernel, prange
 
@@ -26,6 +27,19 @@ def relu_backward(y, dy, dx):
             dx[i] = 0
 
 
+@njit(cache=True, inline="always")
+def row_max_expsum(z, r, K):
+    """(m, s) for the row z[r:r+K]: its maximum and sum(exp(z - m)), the stable
+    pieces of softmax and log-sum-exp (no exp can overflow). s is float64."""
+    m = z[r]
+    for k in range(1, K):
+        m = max(m, z[r + k])
+    s = 0.0
+    for k in range(K):
+        s += np.exp(z[r + k] - m)
+    return m, s
+
+
 @kernel
 def softmax_forward(z, N, K, out):
     """z: float (N*K,) as (N, K) logits. Writes out: row-wise softmax.
@@ -33,17 +47,10 @@ def softmax_forward(z, N, K, out):
     Subtracts each row's maximum first, so no exp overflows."""
     for n in prange(N):
         r = n * K
-        m = z[r]
-        for k in range(1, K):
-            m = max(m, z[r + k])
-        s = 0.0
-        for k in range(K):
-            e = np.exp(z[r + k] - m)
-            out[r + k] = e
-            s += e
+        m, s = row_max_expsum(z, r, K)
         inv = 1.0 / s
         for k in range(K):
-            out[r + k] *= inv
+            out[r + k] = np.exp(z[r + k] - m) * inv
 
 
 @kernel

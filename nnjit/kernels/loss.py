@@ -2,6 +2,7 @@
 import numpy as np
 
 from ._jit import kernel, prange
+from .activation import row_max_expsum
 
 
 @kernel
@@ -16,12 +17,7 @@ def softmax_cross_entropy(z, labels, N, K, losses, dz):
     """
     for n in prange(N):
         r = n * K
-        m = z[r]
-        for k in range(1, K):
-            m = max(m, z[r + k])
-        s = 0.0
-        for k in range(K):
-            s += np.exp(z[r + k] - m)
+        m, s = row_max_expsum(z, r, K)
         lab = labels[n]
         losses[n] = m + np.log(s) - z[r + lab]
         scale = 1.0 / (s * N)
