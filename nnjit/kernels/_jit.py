@@ -17,8 +17,6 @@ import functools
 import numba
 from numba import njit, prange
 
-from .. import _env  # noqa: F401  (thread-pool waits; see nnjit/_env.py)
-
 #: Below this many elements in its first array, a kernel runs on one thread:
 #: waking the sleeping pool (~40 us) would cost more than the work it splits.
 SERIAL_BELOW = 1 << 17

@@ -40,13 +40,13 @@ class Softmax(Layer):
 
     ``backward`` is the true vector-Jacobian product. A model that ends in
     Softmax does not call it in training: ``Sequential.backward`` starts from
-    the fused cross-entropy gradient at this layer's input (``logits``).
+    the fused cross-entropy gradient at this layer's input (the logits, which
+    the model records as it runs).
     """
 
     def __init__(self):
         super().__init__()
         self._out = None
-        self.logits = None
 
     def onnx_nodes(self, x, y, params):
         from onnx import helper
@@ -59,7 +59,6 @@ class Softmax(Layer):
         out = self._buffer("out/train" if training else "out/eval", x.shape, x.dtype)
         softmax_forward(x.reshape(-1), n, k, out.reshape(-1))
         self._out = out if training else None
-        self.logits = x if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
