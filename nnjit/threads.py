@@ -1,15 +1,22 @@
-"""Thread count for Numba kernels and BLAS together."""
+"""Thread count for Numba kernels and BLAS together, and the worker threads
+that run the convolution's per-block GEMMs side by side."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+_pool: ThreadPoolExecutor | None = None
+_blas_libraries = None
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in Numba's parallel kernels and in BLAS.
+    """Use ``n`` threads in Numba's parallel kernels, in BLAS and in ``run_workers``.
 
-    Both run one after the other, never nested (no BLAS call inside a prange),
-    so the same count for both does not oversubscribe the cores.
+    Numba kernels and multi-threaded BLAS calls run one after the other,
+    never nested (no BLAS call inside a prange), so the same count for both
+    does not oversubscribe the cores.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"thread count must be a positive int, got {n!r}")
@@ -18,5 +25,47 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads Numba's parallel kernels use now."""
+    """Threads Numba's parallel kernels (and ``run_workers``) use now."""
     return numba.get_num_threads()
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) cut into at most ``parts`` contiguous non-empty ranges of near-equal length."""
+    parts = max(1, min(parts, n))
+    return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+
+
+def run_workers(work, ranges: list[tuple[int, int]]) -> None:
+    """Call ``work(worker, start, stop)`` for every range, each on its own thread.
+
+    Range 0 runs on the calling thread, the others on a pool of threads. With
+    more than one range, BLAS is single-threaded for the duration, so each
+    worker's GEMMs keep to its own core: GEMMs over blocks that stay in the
+    core's cache, interleaved with ``kernel(serial=True)`` kernels (which, like
+    BLAS, release the GIL). Numba cannot call BLAS inside a ``prange`` without
+    SciPy; this is the same "one GEMM per block per core" from Python threads.
+    Exceptions propagate after every worker has stopped.
+    """
+    if len(ranges) == 1:
+        work(0, *ranges[0])
+        return
+    global _pool, _blas_libraries
+    if _pool is None or _pool._max_workers < len(ranges) - 1:
+        _pool = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="nnjit")
+    if _blas_libraries is None:
+        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    blas_threads = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        futures = [_pool.submit(work, i, *r) for i, r in enumerate(ranges[1:], 1)]
+        try:
+            work(0, *ranges[0])
+        finally:
+            for f in futures:
+                f.exception()  # wait for every worker, even when this one failed
+        for f in futures:
+            f.result()
+    finally:
+        for lib, n in zip(_blas_libraries, blas_threads):
+            lib.set_num_threads(n)

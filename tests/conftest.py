@@ -14,6 +14,22 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def force_row_blocks(monkeypatch):
+    """force_row_blocks(layer, (C, H, W), rows): make a Conv2D unfold ``rows``
+    output rows per block (as for images too large for one block)."""
+    import nnjit.layers.conv as conv_module
+
+    def force(layer, input_shape, rows):
+        _, oh, ow = layer.output_shape(input_shape)
+        k = input_shape[0] * int(np.prod(layer.kernel_size))
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", rows * k * ow * layer.dtype.itemsize)
+        blocks, _ = layer._blocks(0, 1, oh, ow, k)
+        assert len(blocks) > 1 and all(r1 - r0 <= rows for _, _, r0, r1 in blocks)
+
+    return force
+
+
 @pytest.fixture(scope="session")
 def mnist_test_set():
     """The real MNIST test set as (uint8 images (10000, 28, 28), uint8 labels (10000,)).

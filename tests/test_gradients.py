@@ -34,10 +34,15 @@ def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
     (1, 3, 6, 7, 2, (2, 3), (2, 1), (1, 0)),
     (2, 1, 5, 5, 2, 1, 1, 0),
 ])
-def test_conv2d_gradients(n, c, h, w, oc, k, s, p, rng):
+@pytest.mark.parametrize("block_rows", [None, 1, 2])
+def test_conv2d_gradients(n, c, h, w, oc, k, s, p, block_rows, rng, force_row_blocks):
+    """Also with blocks of 1 or 2 output rows (as for large images) instead of whole images."""
     layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=F64)
+    if block_rows is not None:
+        force_row_blocks(layer, (c, h, w), block_rows)
     layer.bias.value[...] = rng.normal(size=oc)
     check_layer_gradients(layer, rng.normal(size=(n, c, h, w)), rng)
+
 
 
 @pytest.mark.parametrize("shape,k,s", [((2, 2, 6, 6), 2, None), ((1, 2, 7, 5), 3, 2),
@@ -128,11 +133,11 @@ FUSED_STACKS = [
 @pytest.mark.parametrize("block_bytes", [None, 1])
 def test_fused_conv_relu_pool_gradients(conv, pool, block_bytes, rng, monkeypatch):
     """Conv2D -> ReLU -> MaxPool2D runs as one fused pass in a Sequential; check its
-    gradients by finite differences, also when the batch is unfolded one image at a time."""
+    gradients by finite differences, also when the batch is unfolded one image per block."""
     import nnjit.layers.conv as conv_module
 
     if block_bytes is not None:
-        monkeypatch.setattr(conv_module, "COLS_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
     c, oc, k, s, p = conv
     layers = [Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(), MaxPool2D(*pool), Flatten()]
     flat = int(np.prod(MaxPool2D(*pool).output_shape(layers[0].output_shape((c, 9, 8)))))

@@ -17,9 +17,12 @@ CONV_CASES = [
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_forward_matches_reference(case, dtype, rng):
+@pytest.mark.parametrize("block_rows", [None, 1])
+def test_conv_forward_matches_reference(case, dtype, block_rows, rng, force_row_blocks):
     n, c, h, w, oc, k, s, p = case
     layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=dtype)
+    if block_rows is not None:
+        force_row_blocks(layer, (c, h, w), block_rows)
     layer.bias.value[...] = rng.normal(size=oc)
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     got = layer.forward(x)

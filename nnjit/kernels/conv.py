@@ -1,18 +1,29 @@
-"""im2col / col2im and the channel-major <-> NCHW moves around the convolution GEMM.
+"""The moves around the convolution GEMM, one block of output positions at a time.
 
-Layout conventions (all buffers flat, C-contiguous):
+Conv2D runs as blocks that fit a core's cache: each block is either a group
+of whole images [n0, n1), or output rows [r0, r1) of one image. Per block,
+``im2col`` unfolds its patches, BLAS multiplies, and one kernel moves the
+product to the output. All kernels here are serial (``kernel(serial=True)``):
+worker threads run them side by side, between their single-threaded GEMMs.
 
-- ``x``: (N, C, H, W) images.
-- ``cols``: (C*KH*KW, N*OH*OW); row ``(c, kh, kw)``, column ``(n, oh, ow)``.
-  Rows are patches of one input plane, so unfolding and folding both walk
-  memory contiguously along ``ow``.
-- ``ymat``: (OC, N*OH*OW) = ``weight.reshape(OC, C*KH*KW) @ cols``, the
-  convolution with channels first and the batch inside.
+Layout conventions (buffers flat, C-contiguous; L = (n1-n0) * (r1-r0) * OW):
+
+- ``x``: (N, C, H, W) images, the whole batch.
+- ``cols``: (C*KH*KW, L) patches of the block; row ``(c, kh, kw)``, column
+  ``(n, oh, ow)``. A row is runs of OW inputs from one image row, so
+  unfolding and folding both walk memory contiguously along ``ow``.
+- ``yblock``: (OC, L) = ``weight.reshape(OC, C*KH*KW) @ cols``.
+
+Inner loops index with unsigned ints: Numba keeps a negative-index check per
+element on signed indices, which stops vectorisation (measured 5x slower).
 """
+import numpy as np
 from numba import njit
 
-from ._jit import kernel, prange
+from ._jit import kernel
 from .pool import pool_plane
+
+U = np.uint64
 
 
 @njit(cache=True, inline="always")
@@ -26,167 +37,163 @@ def valid_range(k, S, P, W, OW):
     return lo, max(lo, hi)
 
 
-@kernel
-def im2col(x, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, cols):
-    """Unfold zero-padded patches of ``x`` into ``cols``.
+@kernel(serial=True)
+def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cols):
+    """Unfold the zero-padded patches of one block.
 
-    x: float (N*C*H*W,); writes cols: float (C*KH*KW * N*OH*OW,).
-    Each parallel iteration owns one (row, n) block of OH*OW columns.
+    x: float (N*C*H*W,). Writes cols: float (C*KH*KW * L,) for output rows
+    [r0, r1) of images [n0, n1).
     """
-    K = C * KH * KW
-    x4 = x.reshape((N, C, H, W))
-    c4 = cols.reshape((K, N, OH, OW))
-    for rn in prange(K * N):
-        row = rn // N
-        n = rn % N
-        c = row // (KH * KW)
-        kh = (row // KW) % KH
-        kw = row % KW
-        hlo, hhi = valid_range(kh, SH, PH, H, OH)
-        wlo, whi = valid_range(kw, SW, PW, W, OW)
-        block = c4[row, n]
-        if hlo > 0 or hhi < OH or wlo > 0 or whi < OW:
-            block[:, :] = 0
-        if hlo < hhi and wlo < whi:
-            ih, iw = hlo * SH + kh - PH, wlo * SW + kw - PW
-            # Slice copies, not computed flat indices: those keep a sign check
-            # per element and do not vectorise.
-            block[hlo:hhi, wlo:whi] = x4[n, c, ih:ih + (hhi - hlo - 1) * SH + 1:SH,
-                                         iw:iw + (whi - wlo - 1) * SW + 1:SW]
-
-
-@kernel
-def col2im(dcols, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, dx):
-    """Fold patch gradients back onto the image: the adjoint of ``im2col``.
-
-    dcols: float (C*KH*KW * N*OH*OW,); writes dx: float (N*C*H*W,)
-    (overwritten; overlapping patches summed). Each parallel iteration owns
-    one (n, c) plane of dx, so overlapping windows never race.
-    """
-    K = C * KH * KW
-    dx4 = dx.reshape((N, C, H, W))
-    c4 = dcols.reshape((K, N, OH, OW))
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc % C
-        plane = dx4[n, c]
-        plane[:, :] = 0
+    d = U(0)
+    for c in range(C):
         for kh in range(KH):
-            hlo, hhi = valid_range(kh, SH, PH, H, OH)
             for kw in range(KW):
-                wlo, whi = valid_range(kw, SW, PW, W, OW)
-                src = c4[(c * KH + kh) * KW + kw, n]
-                ih, iw = hlo * SH + kh - PH, wlo * SW + kw - PW
-                dst = plane[ih:ih + (hhi - hlo - 1) * SH + 1:SH, iw:iw + (whi - wlo - 1) * SW + 1:SW]
-                for i in range(hhi - hlo):
-                    for j in range(whi - wlo):
-                        dst[i, j] += src[hlo + i, wlo + j]
+                lo, hi = valid_range(kw, SW, PW, W, OW)
+                for n in range(n0, n1):
+                    plane = (n * C + c) * H
+                    for i in range(r0, r1):
+                        ih = i * SH + kh - PH
+                        if ih < 0 or ih >= H:
+                            lo_i, hi_i = OW, OW  # the whole run is padding
+                        else:
+                            lo_i, hi_i = lo, hi
+                        for j in range(U(min(lo_i, OW))):
+                            cols[d + j] = 0
+                        if lo_i < hi_i:
+                            s = U((plane + ih) * W + lo_i * SW + kw - PW)
+                            dd = d + U(lo_i)
+                            if SW == 1:
+                                for j in range(U(hi_i - lo_i)):
+                                    cols[dd + j] = x[s + j]
+                            else:
+                                for j in range(U(hi_i - lo_i)):
+                                    cols[dd + j] = x[s + j * U(SW)]
+                        for j in range(U(hi_i), U(OW)):
+                            cols[d + j] = 0
+                        d += U(OW)
 
 
-@kernel
-def ymat_to_nchw(ymat, bias, N, P, OC, relu, out):
-    """Move the GEMM output to NCHW, adding the bias and optionally ReLU.
+@kernel(serial=True)
+def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
+    """Fold one block's patch gradients back onto the images: the adjoint of ``im2col``.
 
-    ymat: float (OC*N*P,) as (OC, N, P); bias: float (OC,); P = OH*OW.
-    Writes out: float (N*OC*P,) as (N, OC, P). ``relu`` (bool) fuses max(0, .).
+    dcols: float (C*KH*KW * L,). Adds into dx: float (N*C*H*W,) (overlapping
+    patches summed; the caller zeroes dx first). Two blocks that touch the
+    same image must not run at once.
     """
-    y3 = ymat.reshape((OC, N, P))
-    o3 = out.reshape((N, OC, P))
-    for noc in prange(N * OC):
-        n = noc // OC
-        oc = noc % OC
+    s = U(0)
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                lo, hi = valid_range(kw, SW, PW, W, OW)
+                for n in range(n0, n1):
+                    plane = (n * C + c) * H
+                    for i in range(r0, r1):
+                        ih = i * SH + kh - PH
+                        if 0 <= ih < H and lo < hi:
+                            d = U((plane + ih) * W + lo * SW + kw - PW)
+                            ss = s + U(lo)
+                            for j in range(U(hi - lo)):
+                                dx[d + j * U(SW)] += dcols[ss + j]
+                        s += U(OW)
+
+
+@kernel(serial=True)
+def block_to_nchw(yblock, bias, OC, P, OW, n0, n1, r0, r1, relu, out):
+    """Move one block's GEMM output to NCHW, adding the bias and optionally ReLU.
+
+    yblock: float (OC*L,) as (OC, n1-n0, (r1-r0)*OW); bias: float (OC,);
+    P = OH*OW. Writes rows [r0, r1) of images [n0, n1) of out: float
+    (N*OC*P,) as (N, OC, P). ``relu`` (bool) fuses max(0, .).
+    """
+    run = U((r1 - r0) * OW)
+    s = U(0)
+    for oc in range(OC):
         b = bias[oc]
-        src = y3[oc, n]
-        dst = o3[n, oc]
-        if relu:
-            for p in range(P):
-                dst[p] = max(src[p] + b, 0)
-        else:
-            for p in range(P):
-                dst[p] = src[p] + b
+        for n in range(n0, n1):
+            d = U((n * OC + oc) * P + r0 * OW)
+            if relu:
+                for j in range(run):
+                    out[d + j] = max(yblock[s + j] + b, 0)
+            else:
+                for j in range(run):
+                    out[d + j] = yblock[s + j] + b
+            s += run
 
 
-@kernel
-def nchw_to_ymat(dy, y, N, P, OC, relu, dymat, dbias):
-    """Move an NCHW gradient to the GEMM layout and reduce it for the bias.
+@kernel(serial=True)
+def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
+    """Gather one block's output gradient into the GEMM layout; add its bias gradient.
 
     dy: float (N*OC*P,) as (N, OC, P). With ``relu``, dy is the gradient at
     the output of a fused ReLU whose output is y (same layout), and is passed
-    through only where y > 0; without, y is not read. Writes dymat: float
-    (OC*N*P,) as (OC, N, P) and dbias: float (OC,) = sum of dymat over N and P.
-    Each parallel iteration owns one output channel and sums the batch serially.
+    through only where y > 0; without, y is not read. Writes dyblock: float
+    (OC*L,) as (OC, n1-n0, (r1-r0)*OW); adds the block's sums to dbias: float (OC,).
     """
-    d3 = dy.reshape((N, OC, P))
-    y3 = y.reshape((N, OC, P))
-    m3 = dymat.reshape((OC, N, P))
-    for oc in prange(OC):
+    run = U((r1 - r0) * OW)
+    d = U(0)
+    for oc in range(OC):
         acc = 0.0
-        for n in range(N):
-            src = d3[n, oc]
-            dst = m3[oc, n]
+        for n in range(n0, n1):
+            s = U((n * OC + oc) * P + r0 * OW)
             if relu:
-                out = y3[n, oc]
-                for p in range(P):
-                    if out[p] > 0:
-                        v = src[p]
-                        dst[p] = v
-                        acc += v
-                    else:
-                        dst[p] = 0
-            else:
-                for p in range(P):
-                    v = src[p]
-                    dst[p] = v
+                for j in range(run):
+                    v = dy[s + j] if y[s + j] > 0 else 0
+                    dyblock[d + j] = v
                     acc += v
-        dbias[oc] = acc
-
-
-@kernel
-def ymat_to_pooled_nchw(ymat, bias, N, OH, OW, OC, relu, KH, KW, SH, SW, PH, PW, out, argmax):
-    """Bias, optional ReLU and max pooling straight from the GEMM output.
-
-    The conv output (OC, N, OH, OW) is never written out: each pooled value is
-    max(window) + bias (then max(0, .) with ``relu``; ReLU commutes with max).
-    ymat: float (OC*N*OH*OW,); bias: float (OC,). Writes out: float
-    (N*OC*PH*PW,) and argmax: int32 (same), the position oh*OW + ow of each
-    window's first maximum in its conv plane.
-    """
-    y4 = ymat.reshape((OC, N, OH, OW))
-    o3 = out.reshape((N, OC, PH * PW))
-    a3 = argmax.reshape((N, OC, PH * PW))
-    for noc in prange(N * OC):
-        n = noc // OC
-        oc = noc % OC
-        dst = o3[n, oc]
-        pos = a3[n, oc]
-        b = bias[oc]
-        pool_plane(y4[oc, n], KH, KW, SH, SW, PH, PW, dst, pos)
-        for j in range(PH * PW):
-            v = dst[j] + b
-            if relu and v < 0:
-                dst[j] = 0
             else:
-                dst[j] = v
+                for j in range(run):
+                    v = dy[s + j]
+                    dyblock[d + j] = v
+                    acc += v
+            d += run
+        dbias[oc] += acc
 
 
-@kernel
-def pooled_grad_to_ymat(dy, out, argmax, N, P, OC, PP, relu, dymat, dbias):
-    """Backward of ``ymat_to_pooled_nchw``: route pooled gradients to the GEMM layout.
+@kernel(serial=True)
+def block_to_pooled(yblock, bias, OC, OH, OW, n0, n1, relu, KH, KW, SH, SW, PH, PW, out, argmax):
+    """Bias, optional ReLU and max pooling straight from one block's GEMM output.
+
+    The block holds whole images (all OH rows). The conv output is never
+    written out: each pooled value is max(window) + bias (then max(0, .) with
+    ``relu``; ReLU commutes with max). yblock: float (OC*(n1-n0)*OH*OW,);
+    bias: float (OC,). Writes images [n0, n1) of out: float (N*OC*PH*PW,) and
+    argmax: int32 (same), the position oh*OW + ow of each window's first
+    maximum in its conv plane.
+    """
+    y4 = yblock.reshape((OC, n1 - n0, OH, OW))
+    o3 = out.reshape((-1, OC, PH * PW))
+    a3 = argmax.reshape((-1, OC, PH * PW))
+    for oc in range(OC):
+        b = bias[oc]
+        for n in range(n0, n1):
+            dst = o3[n, oc]
+            pool_plane(y4[oc, n - n0], KH, KW, SH, SW, PH, PW, dst, a3[n, oc])
+            for j in range(PH * PW):
+                v = dst[j] + b
+                if relu and v < 0:
+                    dst[j] = 0
+                else:
+                    dst[j] = v
+
+
+@kernel(serial=True)
+def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
+    """Backward of ``block_to_pooled``: route pooled gradients to the GEMM layout.
 
     dy, out: float (N*OC*PP,) (gradient at, and value of, the pooled output);
     argmax: int32 from forward. Each gradient goes to its window's maximum,
-    and with ``relu`` only where the output is > 0. Writes dymat: float
-    (OC*N*P,) as (OC, N, P) and dbias: float (OC,). Each parallel iteration
-    owns one output channel, so scattered adds from overlapping windows never race.
+    and with ``relu`` only where the output is > 0. Writes dyblock: float
+    (OC*(n1-n0)*P,) as (OC, n1-n0, P); adds the block's sums to dbias: float (OC,).
     """
-    d3 = dy.reshape((N, OC, PP))
-    o3 = out.reshape((N, OC, PP))
-    a3 = argmax.reshape((N, OC, PP))
-    m3 = dymat.reshape((OC, N, P))
-    for oc in prange(OC):
+    d3 = dy.reshape((-1, OC, PP))
+    o3 = out.reshape((-1, OC, PP))
+    a3 = argmax.reshape((-1, OC, PP))
+    m3 = dyblock.reshape((OC, n1 - n0, P))
+    for oc in range(OC):
         acc = 0.0
-        for n in range(N):
-            dst = m3[oc, n]
+        for n in range(n0, n1):
+            dst = m3[oc, n - n0]
             dst[:] = 0
             g = d3[n, oc]
             o = o3[n, oc]
@@ -195,46 +202,4 @@ def pooled_grad_to_ymat(dy, out, argmax, N, P, OC, PP, relu, dymat, dbias):
                 if not relu or o[j] > 0:
                     dst[pos[j]] += g[j]
                     acc += g[j]
-        dbias[oc] = acc
-
-
-@kernel
-def pooled_weight_grad(dy, out, argmax, cols, N, P, OC, PP, K, relu, accumulate, dweight, dbias):
-    """dW and db of a fused conv -> (ReLU) -> max-pool from the pooled gradients alone.
-
-    Only one conv output per pooling window receives gradient, so
-    dW[oc, :] = sum over windows of dy * cols[:, window's argmax] touches a
-    quarter of the columns a GEMM over the full (mostly zero) gradient would,
-    and the full-size gradient is never written. Used when the input gradient
-    is not needed (the first layer).
-
-    dy, out: float (N*OC*PP,); argmax: int32 (N*OC*PP,); cols: float
-    (K*N*P,) as (K, N*P). Writes (or with ``accumulate`` adds to) dweight:
-    float (OC*K,) and dbias: float (OC,). Each parallel iteration owns one
-    output channel.
-    """
-    d3 = dy.reshape((N, OC, PP))
-    o3 = out.reshape((N, OC, PP))
-    a3 = argmax.reshape((N, OC, PP))
-    c2 = cols.reshape((K, N * P))
-    w2 = dweight.reshape((OC, K))
-    for oc in prange(OC):
-        row = w2[oc]
-        if not accumulate:
-            row[:] = 0
-        acc = 0.0
-        for n in range(N):
-            g = d3[n, oc]
-            o = o3[n, oc]
-            pos = a3[n, oc]
-            for j in range(PP):
-                if not relu or o[j] > 0:
-                    v = g[j]
-                    acc += v
-                    col = n * P + pos[j]
-                    for k in range(K):
-                        row[k] += v * c2[k, col]
-        if accumulate:
-            dbias[oc] += acc
-        else:
-            dbias[oc] = acc
+        dbias[oc] += acc

@@ -1,21 +1,24 @@
-"""Conv2D: im2col + one GEMM forward; GEMMs + col2im backward."""
+"""Conv2D: im2col + GEMM over blocks that fit a core's cache, one worker thread per core."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import (col2im, im2col, nchw_to_ymat, pooled_grad_to_ymat, pooled_weight_grad,
-                            ymat_to_nchw, ymat_to_pooled_nchw)
+from ..kernels.conv import (block_to_nchw, block_to_pooled, col2im, im2col, nchw_to_block,
+                            pooled_to_block)
 from ..params import Parameter
+from ..threads import get_num_threads, run_workers, split
 from .activation import ReLU
 from .pool import MaxPool2D
 from .base import Layer, he_uniform, pair, positive_int
 
 
-#: Largest block of im2col columns. A batch whose cols fit is unfolded once and
-#: its cols kept for backward (measured fastest for cnn training at batch 64
-#: and 256); a larger one goes through in blocks, which bounds memory and lets
-#: backward unfold each block again. Tests lower it to force blocking.
-COLS_BLOCK_BYTES = 64 << 20
+#: Most bytes of im2col columns per block. Each worker unfolds a block, runs
+#: its GEMM and moves the product out while the columns are still in its
+#: core's cache (1 MB of L2 per core here: 768 KB measured fastest, 512 KB
+#: slower by 10%; one unfold of the whole batch, 37 MB for the benchmark's
+#: 64x10x28x28 input, made the GEMM 2x slower). Tests lower it to force
+#: row blocks.
+BLOCK_BYTES = 768 << 10
 
 
 class Conv2D(Layer):
@@ -99,99 +102,118 @@ class Conv2D(Layer):
                                  kernel_shape=list(self.kernel_size), strides=list(self.stride),
                                  pads=[ph, pw, ph, pw])]
 
-    def _chunk(self, n: int, k: int, p: int) -> int:
-        """Images per im2col block: as many as keep cols within COLS_BLOCK_BYTES."""
-        return max(1, min(n, COLS_BLOCK_BYTES // (k * p * self.dtype.itemsize)))
+    def _blocks(self, start, stop, oh, ow, k):
+        """Blocks (n0, n1, r0, r1) covering images [start, stop), and the most columns in one.
 
-    def _unfold(self, x, start, stop, cols):
-        """im2col of images [start, stop) of x into cols (K, (stop-start)*OH*OW)."""
+        Whole images are grouped while their cols fit BLOCK_BYTES; a larger
+        image is cut into runs of output rows, except under a fused max-pool,
+        whose windows need whole planes.
+        """
+        row_bytes = k * ow * self.dtype.itemsize
+        if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
+            per = max(1, BLOCK_BYTES // (row_bytes * oh))
+            blocks = [(a, min(stop, a + per), 0, oh) for a in range(start, stop, per)]
+            return blocks, min(per, stop - start) * oh * ow
+        rows = max(1, BLOCK_BYTES // row_bytes)
+        blocks = [(n, n + 1, r, min(oh, r + rows)) for n in range(start, stop)
+                  for r in range(0, oh, rows)]
+        return blocks, min(rows, oh) * ow
+
+    def _geometry(self, x):
         _, c, h, w = x.shape
-        _, oh, ow = self.output_shape(x.shape[1:])
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        im2col(x[start:stop].reshape(-1), stop - start, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
-               cols.reshape(-1))
+        oc, oh, ow = self.output_shape((c, h, w))
+        return (c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
-        n, c, h, w = x.shape
-        oc, oh, ow = self.output_shape(x.shape[1:])
-        kh, kw = self.kernel_size
-        k, p = c * kh * kw, oh * ow
+        n = x.shape[0]
+        geometry = self._geometry(x)
+        c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
+        oc, k = self.out_channels, c * kh * kw
         mode = "train" if training else "eval"
-        if self.fused_pool is None:
+        pool = self.fused_pool
+        if pool is None:
             out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
             argmax = None
         else:
-            _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
+            _, poh, pow_ = pool.output_shape((oc, oh, ow))
             out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
             argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
-        # One GEMM for the whole batch, unless its cols would pass COLS_BLOCK_BYTES:
-        # then one per block of images, so memory stays bounded for large inputs.
-        chunk = self._chunk(n, k, p)
         weight = self.weight.value.reshape(oc, k)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            m = stop - start
-            cols = self._buffer(f"cols/{mode}", (k, m * p), self.dtype)  # (C*KH*KW, m*OH*OW)
-            self._unfold(x, start, stop, cols)
-            ymat = self._buffer(f"ymat/{mode}", (oc, m * p), self.dtype)  # (OC, m*OH*OW)
-            np.matmul(weight, cols, out=ymat)
-            if argmax is None:
-                ymat_to_nchw(ymat.reshape(-1), self.bias.value, m, p, oc, self.fused_relu,
-                             out[start:stop].reshape(-1))
-            else:
-                (pkh, pkw), (psh, psw) = self.fused_pool.kernel_size, self.fused_pool.stride
-                ymat_to_pooled_nchw(ymat.reshape(-1), self.bias.value, m, oh, ow, oc,
-                                    self.fused_relu, pkh, pkw, psh, psw, out.shape[2], out.shape[3],
-                                    out[start:stop].reshape(-1), argmax[start:stop].reshape(-1))
-        # One block: keep its cols for backward. Several: backward unfolds again.
-        kept = cols if chunk >= n else None
-        self._cache = (x, kept, out, argmax) if training else None
+        x_flat, out_flat = x.reshape(-1), out.reshape(-1)
+
+        def work(worker, start, stop):
+            blocks, most = self._blocks(start, stop, oh, ow, k)
+            cols_buf = self._buffer(f"cols/{worker}", (k * most,), self.dtype)
+            y_buf = self._buffer(f"yblock/{worker}", (oc * most,), self.dtype)
+            for n0, n1, r0, r1 in blocks:
+                cols_len = (n1 - n0) * (r1 - r0) * ow
+                cols, yblock = cols_buf[:k * cols_len], y_buf[:oc * cols_len]
+                im2col(x_flat, *geometry, n0, n1, r0, r1, cols)
+                np.matmul(weight, cols.reshape(k, cols_len), out=yblock.reshape(oc, cols_len))
+                if pool is None:
+                    block_to_nchw(yblock, self.bias.value, oc, oh * ow, ow, n0, n1, r0, r1,
+                                  self.fused_relu, out_flat)
+                else:
+                    block_to_pooled(yblock, self.bias.value, oc, oh, ow, n0, n1, self.fused_relu,
+                                    *pool.kernel_size, *pool.stride, poh, pow_, out_flat,
+                                    argmax.reshape(-1))
+
+        run_workers(work, split(n, get_num_threads()))
+        self._cache = (x, out, argmax) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise self._no_cache()
-        x, kept, out, argmax = self._cache
-        n, c, h, w = x.shape
-        oc, oh, ow = self.output_shape((c, h, w))
+        x, out, argmax = self._cache
         dy = self._check_grad(dy, out.shape, self.dtype)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        k, p = c * kh * kw, oh * ow
-        chunk = self._chunk(n, k, p)
+        n = x.shape[0]
+        geometry = self._geometry(x)
+        c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
+        oc, k, p = self.out_channels, c * kh * kw, oh * ow
         weight = self.weight.value.reshape(oc, k)
-        dweight = self.weight.grad.reshape(oc, k)
-        dx = self._buffer("dx", (n, c, h, w), self.dtype) if need_input_grad else None
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            m = stop - start
-            cols = kept if kept is not None else self._buffer("cols/train", (k, m * p), self.dtype)
-            if kept is None:
-                self._unfold(x, start, stop, cols)
-            if argmax is not None and not need_input_grad:
-                pooled_weight_grad(dy[start:stop].reshape(-1), out[start:stop].reshape(-1),
-                                   argmax[start:stop].reshape(-1), cols.reshape(-1), m, p, oc,
-                                   out[0, 0].size, k, self.fused_relu, start > 0,
-                                   dweight.reshape(-1), self.bias.grad)
-                continue
-            dymat = self._buffer("dymat", (oc, m * p), self.dtype)  # (OC, m*OH*OW)
-            dbias = self.bias.grad if start == 0 else self._buffer("dbias", (oc,), self.dtype)
-            if argmax is None:
-                nchw_to_ymat(dy[start:stop].reshape(-1), out[start:stop].reshape(-1), m, p, oc,
-                             self.fused_relu, dymat.reshape(-1), dbias)
-            else:
-                pooled_grad_to_ymat(dy[start:stop].reshape(-1), out[start:stop].reshape(-1),
-                                    argmax[start:stop].reshape(-1), m, p, oc, out[0, 0].size,
-                                    self.fused_relu, dymat.reshape(-1), dbias)
-            if start == 0:
-                np.matmul(dymat, cols.T, out=dweight)  # (OC, C*KH*KW)
-            else:
-                self.bias.grad += dbias
-                dweight += np.matmul(dymat, cols.T, out=self._buffer("dw", (oc, k), self.dtype))
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else None
+        x_flat, dy_flat, out_flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
+        ranges = split(n, get_num_threads())
+        # Per-worker partial sums: dW^T (K, OC) and db (OC,).
+        partial_dw = [self._buffer(f"dw/{i}", (k, oc), self.dtype) for i in range(len(ranges))]
+        partial_db = [self._buffer(f"db/{i}", (oc,), self.dtype) for i in range(len(ranges))]
+
+        # Each worker owns whole images, so col2im's overlapping adds never race.
+        def work(worker, start, stop):
+            blocks, most = self._blocks(start, stop, oh, ow, k)
+            cols_buf = self._buffer(f"cols/{worker}", (k * most,), self.dtype)
+            dy_buf = self._buffer(f"dyblock/{worker}", (oc * most,), self.dtype)
+            dw_block = self._buffer(f"dwblock/{worker}", (k, oc), self.dtype)
+            dw, db = partial_dw[worker], partial_db[worker]
+            dw[...] = 0
+            db[...] = 0
             if need_input_grad:
-                # cols is spent once this block's dW is known: reuse its memory for dcols.
-                dcols = np.matmul(weight.T, dymat, out=cols)  # (C*KH*KW, m*OH*OW)
-                col2im(dcols.reshape(-1), m, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
-                       dx[start:stop].reshape(-1))
+                dx[start:stop] = 0
+            for n0, n1, r0, r1 in blocks:
+                cols_len = (n1 - n0) * (r1 - r0) * ow
+                cols = cols_buf[:k * cols_len].reshape(k, cols_len)
+                dyblock = dy_buf[:oc * cols_len].reshape(oc, cols_len)
+                im2col(x_flat, *geometry, n0, n1, r0, r1, cols.reshape(-1))
+                if argmax is None:
+                    nchw_to_block(dy_flat, out_flat, oc, p, ow, n0, n1, r0, r1, self.fused_relu,
+                                  dyblock.reshape(-1), db)
+                else:
+                    pooled_to_block(dy_flat, out_flat, argmax.reshape(-1), oc, p, out[0, 0].size,
+                                    n0, n1, self.fused_relu, dyblock.reshape(-1), db)
+                dw += np.matmul(cols, dyblock.T, out=dw_block)  # (C*KH*KW, OC)
+                if need_input_grad:
+                    # cols is spent once this block's dW is known: reuse it for dcols.
+                    np.matmul(weight.T, dyblock, out=cols)
+                    col2im(cols.reshape(-1), *geometry, n0, n1, r0, r1, dx.reshape(-1))
+
+        run_workers(work, ranges)
+        dweight = self.weight.grad.reshape(oc, k)
+        dweight[...] = partial_dw[0].T
+        self.bias.grad[...] = partial_db[0]
+        for dw, db in zip(partial_dw[1:], partial_db[1:]):
+            dweight += dw.T
+            self.bias.grad += db
         self._cache = None
         return dx
