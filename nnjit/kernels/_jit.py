@@ -24,7 +24,7 @@ from numba import njit, prange
 #: waking the sleeping pool (~40 us) would cost more than the work it splits.
 SERIAL_BELOW = 1 << 17
 
-_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+_OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 class Kernel:

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import (block_to_nchw, block_to_pooled, col2im, im2col, nchw_to_block,
-                            pooled_to_block)
+from ..kernels.conv import (
+    block_to_nchw,
+    block_to_pooled,
+    col2im,
+    im2col,
+    nchw_to_block,
+    pooled_to_block,
+)
 from ..params import Parameter
 from ..threads import get_num_threads, run_workers, split
 from .activation import ReLU
-from .pool import MaxPool2D
 from .base import Layer, he_uniform, pair, positive_int
-
+from .pool import MaxPool2D
 
 #: Most bytes of im2col columns per block. Each worker unfolds a block, runs
 #: its GEMM and moves the product out while the columns are still in its
@@ -120,8 +125,9 @@ class Conv2D(Layer):
         return blocks, min(rows, oh) * ow
 
     def _geometry(self, x):
+        """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
         _, c, h, w = x.shape
-        oc, oh, ow = self.output_shape((c, h, w))
+        _, oh, ow = self.output_shape((c, h, w))
         return (c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
     def forward(self, x, training=True):
