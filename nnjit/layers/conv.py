@@ -25,6 +25,14 @@ from .pool import MaxPool2D
 #: row blocks.
 BLOCK_BYTES = 768 << 10
 
+#: Most multiply-adds per GEMM call that produces columns of a block (forward
+#: output, input gradient). OpenBLAS multiplies matrices up to 1e6 of them
+#: without packing its operands first: the 10->20 5x5 conv's forward GEMM ran
+#: at 107 GFLOP/s on one core in column slices of <= 200, 79 GFLOP/s whole.
+#: Neutral for the cnn preset's shapes; the weight gradient's GEMM, which
+#: reduces over the columns, was slower sliced and is not.
+GEMM_SLICE_MACS = 1_000_000
+
 
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in PyTorch) with zero padding.
@@ -156,7 +164,7 @@ class Conv2D(Layer):
                 cols_len = (n1 - n0) * (r1 - r0) * ow
                 cols, yblock = cols_buf[:k * cols_len], y_buf[:oc * cols_len]
                 im2col(x_flat, *geometry, n0, n1, r0, r1, cols)
-                np.matmul(weight, cols.reshape(k, cols_len), out=yblock.reshape(oc, cols_len))
+                gemm_in_slices(weight, cols.reshape(k, cols_len), yblock.reshape(oc, cols_len))
                 if pool is None:
                     block_to_nchw(yblock, self.bias.value, oc, oh * ow, ow, n0, n1, r0, r1,
                                   self.fused_relu, out_flat)
@@ -211,7 +219,7 @@ class Conv2D(Layer):
                 dw += np.matmul(cols, dyblock.T, out=dw_block)  # (C*KH*KW, OC)
                 if need_input_grad:
                     # cols is spent once this block's dW is known: reuse it for dcols.
-                    np.matmul(weight.T, dyblock, out=cols)
+                    gemm_in_slices(weight.T, dyblock, cols)
                     col2im(cols.reshape(-1), *geometry, n0, n1, r0, r1, dx.reshape(-1))
 
         run_workers(work, ranges)
@@ -223,3 +231,14 @@ class Conv2D(Layer):
             self.bias.grad += db
         self._cache = None
         return dx
+
+
+def gemm_in_slices(a, b, out):
+    """out = a @ b, as GEMMs over column slices of at most GEMM_SLICE_MACS multiply-adds.
+
+    a: (M, K), b: (K, L), out: (M, L) float arrays (views with unit column stride).
+    """
+    m, k = a.shape
+    step = max(1, GEMM_SLICE_MACS // (m * k))
+    for start in range(0, b.shape[1], step):
+        np.matmul(a, b[:, start:start + step], out=out[:, start:start + step])
