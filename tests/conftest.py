@@ -23,7 +23,8 @@ def force_row_blocks(monkeypatch):
     def force(layer, input_shape, rows):
         _, oh, ow = layer.output_shape(input_shape)
         k = input_shape[0] * int(np.prod(layer.kernel_size))
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", rows * k * ow * layer.dtype.itemsize)
+        row_bytes = (k + layer.out_channels) * ow * layer.dtype.itemsize
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", rows * row_bytes)
         blocks, _ = layer._blocks(0, 1, oh, ow, k)
         assert len(blocks) > 1 and all(r1 - r0 <= rows for _, _, r0, r1 in blocks)
 

@@ -17,7 +17,7 @@ from .activation import ReLU
 from .base import Layer, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
-#: Most bytes of im2col columns per block. Each worker unfolds a block, runs
+#: Most bytes of im2col columns plus GEMM output per block. Each worker unfolds a block, runs
 #: its GEMM and moves the product out while the columns are still in its
 #: core's cache (1 MB of L2 per core here: 768 KB measured fastest, 512 KB
 #: slower by 10%; one unfold of the whole batch, 37 MB for the benchmark's
@@ -25,13 +25,15 @@ from .pool import MaxPool2D
 #: row blocks.
 BLOCK_BYTES = 768 << 10
 
-#: Most multiply-adds per GEMM call that produces columns of a block (forward
-#: output, input gradient). OpenBLAS multiplies matrices up to 1e6 of them
-#: without packing its operands first: the 10->20 5x5 conv's forward GEMM ran
-#: at 107 GFLOP/s on one core in column slices of <= 200, 79 GFLOP/s whole.
-#: Neutral for the cnn preset's shapes; the weight gradient's GEMM, which
-#: reduces over the columns, was slower sliced and is not.
-GEMM_SLICE_MACS = 1_000_000
+#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
+#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
+#: 10->20 5x5 conv's forward GEMM in column slices of <= 200; 17 vs 94 us for
+#: the weight gradient of the cnn's first conv over 4 vs 6 images. So blocks
+#: of small images hold no more than this many multiply-adds, and the forward
+#: and input-gradient GEMMs of larger blocks run in column slices of this size
+#: (neutral for the cnn's second conv). The weight gradient's GEMM, which
+#: reduces over the columns, is never sliced: that was slower (accumulating).
+SMALL_GEMM_MACS = 1_000_000
 
 
 class Conv2D(Layer):
@@ -118,13 +120,17 @@ class Conv2D(Layer):
     def _blocks(self, start, stop, oh, ow, k):
         """Blocks (n0, n1, r0, r1) covering images [start, stop), and the most columns in one.
 
-        Whole images are grouped while their cols fit BLOCK_BYTES; a larger
+        Whole images are grouped while their cols and GEMM output (K + OC rows)
+        fit BLOCK_BYTES, and their GEMMs SMALL_GEMM_MACS when one image's does; a larger
         image is cut into runs of output rows, except under a fused max-pool,
         whose windows need whole planes.
         """
-        row_bytes = k * ow * self.dtype.itemsize
+        row_bytes = (k + self.out_channels) * ow * self.dtype.itemsize
         if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
             per = max(1, BLOCK_BYTES // (row_bytes * oh))
+            image_macs = self.out_channels * k * oh * ow
+            if image_macs <= SMALL_GEMM_MACS:
+                per = min(per, SMALL_GEMM_MACS // image_macs)
             blocks = [(a, min(stop, a + per), 0, oh) for a in range(start, stop, per)]
             return blocks, min(per, stop - start) * oh * ow
         rows = max(1, BLOCK_BYTES // row_bytes)
@@ -234,11 +240,11 @@ class Conv2D(Layer):
 
 
 def gemm_in_slices(a, b, out):
-    """out = a @ b, as GEMMs over column slices of at most GEMM_SLICE_MACS multiply-adds.
+    """out = a @ b, as GEMMs over column slices of at most SMALL_GEMM_MACS multiply-adds.
 
     a: (M, K), b: (K, L), out: (M, L) float arrays (views with unit column stride).
     """
     m, k = a.shape
-    step = max(1, GEMM_SLICE_MACS // (m * k))
+    step = max(1, SMALL_GEMM_MACS // (m * k))
     for start in range(0, b.shape[1], step):
         np.matmul(a, b[:, start:start + step], out=out[:, start:start + step])
