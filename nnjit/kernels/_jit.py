@@ -16,42 +16,53 @@ is not recompiled when only the helper changes. After editing such a helper,
 delete ``nnjit/kernels/__pycache__``.
 """
 import functools
+import types
 
-import numba
 from numba import njit, prange
 
-#: Below this many elements in its first array, a kernel runs on one thread:
-#: waking the sleeping pool (~40 us) would cost more than the work it splits.
+#: Below this many elements in its first array, a parallel kernel runs its
+#: serial compilation instead: waking the sleeping pool (~40 us) would cost
+#: more than the work it splits.
 SERIAL_BELOW = 1 << 17
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 class Kernel:
-    """A Numba kernel; a parallel one runs serially on small inputs.
+    """A Numba kernel; a parallel one has a serial twin for small inputs.
 
-    Calling it calls the compiled dispatcher (``.dispatcher``). For a
-    parallel kernel, Numba's thread count is set to 1 for the call when the
-    first argument (by convention the array that measures the work) is
-    smaller than ``SERIAL_BELOW``.
+    ``.dispatchers`` holds the compiled dispatchers: (parallel, serial) for a
+    parallel kernel, (serial,) for a serial one. Calling the kernel calls the
+    serial one when the first argument (by convention the array that
+    measures the work) is smaller than ``SERIAL_BELOW``. A second
+    compilation, not a thread-count switch around the call: switching cost
+    ~3 us per call, as much as a small kernel's work.
     """
 
     def __init__(self, fn, serial=False):
         self.serial = serial
-        self.dispatcher = njit(parallel=not serial, **_OPTIONS)(fn)
+        if serial:
+            self.dispatchers = (njit(**_OPTIONS)(fn),)
+        else:
+            self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
+                                njit(**_OPTIONS)(_renamed(fn, "_serial")))
+        self._parallel, self._serial = self.dispatchers[0], self.dispatchers[-1]
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        if self.serial or args[0].size >= SERIAL_BELOW:
-            return self.dispatcher(*args)
-        threads = numba.get_num_threads()
-        if threads == 1:
-            return self.dispatcher(*args)
-        numba.set_num_threads(1)
-        try:
-            return self.dispatcher(*args)
-        finally:
-            numba.set_num_threads(threads)
+        if self.serial or args[0].size < SERIAL_BELOW:
+            return self._serial(*args)
+        return self._parallel(*args)
+
+
+def _renamed(fn, suffix):
+    """A copy of ``fn`` under another name: Numba's disk cache is keyed by the
+    function's name and code, not by ``parallel``, so the twins need two names."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                              fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__module__ = fn.__module__
+    return twin
 
 
 def kernel(fn=None, *, serial=False):
