@@ -11,9 +11,11 @@ at batch 64: 21 ms with the defaults, 15 ms with both waits short.
   OpenBLAS reads it when it loads, i.e. when numpy is first imported, so it
   only takes effect when nnjit is imported before numpy (the scripts do).
 
-A value the user has set wins.
+A value the user has set wins; ``SET_BY_NNJIT`` lists the ones nnjit set.
 """
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+SET_BY_NNJIT = tuple(k for k in DEFAULTS if k not in os.environ)
+for _key in SET_BY_NNJIT:
+    os.environ[_key] = DEFAULTS[_key]

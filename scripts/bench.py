@@ -1,13 +1,19 @@
 #!/usr/bin/env python
 """Benchmark nnjit (and PyTorch, when importable) on the cnn and mlp presets.
 
-Every throughput is measured interleaved with the peer in the same process
-(nnjit block, PyTorch block, repeated; medians reported), because these
-machines are noisy: compare the ratios, not absolute times across runs.
+Every throughput is timed in alternation with the peer (nnjit block, PyTorch
+block, repeated; medians reported), because these machines are noisy: compare
+the ratios, not absolute times across runs. PyTorch runs in a process of its
+own, started with the environment nnjit found: both use the same OpenMP
+runtime, whose thread-wait policy is process-wide, so in one process one of
+them would run with the other's setting (measured: PyTorch's single-image cnn
+latency 490 us under nnjit's OMP_WAIT_POLICY=PASSIVE, 160 us under its
+default; nnjit's cnn training 40% slower beside PyTorch's spinning threads).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -17,7 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
+if "--torch-peer" in sys.argv:
+    import torch  # noqa: F401  (first: the peer's OpenMP reads the environment before nnjit's)
+
+import nnjit  # noqa: I001  (before numpy: sets thread-pool waits; nnjit/_env.py)
+from nnjit import _env
 
 import numpy as np
 from rich.table import Table
@@ -42,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of a one-epoch cnn run on 60k Fashion-MNIST images")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--torch-peer", action="store_true",
+                   help="internal: serve timing requests as the PyTorch process")
     return p.parse_args(argv)
 
 
@@ -75,18 +87,71 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each fn, timed in alternation, after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(_time(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+# -- the measured cases, built alike in both processes -------------------------
+# A case is a JSON-able list: ["train", preset, batch], ["infer", preset],
+# ["latency", preset], ["conv", n, size, with_backward]. Both sides build the
+# same model (nnjit's, seed 0; PyTorch's copies its weights) and the same data.
+CONV_SHAPES = ((16, 28), (64, 28), (16, 128))
+TRAIN_IMAGES = 2048  # per timed block of training steps
+CONV_PIXELS = 200_000  # input pixels per timed block of conv calls (at least one call)
+#: Pause before each timed block, so the other process's threads have gone to
+#: sleep (OpenMP's default wait spins for milliseconds after each parallel
+#: region). The pause busy-waits: after 50 ms of sleep, the next 12 ms block
+#: of nnjit convs ran 1.8x slower on these VMs (cores idled down), after 50 ms
+#: of busy-waiting as fast as back-to-back.
+SETTLE_SECONDS = 0.05
 
 
-# -- PyTorch twins -----------------------------------------------------------
+def settle() -> None:
+    """Busy-wait SETTLE_SECONDS (see there)."""
+    end = time.perf_counter() + SETTLE_SECONDS
+    while time.perf_counter() < end:
+        pass
+
+
+def conv_calls(n: int, size: int) -> int:
+    """Conv calls per timed block for a (n, 10, size, size) input."""
+    return max(1, CONV_PIXELS // (n * size * size))
+
+
+def case_data(case):
+    """The input (and labels) of a case, the same in both processes."""
+    rng = np.random.default_rng(0)
+    if case[0] == "conv":
+        _, n, size, _ = case
+        x = rng.random((n, 10, size, size), dtype=np.float32)
+        return x, rng.random((n, 20, size - 4, size - 4), dtype=np.float32)
+    batch = {"train": case[-1], "infer": 1000, "latency": 1}[case[0]]
+    return rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+
+
+def nnjit_case(case):
+    """A function running one timed block of ``case`` in nnjit."""
+    x, y = case_data(case)
+    if case[0] == "conv":
+        layer = Conv2D(10, 20, 5)
+        layer.reset_parameters(np.random.default_rng(0))
+        calls = conv_calls(*case[1:3])
+
+        def block():
+            for _ in range(calls):
+                layer.forward(x)
+                if case[3]:
+                    layer.backward(y)
+        return block
+    model = build_model(case[1], seed=0)
+    if case[0] == "train":
+        opt = SGD(model.parameters(), lr=0.01)
+
+        def steps():
+            for _ in range(max(1, TRAIN_IMAGES // len(x))):
+                model.forward(x)
+                model.backward(y)
+                opt.step()
+        return steps
+    return lambda: model.predict(x, batch_size=len(x))
+
+
 def torch_twin(model, with_softmax: bool):
     """The same network in PyTorch, same layer indices, same weights."""
     import torch
@@ -112,116 +177,147 @@ def torch_twin(model, with_softmax: bool):
     return twin
 
 
-def nnjit_train_step(model, opt, x, y):
-    def step():
-        model.forward(x)
-        model.backward(y)
-        opt.step()
-    return step
-
-
-def torch_train_step(twin, x, y):
+def torch_case(case):
+    """The same block in PyTorch (run in the peer process)."""
     import torch
 
-    opt = torch.optim.SGD(twin.parameters(), lr=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    x, y = case_data(case)
+    tx = torch.from_numpy(x)
+    if case[0] == "conv":
+        conv = torch.nn.Conv2d(10, 20, 5)
+        with torch.no_grad():
+            layer = Conv2D(10, 20, 5)
+            layer.reset_parameters(np.random.default_rng(0))
+            conv.weight.copy_(torch.from_numpy(layer.weight.value))
+            conv.bias.copy_(torch.from_numpy(layer.bias.value))
+        calls = conv_calls(*case[1:3])
+        ty = torch.from_numpy(y)
+        tx.requires_grad_(case[3])
 
-    def step():
-        opt.zero_grad(set_to_none=False)
-        loss_fn(twin(tx), ty).backward()
-        opt.step()
-    return step
+        def block():
+            for _ in range(calls):
+                if case[3]:
+                    conv(tx).backward(ty)
+                else:
+                    with torch.no_grad():
+                        conv(tx)
+        return block
+    model = build_model(case[1], seed=0)
+    if case[0] == "train":
+        twin = torch_twin(model, with_softmax=False)
+        opt = torch.optim.SGD(twin.parameters(), lr=0.01)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        ty = torch.from_numpy(y.astype(np.int64))
 
+        def steps():
+            for _ in range(max(1, TRAIN_IMAGES // len(x))):
+                opt.zero_grad(set_to_none=False)
+                loss_fn(twin(tx), ty).backward()
+                opt.step()
+        return steps
+    twin = torch_twin(model, with_softmax=True).eval()
 
-def measure_models(args, have_torch):
-    torch = None
-    if have_torch:
-        import torch
-    rows = []
-    rng = np.random.default_rng(0)
-    for preset in ("cnn", "mlp"):
-        model = build_model(preset, seed=0)
-        opt = SGD(model.parameters(), lr=0.01)
-        fwd = forward_flops(model, (1, 28, 28))
-        twin = torch_twin(model, with_softmax=False) if have_torch else None
-        infer_twin = torch_twin(model, with_softmax=True).eval() if have_torch else None
-        for batch in (64, 256):
-            x = rng.random((batch, 1, 28, 28), dtype=np.float32)
-            y = rng.integers(0, 10, batch)
-            steps = max(1, 2048 // batch)
-            fns = {"nnjit": lambda s=nnjit_train_step(model, opt, x, y): [s() for _ in range(steps)]}
-            if have_torch:
-                fns["torch"] = lambda s=torch_train_step(twin, x, y): [s() for _ in range(steps)]
-            t = interleaved(fns, args.repeats)
-            rows.append(figure(f"{preset} training, batch {batch}", "img/s", {
-                k: steps * batch / v for k, v in t.items()}, 3 * fwd))
-        x = rng.random((1000, 1, 28, 28), dtype=np.float32)
-        fns = {"nnjit": lambda: model.predict(x, batch_size=1000)}
-        if have_torch:
-            tx = torch.from_numpy(x)
-
-            def torch_infer():
-                with torch.inference_mode():
-                    infer_twin(tx)
-            fns["torch"] = torch_infer
-        t = interleaved(fns, args.repeats)
-        rows.append(figure(f"{preset} inference, batch 1000", "img/s",
-                           {k: 1000 / v for k, v in t.items()}, fwd))
-        one = rng.random((1, 1, 28, 28), dtype=np.float32)
-        lat = {"nnjit": latency(lambda: model.predict(one), args.latency_calls)}
-        if have_torch:
-            t1 = torch.from_numpy(one)
-
-            def torch_one():
-                with torch.inference_mode():
-                    infer_twin(t1)
-            lat["torch"] = latency(torch_one, args.latency_calls)
-        rows.append(figure(f"{preset} single-image latency", "us",
-                           {k: v * 1e6 for k, v in lat.items()}, None, lower_is_better=True))
-    return rows
+    def infer():
+        with torch.inference_mode():
+            twin(tx)
+    return infer
 
 
-def latency(fn, calls) -> float:
+def time_case(fn, case, calls: int) -> float:
+    """Seconds of one block of ``case`` (for "latency": the median of ``calls`` single calls)."""
+    if case[0] != "latency":
+        return _time(fn)
     for _ in range(20):
         fn()
-    samples = [_time(fn) for _ in range(calls)]
-    return statistics.median(samples)
+    return statistics.median(_time(fn) for _ in range(calls))
 
 
-def measure_conv(args, have_torch):
+class TorchPeer:
+    """PyTorch in a process of its own, timing cases on request (JSON lines on stdin/stdout)."""
+
+    def __init__(self, threads: int):
+        # The environment nnjit found, without the thread-wait settings nnjit added.
+        env = {k: v for k, v in os.environ.items() if k not in _env.SET_BY_NNJIT}
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--torch-peer", "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.version = self._ask({"op": "version"})
+
+    def _ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch peer process stopped (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def time(self, case, calls: int) -> float:
+        return self._ask({"op": "time", "case": case, "calls": calls})
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve_torch_peer(threads: int) -> None:
+    """The peer's loop: answer each request line with one JSON line."""
+    import torch
+
+    torch.set_num_threads(threads)
+    built = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "version":
+            answer = torch.__version__
+        else:
+            key = json.dumps(request["case"])
+            if key not in built:
+                built[key] = torch_case(request["case"])
+            answer = time_case(built[key], request["case"], request["calls"])
+        print(json.dumps(answer), flush=True)
+
+
+def interleaved(case, peer, args) -> dict:
+    """Median seconds per block of ``case`` for nnjit and the peer, timed in alternation."""
+    own = nnjit_case(case)
+    sides = {"nnjit": lambda: time_case(own, case, args.latency_calls)}
+    if peer is not None:
+        sides["torch"] = lambda: peer.time(case, args.latency_calls)
+    for side in sides.values():  # warm-up (compilation, allocation)
+        side()
+    repeats = 1 if case[0] == "latency" else args.repeats
+    times = {k: [] for k in sides}
+    for _ in range(repeats):
+        for k, side in sides.items():
+            if peer is not None:
+                settle()
+            times[k].append(side())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measure(args, peer) -> list[dict]:
     rows = []
-    rng = np.random.default_rng(1)
-    for n, size in ((16, 28), (64, 28), (16, 128)):
-        layer = Conv2D(10, 20, 5)
-        x = rng.random((n, 10, size, size), dtype=np.float32)
-        out = layer.forward(x)
-        dy = rng.random(out.shape, dtype=np.float32)
-        macs = layer.weight.value.size * out.shape[2] * out.shape[3]
-        fns_f = {"nnjit": lambda: layer.forward(x)}
-        fns_b = {"nnjit": lambda: layer.backward(dy)}
-        if have_torch:
-            import torch
-            conv = torch.nn.Conv2d(10, 20, 5)
-            tx = torch.from_numpy(x).requires_grad_(True)
-            tdy = torch.from_numpy(dy)
-
-            def t_fwd():
-                with torch.no_grad():
-                    conv(tx)
-
-            def t_bwd():
-                # forward + backward minus the forward figure gives torch's backward alone
-                conv(tx).backward(tdy)
-            fns_f["torch"] = t_fwd
-            fns_b["torch"] = t_bwd
-        tf = interleaved(fns_f, args.repeats)
-        # nnjit: forward (keeping caches) + backward, the same work as torch's t_bwd
-        fns_b["nnjit"] = lambda: (layer.forward(x), layer.backward(dy))
-        tb = interleaved(fns_b, args.repeats)
+    for preset in ("cnn", "mlp"):
+        fwd = forward_flops(build_model(preset, seed=0), (1, 28, 28))
+        for batch in (64, 256):
+            t = interleaved(["train", preset, batch], peer, args)
+            images = max(1, TRAIN_IMAGES // batch) * batch
+            rows.append(figure(f"{preset} training, batch {batch}", "img/s",
+                               {k: images / v for k, v in t.items()}, 3 * fwd))
+        t = interleaved(["infer", preset], peer, args)
+        rows.append(figure(f"{preset} inference, batch 1000", "img/s",
+                           {k: 1000 / v for k, v in t.items()}, fwd))
+        t = interleaved(["latency", preset], peer, args)
+        rows.append(figure(f"{preset} single-image latency", "us",
+                           {k: v * 1e6 for k, v in t.items()}, None, lower_is_better=True))
+    for n, size in CONV_SHAPES:
+        macs = 20 * 10 * 5 * 5 * (size - 4) ** 2  # per image
         label = f"conv 10->20 5x5, {n}x{size}x{size}"
-        rows.append(figure(f"{label} forward", "img/s", {k: n / v for k, v in tf.items()}, 2 * macs))
-        rows.append(figure(f"{label} fwd+bwd", "img/s", {k: n / v for k, v in tb.items()}, 6 * macs))
+        for with_backward, name, flops in ((False, "forward", 2 * macs), (True, "fwd+bwd", 6 * macs)):
+            t = interleaved(["conv", n, size, with_backward], peer, args)
+            images = conv_calls(n, size) * n
+            rows.append(figure(f"{label} {name}", "img/s", {k: images / v for k, v in t.items()},
+                               flops))
     return rows
 
 
@@ -271,20 +367,26 @@ def measure_memory():
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.torch_peer:
+        serve_torch_peer(args.threads)
+        return
     nnjit.set_num_threads(args.threads)
-    have_torch, why = False, "--no-torch given"
+    peer, why = None, "--no-torch given"
     if not args.no_torch:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-            have_torch, why = True, f"PyTorch {torch.__version__}"
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:
             why = "PyTorch is not installed (pip install torch==2.13.0 to compare)"
+        else:
+            peer = TorchPeer(args.threads)
+            why = f"PyTorch {peer.version} (own process)"
     peak = matmul_peak(args.threads)
-    with console.status("measuring..."):
-        rows = measure_models(args, have_torch) + measure_conv(args, have_torch)
-        startup = None if args.skip_startup else measure_startup()
-        memory = measure_memory() if args.memory else None
+    try:
+        with console.status("measuring..."):
+            rows = measure(args, peer)
+            startup = None if args.skip_startup else measure_startup()
+            memory = measure_memory() if args.memory else None
+    finally:
+        if peer is not None:
+            peer.close()
     result = {"threads": args.threads, "peer": why, "matmul_peak_gflops": peak, "figures": rows,
               "startup_seconds": startup,
               "peak_rss_mb_60k_epoch": memory[0] if memory else None}
