@@ -1,10 +1,11 @@
 """The one place that sets Numba's options for every nnjit kernel.
 
-Every kernel is compiled lazily (on first call), cached on disk next to its
-module (``cache=True``), and parallel over its outermost ``prange`` loop, or,
-for ``kernel(serial=True)``, serial and free of the GIL (``nogil``) so that
-several Python threads can run it at once (the convolution's workers, which
-interleave it with BLAS calls; see ``nnjit.threads.run_workers``).
+Every kernel is compiled lazily (on first call) and cached on disk next to
+its module (``cache=True``). ``@kernel`` is parallel over its outermost
+``prange`` loop, with a serial twin for small inputs; ``@kernel(serial=True)``
+is serial only. All release the GIL (``nogil``), so that several Python
+threads can run them at once (the convolution's workers, which interleave
+them with BLAS calls; see ``nnjit.threads.run_workers``).
 ``fastmath`` stays off: softmax, log and max-pooling rely on IEEE inf/nan
 semantics, and the kernels are memory-bound where fastmath would matter.
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops

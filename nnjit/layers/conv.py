@@ -21,8 +21,8 @@ from .pool import MaxPool2D
 #: unfolds a block, multiplies it in slices that fit its core's L2 (see
 #: SMALL_GEMM_MACS) and moves the product out while the block is still in the
 #: shared L3 (32 MB here). Measured on the 10->20 5x5 conv, 2 threads,
-#: forward of 16x128x128: 768 KB 18.3 ms, 2 MB 18.0, 4 MB 17.0 (the whole
-#: batch at once, as before blocks, ~2x slower); cnn training: equal. Tests
+#: forward of 16x128x128: 768 KB 18.3 ms, 2 MB 18.0, 4 MB 17.0 (one unfold
+#: of the whole batch, before blocks: 48.6 ms); cnn training: equal. Tests
 #: lower it to force row blocks.
 BLOCK_BYTES = 4 << 20
 
