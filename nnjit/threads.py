@@ -2,12 +2,14 @@
 that run the convolution's per-block GEMMs side by side."""
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = None  # a forked child inherits the pool object but not its threads
 _blas_libraries = None
 
 
@@ -49,9 +51,10 @@ def run_workers(work, ranges: list[tuple[int, int]]) -> None:
     if len(ranges) == 1:
         work(0, *ranges[0])
         return
-    global _pool, _blas_libraries
-    if _pool is None or _pool._max_workers < len(ranges) - 1:
+    global _pool, _pool_pid, _blas_libraries
+    if _pool is None or _pool._max_workers < len(ranges) - 1 or _pool_pid != os.getpid():
         _pool = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="nnjit")
+        _pool_pid = os.getpid()
     if _blas_libraries is None:
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
     blas_threads = [lib.get_num_threads() for lib in _blas_libraries]

@@ -40,6 +40,23 @@ def test_run_workers_gives_every_range_to_one_worker():
     assert seen == {0: (0, 3), 1: (3, 6), 2: (6, 9)}
 
 
+def test_run_workers_works_in_a_forked_child():
+    """A child forked after the pool started inherits no pool threads: it must not hang."""
+    import multiprocessing
+
+    run_workers(lambda worker, a, b: None, [(0, 1), (1, 2)])  # the pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_sum_in_workers)
+        assert result.get(timeout=60) == sum(range(10))
+
+
+def _sum_in_workers():
+    parts = {}
+    run_workers(lambda worker, a, b: parts.__setitem__(worker, sum(range(a, b))), split(10, 2))
+    return sum(parts.values())
+
+
 LARGE = 1 << 18  # elements: above SERIAL_BELOW, so the parallel compilations run
 
 

@@ -1,7 +1,8 @@
 """The moves around the convolution GEMM, one block of output positions at a time.
 
-Conv2D runs as blocks that fit a core's cache: each block is either a group
-of whole images [n0, n1), or output rows [r0, r1) of one image. Per block,
+Conv2D runs as blocks of a few MB (see ``nnjit.layers.conv``): each block is
+either a group of whole images [n0, n1), or output rows [r0, r1) of one
+image. Per block,
 ``im2col`` unfolds its patches, BLAS multiplies, and one kernel moves the
 product to the output. All kernels here are serial (``kernel(serial=True)``):
 worker threads run them side by side, between their single-threaded GEMMs.

@@ -1,4 +1,4 @@
-"""Conv2D: im2col + GEMM over blocks that fit a core's cache, one worker thread per core."""
+"""Conv2D: im2col + GEMM over blocks of a few MB, one worker thread per core."""
 from __future__ import annotations
 
 import numpy as np
@@ -121,10 +121,10 @@ class Conv2D(Layer):
     def _blocks(self, start, stop, oh, ow, k):
         """Blocks (n0, n1, r0, r1) covering images [start, stop), and the most columns in one.
 
-        Whole images are grouped while their cols and GEMM output (K + OC rows)
-        fit BLOCK_BYTES, and their GEMMs SMALL_GEMM_MACS when one image's does; a larger
-        image is cut into runs of output rows, except under a fused max-pool,
-        whose windows need whole planes.
+        Whole images are grouped while their cols and GEMM output (K + OC
+        rows) fit BLOCK_BYTES, and while their GEMM fits SMALL_GEMM_MACS if one
+        image's does. A larger image is cut into runs of output rows, except
+        under a fused max-pool, whose windows need whole planes.
         """
         row_bytes = (k + self.out_channels) * ow * self.dtype.itemsize
         if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
