@@ -53,7 +53,7 @@ def parse_args(argv=None):
                    help="also measure peak RSS of a one-epoch cnn run on 60k Fashion-MNIST images")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--torch-peer", action="store_true",
-                   help="internal: serve timing requests as the PyTorch process")
+                   help=argparse.SUPPRESS)  # internal: this process serves as the PyTorch peer
     return p.parse_args(argv)
 
 
@@ -376,8 +376,11 @@ def main(argv=None):
         if importlib.util.find_spec("torch") is None:
             why = "PyTorch is not installed (pip install torch==2.13.0 to compare)"
         else:
-            peer = TorchPeer(args.threads)
-            why = f"PyTorch {peer.version} (own process)"
+            try:
+                peer = TorchPeer(args.threads)
+                why = f"PyTorch {peer.version} (own process)"
+            except RuntimeError as err:  # its stderr, shown above, says why
+                why = f"PyTorch did not start: {err}"
     peak = matmul_peak(args.threads)
     try:
         with console.status("measuring..."):
