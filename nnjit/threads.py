@@ -9,6 +9,7 @@ import numba
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_pid = None  # a forked child inherits the pool object but not its threads
 _blas_libraries = None
 
@@ -42,19 +43,20 @@ def run_workers(work, ranges: list[tuple[int, int]]) -> None:
 
     Range 0 runs on the calling thread, the others on a pool of threads. With
     more than one range, BLAS is single-threaded for the duration, so each
-    worker's GEMMs keep to its own core: GEMMs over blocks that stay in the
-    core's cache, interleaved with ``kernel(serial=True)`` kernels (which, like
-    BLAS, release the GIL). Numba cannot call BLAS inside a ``prange`` without
-    SciPy; this is the same "one GEMM per block per core" from Python threads.
-    Exceptions propagate after every worker has stopped.
+    worker's GEMMs keep to its own core, interleaved with
+    ``kernel(serial=True)`` kernels (which, like BLAS, release the GIL).
+    Numba cannot call BLAS inside a ``prange`` without SciPy; this is the
+    same "one GEMM per block per core" from Python threads. Each call costs
+    ~50 us of thread hand-over on these VMs, so it pays for work of a
+    millisecond or more. Exceptions propagate after every worker has stopped.
     """
     if len(ranges) == 1:
         work(0, *ranges[0])
         return
-    global _pool, _pool_pid, _blas_libraries
-    if _pool is None or _pool._max_workers < len(ranges) - 1 or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="nnjit")
-        _pool_pid = os.getpid()
+    global _pool, _pool_size, _pool_pid, _blas_libraries
+    if _pool is None or _pool_size < len(ranges) - 1 or _pool_pid != os.getpid():
+        _pool_size, _pool_pid = len(ranges) - 1, os.getpid()
+        _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="nnjit")
     if _blas_libraries is None:
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
     blas_threads = [lib.get_num_threads() for lib in _blas_libraries]
