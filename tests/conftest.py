@@ -14,6 +14,15 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(autouse=True)
+def conv_uses_every_thread(monkeypatch):
+    """Small test convs split their batch between all threads, as large batches do,
+    so the multi-worker paths (per-worker dW/db sums) are what the tests check."""
+    import nnjit.layers.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "WORK_PER_WORKER", 1)
+
+
 @pytest.fixture
 def force_row_blocks(monkeypatch):
     """force_row_blocks(layer, (C, H, W), rows): make a Conv2D unfold ``rows``

@@ -36,6 +36,12 @@ BLOCK_BYTES = 4 << 20
 #: reduces over the columns, is never sliced: that was slower (accumulating).
 SMALL_GEMM_MACS = 1_000_000
 
+#: Work (multiply-adds + 10 per conv output, the output moves' share) that
+#: pays for one more worker thread: handing work to a thread costs ~50-100 us
+#: here. Measured crossovers at 2 threads: the cnn's first conv (1->32 3x3 on
+#: 28x28) at ~20 images, its second (32->64 3x3 on 13x13) at ~4.
+WORK_PER_WORKER = 4_000_000
+
 
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in PyTorch) with zero padding.
@@ -139,6 +145,11 @@ class Conv2D(Layer):
                   for r in range(0, oh, rows)]
         return blocks, min(rows, oh) * ow
 
+    def _worker_ranges(self, n, oh, ow, k):
+        """Images per worker thread: [0, n) split among as many workers as the work pays for."""
+        work = n * oh * ow * self.out_channels * (k + 10)
+        return split(n, min(get_num_threads(), max(1, work // WORK_PER_WORKER)))
+
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
         _, c, h, w = x.shape
@@ -180,7 +191,7 @@ class Conv2D(Layer):
                                     *pool.kernel_size, *pool.stride, poh, pow_, out_flat,
                                     argmax.reshape(-1))
 
-        run_workers(work, split(n, get_num_threads()))
+        run_workers(work, self._worker_ranges(n, oh, ow, k))
         self._cache = (x, out, argmax) if training else None
         return out
 
@@ -196,7 +207,7 @@ class Conv2D(Layer):
         weight = self.weight.value.reshape(oc, k)
         dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else None
         x_flat, dy_flat, out_flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
-        ranges = split(n, get_num_threads())
+        ranges = self._worker_ranges(n, oh, ow, k)
         # Per-worker partial sums: dW^T (K, OC) and db (OC,).
         partial_dw = [self._buffer(f"dw/{i}", (k, oc), self.dtype) for i in range(len(ranges))]
         partial_db = [self._buffer(f"db/{i}", (oc,), self.dtype) for i in range(len(ranges))]
