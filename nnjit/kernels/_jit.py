@@ -41,17 +41,17 @@ class Kernel:
     """
 
     def __init__(self, fn, serial=False):
-        self.serial = serial
         if serial:
             self.dispatchers = (njit(**_OPTIONS)(fn),)
         else:
             self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
                                 njit(**_OPTIONS)(_renamed(fn, "_serial")))
+        # For a serial kernel both are its one dispatcher.
         self._parallel, self._serial = self.dispatchers[0], self.dispatchers[-1]
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        if self.serial or args[0].size < SERIAL_BELOW:
+        if args[0].size < SERIAL_BELOW:
             return self._serial(*args)
         return self._parallel(*args)
 
