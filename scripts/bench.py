@@ -114,6 +114,18 @@ def conv_calls(n: int, size: int) -> int:
     return max(1, CONV_PIXELS // (n * size * size))
 
 
+def train_steps(batch: int) -> int:
+    """Optimizer steps per timed block of training at ``batch``."""
+    return max(1, TRAIN_IMAGES // batch)
+
+
+def bench_conv() -> Conv2D:
+    """The measured Conv2D 10->20 5x5, with the same weights in both processes."""
+    layer = Conv2D(10, 20, 5)
+    layer.reset_parameters(np.random.default_rng(0))
+    return layer
+
+
 def case_data(case):
     """The input (and labels) of a case, the same in both processes."""
     rng = np.random.default_rng(0)
@@ -129,8 +141,7 @@ def nnjit_case(case):
     """A function running one timed block of ``case`` in nnjit."""
     x, y = case_data(case)
     if case[0] == "conv":
-        layer = Conv2D(10, 20, 5)
-        layer.reset_parameters(np.random.default_rng(0))
+        layer = bench_conv()
         calls = conv_calls(*case[1:3])
 
         def block():
@@ -144,7 +155,7 @@ def nnjit_case(case):
         opt = SGD(model.parameters(), lr=0.01)
 
         def steps():
-            for _ in range(max(1, TRAIN_IMAGES // len(x))):
+            for _ in range(train_steps(len(x))):
                 model.forward(x)
                 model.backward(y)
                 opt.step()
@@ -186,8 +197,7 @@ def torch_case(case):
     if case[0] == "conv":
         conv = torch.nn.Conv2d(10, 20, 5)
         with torch.no_grad():
-            layer = Conv2D(10, 20, 5)
-            layer.reset_parameters(np.random.default_rng(0))
+            layer = bench_conv()
             conv.weight.copy_(torch.from_numpy(layer.weight.value))
             conv.bias.copy_(torch.from_numpy(layer.bias.value))
         calls = conv_calls(*case[1:3])
@@ -210,7 +220,7 @@ def torch_case(case):
         ty = torch.from_numpy(y.astype(np.int64))
 
         def steps():
-            for _ in range(max(1, TRAIN_IMAGES // len(x))):
+            for _ in range(train_steps(len(x))):
                 opt.zero_grad(set_to_none=False)
                 loss_fn(twin(tx), ty).backward()
                 opt.step()
@@ -301,7 +311,7 @@ def measure(args, peer) -> list[dict]:
         fwd = forward_flops(build_model(preset, seed=0), (1, 28, 28))
         for batch in (64, 256):
             t = interleaved(["train", preset, batch], peer, args)
-            images = max(1, TRAIN_IMAGES // batch) * batch
+            images = train_steps(batch) * batch
             rows.append(figure(f"{preset} training, batch {batch}", "img/s",
                                {k: images / v for k, v in t.items()}, 3 * fwd))
         t = interleaved(["infer", preset], peer, args)
