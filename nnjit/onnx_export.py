@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 
-from .model import Sequential
+from .fileio import atomic_write_bytes
 from .layers import Softmax
+from .model import Sequential
 
 OPSET = 13
 
@@ -57,14 +58,8 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
 
 
 def export_onnx(model: Sequential, path, input_shape, metadata: dict | None = None) -> None:
-    """Write :func:`to_onnx` of ``model`` to ``path`` (via a temporary file and rename)."""
-    import onnx
-
-    proto = to_onnx(model, input_shape, metadata)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    onnx.save(proto, tmp)
-    os.replace(tmp, path)
+    """Write :func:`to_onnx` of ``model`` to ``path`` atomically (nnjit.fileio)."""
+    atomic_write_bytes(path, to_onnx(model, input_shape, metadata).SerializeToString())
 
 
 def onnxruntime_max_difference(path, model: Sequential, x: np.ndarray) -> float:
