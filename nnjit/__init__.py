@@ -1,9 +1,11 @@
 """nnjit: convolutional networks from scratch, with Numba kernels for every hot loop.
 
 Importing nnjit compiles nothing: kernels compile on first use and are cached
-on disk, so later processes load them.
+on disk, so later processes load them. It sets no environment variable and
+needs no import order: every matrix product runs inside nnjit's own parallel
+kernels with BLAS single-threaded (``nnjit.kernels.blas``), so how the user's
+numpy configured its BLAS thread pool does not matter.
 """
-from . import _env  # noqa: F401  (first: sets thread-pool waits before numpy loads OpenBLAS)
 from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Softmax
 from .losses import softmax_cross_entropy
 from .model import Sequential

@@ -32,6 +32,19 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
+#: Work (multiply-adds, roughly) that pays for one more thread in a layer's
+#: kernel: waking a sleeping thread costs ~40 us on these VMs. Measured
+#: crossovers at 2 threads: the cnn's first conv (1->32 3x3 on 28x28) at ~20
+#: images, its second (32->64 3x3 on 13x13) at ~4.
+WORK_PER_PART = 4_000_000
+
+
+def parts_for(work: int, most: int) -> int:
+    """How many threads a kernel of ``work`` multiply-adds should split into
+    (at most ``most``, the count of independent pieces it has)."""
+    return max(1, min(get_num_threads(), work // WORK_PER_PART, most))
+
+
 def split(n: int, parts: int) -> list[tuple[int, int]]:
     """[0, n) cut into at most ``parts`` contiguous non-empty ranges of near-equal length."""
     parts = max(1, min(parts, n))

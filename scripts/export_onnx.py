@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
-
 import numpy as np
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
-
 import numpy as np
 from rich.progress import Progress
 from rich.table import Table

@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import nnjit  # noqa: F401, I001  (first: sets thread-pool waits before numpy loads; nnjit/_env.py)
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, positive_float,
                        positive_int, run)

@@ -15,12 +15,12 @@ def rng():
 
 
 @pytest.fixture(autouse=True)
-def conv_uses_every_thread(monkeypatch):
-    """Small test convs split their batch between all threads, as large batches do,
-    so the multi-worker paths (per-worker dW/db sums) are what the tests check."""
-    import nnjit.layers.conv as conv_module
+def layers_use_every_thread(monkeypatch):
+    """Small test layers split their work between all threads, as large batches do,
+    so the multi-part paths (per-part dW/db sums) are what the tests check."""
+    import nnjit.threads
 
-    monkeypatch.setattr(conv_module, "WORK_PER_WORKER", 1)
+    monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1)
 
 
 @pytest.fixture

@@ -55,6 +55,10 @@ class Kernel:
             return self._serial(*args)
         return self._parallel(*args)
 
+    def run(self, parallel: bool, *args):
+        """Call the parallel compilation or the serial twin, as the caller decided."""
+        return (self._parallel if parallel else self._serial)(*args)
+
 
 def _renamed(fn, suffix):
     """A copy of ``fn`` under another name: Numba's disk cache is keyed by the
@@ -64,6 +68,11 @@ def _renamed(fn, suffix):
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__module__ = fn.__module__
     return twin
+
+
+def helper(fn):
+    """Compile ``fn`` as a serial helper that kernels call (lazily; cached on disk)."""
+    return njit(**_OPTIONS)(fn)
 
 
 def kernel(fn=None, *, serial=False):
@@ -77,4 +86,4 @@ def kernel(fn=None, *, serial=False):
     return Kernel(fn, serial)
 
 
-__all__ = ["kernel", "prange", "Kernel", "SERIAL_BELOW"]
+__all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW"]

@@ -2,10 +2,11 @@
 
 Conv2D runs as blocks of a few MB (see ``nnjit.layers.conv``): each block is
 either a group of whole images [n0, n1), or output rows [r0, r1) of one
-image. Per block,
-``im2col`` unfolds its patches, BLAS multiplies, and one kernel moves the
-product to the output. All kernels here are serial (``kernel(serial=True)``):
-worker threads run them side by side, between their single-threaded GEMMs.
+image. ``conv_forward`` and ``conv_backward`` are the whole layer in one
+compiled call: each ``prange`` iteration (a part: a run of blocks covering
+whole images) walks its blocks; per block ``im2col`` unfolds the patches, a
+single-threaded BLAS GEMM multiplies (``nnjit.kernels.blas``) and one helper
+moves the product to the output. Part p uses row p of every workspace.
 
 Layout conventions (buffers flat, C-contiguous; L = (n1-n0) * (r1-r0) * OW):
 
@@ -21,7 +22,8 @@ element on signed indices, which stops vectorisation (measured 5x slower).
 import numpy as np
 from numba import njit
 
-from ._jit import kernel
+from ._jit import helper, kernel, prange
+from .blas import NO_TRANS, TRANS, blas_threads_restore, blas_threads_to_one, gemm
 from .pool import pool_plane
 
 U = np.uint64
@@ -38,7 +40,7 @@ def valid_range(k, S, P, W, OW):
     return lo, max(lo, hi)
 
 
-@kernel(serial=True)
+@helper
 def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cols):
     """Unfold the zero-padded patches of one block.
 
@@ -81,7 +83,7 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cols):
                         d += U(OW)
 
 
-@kernel(serial=True)
+@helper
 def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
     """Fold one block's patch gradients back onto the images: the adjoint of ``im2col``.
 
@@ -106,7 +108,7 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
                         s += U(OW)
 
 
-@kernel(serial=True)
+@helper
 def block_to_nchw(yblock, bias, OC, P, OW, n0, n1, r0, r1, relu, out):
     """Move one block's GEMM output to NCHW, adding the bias and optionally ReLU.
 
@@ -129,7 +131,7 @@ def block_to_nchw(yblock, bias, OC, P, OW, n0, n1, r0, r1, relu, out):
             s += run
 
 
-@kernel(serial=True)
+@helper
 def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
     """Gather one block's output gradient into the GEMM layout; add its bias gradient.
 
@@ -158,7 +160,7 @@ def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
         dbias[oc] += acc
 
 
-@kernel(serial=True)
+@helper
 def block_to_pooled(yblock, bias, OC, OH, OW, n0, n1, relu, KH, KW, SH, SW, PH, PW, out, argmax):
     """Bias, optional ReLU and max pooling straight from one block's GEMM output.
 
@@ -185,7 +187,7 @@ def block_to_pooled(yblock, bias, OC, OH, OW, n0, n1, relu, KH, KW, SH, SW, PH, 
                     dst[j] = v
 
 
-@kernel(serial=True)
+@helper
 def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
     """Backward of ``block_to_pooled``: route pooled gradients to the GEMM layout.
 
@@ -211,3 +213,106 @@ def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
                     dst[pos[j]] += g[j]
                     acc += g[j]
         dbias[oc] += acc
+
+
+#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
+#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
+#: 10->20 5x5 conv's forward GEMM in column slices of <= 200. So the forward
+#: and input-gradient GEMMs of larger blocks run in column slices of at most
+#: this size (neutral for the cnn's second conv), and blocks of small images
+#: hold no more (see ``nnjit.layers.conv``). The weight gradient's GEMM, which
+#: reduces over the columns, is never sliced: that was slower (accumulating).
+SMALL_GEMM_MACS = 1_000_000
+
+
+@helper
+def gemm_in_slices(blas, trans_a, M, K, a, b, L, c):
+    """c (M, L) = op(a) (M, K) @ b (K, L) as GEMMs over column slices of at most
+    SMALL_GEMM_MACS multiply-adds, of near-equal width (no narrow, slow last one).
+
+    a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
+    writes c: (M*L,).
+    """
+    slices = -(-L * M * K // SMALL_GEMM_MACS)
+    step = -(-L // slices)
+    lda = M if trans_a == TRANS else K
+    for start in range(0, L, step):
+        width = min(step, L - start)
+        gemm(blas, trans_a, NO_TRANS, M, width, K, 1.0, a, lda, b[start:], L, 0.0, c[start:], L)
+
+
+@kernel
+def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
+                 pooled, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax, blas):
+    """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
+
+    bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
+    blocks: int64 (B, 4) rows (n0, n1, r0, r1). x: float (N*C*H*W,); weight
+    (OC*C*KH*KW,); bias (OC,). cols, yblock: float workspaces (parts, >= K*L)
+    and (parts, >= OC*L) for the largest block. Without ``pooled`` writes
+    out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
+    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW.
+    """
+    OC = bias.size
+    K = C * KH * KW
+    old = blas_threads_to_one(blas)
+    for part in prange(bounds.size - 1):
+        cbuf, ybuf = cols[part], yblock[part]
+        for b in range(bounds[part], bounds[part + 1]):
+            n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+            L = (n1 - n0) * (r1 - r0) * OW
+            im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
+            gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf)
+            if pooled:
+                block_to_pooled(ybuf[:OC * L], bias, OC, OH, OW, n0, n1, relu, PKH, PKW, PSH, PSW, POH,
+                                POW, out, argmax)
+            else:
+                block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
+    blas_threads_restore(blas, old)
+
+
+@kernel
+def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
+                  OH, OW, relu, pooled, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight,
+                  dbias, blas):
+    """Conv2D backward over the same parts and blocks as ``conv_forward``.
+
+    dy: float, the gradient at ``out`` (the layer's output: pooled when
+    ``pooled``, planes of PP values, with argmax from forward); with ``relu``, passed only where
+    out > 0. Writes dweight (OC*K,) and dbias (OC,), summed from per-part
+    partials dw_parts (parts, OC*K) and db_parts (parts, OC); with
+    ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so col2im's
+    overlapping adds never race.
+    """
+    OC = dbias.size
+    K = C * KH * KW
+    P = OH * OW
+    old = blas_threads_to_one(blas)
+    for part in prange(bounds.size - 1):
+        cbuf, dyb = cols[part], dyblock[part]
+        dwp, dbp = dw_parts[part], db_parts[part]
+        dwp[:] = 0
+        dbp[:] = 0
+        first, last = bounds[part], bounds[part + 1]
+        if need_dx:
+            dx[blocks[first, 0] * C * H * W:blocks[last - 1, 1] * C * H * W] = 0
+        for b in range(first, last):
+            n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+            L = (n1 - n0) * (r1 - r0) * OW
+            im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
+            if pooled:
+                pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyb[:OC * L], dbp)
+            else:
+                nchw_to_block(dy, out, OC, P, OW, n0, n1, r0, r1, relu, dyb, dbp)
+            # dW (OC, K) += dyblock (OC, L) @ cols^T (L, K)
+            gemm(blas, NO_TRANS, TRANS, OC, K, L, 1.0, dyb, L, cbuf, L, 1.0, dwp, K)
+            if need_dx:
+                # cols is spent once this block's dW is known: reuse it for dcols (K, L).
+                gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf)
+                col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx)
+    dweight[:] = dw_parts[0]
+    dbias[:] = db_parts[0]
+    for part in range(1, bounds.size - 1):
+        dweight += dw_parts[part]
+        dbias += db_parts[part]
+    blas_threads_restore(blas, old)

@@ -1,29 +1,72 @@
-"""Bias add and bias reduction for row-major (N, F) activations."""
+"""Dense layer forward and backward, each one compiled call with its GEMMs inside.
+
+Parallel over ``parts`` (the layer picks how many, from the work): each
+``prange`` iteration runs a single-threaded BLAS GEMM on its rows (see
+``nnjit.kernels.blas``).
+"""
 from ._jit import kernel, prange
+from .blas import NO_TRANS, TRANS, blas_threads_restore, blas_threads_to_one, gemm
 
 
 @kernel
-def bias_add_rows(out, bias, N, F, relu):
-    """out: float (N*F,) as (N, F), updated in place: out[n, f] += bias[f],
-    then max(0, .) when ``relu`` (a fused ReLU)."""
-    o2 = out.reshape((N, F))
-    for n in prange(N):
-        row = o2[n]
-        for f in range(F):
-            v = row[f] + bias[f]
-            if relu and v < 0:
-                row[f] = 0
-            else:
-                row[f] = v
+def dense_forward(x, weight, bias, N, I, F, relu, parts, out, blas):
+    """out = x @ weight^T + bias, then max(0, .) when ``relu`` (a fused ReLU).
+
+    x: float (N*I,) as (N, I); weight: (F*I,) as (F, I); bias: (F,). Writes
+    out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts).
+    """
+    old = blas_threads_to_one(blas)
+    for p in prange(parts):
+        n0, n1 = p * N // parts, (p + 1) * N // parts
+        if n1 == n0:
+            continue
+        gemm(blas, NO_TRANS, TRANS, n1 - n0, F, I, 1.0, x[n0 * I:], I, weight, I, 0.0,
+             out[n0 * F:], F)
+        for n in range(n0, n1):
+            row = out[n * F:(n + 1) * F]
+            for f in range(F):
+                v = row[f] + bias[f]
+                if relu and v < 0:
+                    row[f] = 0
+                else:
+                    row[f] = v
+    blas_threads_restore(blas, old)
 
 
 @kernel
-def bias_grad_rows(dy, N, F, dbias):
-    """dy: float (N*F,) as (N, F). Writes dbias: float (F,) = dy.sum(axis=0).
+def dense_backward(x, out, dy, weight, N, I, F, relu, parts, need_dx, masked, dweight, dbias,
+                   dx, blas):
+    """Gradients of ``dense_forward``.
 
-    Each parallel iteration owns one feature and sums the batch serially."""
-    for f in prange(F):
-        acc = 0.0
-        for n in range(N):
-            acc += dy[n * F + f]
-        dbias[f] = acc
+    x: float (N*I,) the forward input; out: (N*F,) its output; dy: (N*F,)
+    the gradient at out. With ``relu``, dy counts only where out > 0 (masked
+    into masked: (N*F,), a workspace). Writes dweight: (F*I,) = dy^T x,
+    dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*I,) = dy W.
+    Parts own features (for dweight, dbias) and rows (for dx).
+    """
+    old = blas_threads_to_one(blas)
+    g = dy
+    if relu:
+        for p in prange(parts):
+            for i in range(p * N // parts * F, (p + 1) * N // parts * F):
+                if out[i] > 0:
+                    masked[i] = dy[i]
+                else:
+                    masked[i] = 0
+        g = masked
+    for p in prange(parts):
+        f0, f1 = p * F // parts, (p + 1) * F // parts
+        if f1 > f0:
+            # dweight rows [f0, f1): (f1-f0, I) = g[:, f0:f1]^T @ x
+            gemm(blas, TRANS, NO_TRANS, f1 - f0, I, N, 1.0, g[f0:], F, x, I, 0.0,
+                 dweight[f0 * I:], I)
+            for f in range(f0, f1):
+                acc = 0.0
+                for n in range(N):
+                    acc += g[n * F + f]
+                dbias[f] = acc
+        n0, n1 = p * N // parts, (p + 1) * N // parts
+        if need_dx and n1 > n0:
+            gemm(blas, NO_TRANS, NO_TRANS, n1 - n0, I, F, 1.0, g[n0 * F:], F, weight, I, 0.0,
+                 dx[n0 * I:], I)
+    blas_threads_restore(blas, old)

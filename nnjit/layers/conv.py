@@ -1,47 +1,25 @@
-"""Conv2D: im2col + GEMM over blocks of a few MB, one worker thread per core."""
+"""Conv2D: im2col + GEMM over blocks of a few MB, one compiled call per layer."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.conv import (
-    block_to_nchw,
-    block_to_pooled,
-    col2im,
-    im2col,
-    nchw_to_block,
-    pooled_to_block,
-)
+from ..kernels import conv as conv_kernels
+from ..kernels.blas import blas_handle
+from ..kernels.conv import conv_backward, conv_forward
 from ..params import Parameter
-from ..threads import get_num_threads, run_workers, split
+from ..threads import parts_for, split
 from .activation import ReLU
 from .base import Layer, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
-#: Most bytes of im2col columns plus GEMM output per block. Each worker
+#: Most bytes of im2col columns plus GEMM output per block. Each thread
 #: unfolds a block, multiplies it in slices that fit its core's L2 (see
-#: SMALL_GEMM_MACS) and moves the product out while the block is still in the
-#: shared L3 (32 MB here). Measured on the 10->20 5x5 conv, 2 threads,
-#: forward of 16x128x128: 768 KB 18.3 ms, 2 MB 18.0, 4 MB 17.0 (one unfold
-#: of the whole batch, before blocks: 48.6 ms); cnn training: equal. Tests
-#: lower it to force row blocks.
+#: ``nnjit.kernels.conv.SMALL_GEMM_MACS``) and moves the product out while
+#: the block is still in the shared L3 (32 MB here). Measured on the 10->20
+#: 5x5 conv, 2 threads, forward of 16x128x128: 768 KB 18.3 ms, 2 MB 18.0,
+#: 4 MB 17.0 (one unfold of the whole batch, before blocks: 48.6 ms); cnn
+#: training: equal. Tests lower it to force row blocks.
 BLOCK_BYTES = 4 << 20
-
-#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
-#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
-#: 10->20 5x5 conv's forward GEMM in column slices of <= 200; 17 vs 94 us for
-#: the weight gradient of the cnn's first conv over 4 vs 6 images. So blocks
-#: of small images hold no more than this many multiply-adds, and the forward
-#: and input-gradient GEMMs of larger blocks run in column slices of this size
-#: (neutral for the cnn's second conv). The weight gradient's GEMM, which
-#: reduces over the columns, is never sliced: that was slower (accumulating).
-SMALL_GEMM_MACS = 1_000_000
-
-#: Work (multiply-adds + 10 per conv output, the output moves' share) that
-#: pays for one more worker thread: handing work to a thread costs ~50-100 us
-#: here. Measured crossovers at 2 threads: the cnn's first conv (1->32 3x3 on
-#: 28x28) at ~20 images, its second (32->64 3x3 on 13x13) at ~4.
-WORK_PER_WORKER = 4_000_000
-
 
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in PyTorch) with zero padding.
@@ -73,6 +51,7 @@ class Conv2D(Layer):
         self.bias = Parameter("bias", np.zeros(out_channels, self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
+        self._plan_key = self._plan_value = None
         self.unfuse()
 
     def unfuse(self):
@@ -136,8 +115,8 @@ class Conv2D(Layer):
         if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
             per = max(1, BLOCK_BYTES // (row_bytes * oh))
             image_macs = self.out_channels * k * oh * ow
-            if image_macs <= SMALL_GEMM_MACS:
-                per = min(per, SMALL_GEMM_MACS // image_macs)
+            if image_macs <= conv_kernels.SMALL_GEMM_MACS:
+                per = min(per, conv_kernels.SMALL_GEMM_MACS // image_macs)
             blocks = [(a, min(stop, a + per), 0, oh) for a in range(start, stop, per)]
             return blocks, min(per, stop - start) * oh * ow
         rows = max(1, BLOCK_BYTES // row_bytes)
@@ -145,10 +124,29 @@ class Conv2D(Layer):
                   for r in range(0, oh, rows)]
         return blocks, min(rows, oh) * ow
 
-    def _worker_ranges(self, n, oh, ow, k):
-        """Images per worker thread: [0, n) split among as many workers as the work pays for."""
-        work = n * oh * ow * self.out_channels * (k + 10)
-        return split(n, min(get_num_threads(), max(1, work // WORK_PER_WORKER)))
+    def _plan(self, n, oh, ow, k):
+        """(bounds, blocks, most): the kernels' work split for a batch of ``n``.
+
+        The batch is cut into parts of whole images, one per thread, as many
+        as the work pays for (``parts_for``); part p walks
+        blocks[bounds[p]:bounds[p+1]] (int64 (B, 4) rows n0, n1, r0, r1);
+        ``most`` is the largest block's column count, which sizes the
+        workspaces. Kept per batch shape: a training loop plans once.
+        """
+        # + 10 per output: the output moves' share of the work
+        parts = parts_for(n * oh * ow * self.out_channels * (k + 10), n)
+        key = (n, oh, ow, k, parts, self.fused_pool is not None, BLOCK_BYTES,
+               conv_kernels.SMALL_GEMM_MACS)
+        if self._plan_key != key:
+            blocks, bounds, most = [], [0], 1
+            for start, stop in split(n, parts):
+                part_blocks, part_most = self._blocks(start, stop, oh, ow, k)
+                blocks += part_blocks
+                bounds.append(len(blocks))
+                most = max(most, part_most)
+            self._plan_key = key
+            self._plan_value = (np.array(bounds, np.int64), np.array(blocks, np.int64), most)
+        return self._plan_value
 
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
@@ -166,32 +164,20 @@ class Conv2D(Layer):
         pool = self.fused_pool
         if pool is None:
             out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
-            argmax = None
+            argmax = self._buffer("argmax/none", (1,), np.int32)
+            pool_args = (1, 1, 1, 1, 1, 1)
         else:
             _, poh, pow_ = pool.output_shape((oc, oh, ow))
             out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
             argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
-        weight = self.weight.value.reshape(oc, k)
-        x_flat, out_flat = x.reshape(-1), out.reshape(-1)
-
-        def work(worker, start, stop):
-            blocks, most = self._blocks(start, stop, oh, ow, k)
-            cols_buf = self._buffer(f"cols/{worker}", (k * most,), self.dtype)
-            y_buf = self._buffer(f"yblock/{worker}", (oc * most,), self.dtype)
-            for n0, n1, r0, r1 in blocks:
-                cols_len = (n1 - n0) * (r1 - r0) * ow
-                cols, yblock = cols_buf[:k * cols_len], y_buf[:oc * cols_len]
-                im2col(x_flat, *geometry, n0, n1, r0, r1, cols)
-                gemm_in_slices(weight, cols.reshape(k, cols_len), yblock.reshape(oc, cols_len))
-                if pool is None:
-                    block_to_nchw(yblock, self.bias.value, oc, oh * ow, ow, n0, n1, r0, r1,
-                                  self.fused_relu, out_flat)
-                else:
-                    block_to_pooled(yblock, self.bias.value, oc, oh, ow, n0, n1, self.fused_relu,
-                                    *pool.kernel_size, *pool.stride, poh, pow_, out_flat,
-                                    argmax.reshape(-1))
-
-        run_workers(work, self._worker_ranges(n, oh, ow, k))
+            pool_args = (*pool.kernel_size, *pool.stride, poh, pow_)
+        bounds, blocks, most = self._plan(n, oh, ow, k)
+        parts = len(bounds) - 1
+        cols = self._buffer("cols", (parts, k * most), self.dtype)
+        yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
+        conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
+                         self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
+                         cols, yblock, out.reshape(-1), argmax.reshape(-1), blas_handle())
         self._cache = (x, out, argmax) if training else None
         return out
 
@@ -203,62 +189,19 @@ class Conv2D(Layer):
         n = x.shape[0]
         geometry = self._geometry(x)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
-        oc, k, p = self.out_channels, c * kh * kw, oh * ow
-        weight = self.weight.value.reshape(oc, k)
-        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else None
-        x_flat, dy_flat, out_flat = x.reshape(-1), dy.reshape(-1), out.reshape(-1)
-        ranges = self._worker_ranges(n, oh, ow, k)
-        # Per-worker partial sums: dW^T (K, OC) and db (OC,).
-        partial_dw = [self._buffer(f"dw/{i}", (k, oc), self.dtype) for i in range(len(ranges))]
-        partial_db = [self._buffer(f"db/{i}", (oc,), self.dtype) for i in range(len(ranges))]
-
-        # Each worker owns whole images, so col2im's overlapping adds never race.
-        def work(worker, start, stop):
-            blocks, most = self._blocks(start, stop, oh, ow, k)
-            cols_buf = self._buffer(f"cols/{worker}", (k * most,), self.dtype)
-            dy_buf = self._buffer(f"dyblock/{worker}", (oc * most,), self.dtype)
-            dw_block = self._buffer(f"dwblock/{worker}", (k, oc), self.dtype)
-            dw, db = partial_dw[worker], partial_db[worker]
-            dw[...] = 0
-            db[...] = 0
-            if need_input_grad:
-                dx[start:stop] = 0
-            for n0, n1, r0, r1 in blocks:
-                cols_len = (n1 - n0) * (r1 - r0) * ow
-                cols = cols_buf[:k * cols_len].reshape(k, cols_len)
-                dyblock = dy_buf[:oc * cols_len].reshape(oc, cols_len)
-                im2col(x_flat, *geometry, n0, n1, r0, r1, cols.reshape(-1))
-                if argmax is None:
-                    nchw_to_block(dy_flat, out_flat, oc, p, ow, n0, n1, r0, r1, self.fused_relu,
-                                  dyblock.reshape(-1), db)
-                else:
-                    pooled_to_block(dy_flat, out_flat, argmax.reshape(-1), oc, p, out[0, 0].size,
-                                    n0, n1, self.fused_relu, dyblock.reshape(-1), db)
-                dw += np.matmul(cols, dyblock.T, out=dw_block)  # (C*KH*KW, OC)
-                if need_input_grad:
-                    # cols is spent once this block's dW is known: reuse it for dcols.
-                    gemm_in_slices(weight.T, dyblock, cols)
-                    col2im(cols.reshape(-1), *geometry, n0, n1, r0, r1, dx.reshape(-1))
-
-        run_workers(work, ranges)
-        dweight = self.weight.grad.reshape(oc, k)
-        dweight[...] = partial_dw[0].T
-        self.bias.grad[...] = partial_db[0]
-        for dw, db in zip(partial_dw[1:], partial_db[1:]):
-            dweight += dw.T
-            self.bias.grad += db
+        oc, k = self.out_channels, c * kh * kw
+        bounds, blocks, most = self._plan(n, oh, ow, k)
+        parts = len(bounds) - 1
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
+        conv_backward.run(
+            parts > 1, bounds, blocks, x.reshape(-1), dy.reshape(-1), out.reshape(-1),
+            argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, self.fused_relu,
+            self.fused_pool is not None, out[0, 0].size,
+            self._buffer("cols", (parts, k * most), self.dtype),
+            self._buffer("dyblock", (parts, oc * most), self.dtype),
+            self._buffer("dw", (parts, oc * k), self.dtype),
+            self._buffer("db", (parts, oc), self.dtype),
+            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
+            blas_handle())
         self._cache = None
-        return dx
-
-
-def gemm_in_slices(a, b, out):
-    """out = a @ b, as GEMMs over column slices of at most SMALL_GEMM_MACS multiply-adds.
-
-    a: (M, K), b: (K, L), out: (M, L) float arrays (views with unit column stride).
-    """
-    m, k = a.shape
-    cols = b.shape[1]
-    slices = -(-cols * m * k // SMALL_GEMM_MACS)  # ceil: the fewest slices that fit
-    step = -(-cols // slices)  # of near-equal width: no narrow (slow) last slice
-    for start in range(0, cols, step):
-        np.matmul(a, b[:, start:start + step], out=out[:, start:start + step])
+        return dx if need_input_grad else None

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.activation import relu_backward
-from ..kernels.dense import bias_add_rows, bias_grad_rows
+from ..kernels.blas import blas_handle
+from ..kernels.dense import dense_backward, dense_forward
 from ..params import Parameter
+from ..threads import parts_for
 from .activation import ReLU
 from .base import Layer, he_uniform, positive_int
 
@@ -61,10 +62,12 @@ class Dense(Layer):
     def forward(self, x, training=True):
         x = self._check_input(x, 2, self.dtype)
         self.output_shape(x.shape[1:])
-        n = x.shape[0]
-        out = self._buffer("out/train" if training else "out/eval", (n, self.out_features), self.dtype)
-        np.matmul(x, self.weight.value.T, out=out)
-        bias_add_rows(out.reshape(-1), self.bias.value, n, self.out_features, self.fused_relu)
+        n, f = x.shape[0], self.out_features
+        out = self._buffer("out/train" if training else "out/eval", (n, f), self.dtype)
+        parts = parts_for(n * self.in_features * f, n)
+        dense_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value,
+                          n, self.in_features, f, self.fused_relu, parts, out.reshape(-1),
+                          blas_handle())
         self._cache = (x, out) if training else None
         return out
 
@@ -72,14 +75,15 @@ class Dense(Layer):
         if self._cache is None:
             raise self._no_cache()
         x, out = self._cache
-        n = x.shape[0]
-        dy = self._check_grad(dy, (n, self.out_features), self.dtype)
-        if self.fused_relu:
-            masked = self._buffer("dy", dy.shape, self.dtype)
-            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
-            dy = masked
-        bias_grad_rows(dy.reshape(-1), n, self.out_features, self.bias.grad)
-        np.matmul(dy.T, x, out=self.weight.grad)  # (out, in)
-        if not need_input_grad:
-            return None
-        return np.matmul(dy, self.weight.value, out=self._buffer("dx", x.shape, self.dtype))
+        n, f = x.shape[0], self.out_features
+        dy = self._check_grad(dy, (n, f), self.dtype)
+        parts = parts_for(2 * n * self.in_features * f, min(n, f))
+        masked = self._buffer("dy", dy.shape, self.dtype) if self.fused_relu else dy
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
+        dense_backward.run(parts > 1, x.reshape(-1), out.reshape(-1), dy.reshape(-1),
+                           self.weight.value.reshape(-1), n, self.in_features, f, self.fused_relu,
+                           parts, need_input_grad, masked.reshape(-1),
+                           self.weight.grad.reshape(-1), self.bias.grad, dx.reshape(-1),
+                           blas_handle())
+        self._cache = None
+        return dx if need_input_grad else None

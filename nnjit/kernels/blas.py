@@ -1,0 +1,188 @@
+"""GEMM called from inside Numba kernels, single-threaded, through numpy's own BLAS.
+
+nnjit runs every matrix product inside its own parallel kernels: each
+``prange`` iteration calls the BLAS ``gemm`` on its part of the work, with
+BLAS set to one thread for the duration of the kernel. So nnjit never wakes
+the BLAS library's own thread pool, and its speed does not depend on how that
+pool was configured when the user's first ``import numpy`` loaded it
+(``OPENBLAS_NUM_THREADS``, ``OPENBLAS_THREAD_TIMEOUT``): an OpenBLAS pool left
+spinning after each call stole a core from nnjit's threads and halved cnn
+training speed when numpy was imported before nnjit.
+
+The library is the one numpy uses, found through threadpoolctl; its
+``cblas_?gemm`` and thread-count functions are called through their addresses,
+passed to the kernels in a small int64 array (:func:`blas_handle`), so the
+compiled kernels hold no process-specific pointer and stay cacheable on disk.
+
+Handle layout: ``[sgemm, dgemm, ilp64, set_num_threads, get_num_threads]``;
+an address of 0 means "not available": without a usable ``gemm`` the kernels
+fall back to a plain loop (correct, slow), without the thread functions they
+call BLAS as it is configured (MKL, for one, runs single-threaded inside an
+OpenMP parallel region by itself).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+NO_TRANS, TRANS = 111, 112  # CBLAS_TRANSPOSE
+_ROW_MAJOR = 101
+
+SGEMM, DGEMM, ILP64, SET_THREADS, GET_THREADS = range(5)
+
+
+def _symbols(lib):
+    """(sgemm, dgemm, ilp64, set, get) addresses in ``lib``, trying the names
+    numpy's OpenBLAS builds use (``scipy_`` prefix, ``64_`` ILP64 suffix) and
+    the plain CBLAS ones."""
+    def address(name):
+        try:
+            return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+        except AttributeError:
+            return 0
+
+    for prefix in ("scipy_", ""):
+        for suffix in ("64_", ""):
+            sgemm = address(f"{prefix}cblas_sgemm{suffix}")
+            dgemm = address(f"{prefix}cblas_dgemm{suffix}")
+            if sgemm and dgemm:
+                return (sgemm, dgemm, int(suffix == "64_"),
+                        address(f"{prefix}openblas_set_num_threads{suffix}"),
+                        address(f"{prefix}openblas_get_num_threads{suffix}"))
+    return 0, 0, 0, 0, 0
+
+
+@functools.lru_cache(maxsize=None)
+def blas_handle() -> np.ndarray:
+    """int64 (5,): the BLAS entry points the kernels call (see the module docstring).
+
+    Looked up once per process, in the BLAS libraries loaded with numpy.
+    """
+    from threadpoolctl import threadpool_info
+
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        try:
+            found = _symbols(ctypes.CDLL(info["filepath"]))
+        except OSError:
+            continue
+        if found[SGEMM]:
+            return np.array(found, dtype=np.int64)
+    return np.zeros(5, dtype=np.int64)
+
+
+def blas_description() -> str:
+    """Which GEMM the kernels use, for benchmark and diagnostic output."""
+    handle = blas_handle()
+    if not handle[SGEMM]:
+        return "no BLAS found: plain-loop GEMM (slow)"
+    threads = "single-threaded per call" if handle[SET_THREADS] else "thread count not controlled"
+    return f"{'ILP64' if handle[ILP64] else 'LP64'} cblas_?gemm of numpy's BLAS, {threads}"
+
+
+def _cblas_gemm_intrinsic(int_bits):
+    """An intrinsic calling cblas_?gemm (row-major) at an address, with
+    ``int_bits``-wide integer arguments; the float type follows ``a``'s dtype."""
+
+    @intrinsic
+    def cblas_gemm(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta,
+                   c, ldc):
+        sig = types.void(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, signature, args):
+            address, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+            arg_types = signature.args
+            fty = ir.FloatType() if arg_types[7].dtype == types.float32 else ir.DoubleType()
+            i32, iw = ir.IntType(32), ir.IntType(int_bits)
+            ptr = fty.as_pointer()
+            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, iw, iw, iw, fty, ptr, iw, ptr,
+                                                   iw, fty, ptr, iw])
+            fn = builder.inttoptr(address, fnty.as_pointer())
+
+            def integer(v, ty):
+                if v.type.width > ty.width:
+                    return builder.trunc(v, ty)
+                return builder.sext(v, ty) if v.type.width < ty.width else v
+
+            def real(v, ty):
+                return context.cast(builder, v, ty, arg_types[7].dtype)
+
+            def data(i, value):
+                return context.make_array(arg_types[i])(context, builder, value).data
+
+            builder.call(fn, [ir.Constant(i32, _ROW_MAJOR), integer(ta, i32), integer(tb, i32),
+                              integer(m, iw), integer(n, iw), integer(k, iw),
+                              real(alpha, arg_types[6]), data(7, a), integer(lda, iw),
+                              data(9, b), integer(ldb, iw), real(beta, arg_types[11]),
+                              data(12, c), integer(ldc, iw)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return cblas_gemm
+
+
+_cblas_gemm64 = _cblas_gemm_intrinsic(64)
+_cblas_gemm32 = _cblas_gemm_intrinsic(32)
+
+
+@intrinsic
+def _call_int_int(typingctx, address, value):
+    """int f(int) at ``address`` (OpenBLAS's set/get thread-count functions)."""
+    sig = types.int64(address, value)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        fn = builder.inttoptr(args[0], ir.FunctionType(i32, [i32]).as_pointer())
+        return builder.sext(builder.call(fn, [builder.trunc(args[1], i32)]), ir.IntType(64))
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def blas_threads_to_one(blas):
+    """Set BLAS to one thread; returns the count to restore (0: not controlled)."""
+    if blas[SET_THREADS] == 0 or blas[GET_THREADS] == 0:
+        return 0
+    old = _call_int_int(blas[GET_THREADS], 0)
+    _call_int_int(blas[SET_THREADS], 1)
+    return old
+
+
+@njit(cache=True, inline="always")
+def blas_threads_restore(blas, old):
+    """Undo :func:`blas_threads_to_one`."""
+    if old > 0:
+        _call_int_int(blas[SET_THREADS], old)
+
+
+@njit(cache=True)
+def gemm(blas, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
+    """c = alpha * op(a) @ op(b) + beta * c, row-major, on the calling thread.
+
+    a, b, c: 1-D float views whose first element is the matrix's first
+    (slices select sub-matrices); op(a) is (M, K), op(b) (K, N), c (M, N);
+    lda/ldb/ldc are row strides in elements; trans_* are NO_TRANS or TRANS.
+    With a BLAS from :func:`blas_handle`, calls its gemm; otherwise a plain loop.
+    """
+    address = blas[SGEMM] if a.itemsize == 4 else blas[DGEMM]
+    if address != 0:
+        if blas[ILP64] != 0:
+            _cblas_gemm64(address, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
+        else:
+            _cblas_gemm32(address, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc)
+        return
+    for i in range(M):
+        for j in range(N):
+            acc = 0.0
+            for p in range(K):
+                av = a[p * lda + i] if trans_a == TRANS else a[i * lda + p]
+                bv = b[j * ldb + p] if trans_b == TRANS else b[p * ldb + j]
+                acc += av * bv
+            c[i * ldc + j] = alpha * acc + (beta * c[i * ldc + j] if beta != 0 else 0.0)
