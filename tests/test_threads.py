@@ -1,11 +1,19 @@
-"""Worker threads and the serial/parallel kernel twins: same answers, errors surface."""
+"""Threads: parallel kernels vs their serial twins, forked children, and no BLAS pool."""
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
 
 import nnjit.kernels._jit as jit
-from nnjit import Adam, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax, softmax_cross_entropy
-from nnjit.threads import run_workers, split
+import nnjit.threads
+from nnjit import (Adam, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax,
+                   softmax_cross_entropy)
+from nnjit.spec import build_model
+from nnjit.threads import split
 
 
 def test_split_covers_the_range_in_near_equal_parts():
@@ -14,54 +22,18 @@ def test_split_covers_the_range_in_near_equal_parts():
     assert split(5, 1) == [(0, 5)]
 
 
-def blas_threads():
-    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-
-
-@pytest.mark.parametrize("failing_worker", [0, 1])
-def test_run_workers_raises_a_workers_error_after_all_stopped(failing_worker):
-    before = blas_threads()
-    finished = []
-
-    def work(worker, start, stop):
-        if worker == failing_worker:
-            raise ValueError(f"worker {worker} failed")
-        finished.append((start, stop))
-
-    with pytest.raises(ValueError, match=f"worker {failing_worker} failed"):
-        run_workers(work, [(0, 2), (2, 4)])
-    assert finished == [(2, 4)] if failing_worker == 0 else [(0, 2)]
-    assert blas_threads() == before  # single-threaded BLAS was only for the call
-
-
-def test_run_workers_gives_every_range_to_one_worker():
-    seen = {}
-    run_workers(lambda worker, a, b: seen.setdefault(worker, (a, b)), split(9, 3))
-    assert seen == {0: (0, 3), 1: (3, 6), 2: (6, 9)}
-
-
-def test_run_workers_works_in_a_forked_child():
-    """A child forked after the pool started inherits no pool threads: it must not hang."""
-    import multiprocessing
-
-    run_workers(lambda worker, a, b: None, [(0, 1), (1, 2)])  # the pool exists now
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        result = pool.apply_async(_sum_in_workers)
-        assert result.get(timeout=60) == sum(range(10))
-
-
-def _sum_in_workers():
-    parts = {}
-    run_workers(lambda worker, a, b: parts.__setitem__(worker, sum(range(a, b))), split(10, 2))
-    return sum(parts.values())
-
-
 LARGE = 1 << 18  # elements: above SERIAL_BELOW, so the parallel compilations run
+
+
+def serial_everywhere(monkeypatch, serial: bool):
+    """Every kernel on its serial twin and every layer in one part (serial), or the defaults."""
+    monkeypatch.setattr(jit, "SERIAL_BELOW", 1 << 62 if serial else jit.SERIAL_BELOW)
+    monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62 if serial else 1)
 
 
 @pytest.mark.parametrize("make,shape", [
     (lambda: MaxPool2D(2), (16, 4, 64, 64)),
+    (lambda: Conv2D(4, 8, 3, padding=1), (6, 4, 20, 24)),
     (lambda: MaxPool2D(3, 2), (16, 4, 64, 64)),
     (ReLU, (64, LARGE // 64)),
     (Softmax, (LARGE // 16, 16)),
@@ -70,8 +42,8 @@ LARGE = 1 << 18  # elements: above SERIAL_BELOW, so the parallel compilations ru
 def test_parallel_kernels_agree_with_their_serial_twins(make, shape, rng, monkeypatch):
     x = rng.normal(size=shape).astype(np.float32)
     results = []
-    for serial_below in (jit.SERIAL_BELOW, 1 << 62):
-        monkeypatch.setattr(jit, "SERIAL_BELOW", serial_below)
+    for serial in (False, True):
+        serial_everywhere(monkeypatch, serial)
         layer = make()
         for p in layer.parameters():
             p.value[...] = np.random.default_rng(0).normal(size=p.shape)
@@ -79,17 +51,18 @@ def test_parallel_kernels_agree_with_their_serial_twins(make, shape, rng, monkey
         dy = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
         dx = layer.backward(dy).copy()
         results.append([y, dx] + [p.grad.copy() for p in layer.parameters()])
-    assert max(a.size for a in results[0]) >= LARGE
+    assert max(a.size for a in results[0]) >= LARGE or isinstance(layer, Conv2D)
     for parallel, serial in zip(*results, strict=True):
-        np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-5)
+        # float32 sums in another order (per-part partial sums): relative to the scale
+        np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6 * np.abs(serial).max())
 
 
 def test_parallel_loss_and_optimizer_agree_with_serial_twins(rng, monkeypatch):
     logits = rng.normal(size=(LARGE // 10, 10)).astype(np.float32)
     labels = rng.integers(0, 10, len(logits))
     results = []
-    for serial_below in (jit.SERIAL_BELOW, 1 << 62):
-        monkeypatch.setattr(jit, "SERIAL_BELOW", serial_below)
+    for serial in (False, True):
+        serial_everywhere(monkeypatch, serial)
         loss, dz = softmax_cross_entropy(logits, labels)
         model = Sequential([Flatten(), Dense(784, LARGE // 784)], seed=0)
         opt = Adam(model.parameters(), lr=0.01)
@@ -100,3 +73,79 @@ def test_parallel_loss_and_optimizer_agree_with_serial_twins(rng, monkeypatch):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(results[0][2], results[1][2], rtol=1e-6, atol=1e-7)
+
+
+def test_a_forked_child_runs_the_model_on_serial_twins():
+    """GNU OpenMP aborts a forked child that starts a parallel region once the
+    parent has run one; the child must fall back to the serial twins."""
+    model = build_model("cnn", seed=0)
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    parent = model.predict(x)  # parallel kernels ran in this process
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_predict_in_child, (model, x)).get(timeout=120)
+    np.testing.assert_allclose(child, parent, rtol=1e-5, atol=1e-6)
+
+
+def _predict_in_child(model, x):
+    assert not jit.parallel_allowed
+    return model.predict(x)
+
+
+# A user's script: numpy (and its BLAS pool) loaded first or after nnjit, a
+# multi-threaded numpy matmul before training. Then nnjit trains; the BLAS
+# pool's threads must get no CPU time (nnjit's GEMMs run single-threaded
+# inside its own kernels) and the BLAS thread count must be as the user left it.
+BLAS_POOL_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    first = sys.argv[1]
+    if first == "numpy":
+        import numpy as np
+    pool_threads = {int(t) for t in os.listdir("/proc/self/task")} - {os.getpid()}
+    import nnjit
+    import numpy as np
+    from threadpoolctl import threadpool_info
+    from nnjit.spec import build_model
+
+    def cpu_ticks(tids):
+        total = 0
+        for tid in tids:
+            fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total
+
+    def blas_threads():  # of the libraries loaded with numpy (Numba may add SciPy's later)
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    a = np.ones((1024, 1024), np.float32)
+    a @ a  # the user's own multi-threaded BLAS call
+    time.sleep(1.0)  # past OpenBLAS's default spin time after a call
+    before, ticks = blas_threads(), cpu_ticks(pool_threads)
+    assert sum(before.values()) > len(before), f"BLAS is single-threaded: nothing to check ({before})"
+    rng = np.random.default_rng(0)
+    for preset in ("cnn", "mlp"):
+        model = build_model(preset, seed=0)
+        opt = nnjit.SGD(model.parameters(), lr=0.01)
+        x = rng.random((256, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, 256)
+        for _ in range(20):
+            model.forward(x); model.backward(y); opt.step()
+        model.predict(x)
+    after = blas_threads()
+    print(len(pool_threads), cpu_ticks(pool_threads) - ticks, all(after[k] == v for k, v in before.items()), before)
+""")
+
+
+@pytest.mark.parametrize("first", ["numpy", "nnjit"])
+def test_training_never_wakes_the_blas_thread_pool(first, tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(BLAS_POOL_SCRIPT)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, str(script), first], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    pool_size, pool_ticks, count_kept, counts = out.stdout.split(maxsplit=3)
+    if first == "numpy":
+        assert int(pool_size) >= 1, "numpy's BLAS started no thread pool: nothing to check"
+    assert int(pool_ticks) <= 2, f"BLAS pool threads ran {pool_ticks} ticks during nnjit training"
+    assert count_kept == "True", f"BLAS thread count changed from {counts}"

@@ -1,11 +1,13 @@
 """The one place that sets Numba's options for every nnjit kernel.
 
 Every kernel is compiled lazily (on first call) and cached on disk next to
-its module (``cache=True``). ``@kernel`` is parallel over its outermost
-``prange`` loop, with a serial twin for small inputs; ``@kernel(serial=True)``
-is serial only. All release the GIL (``nogil``), so that several Python
-threads can run them at once (the convolution's workers, which interleave
-them with BLAS calls; see ``nnjit.threads.run_workers``).
+its module (``cache=True``). ``@kernel`` is parallel over its ``prange``
+loops, with a serial twin for small inputs; ``@helper`` compiles a serial
+function that kernels call. All release the GIL (``nogil``).
+
+GNU OpenMP (Numba's ``omp`` threading layer here) cannot run a parallel
+region in a process forked from one that already ran one: it aborts. So in a
+forked child every kernel runs its serial twin (correct, on one thread).
 ``fastmath`` stays off: softmax, log and max-pooling rely on IEEE inf/nan
 semantics, and the kernels are memory-bound where fastmath would matter.
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops
@@ -17,6 +19,7 @@ is not recompiled when only the helper changes. After editing such a helper,
 delete ``nnjit/kernels/__pycache__``.
 """
 import functools
+import os
 import types
 
 from numba import njit, prange
@@ -28,36 +31,41 @@ SERIAL_BELOW = 1 << 17
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
 
+#: False in a forked child (see the module docstring).
+parallel_allowed = True
+
+
+def _after_fork_in_child():
+    global parallel_allowed
+    parallel_allowed = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Kernel:
-    """A Numba kernel; a parallel one has a serial twin for small inputs.
+    """A parallel Numba kernel and its serial twin, for small inputs.
 
-    ``.dispatchers`` holds the compiled dispatchers: (parallel, serial) for a
-    parallel kernel, (serial,) for a serial one. Calling the kernel calls the
-    serial one when the first argument (by convention the array that
-    measures the work) is smaller than ``SERIAL_BELOW``. A second
-    compilation, not a thread-count switch around the call: switching cost
-    ~3 us per call, as much as a small kernel's work.
+    ``.dispatchers`` holds the compiled dispatchers (parallel, serial).
+    Calling the kernel calls the serial one when the first argument (by
+    convention the array that measures the work) is smaller than
+    ``SERIAL_BELOW``; ``run`` lets the caller choose. A second compilation,
+    not a thread-count switch around the call: switching cost ~3 us per
+    call, as much as a small kernel's work.
     """
 
-    def __init__(self, fn, serial=False):
-        if serial:
-            self.dispatchers = (njit(**_OPTIONS)(fn),)
-        else:
-            self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
-                                njit(**_OPTIONS)(_renamed(fn, "_serial")))
-        # For a serial kernel both are its one dispatcher.
-        self._parallel, self._serial = self.dispatchers[0], self.dispatchers[-1]
+    def __init__(self, fn):
+        self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
+                            njit(**_OPTIONS)(_renamed(fn, "_serial")))
+        self._parallel, self._serial = self.dispatchers
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        if args[0].size < SERIAL_BELOW:
-            return self._serial(*args)
-        return self._parallel(*args)
+        return self.run(args[0].size >= SERIAL_BELOW, *args)
 
     def run(self, parallel: bool, *args):
         """Call the parallel compilation or the serial twin, as the caller decided."""
-        return (self._parallel if parallel else self._serial)(*args)
+        return (self._parallel if parallel and parallel_allowed else self._serial)(*args)
 
 
 def _renamed(fn, suffix):
@@ -75,15 +83,10 @@ def helper(fn):
     return njit(**_OPTIONS)(fn)
 
 
-def kernel(fn=None, *, serial=False):
-    """Compile ``fn`` as an nnjit kernel (lazily, on first call; cached on disk).
-
-    ``@kernel`` makes a parallel kernel; ``@kernel(serial=True)`` one that runs
-    on the calling thread without holding the GIL.
-    """
-    if fn is None:
-        return lambda f: Kernel(f, serial)
-    return Kernel(fn, serial)
+def kernel(fn):
+    """Compile ``fn`` as a parallel nnjit kernel with a serial twin (lazily, on
+    first call; cached on disk)."""
+    return Kernel(fn)
 
 
 __all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW"]

@@ -9,7 +9,8 @@ pool was configured when the user's first ``import numpy`` loaded it
 spinning after each call stole a core from nnjit's threads and halved cnn
 training speed when numpy was imported before nnjit.
 
-The library is the one numpy uses, found through threadpoolctl; its
+The library is the one numpy uses, found through threadpoolctl (any loaded
+BLAS with the CBLAS entry points would do: none of their pools is woken); its
 ``cblas_?gemm`` and thread-count functions are called through their addresses,
 passed to the kernels in a small int64 array (:func:`blas_handle`), so the
 compiled kernels hold no process-specific pointer and stay cacheable on disk.
@@ -61,13 +62,13 @@ def _symbols(lib):
 def blas_handle() -> np.ndarray:
     """int64 (5,): the BLAS entry points the kernels call (see the module docstring).
 
-    Looked up once per process, in the BLAS libraries loaded with numpy.
+    Looked up once per process among the loaded BLAS libraries, numpy's own
+    first (Numba also loads SciPy's, when SciPy is installed).
     """
     from threadpoolctl import threadpool_info
 
-    for info in threadpool_info():
-        if info.get("user_api") != "blas":
-            continue
+    libraries = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    for info in sorted(libraries, key=lambda i: "numpy" not in i["filepath"]):
         try:
             found = _symbols(ctypes.CDLL(info["filepath"]))
         except OSError:
