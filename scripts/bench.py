@@ -1,18 +1,20 @@
 #!/usr/bin/env python
-"""Benchmark nnjit (and PyTorch, when importable) on the cnn and mlp presets.
+"""Benchmark nnjit against PyTorch (training) and ONNX Runtime (inference), when importable.
 
-Every throughput is timed in alternation with the peer (nnjit block, PyTorch
-block, repeated; medians reported), because these machines are noisy: compare
-the ratios, not absolute times across runs. PyTorch runs in a process of its
-own, started with the environment nnjit found: both use the same OpenMP
-runtime, whose thread-wait policy is process-wide, so in one process one of
-them would run with the other's setting (measured: PyTorch's single-image cnn
-latency 490 us under nnjit's OMP_WAIT_POLICY=PASSIVE, 160 us under its
-default; nnjit's cnn training 40% slower beside PyTorch's spinning threads).
+Measured as users run: this script imports numpy before nnjit, as most
+scripts and every notebook kernel do (``--import-order nnjit-first`` for the
+other order). Every throughput is timed in alternation with the peers (nnjit
+block, PyTorch block, ONNX Runtime block, repeated; medians reported),
+because these machines are noisy: compare the ratios, not absolute times
+across runs. PyTorch runs in a process of its own (its OpenMP threads spin
+after each op and would take cores from nnjit's in one process); ONNX
+Runtime runs nnjit's own ONNX export in this process, as a user deploying
+the model would.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -23,17 +25,28 @@ import tempfile
 import time
 from pathlib import Path
 
+IMPORT_ORDERS = ("numpy-first", "nnjit-first")
+# Read before the imports it decides: "--import-order X" or "--import-order=X".
+_order_args = [a.split("=", 1)[-1] if "=" in a else b for a, b in zip(sys.argv, sys.argv[1:] + [""])
+               if a.startswith("--import-order")]
+IMPORT_ORDER = _order_args[-1] if _order_args and _order_args[-1] in IMPORT_ORDERS else IMPORT_ORDERS[0]
+
 if "--torch-peer" in sys.argv:
-    import torch  # noqa: F401  (first: the peer's OpenMP reads the environment before nnjit's)
+    import torch  # noqa: F401
+if IMPORT_ORDER == "numpy-first":
+    import numpy as np  # noqa: I001  (the user's order: numpy, then nnjit)
+    import nnjit
+else:
+    import nnjit  # noqa: I001
+    import numpy as np
 
-import nnjit  # noqa: I001  (before numpy: sets thread-pool waits; nnjit/_env.py)
-from nnjit import _env
-
-import numpy as np
+import numba
 from rich.table import Table
 
 from nnjit import SGD, Conv2D
 from nnjit.cli import HelpFormatter, console, positive_int, run
+from nnjit.kernels.blas import blas_description
+from nnjit.onnx_export import to_onnx
 from nnjit.spec import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +60,12 @@ def parse_args(argv=None):
                    help="interleaved timing blocks per figure (the median is reported)")
     p.add_argument("--latency-calls", type=positive_int, default=1000,
                    help="single-image predict calls per latency figure")
-    p.add_argument("--no-torch", action="store_true", help="measure nnjit alone")
+    p.add_argument("--import-order", choices=IMPORT_ORDERS, default=IMPORT_ORDERS[0],
+                   help="import numpy before nnjit (as users' scripts and notebooks do) or after")
+    p.add_argument("--figures", default="",
+                   help="only the figures whose name contains this text (e.g. 'cnn training')")
+    p.add_argument("--no-torch", action="store_true", help="no PyTorch columns")
+    p.add_argument("--no-onnxruntime", action="store_true", help="no ONNX Runtime columns")
     p.add_argument("--skip-startup", action="store_true", help="skip the cold/warm start figures")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of a one-epoch cnn run on 60k Fashion-MNIST images")
@@ -88,9 +106,26 @@ def _time(fn) -> float:
 
 
 # -- the measured cases, built alike in both processes -------------------------
-# A case is a JSON-able list: ["train", preset, batch], ["infer", preset],
-# ["latency", preset], ["conv", n, size, with_backward]. Both sides build the
-# same model (nnjit's, seed 0; PyTorch's copies its weights) and the same data.
+# A case is a JSON-able list: ["train", model, batch], ["infer", model],
+# ["latency", model], ["conv", n, size, with_backward]. Every side builds the
+# same model (nnjit's, seed 0; PyTorch's copies its weights, ONNX Runtime runs
+# its export) and the same data.
+#: Measured models: the two presets, and two networks that are not presets,
+#: so that tuning to one network shows.
+MODELS = {
+    "cnn": ("cnn", (1, 28, 28)),
+    "mlp": ("mlp", (1, 28, 28)),
+    "cifar-cnn": ("conv:32:3:1:1,relu,pool:2,conv:64:3:1:1,relu,pool:2,"
+                  "conv:128:3:1:1,relu,pool:2,dense:10,softmax", (3, 32, 32)),
+    "cnn-5x5-pad1": ("conv:32:5:1:1,relu,pool:2,conv:64:5:1:1,relu,pool:2,dense:10,softmax",
+                     (1, 28, 28)),
+}
+
+
+def model_for(name):
+    """The nnjit model of ``name`` in MODELS (seed 0) and its sample shape."""
+    spec, shape = MODELS[name]
+    return build_model(spec, input_shape=shape, seed=0), shape
 CONV_SHAPES = ((16, 28), (64, 28), (16, 128))
 TRAIN_IMAGES = 2048  # per timed block of training steps
 CONV_PIXELS = 200_000  # input pixels per timed block of conv calls (at least one call)
@@ -134,7 +169,8 @@ def case_data(case):
         x = rng.random((n, 10, size, size), dtype=np.float32)
         return x, rng.random((n, 20, size - 4, size - 4), dtype=np.float32)
     batch = {"train": case[-1], "infer": 1000, "latency": 1}[case[0]]
-    return rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+    shape = MODELS[case[1]][1]
+    return rng.random((batch, *shape), dtype=np.float32), rng.integers(0, 10, batch)
 
 
 def nnjit_case(case):
@@ -150,7 +186,7 @@ def nnjit_case(case):
                 if case[3]:
                     layer.backward(y)
         return block
-    model = build_model(case[1], seed=0)
+    model, _ = model_for(case[1])
     if case[0] == "train":
         opt = SGD(model.parameters(), lr=0.01)
 
@@ -212,7 +248,7 @@ def torch_case(case):
                     with torch.no_grad():
                         conv(tx)
         return block
-    model = build_model(case[1], seed=0)
+    model, _ = model_for(case[1])
     if case[0] == "train":
         twin = torch_twin(model, with_softmax=False)
         opt = torch.optim.SGD(twin.parameters(), lr=0.01)
@@ -246,11 +282,9 @@ class TorchPeer:
     """PyTorch in a process of its own, timing cases on request (JSON lines on stdin/stdout)."""
 
     def __init__(self, threads: int):
-        # The environment nnjit found, without the thread-wait settings nnjit added.
-        env = {k: v for k, v in os.environ.items() if k not in _env.SET_BY_NNJIT}
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--torch-peer", "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = self._ask({"op": "version"})
 
     def _ask(self, request):
@@ -267,6 +301,32 @@ class TorchPeer:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
+
+
+class OrtPeer:
+    """ONNX Runtime (CPU provider) in this process, running nnjit's own ONNX export."""
+
+    def __init__(self, threads: int):
+        import onnxruntime as ort
+
+        self.ort, self.threads, self.version = ort, threads, ort.__version__
+        self.sessions = {}
+
+    def time(self, case, calls: int) -> float:
+        key = json.dumps(case)
+        if key not in self.sessions:
+            model, shape = model_for(case[1])
+            options = self.ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            session = self.ort.InferenceSession(to_onnx(model, shape).SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+            x, _ = case_data(case)
+            self.sessions[key] = lambda: session.run(None, {"input": x})
+        return time_case(self.sessions[key], case, calls)
+
+    def close(self):
+        self.sessions.clear()
 
 
 def serve_torch_peer(threads: int) -> None:
@@ -287,57 +347,87 @@ def serve_torch_peer(threads: int) -> None:
         print(json.dumps(answer), flush=True)
 
 
-def interleaved(case, peer, args) -> dict:
-    """Median seconds per block of ``case`` for nnjit and the peer, timed in alternation."""
+def interleaved(case, peers, args) -> dict:
+    """Median seconds per block of ``case`` for nnjit and each peer, timed in alternation.
+
+    peers: name -> object with ``time(case, calls)``; PyTorch is asked for
+    every case, ONNX Runtime for inference only.
+    """
     own = nnjit_case(case)
     sides = {"nnjit": lambda: time_case(own, case, args.latency_calls)}
-    if peer is not None:
-        sides["torch"] = lambda: peer.time(case, args.latency_calls)
+    for name, peer in peers.items():
+        if name == "torch" or case[0] in ("infer", "latency"):
+            sides[name] = functools.partial(peer.time, case, args.latency_calls)
     for side in sides.values():  # warm-up (compilation, allocation)
         side()
     repeats = 1 if case[0] == "latency" else args.repeats
     times = {k: [] for k in sides}
     for _ in range(repeats):
         for k, side in sides.items():
-            if peer is not None:
+            if len(sides) > 1:
                 settle()
             times[k].append(side())
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def measure(args, peer) -> list[dict]:
+def measure(args, peers) -> list[dict]:
     rows = []
-    for preset in ("cnn", "mlp"):
-        fwd = forward_flops(build_model(preset, seed=0), (1, 28, 28))
-        for batch in (64, 256):
-            t = interleaved(["train", preset, batch], peer, args)
-            images = train_steps(batch) * batch
-            rows.append(figure(f"{preset} training, batch {batch}", "img/s",
-                               {k: images / v for k, v in t.items()}, 3 * fwd))
-        t = interleaved(["infer", preset], peer, args)
-        rows.append(figure(f"{preset} inference, batch 1000", "img/s",
-                           {k: 1000 / v for k, v in t.items()}, fwd))
-        t = interleaved(["latency", preset], peer, args)
-        rows.append(figure(f"{preset} single-image latency", "us",
-                           {k: v * 1e6 for k, v in t.items()}, None, lower_is_better=True))
+
+    def add(name, *row_args, **row_kwargs):
+        if args.figures in name:
+            rows.append(figure(name, *row_args, **row_kwargs))
+
+    def wanted(name):
+        return args.figures in name
+
+    for model_name, batches, inference in (("cnn", (64, 256), True), ("mlp", (64, 256), True),
+                                           ("cifar-cnn", (64,), False),
+                                           ("cnn-5x5-pad1", (64,), False)):
+        model, shape = model_for(model_name)
+        fwd = forward_flops(model, shape)
+        for batch in batches:
+            name = f"{model_name} training, batch {batch}"
+            if wanted(name):
+                t = interleaved(["train", model_name, batch], peers, args)
+                images = train_steps(batch) * batch
+                add(name, "img/s", {k: images / v for k, v in t.items()}, 3 * fwd)
+        if not inference:
+            continue
+        name = f"{model_name} inference, batch 1000"
+        if wanted(name):
+            t = interleaved(["infer", model_name], peers, args)
+            add(name, "img/s", {k: 1000 / v for k, v in t.items()}, fwd)
+        name = f"{model_name} single-image latency"
+        if wanted(name):
+            t = interleaved(["latency", model_name], peers, args)
+            add(name, "us", {k: v * 1e6 for k, v in t.items()}, None, lower_is_better=True)
     for n, size in CONV_SHAPES:
         macs = 20 * 10 * 5 * 5 * (size - 4) ** 2  # per image
         label = f"conv 10->20 5x5, {n}x{size}x{size}"
-        for with_backward, name, flops in ((False, "forward", 2 * macs), (True, "fwd+bwd", 6 * macs)):
-            t = interleaved(["conv", n, size, with_backward], peer, args)
-            images = conv_calls(n, size) * n
-            rows.append(figure(f"{label} {name}", "img/s", {k: images / v for k, v in t.items()},
-                               flops))
+        for with_backward, kind, flops in ((False, "forward", 2 * macs), (True, "fwd+bwd", 6 * macs)):
+            if wanted(f"{label} {kind}"):
+                t = interleaved(["conv", n, size, with_backward], {"torch": peers["torch"]}
+                                if "torch" in peers else {}, args)
+                images = conv_calls(n, size) * n
+                add(f"{label} {kind}", "img/s", {k: images / v for k, v in t.items()}, flops)
     return rows
 
 
 def figure(name, unit, values, flops_per_image, lower_is_better=False):
-    row = {"figure": name, "unit": unit, "nnjit": values["nnjit"], "torch": values.get("torch")}
+    """A result row: values per side, nnjit's GFLOP/s, and nnjit's ratio to each peer
+    (> 1 favours nnjit; for latency, the peer's time over nnjit's)."""
+    row = {"figure": name, "unit": unit, "nnjit": values["nnjit"]}
     if flops_per_image:
         row["nnjit_gflops"] = values["nnjit"] * flops_per_image / 1e9
-    if row["torch"]:
-        row["ratio"] = (row["torch"] / row["nnjit"]) if lower_is_better else (row["nnjit"] / row["torch"])
+    for peer in PEER_NAMES:
+        row[peer] = values.get(peer)
+        if row[peer]:
+            row[f"ratio_{peer}"] = (row[peer] / row["nnjit"] if lower_is_better
+                                    else row["nnjit"] / row[peer])
     return row
+
+
+PEER_NAMES = {"torch": "PyTorch", "ort": "ONNX Runtime"}
 
 
 def measure_startup():
@@ -375,55 +465,79 @@ def measure_memory():
     return int(maxrss_kb) / 1024, None
 
 
+def start_peers(args) -> tuple[dict, list[str]]:
+    """The peers that can run here (name -> peer), and a line saying what each is or why not."""
+    peers, notes = {}, []
+    if args.no_torch:
+        notes.append("PyTorch: --no-torch given")
+    elif importlib.util.find_spec("torch") is None:
+        notes.append("PyTorch: not installed (pip install torch==2.13.0 to compare)")
+    else:
+        try:
+            peers["torch"] = TorchPeer(args.threads)
+            notes.append(f"PyTorch {peers['torch'].version} (own process)")
+        except RuntimeError as err:  # its stderr, shown above, says why
+            notes.append(f"PyTorch did not start: {err}")
+    if args.no_onnxruntime:
+        notes.append("ONNX Runtime: --no-onnxruntime given")
+    elif importlib.util.find_spec("onnxruntime") is None:
+        notes.append("ONNX Runtime: not installed (pip install onnxruntime to compare)")
+    else:
+        peers["ort"] = OrtPeer(args.threads)
+        notes.append(f"ONNX Runtime {peers['ort'].version} (CPU provider, this process, "
+                     "nnjit's ONNX export)")
+    return peers, notes
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.torch_peer:
         serve_torch_peer(args.threads)
         return
     nnjit.set_num_threads(args.threads)
-    peer, why = None, "--no-torch given"
-    if not args.no_torch:
-        if importlib.util.find_spec("torch") is None:
-            why = "PyTorch is not installed (pip install torch==2.13.0 to compare)"
-        else:
-            try:
-                peer = TorchPeer(args.threads)
-                why = f"PyTorch {peer.version} (own process)"
-            except RuntimeError as err:  # its stderr, shown above, says why
-                why = f"PyTorch did not start: {err}"
+    peers, notes = start_peers(args)
     peak = matmul_peak(args.threads)
+    setup = (f"{args.threads} threads, import order {IMPORT_ORDER}, Numba threading layer "
+             f"{numba.config.THREADING_LAYER}, GEMM: {blas_description()}")
     try:
         with console.status("measuring..."):
-            rows = measure(args, peer)
-            startup = None if args.skip_startup else measure_startup()
+            rows = measure(args, peers)
+            startup = None if args.skip_startup or args.figures else measure_startup()
             memory = measure_memory() if args.memory else None
     finally:
-        if peer is not None:
+        for peer in peers.values():
             peer.close()
-    result = {"threads": args.threads, "peer": why, "matmul_peak_gflops": peak, "figures": rows,
-              "startup_seconds": startup,
-              "peak_rss_mb_60k_epoch": memory[0] if memory else None}
+    result = {"setup": setup, "threads": args.threads, "import_order": IMPORT_ORDER,
+              "peers": notes, "matmul_peak_gflops": peak, "figures": rows,
+              "startup_seconds": startup, "peak_rss_mb_60k_epoch": memory[0] if memory else None}
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"nnjit benchmark, {args.threads} threads; peer: {why}; "
-                        f"float32 matmul peak {peak:.0f} GFLOP/s")
-    for col in ("figure", "nnjit", "GFLOP/s (% peak)", "PyTorch", "nnjit vs PyTorch"):
-        table.add_column(col, justify="left" if col == "figure" else "right")
+    table = Table(title=f"nnjit benchmark: {setup}; float32 matmul peak {peak:.0f} GFLOP/s")
+    table.add_column("figure")
+    for col in ("nnjit", "GFLOP/s (% peak)"):
+        table.add_column(col, justify="right")
+    for peer in PEER_NAMES.values():
+        table.add_column(peer, justify="right")
+        table.add_column(f"nnjit vs {peer}", justify="right")
     for r in rows:
         gf = f"{r['nnjit_gflops']:.1f} ({100 * r['nnjit_gflops'] / peak:.0f}%)" if "nnjit_gflops" in r else ""
-        torch_v = f"{r['torch']:,.0f} {r['unit']}" if r["torch"] else "-"
-        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
-        table.add_row(r["figure"], f"{r['nnjit']:,.0f} {r['unit']}", gf, torch_v, ratio)
-    console.width = max(console.width, 110)  # one line per figure, also in logs
+        cells = [r["figure"], f"{r['nnjit']:,.0f} {r['unit']}", gf]
+        for peer in PEER_NAMES:
+            cells.append(f"{r[peer]:,.0f} {r['unit']}" if r[peer] else "-")
+            cells.append(f"{r[f'ratio_{peer}']:.2f}x" if r.get(f"ratio_{peer}") else "-")
+        table.add_row(*cells)
+    console.width = max(console.width, 150)  # one line per figure, also in logs
     console.print(table)
+    for note in notes:
+        console.print(f"peer: {note}")
     if startup:
         console.print(f"scripts/train.py start to exit after one step: cold cache {startup['cold']:.1f}s, "
                       f"warm cache {startup['warm']:.1f}s")
     if memory:
         console.print("peak RSS, one cnn epoch on 60k Fashion-MNIST images: "
                       + (f"{memory[0]:.0f} MB" if memory[0] else f"not measured ({memory[1]})"))
-    console.print("ratios > 1 favour nnjit (for latency: PyTorch's time / nnjit's).")
+    console.print("ratios > 1 favour nnjit (for latency: the peer's time / nnjit's).")
 
 
 if __name__ == "__main__":

@@ -215,25 +215,15 @@ def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
         dbias[oc] += acc
 
 
-#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
-#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
-#: 10->20 5x5 conv's forward GEMM in column slices of <= 200. So the forward
-#: and input-gradient GEMMs of larger blocks run in column slices of at most
-#: this size (neutral for the cnn's second conv), and blocks of small images
-#: hold no more (see ``nnjit.layers.conv``). The weight gradient's GEMM, which
-#: reduces over the columns, is never sliced: that was slower (accumulating).
-SMALL_GEMM_MACS = 1_000_000
-
-
 @helper
-def gemm_in_slices(blas, trans_a, M, K, a, b, L, c):
-    """c (M, L) = op(a) (M, K) @ b (K, L) as GEMMs over column slices of at most
-    SMALL_GEMM_MACS multiply-adds, of near-equal width (no narrow, slow last one).
+def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
+    """c (M, L) = op(a) (M, K) @ b (K, L) as GEMMs over column slices of about
+    ``slice_cols`` columns, of near-equal width (no narrow, slow last one).
 
     a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
     writes c: (M*L,).
     """
-    slices = -(-L * M * K // SMALL_GEMM_MACS)
+    slices = -(-L // slice_cols)
     step = -(-L // slices)
     lda = M if trans_a == TRANS else K
     for start in range(0, L, step):
@@ -243,7 +233,8 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c):
 
 @kernel
 def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
-                 pooled, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax, blas):
+                 pooled, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax, slice_cols,
+                 blas):
     """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
 
     bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
@@ -251,7 +242,8 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (OC*C*KH*KW,); bias (OC,). cols, yblock: float workspaces (parts, >= K*L)
     and (parts, >= OC*L) for the largest block. Without ``pooled`` writes
     out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
-    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW.
+    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW. GEMMs
+    run in column slices of about ``slice_cols`` (see ``gemm_in_slices``).
     """
     OC = bias.size
     K = C * KH * KW
@@ -262,7 +254,7 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
             n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
             L = (n1 - n0) * (r1 - r0) * OW
             im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
-            gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf)
+            gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
             if pooled:
                 block_to_pooled(ybuf[:OC * L], bias, OC, OH, OW, n0, n1, relu, PKH, PKW, PSH, PSW, POH,
                                 POW, out, argmax)
@@ -274,7 +266,7 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
 @kernel
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
                   OH, OW, relu, pooled, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight,
-                  dbias, blas):
+                  dbias, slice_cols, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
@@ -308,7 +300,7 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
             gemm(blas, NO_TRANS, TRANS, OC, K, L, 1.0, dyb, L, cbuf, L, 1.0, dwp, K)
             if need_dx:
                 # cols is spent once this block's dW is known: reuse it for dcols (K, L).
-                gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf)
+                gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
                 col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx)
     dweight[:] = dw_parts[0]
     dbias[:] = db_parts[0]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import conv as conv_kernels
 from ..kernels.blas import blas_handle
 from ..kernels.conv import conv_backward, conv_forward
 from ..params import Parameter
@@ -13,13 +12,24 @@ from .base import Layer, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
 #: Most bytes of im2col columns plus GEMM output per block. Each thread
-#: unfolds a block, multiplies it in slices that fit its core's L2 (see
-#: ``nnjit.kernels.conv.SMALL_GEMM_MACS``) and moves the product out while
-#: the block is still in the shared L3 (32 MB here). Measured on the 10->20
-#: 5x5 conv, 2 threads, forward of 16x128x128: 768 KB 18.3 ms, 2 MB 18.0,
-#: 4 MB 17.0 (one unfold of the whole batch, before blocks: 48.6 ms); cnn
-#: training: equal. Tests lower it to force row blocks.
-BLOCK_BYTES = 4 << 20
+#: unfolds a block, multiplies it in slices (see SMALL_GEMM_MACS) and moves
+#: the product out while the block is still in its core's L2 (1 MB here).
+#: Measured fwd+bwd at batch 64, 2 threads, GFLOP/s for 1 MB vs 4 MB blocks
+#: (medians of 5 interleaved rounds): 64->128 3x3 pad 1 on 8x8 127 vs 107,
+#: 32->64 3x3 pad 1 on 16x16 119 vs 114, 32->64 3x3 on 13x13 127 vs 88,
+#: 32->64 5x5 pad 1 on 13x13 117 vs 94; 512 KB within noise of 1 MB, 128 KB
+#: and 256 KB slower. Tests lower it to force row blocks.
+BLOCK_BYTES = 1 << 20
+
+#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
+#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
+#: 10->20 5x5 conv's forward GEMM in column slices of <= 200. So the forward
+#: and input-gradient GEMMs of larger blocks run in column slices of about
+#: this size, and blocks of small images hold no more. The weight
+#: gradient's GEMM, which reduces over the columns, is never sliced: that was
+#: slower (accumulating).
+SMALL_GEMM_MACS = 1_000_000
+
 
 class Conv2D(Layer):
     """2-D convolution (cross-correlation, as in PyTorch) with zero padding.
@@ -115,8 +125,8 @@ class Conv2D(Layer):
         if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
             per = max(1, BLOCK_BYTES // (row_bytes * oh))
             image_macs = self.out_channels * k * oh * ow
-            if image_macs <= conv_kernels.SMALL_GEMM_MACS:
-                per = min(per, conv_kernels.SMALL_GEMM_MACS // image_macs)
+            if image_macs <= SMALL_GEMM_MACS:
+                per = min(per, SMALL_GEMM_MACS // image_macs)
             blocks = [(a, min(stop, a + per), 0, oh) for a in range(start, stop, per)]
             return blocks, min(per, stop - start) * oh * ow
         rows = max(1, BLOCK_BYTES // row_bytes)
@@ -136,7 +146,7 @@ class Conv2D(Layer):
         # + 10 per output: the output moves' share of the work
         parts = parts_for(n * oh * ow * self.out_channels * (k + 10), n)
         key = (n, oh, ow, k, parts, self.fused_pool is not None, BLOCK_BYTES,
-               conv_kernels.SMALL_GEMM_MACS)
+               SMALL_GEMM_MACS)
         if self._plan_key != key:
             blocks, bounds, most = [], [0], 1
             for start, stop in split(n, parts):
@@ -147,6 +157,10 @@ class Conv2D(Layer):
             self._plan_key = key
             self._plan_value = (np.array(bounds, np.int64), np.array(blocks, np.int64), most)
         return self._plan_value
+
+    def _slice_cols(self, k):
+        """Columns per GEMM slice: SMALL_GEMM_MACS worth (at least one)."""
+        return max(1, SMALL_GEMM_MACS // (self.out_channels * k))
 
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
@@ -177,7 +191,8 @@ class Conv2D(Layer):
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
         conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
                          self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
-                         cols, yblock, out.reshape(-1), argmax.reshape(-1), blas_handle())
+                         cols, yblock, out.reshape(-1), argmax.reshape(-1), self._slice_cols(k),
+                         blas_handle())
         self._cache = (x, out, argmax) if training else None
         return out
 
@@ -202,6 +217,6 @@ class Conv2D(Layer):
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            blas_handle())
+            self._slice_cols(k), blas_handle())
         self._cache = None
         return dx if need_input_grad else None
