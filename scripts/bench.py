@@ -129,12 +129,12 @@ def model_for(name):
 CONV_SHAPES = ((16, 28), (64, 28), (16, 128))
 TRAIN_IMAGES = 2048  # per timed block of training steps
 CONV_PIXELS = 200_000  # input pixels per timed block of conv calls (at least one call)
-#: Pause before each timed block, so the other process's threads have gone to
-#: sleep (OpenMP's default wait spins for milliseconds after each parallel
-#: region). The pause busy-waits: after 50 ms of sleep, the next 12 ms block
-#: of nnjit convs ran 1.8x slower on these VMs (cores idled down), after 50 ms
-#: of busy-waiting as fast as back-to-back.
-SETTLE_SECONDS = 0.05
+#: Pause before each timed block, so the other side's threads have gone to
+#: sleep (OpenMP's default wait spins for ~10 ms after each parallel region,
+#: nnjit's included). The pause busy-waits: after 50 ms of sleep, the next
+#: 12 ms block of nnjit convs ran 1.8x slower on these VMs (cores idled
+#: down), after 50 ms of busy-waiting as fast as back-to-back.
+SETTLE_SECONDS = 0.2
 
 
 def settle() -> None:

@@ -34,8 +34,8 @@ def force_row_blocks(monkeypatch):
         k = input_shape[0] * int(np.prod(layer.kernel_size))
         row_bytes = (k + layer.out_channels) * ow * layer.dtype.itemsize
         monkeypatch.setattr(conv_module, "BLOCK_BYTES", rows * row_bytes)
-        blocks, _ = layer._blocks(0, 1, oh, ow, k)
-        assert len(blocks) > 1 and all(r1 - r0 <= rows for _, _, r0, r1 in blocks)
+        blocks = layer._blocks(0, 1, oh, ow, k)
+        assert len(blocks) > 1 and all(r1 - r0 <= rows for _, _, r0, r1, _, _ in blocks)
 
     return force
 

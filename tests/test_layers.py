@@ -106,3 +106,27 @@ def test_bad_constructor_arguments_name_the_value(make, match):
 def test_backward_without_forward_is_an_error():
     with pytest.raises(RuntimeError, match="forward"):
         Dense(2, 2).backward(np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("pool", [None, (2, None), (3, 2)])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_inference_cuts_small_batches_into_row_runs_for_every_thread(pool, n, block_bytes, rng,
+                                                                     monkeypatch):
+    """predict on fewer images than threads splits each image's rows between threads
+    (also under a fused max-pool, whose runs follow its windows)."""
+    import nnjit.layers.conv as conv_module
+    from nnjit import Sequential, get_num_threads
+
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+    conv = Conv2D(2, 3, 3, padding=1)
+    layers = [conv, ReLU()] + ([MaxPool2D(*pool)] if pool else [])
+    model = Sequential(layers, seed=3)
+    x = rng.normal(size=(n, 2, 11, 7)).astype(np.float32)
+    want = np.maximum(ref.conv2d(x, conv.weight.value, conv.bias.value, (1, 1), (1, 1)), 0)
+    if pool:
+        want = ref.maxpool2d(want, layers[2].kernel_size, layers[2].stride)
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
+    bounds, blocks, _ = conv._plans[next(k for k in conv._plans if k[5])]  # the inference plan
+    assert len(bounds) - 1 == min(get_num_threads(), 2 if n == 1 else n)

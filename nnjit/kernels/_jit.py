@@ -14,7 +14,7 @@ semantics, and the kernels are memory-bound where fastmath would matter.
 vectorise.
 
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
-inlines a helper from another module (``pool_plane``, ``row_max_expsum``)
+inlines a helper from another module (``pool_plane``, ``row_shifted_exp``, ``gemm``)
 is not recompiled when only the helper changes. After editing such a helper,
 delete ``nnjit/kernels/__pycache__``.
 """

@@ -28,15 +28,18 @@ def relu_backward(y, dy, dx):
 
 
 @njit(cache=True, inline="always")
-def row_max_expsum(z, r, K):
-    """(m, s) for the row z[r:r+K]: its maximum and sum(exp(z - m)), the stable
-    pieces of softmax and log-sum-exp (no exp can overflow). s is float64."""
+def row_shifted_exp(z, r, K, out):
+    """Writes out[r:r+K] = exp(z[r:r+K] - m) for the row's maximum m; returns
+    (m, s) with s = their sum (float64): the stable pieces of softmax and
+    log-sum-exp (no exp can overflow), one exp per element."""
     m = z[r]
     for k in range(1, K):
         m = max(m, z[r + k])
     s = 0.0
     for k in range(K):
-        s += np.exp(z[r + k] - m)
+        e = np.exp(z[r + k] - m)
+        out[r + k] = e
+        s += e
     return m, s
 
 
@@ -47,10 +50,10 @@ def softmax_forward(z, N, K, out):
     Subtracts each row's maximum first, so no exp overflows."""
     for n in prange(N):
         r = n * K
-        m, s = row_max_expsum(z, r, K)
+        _, s = row_shifted_exp(z, r, K, out)
         inv = 1.0 / s
         for k in range(K):
-            out[r + k] = np.exp(z[r + k] - m) * inv
+            out[r + k] *= inv
 
 
 @kernel

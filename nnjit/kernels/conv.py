@@ -76,8 +76,12 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cols):
                             for j in range(U(lo)):
                                 cols[d + j] = 0
                             dd = d + U(lo)
-                            for j in range(U(hi - lo)):
-                                cols[dd + j] = x[s + j * U(SW)]
+                            if SW == 1:  # contiguous: vectorises (a runtime stride does not)
+                                for j in range(U(hi - lo)):
+                                    cols[dd + j] = x[s + j]
+                            else:
+                                for j in range(U(hi - lo)):
+                                    cols[dd + j] = x[s + j * U(SW)]
                             for j in range(U(hi), U(OW)):
                                 cols[d + j] = 0
                         d += U(OW)
@@ -103,8 +107,12 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
                         if 0 <= ih < H and lo < hi:
                             d = U((plane + ih) * W + lo * SW + kw - PW)
                             ss = s + U(lo)
-                            for j in range(U(hi - lo)):
-                                dx[d + j * U(SW)] += dcols[ss + j]
+                            if SW == 1:  # contiguous: vectorises (a runtime stride does not)
+                                for j in range(U(hi - lo)):
+                                    dx[d + j] += dcols[ss + j]
+                            else:
+                                for j in range(U(hi - lo)):
+                                    dx[d + j * U(SW)] += dcols[ss + j]
                         s += U(OW)
 
 
@@ -161,25 +169,31 @@ def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
 
 
 @helper
-def block_to_pooled(yblock, bias, OC, OH, OW, n0, n1, relu, KH, KW, SH, SW, PH, PW, out, argmax):
+def block_to_pooled(yblock, bias, OC, R, OW, n0, n1, r0, pr0, pr1, relu, KH, KW, SH, SW, PH, PW,
+                    out, argmax):
     """Bias, optional ReLU and max pooling straight from one block's GEMM output.
 
-    The block holds whole images (all OH rows). The conv output is never
-    written out: each pooled value is max(window) + bias (then max(0, .) with
-    ``relu``; ReLU commutes with max). yblock: float (OC*(n1-n0)*OH*OW,);
-    bias: float (OC,). Writes images [n0, n1) of out: float (N*OC*PH*PW,) and
-    argmax: int32 (same), the position oh*OW + ow of each window's first
-    maximum in its conv plane.
+    yblock: float (OC*(n1-n0)*R*OW,), conv rows [r0, r0+R) of images
+    [n0, n1), with r0 = pr0*SH: exactly the rows that pooled rows
+    [pr0, pr1) read. The conv output is never written out: each pooled value
+    is max(window) + bias (then max(0, .) with ``relu``; ReLU commutes with
+    max). bias: float (OC,). Writes pooled rows [pr0, pr1) of images
+    [n0, n1) of out: float (N*OC*PH*PW,) and argmax: int32 (same), the
+    position oh*OW + ow of each window's first maximum in its whole conv plane.
     """
-    y4 = yblock.reshape((OC, n1 - n0, OH, OW))
+    y4 = yblock.reshape((OC, n1 - n0, R, OW))
     o3 = out.reshape((-1, OC, PH * PW))
     a3 = argmax.reshape((-1, OC, PH * PW))
+    lo, hi = pr0 * PW, pr1 * PW
+    shift = r0 * OW
     for oc in range(OC):
         b = bias[oc]
         for n in range(n0, n1):
-            dst = o3[n, oc]
-            pool_plane(y4[oc, n - n0], KH, KW, SH, SW, PH, PW, dst, a3[n, oc])
-            for j in range(PH * PW):
+            dst = o3[n, oc, lo:hi]
+            pos = a3[n, oc, lo:hi]
+            pool_plane(y4[oc, n - n0], KH, KW, SH, SW, pr1 - pr0, PW, dst, pos)
+            for j in range(hi - lo):
+                pos[j] += shift
                 v = dst[j] + b
                 if relu and v < 0:
                     dst[j] = 0
@@ -188,18 +202,21 @@ def block_to_pooled(yblock, bias, OC, OH, OW, n0, n1, relu, KH, KW, SH, SW, PH, 
 
 
 @helper
-def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
+def pooled_to_block(dy, out, argmax, OC, BP, PP, n0, n1, shift, lo, hi, relu, dyblock, dbias):
     """Backward of ``block_to_pooled``: route pooled gradients to the GEMM layout.
 
     dy, out: float (N*OC*PP,) (gradient at, and value of, the pooled output);
-    argmax: int32 from forward. Each gradient goes to its window's maximum,
-    and with ``relu`` only where the output is > 0. Writes dyblock: float
-    (OC*(n1-n0)*P,) as (OC, n1-n0, P); adds the block's sums to dbias: float (OC,).
+    argmax: int32 from forward. The block holds BP conv outputs per image
+    plane, starting at plane position ``shift`` (r0*OW), and pooled outputs
+    [lo, hi) of each plane route into it. Each gradient goes to its window's
+    maximum, and with ``relu`` only where the output is > 0. Writes dyblock:
+    float (OC*(n1-n0)*BP,) as (OC, n1-n0, BP); adds the block's sums to
+    dbias: float (OC,).
     """
     d3 = dy.reshape((-1, OC, PP))
     o3 = out.reshape((-1, OC, PP))
     a3 = argmax.reshape((-1, OC, PP))
-    m3 = dyblock.reshape((OC, n1 - n0, P))
+    m3 = dyblock.reshape((OC, n1 - n0, BP))
     for oc in range(OC):
         acc = 0.0
         for n in range(n0, n1):
@@ -208,9 +225,9 @@ def pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyblock, dbias):
             g = d3[n, oc]
             o = o3[n, oc]
             pos = a3[n, oc]
-            for j in range(PP):
+            for j in range(lo, hi):
                 if not relu or o[j] > 0:
-                    dst[pos[j]] += g[j]
+                    dst[pos[j] - shift] += g[j]
                     acc += g[j]
         dbias[oc] += acc
 
@@ -238,7 +255,9 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
 
     bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
-    blocks: int64 (B, 4) rows (n0, n1, r0, r1). x: float (N*C*H*W,); weight
+    blocks: int64 (B, 6) rows (n0, n1, r0, r1, pr0, pr1): conv rows
+    [r0, r1) of images [n0, n1) and, under a fused pool, the pooled rows
+    [pr0, pr1) they feed. x: float (N*C*H*W,); weight
     (OC*C*KH*KW,); bias (OC,). cols, yblock: float workspaces (parts, >= K*L)
     and (parts, >= OC*L) for the largest block. Without ``pooled`` writes
     out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
@@ -251,13 +270,14 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     for part in prange(bounds.size - 1):
         cbuf, ybuf = cols[part], yblock[part]
         for b in range(bounds[part], bounds[part + 1]):
-            n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+            n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
+                                        blocks[b, 4], blocks[b, 5])
             L = (n1 - n0) * (r1 - r0) * OW
             im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
             gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
             if pooled:
-                block_to_pooled(ybuf[:OC * L], bias, OC, OH, OW, n0, n1, relu, PKH, PKW, PSH, PSW, POH,
-                                POW, out, argmax)
+                block_to_pooled(ybuf[:OC * L], bias, OC, r1 - r0, OW, n0, n1, r0, pr0, pr1, relu,
+                                PKH, PKW, PSH, PSW, POH, POW, out, argmax)
             else:
                 block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
     blas_threads_restore(blas, old)
@@ -265,12 +285,13 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
 
 @kernel
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
-                  OH, OW, relu, pooled, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight,
+                  OH, OW, relu, pooled, POW, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight,
                   dbias, slice_cols, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
-    ``pooled``, planes of PP values, with argmax from forward); with ``relu``, passed only where
+    ``pooled``, planes of PP values in rows of POW, with argmax from forward);
+    with ``relu``, passed only where
     out > 0. Writes dweight (OC*K,) and dbias (OC,), summed from per-part
     partials dw_parts (parts, OC*K) and db_parts (parts, OC); with
     ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so col2im's
@@ -289,11 +310,13 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
         if need_dx:
             dx[blocks[first, 0] * C * H * W:blocks[last - 1, 1] * C * H * W] = 0
         for b in range(first, last):
-            n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+            n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
+                                        blocks[b, 4], blocks[b, 5])
             L = (n1 - n0) * (r1 - r0) * OW
             im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
             if pooled:
-                pooled_to_block(dy, out, argmax, OC, P, PP, n0, n1, relu, dyb[:OC * L], dbp)
+                pooled_to_block(dy, out, argmax, OC, (r1 - r0) * OW, PP, n0, n1, r0 * OW, pr0 * POW,
+                                pr1 * POW, relu, dyb[:OC * L], dbp)
             else:
                 nchw_to_block(dy, out, OC, P, OW, n0, n1, r0, r1, relu, dyb, dbp)
             # dW (OC, K) += dyblock (OC, L) @ cols^T (L, K)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ._jit import kernel, prange
-from .activation import row_max_expsum
+from .activation import row_shifted_exp
 
 
 @kernel
@@ -17,10 +17,10 @@ def softmax_cross_entropy(z, labels, N, K, losses, dz):
     """
     for n in prange(N):
         r = n * K
-        m, s = row_max_expsum(z, r, K)
+        m, s = row_shifted_exp(z, r, K, dz)
         lab = labels[n]
         losses[n] = m + np.log(s) - z[r + lab]
         scale = 1.0 / (s * N)
         for k in range(K):
-            dz[r + k] = np.exp(z[r + k] - m) * scale
+            dz[r + k] *= scale
         dz[r + lab] -= 1.0 / N

@@ -61,7 +61,7 @@ class Conv2D(Layer):
         self.bias = Parameter("bias", np.zeros(out_channels, self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
-        self._plan_key = self._plan_value = None
+        self._plans = {}
         self.unfuse()
 
     def unfuse(self):
@@ -113,50 +113,72 @@ class Conv2D(Layer):
                                  kernel_shape=list(self.kernel_size), strides=list(self.stride),
                                  pads=[ph, pw, ph, pw])]
 
-    def _blocks(self, start, stop, oh, ow, k):
-        """Blocks (n0, n1, r0, r1) covering images [start, stop), and the most columns in one.
+    def _row_runs(self, oh, rows):
+        """Runs of output rows (r0, r1, pr0, pr1) covering one image, of at most
+        ``rows`` rows each (at least one pooled row's worth under a fused
+        max-pool, whose runs start at a window's first row and end at its
+        last: conv rows [r0, r1) feed exactly pooled rows [pr0, pr1))."""
+        pool = self.fused_pool
+        if pool is None:
+            return [(r, min(oh, r + rows), 0, 0) for r in range(0, oh, rows)]
+        (pkh, _), (psh, _) = pool.kernel_size, pool.stride
+        poh = (oh - pkh) // psh + 1
+        step = max(1, (rows - pkh) // psh + 1)  # pooled rows per run
+        return [(p0 * psh, (min(poh, p0 + step) - 1) * psh + pkh, p0, min(poh, p0 + step))
+                for p0 in range(0, poh, step)]
+
+    def _blocks(self, start, stop, oh, ow, k, chunks=1):
+        """Blocks (n0, n1, r0, r1, pr0, pr1) covering images [start, stop).
 
         Whole images are grouped while their cols and GEMM output (K + OC
         rows) fit BLOCK_BYTES, and while their GEMM fits SMALL_GEMM_MACS if one
-        image's does. A larger image is cut into runs of output rows, except
-        under a fused max-pool, whose windows need whole planes.
+        image's does. A larger image, or one to be cut into at least
+        ``chunks`` pieces, is cut into runs of output rows (``_row_runs``).
         """
         row_bytes = (k + self.out_channels) * ow * self.dtype.itemsize
-        if row_bytes * oh <= BLOCK_BYTES or self.fused_pool is not None:
-            per = max(1, BLOCK_BYTES // (row_bytes * oh))
-            image_macs = self.out_channels * k * oh * ow
-            if image_macs <= SMALL_GEMM_MACS:
-                per = min(per, SMALL_GEMM_MACS // image_macs)
-            blocks = [(a, min(stop, a + per), 0, oh) for a in range(start, stop, per)]
-            return blocks, min(per, stop - start) * oh * ow
         rows = max(1, BLOCK_BYTES // row_bytes)
-        blocks = [(n, n + 1, r, min(oh, r + rows)) for n in range(start, stop)
-                  for r in range(0, oh, rows)]
-        return blocks, min(rows, oh) * ow
+        if chunks > 1:
+            rows = min(rows, -(-oh // chunks))
+        if rows < oh:
+            runs = self._row_runs(oh, rows)
+            return [(n, n + 1, *run) for n in range(start, stop) for run in runs]
+        per = max(1, BLOCK_BYTES // (row_bytes * oh))
+        image_macs = self.out_channels * k * oh * ow
+        if image_macs <= SMALL_GEMM_MACS:
+            per = min(per, SMALL_GEMM_MACS // image_macs)
+        (whole,) = self._row_runs(oh, oh)
+        return [(a, min(stop, a + per), *whole) for a in range(start, stop, per)]
 
-    def _plan(self, n, oh, ow, k):
+    def _plan(self, n, oh, ow, k, share_images):
         """(bounds, blocks, most): the kernels' work split for a batch of ``n``.
 
-        The batch is cut into parts of whole images, one per thread, as many
-        as the work pays for (``parts_for``); part p walks
-        blocks[bounds[p]:bounds[p+1]] (int64 (B, 4) rows n0, n1, r0, r1);
-        ``most`` is the largest block's column count, which sizes the
-        workspaces. Kept per batch shape: a training loop plans once.
+        The batch is cut into parts, one per thread, as many as the work pays
+        for (``parts_for``); part p walks blocks[bounds[p]:bounds[p+1]]
+        (int64 (B, 6), see ``_blocks``); ``most`` is the largest block's
+        column count, which sizes the workspaces. Parts own whole images,
+        except with ``share_images`` (forward only: backward's col2im must
+        not add into one image from two threads), where a batch smaller than
+        the thread count is cut into row runs so that one image uses every
+        thread. Kept per batch shape: a training loop plans once.
         """
         # + 10 per output: the output moves' share of the work
-        parts = parts_for(n * oh * ow * self.out_channels * (k + 10), n)
-        key = (n, oh, ow, k, parts, self.fused_pool is not None, BLOCK_BYTES,
+        work = n * oh * ow * self.out_channels * (k + 10)
+        parts = parts_for(work, n * (oh if share_images else 1))
+        key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, BLOCK_BYTES,
                SMALL_GEMM_MACS)
-        if self._plan_key != key:
-            blocks, bounds, most = [], [0], 1
-            for start, stop in split(n, parts):
-                part_blocks, part_most = self._blocks(start, stop, oh, ow, k)
-                blocks += part_blocks
-                bounds.append(len(blocks))
-                most = max(most, part_most)
-            self._plan_key = key
-            self._plan_value = (np.array(bounds, np.int64), np.array(blocks, np.int64), most)
-        return self._plan_value
+        if key not in self._plans:
+            if parts > n:
+                blocks = self._blocks(0, n, oh, ow, k, chunks=-(-parts // n))
+                parts = min(parts, len(blocks))
+                bounds = [0] + [stop for _, stop in split(len(blocks), parts)]
+            else:
+                blocks, bounds = [], [0]
+                for start, stop in split(n, parts):
+                    blocks += self._blocks(start, stop, oh, ow, k)
+                    bounds.append(len(blocks))
+            most = max((n1 - n0) * (r1 - r0) * ow for n0, n1, r0, r1, _, _ in blocks)
+            self._plans[key] = (np.array(bounds, np.int64), np.array(blocks, np.int64), most)
+        return self._plans[key]
 
     def _slice_cols(self, k):
         """Columns per GEMM slice: SMALL_GEMM_MACS worth (at least one)."""
@@ -185,7 +207,7 @@ class Conv2D(Layer):
             out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
             argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
             pool_args = (*pool.kernel_size, *pool.stride, poh, pow_)
-        bounds, blocks, most = self._plan(n, oh, ow, k)
+        bounds, blocks, most = self._plan(n, oh, ow, k, share_images=not training)
         parts = len(bounds) - 1
         cols = self._buffer("cols", (parts, k * most), self.dtype)
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
@@ -205,13 +227,13 @@ class Conv2D(Layer):
         geometry = self._geometry(x)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
         oc, k = self.out_channels, c * kh * kw
-        bounds, blocks, most = self._plan(n, oh, ow, k)
+        bounds, blocks, most = self._plan(n, oh, ow, k, share_images=False)
         parts = len(bounds) - 1
         dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
         conv_backward.run(
             parts > 1, bounds, blocks, x.reshape(-1), dy.reshape(-1), out.reshape(-1),
             argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, self.fused_relu,
-            self.fused_pool is not None, out[0, 0].size,
+            self.fused_pool is not None, out.shape[3], out[0, 0].size,
             self._buffer("cols", (parts, k * most), self.dtype),
             self._buffer("dyblock", (parts, oc * most), self.dtype),
             self._buffer("dw", (parts, oc * k), self.dtype),
