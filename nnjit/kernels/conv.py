@@ -264,70 +264,88 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW. GEMMs
     run in column slices of about ``slice_cols`` (see ``gemm_in_slices``).
     """
+    old = blas_threads_to_one(blas)
+    # A part's work is a helper call: the parallel and serial twins share its
+    # one compilation, and Numba's parallel lowering only sees this loop.
+    for part in prange(bounds.size - 1):
+        conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W, KH,
+                          KW, SH, SW, PH, PW, OH, OW, relu, pooled, PKH, PKW, PSH, PSW, POH, POW,
+                          cols[part], yblock[part], out, argmax, slice_cols, blas)
+    blas_threads_restore(blas, old)
+
+
+@helper
+def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH,
+                      OW, relu, pooled, PKH, PKW, PSH, PSW, POH, POW, cbuf, ybuf, out, argmax,
+                      slice_cols, blas):
+    """``conv_forward`` over blocks[first:last], with one part's workspaces cbuf and ybuf."""
     OC = bias.size
     K = C * KH * KW
-    old = blas_threads_to_one(blas)
-    for part in prange(bounds.size - 1):
-        cbuf, ybuf = cols[part], yblock[part]
-        for b in range(bounds[part], bounds[part + 1]):
-            n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
-                                        blocks[b, 4], blocks[b, 5])
-            L = (n1 - n0) * (r1 - r0) * OW
-            im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
-            gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
-            if pooled:
-                block_to_pooled(ybuf[:OC * L], bias, OC, r1 - r0, OW, n0, n1, r0, pr0, pr1, relu,
-                                PKH, PKW, PSH, PSW, POH, POW, out, argmax)
-            else:
-                block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
-    blas_threads_restore(blas, old)
+    for b in range(first, last):
+        n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
+                                    blocks[b, 4], blocks[b, 5])
+        L = (n1 - n0) * (r1 - r0) * OW
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
+        gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
+        if pooled:
+            block_to_pooled(ybuf[:OC * L], bias, OC, r1 - r0, OW, n0, n1, r0, pr0, pr1, relu,
+                            PKH, PKW, PSH, PSW, POH, POW, out, argmax)
+        else:
+            block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
 
 
 @kernel
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
-                  OH, OW, relu, pooled, POW, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight,
-                  dbias, slice_cols, blas):
+                  OH, OW, relu, pooled, POW, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx,
+                  dweight, dbias, slice_cols, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
     ``pooled``, planes of PP values in rows of POW, with argmax from forward);
-    with ``relu``, passed only where
-    out > 0. Writes dweight (OC*K,) and dbias (OC,), summed from per-part
-    partials dw_parts (parts, OC*K) and db_parts (parts, OC); with
-    ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so col2im's
-    overlapping adds never race.
+    with ``relu``, passed only where out > 0. Writes dweight (OC*K,) and
+    dbias (OC,), summed from per-part partials dw_parts (parts, OC*K) and
+    db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole
+    images, so col2im's overlapping adds never race.
     """
-    OC = dbias.size
-    K = C * KH * KW
-    P = OH * OW
     old = blas_threads_to_one(blas)
     for part in prange(bounds.size - 1):
-        cbuf, dyb = cols[part], dyblock[part]
-        dwp, dbp = dw_parts[part], db_parts[part]
-        dwp[:] = 0
-        dbp[:] = 0
-        first, last = bounds[part], bounds[part + 1]
-        if need_dx:
-            dx[blocks[first, 0] * C * H * W:blocks[last - 1, 1] * C * H * W] = 0
-        for b in range(first, last):
-            n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
-                                        blocks[b, 4], blocks[b, 5])
-            L = (n1 - n0) * (r1 - r0) * OW
-            im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
-            if pooled:
-                pooled_to_block(dy, out, argmax, OC, (r1 - r0) * OW, PP, n0, n1, r0 * OW, pr0 * POW,
-                                pr1 * POW, relu, dyb[:OC * L], dbp)
-            else:
-                nchw_to_block(dy, out, OC, P, OW, n0, n1, r0, r1, relu, dyb, dbp)
-            # dW (OC, K) += dyblock (OC, L) @ cols^T (L, K)
-            gemm(blas, NO_TRANS, TRANS, OC, K, L, 1.0, dyb, L, cbuf, L, 1.0, dwp, K)
-            if need_dx:
-                # cols is spent once this block's dW is known: reuse it for dcols (K, L).
-                gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
-                col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx)
+        conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
+                           H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, POW, PP,
+                           cols[part], dyblock[part], dw_parts[part], db_parts[part], need_dx,
+                           dx, slice_cols, blas)
     dweight[:] = dw_parts[0]
     dbias[:] = db_parts[0]
     for part in range(1, bounds.size - 1):
         dweight += dw_parts[part]
         dbias += db_parts[part]
     blas_threads_restore(blas, old)
+
+
+@helper
+def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
+                       PH, PW, OH, OW, relu, pooled, POW, PP, cbuf, dyb, dwp, dbp, need_dx, dx,
+                       slice_cols, blas):
+    """``conv_backward`` over blocks[first:last] (whole images), with one part's
+    workspaces; writes that part's partial sums dwp (OC*K,) and dbp (OC,)."""
+    OC = dbp.size
+    K = C * KH * KW
+    dwp[:] = 0
+    dbp[:] = 0
+    if need_dx:
+        dx[blocks[first, 0] * C * H * W:blocks[last - 1, 1] * C * H * W] = 0
+    for b in range(first, last):
+        n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
+                                    blocks[b, 4], blocks[b, 5])
+        L = (n1 - n0) * (r1 - r0) * OW
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
+        if pooled:
+            pooled_to_block(dy, out, argmax, OC, (r1 - r0) * OW, PP, n0, n1, r0 * OW, pr0 * POW,
+                            pr1 * POW, relu, dyb[:OC * L], dbp)
+        else:
+            nchw_to_block(dy, out, OC, OH * OW, OW, n0, n1, r0, r1, relu, dyb, dbp)
+        # dW (OC, K) += dyblock (OC, L) @ cols^T (L, K)
+        gemm(blas, NO_TRANS, TRANS, OC, K, L, 1.0, dyb, L, cbuf, L, 1.0, dwp, K)
+        if need_dx:
+            # cols is spent once this block's dW is known: reuse it for dcols (K, L).
+            gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
+            col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx)

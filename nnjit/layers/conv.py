@@ -167,6 +167,8 @@ class Conv2D(Layer):
         key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, BLOCK_BYTES,
                SMALL_GEMM_MACS)
         if key not in self._plans:
+            if len(self._plans) >= 16:  # many batch sizes (e.g. predict on varied inputs)
+                self._plans.clear()
             if parts > n:
                 blocks = self._blocks(0, n, oh, ow, k, chunks=-(-parts // n))
                 parts = min(parts, len(blocks))
