@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+# ruff: noqa: E402  (the imports below follow the --import-order choice)
 IMPORT_ORDERS = ("numpy-first", "nnjit-first")
 # Read before the imports it decides: "--import-order X" or "--import-order=X".
 _order_args = [a.split("=", 1)[-1] if "=" in a else b for a, b in zip(sys.argv, sys.argv[1:] + [""])
@@ -497,8 +498,6 @@ def main(argv=None):
     nnjit.set_num_threads(args.threads)
     peers, notes = start_peers(args)
     peak = matmul_peak(args.threads)
-    setup = (f"{args.threads} threads, import order {IMPORT_ORDER}, Numba threading layer "
-             f"{numba.config.THREADING_LAYER}, GEMM: {blas_description()}")
     try:
         with console.status("measuring..."):
             rows = measure(args, peers)
@@ -507,6 +506,8 @@ def main(argv=None):
     finally:
         for peer in peers.values():
             peer.close()
+    setup = (f"{args.threads} threads, import order {IMPORT_ORDER}, Numba threading layer "
+             f"{numba.threading_layer()}, GEMM: {blas_description()}")
     result = {"setup": setup, "threads": args.threads, "import_order": IMPORT_ORDER,
               "peers": notes, "matmul_peak_gflops": peak, "figures": rows,
               "startup_seconds": startup, "peak_rss_mb_60k_epoch": memory[0] if memory else None}

@@ -132,7 +132,8 @@ BLAS_POOL_SCRIPT = textwrap.dedent("""
             model.forward(x); model.backward(y); opt.step()
         model.predict(x)
     after = blas_threads()
-    print(len(pool_threads), cpu_ticks(pool_threads) - ticks, all(after[k] == v for k, v in before.items()), before)
+    kept = all(after[k] == v for k, v in before.items())
+    print(len(pool_threads), cpu_ticks(pool_threads) - ticks, kept, before)
 """)
 
 

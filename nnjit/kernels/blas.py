@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 
 import numpy as np
 from llvmlite import ir
@@ -75,6 +76,9 @@ def blas_handle() -> np.ndarray:
             continue
         if found[SGEMM]:
             return np.array(found, dtype=np.int64)
+    warnings.warn("nnjit found no CBLAS gemm in the BLAS libraries numpy loaded; its matrix "
+                  "products fall back to a plain loop, which is much slower", RuntimeWarning,
+                  stacklevel=2)
     return np.zeros(5, dtype=np.int64)
 
 

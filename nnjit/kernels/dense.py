@@ -9,10 +9,10 @@ from .blas import NO_TRANS, TRANS, blas_threads_restore, blas_threads_to_one, ge
 
 
 @kernel
-def dense_forward(x, weight, bias, N, I, F, relu, parts, out, blas):
+def dense_forward(x, weight, bias, N, IN, F, relu, parts, out, blas):
     """out = x @ weight^T + bias, then max(0, .) when ``relu`` (a fused ReLU).
 
-    x: float (N*I,) as (N, I); weight: (F*I,) as (F, I); bias: (F,). Writes
+    x: float (N*IN,) as (N, IN); weight: (F*IN,) as (F, IN); bias: (F,). Writes
     out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts).
     """
     old = blas_threads_to_one(blas)
@@ -20,7 +20,7 @@ def dense_forward(x, weight, bias, N, I, F, relu, parts, out, blas):
         n0, n1 = p * N // parts, (p + 1) * N // parts
         if n1 == n0:
             continue
-        gemm(blas, NO_TRANS, TRANS, n1 - n0, F, I, 1.0, x[n0 * I:], I, weight, I, 0.0,
+        gemm(blas, NO_TRANS, TRANS, n1 - n0, F, IN, 1.0, x[n0 * IN:], IN, weight, IN, 0.0,
              out[n0 * F:], F)
         for n in range(n0, n1):
             row = out[n * F:(n + 1) * F]
@@ -34,14 +34,14 @@ def dense_forward(x, weight, bias, N, I, F, relu, parts, out, blas):
 
 
 @kernel
-def dense_backward(x, out, dy, weight, N, I, F, relu, parts, need_dx, masked, dweight, dbias,
+def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, dweight, dbias,
                    dx, blas):
     """Gradients of ``dense_forward``.
 
-    x: float (N*I,) the forward input; out: (N*F,) its output; dy: (N*F,)
+    x: float (N*IN,) the forward input; out: (N*F,) its output; dy: (N*F,)
     the gradient at out. With ``relu``, dy counts only where out > 0 (masked
-    into masked: (N*F,), a workspace). Writes dweight: (F*I,) = dy^T x,
-    dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*I,) = dy W.
+    into masked: (N*F,), a workspace). Writes dweight: (F*IN,) = dy^T x,
+    dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*IN,) = dy W.
     Parts own features (for dweight, dbias) and rows (for dx).
     """
     old = blas_threads_to_one(blas)
@@ -57,9 +57,9 @@ def dense_backward(x, out, dy, weight, N, I, F, relu, parts, need_dx, masked, dw
     for p in prange(parts):
         f0, f1 = p * F // parts, (p + 1) * F // parts
         if f1 > f0:
-            # dweight rows [f0, f1): (f1-f0, I) = g[:, f0:f1]^T @ x
-            gemm(blas, TRANS, NO_TRANS, f1 - f0, I, N, 1.0, g[f0:], F, x, I, 0.0,
-                 dweight[f0 * I:], I)
+            # dweight rows [f0, f1): (f1-f0, IN) = g[:, f0:f1]^T @ x
+            gemm(blas, TRANS, NO_TRANS, f1 - f0, IN, N, 1.0, g[f0:], F, x, IN, 0.0,
+                 dweight[f0 * IN:], IN)
             for f in range(f0, f1):
                 acc = 0.0
                 for n in range(N):
@@ -67,6 +67,6 @@ def dense_backward(x, out, dy, weight, N, I, F, relu, parts, need_dx, masked, dw
                 dbias[f] = acc
         n0, n1 = p * N // parts, (p + 1) * N // parts
         if need_dx and n1 > n0:
-            gemm(blas, NO_TRANS, NO_TRANS, n1 - n0, I, F, 1.0, g[n0 * F:], F, weight, I, 0.0,
-                 dx[n0 * I:], I)
+            gemm(blas, NO_TRANS, NO_TRANS, n1 - n0, IN, F, 1.0, g[n0 * F:], F, weight, IN, 0.0,
+                 dx[n0 * IN:], IN)
     blas_threads_restore(blas, old)
