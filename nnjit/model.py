@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
@@ -83,12 +84,13 @@ class Sequential:
 
     # -- computing ---------------------------------------------------------
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for i, layer in enumerate(self.layers):
-            if i in self._fused:
-                continue
-            if isinstance(layer, Softmax) and layer is self.layers[-1]:
-                self._logits = x
-            x = layer.forward(x, training)
+        with single_threaded_blas:  # once for all layers (each kernel call re-enters cheaply)
+            for i, layer in enumerate(self.layers):
+                if i in self._fused:
+                    continue
+                if isinstance(layer, Softmax) and layer is self.layers[-1]:
+                    self._logits = x
+                x = layer.forward(x, training)
         if not isinstance(self.layers[-1], Softmax):
             self._logits = x
         return x
@@ -115,9 +117,10 @@ class Sequential:
         loss, dy = softmax_cross_entropy(self._logits, labels)
         self._logits = None
         end = len(self.layers) - 1 if isinstance(self.layers[-1], Softmax) else len(self.layers)
-        for i in range(end - 1, self._first_trainable - 1, -1):
-            if i not in self._fused:
-                dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
+        with single_threaded_blas:
+            for i in range(end - 1, self._first_trainable - 1, -1):
+                if i not in self._fused:
+                    dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
         return loss
 
     def _batches(self, x, batch_size):

@@ -150,3 +150,36 @@ def test_training_never_wakes_the_blas_thread_pool(first, tmp_path):
         assert int(pool_size) >= 1, "numpy's BLAS started no thread pool: nothing to check"
     assert int(pool_ticks) <= 2, f"BLAS pool threads ran {pool_ticks} ticks during nnjit training"
     assert count_kept == "True", f"BLAS thread count changed from {counts}"
+
+
+def test_threads_running_models_at_once_leave_the_blas_thread_count_as_it_was():
+    """Each kernel sets BLAS to one thread and the last one out restores it: two
+    threads predicting at once must never restore a count the other set."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def counts():
+        return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    before = counts()
+    assert max(before.values()) > 1, "BLAS is single-threaded: nothing to check"
+    models = [build_model(preset, seed=0) for preset in ("cnn", "mlp", "cnn", "mlp")]
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    errors = []
+
+    def predict_many(model):
+        try:
+            for _ in range(30):
+                model.predict(x)
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=predict_many, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    after = counts()
+    assert all(after[k] == v for k, v in before.items()), (before, after)

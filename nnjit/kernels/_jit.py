@@ -24,6 +24,8 @@ import types
 
 from numba import njit, prange
 
+from .blas import single_threaded_blas
+
 #: Below this many elements in its first array, a parallel kernel runs its
 #: serial compilation instead: waking the sleeping pool (~40 us) would cost
 #: more than the work it splits.
@@ -54,10 +56,11 @@ class Kernel:
     call, as much as a small kernel's work.
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, blas=False):
         self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
                             njit(**_OPTIONS)(_renamed(fn, "_serial")))
         self._parallel, self._serial = self.dispatchers
+        self.blas = blas
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -65,7 +68,11 @@ class Kernel:
 
     def run(self, parallel: bool, *args):
         """Call the parallel compilation or the serial twin, as the caller decided."""
-        return (self._parallel if parallel and parallel_allowed else self._serial)(*args)
+        dispatcher = self._parallel if parallel and parallel_allowed else self._serial
+        if not self.blas:
+            return dispatcher(*args)
+        with single_threaded_blas:
+            return dispatcher(*args)
 
 
 def _renamed(fn, suffix):
@@ -83,10 +90,13 @@ def helper(fn):
     return njit(**_OPTIONS)(fn)
 
 
-def kernel(fn):
+def kernel(fn=None, *, blas=False):
     """Compile ``fn`` as a parallel nnjit kernel with a serial twin (lazily, on
-    first call; cached on disk)."""
-    return Kernel(fn)
+    first call; cached on disk). ``@kernel(blas=True)`` marks one that calls
+    BLAS: it runs with BLAS at one thread (``nnjit.kernels.blas``)."""
+    if fn is None:
+        return lambda f: Kernel(f, blas)
+    return Kernel(fn, blas)
 
 
 __all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW"]

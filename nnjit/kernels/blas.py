@@ -2,7 +2,7 @@
 
 nnjit runs every matrix product inside its own parallel kernels: each
 ``prange`` iteration calls the BLAS ``gemm`` on its part of the work, with
-BLAS set to one thread for the duration of the kernel. So nnjit never wakes
+BLAS set to one thread while the kernel runs (``single_threaded_blas``). So nnjit never wakes
 the BLAS library's own thread pool, and its speed does not depend on how that
 pool was configured when the user's first ``import numpy`` loaded it
 (``OPENBLAS_NUM_THREADS``, ``OPENBLAS_THREAD_TIMEOUT``): an OpenBLAS pool left
@@ -17,14 +17,15 @@ compiled kernels hold no process-specific pointer and stay cacheable on disk.
 
 Handle layout: ``[sgemm, dgemm, ilp64, set_num_threads, get_num_threads]``;
 an address of 0 means "not available": without a usable ``gemm`` the kernels
-fall back to a plain loop (correct, slow), without the thread functions they
-call BLAS as it is configured (MKL, for one, runs single-threaded inside an
+fall back to a plain loop (correct, slow), without the thread functions BLAS
+runs as it is configured (MKL, for one, runs single-threaded inside an
 OpenMP parallel region by itself).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import warnings
 
 import numpy as np
@@ -137,34 +138,48 @@ _cblas_gemm64 = _cblas_gemm_intrinsic(64)
 _cblas_gemm32 = _cblas_gemm_intrinsic(32)
 
 
-@intrinsic
-def _call_int_int(typingctx, address, value):
-    """int f(int) at ``address`` (OpenBLAS's set/get thread-count functions)."""
-    sig = types.int64(address, value)
+class SingleThreadedBlas:
+    """Context manager: BLAS at one thread while any nnjit kernel that calls it runs.
 
-    def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
-        fn = builder.inttoptr(args[0], ir.FunctionType(i32, [i32]).as_pointer())
-        return builder.sext(builder.call(fn, [builder.trunc(args[1], i32)]), ir.IntType(64))
+    Process-wide and re-entrant: the first thread to enter saves BLAS's
+    thread count and sets it to 1, the last one to leave restores it (a lock
+    and a depth count, so threads running nnjit at once never restore a
+    count another set). The user's own numpy calls made meanwhile, from other
+    threads, also run single-threaded. ~1 us per outermost use.
+    """
 
-    return sig, codegen
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = 0
+        self._functions = None
+
+    def _get_set(self):
+        if self._functions is None:
+            handle = blas_handle()
+            self._functions = (
+                ctypes.CFUNCTYPE(ctypes.c_int)(int(handle[GET_THREADS])),
+                ctypes.CFUNCTYPE(None, ctypes.c_int)(int(handle[SET_THREADS]))
+            ) if handle[GET_THREADS] and handle[SET_THREADS] else ()
+        return self._functions
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0 and self._get_set():
+                get, set_ = self._functions
+                self._saved = get()
+                set_(1)
+            self._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._functions:
+                self._functions[1](self._saved)
 
 
-@njit(cache=True, inline="always")
-def blas_threads_to_one(blas):
-    """Set BLAS to one thread; returns the count to restore (0: not controlled)."""
-    if blas[SET_THREADS] == 0 or blas[GET_THREADS] == 0:
-        return 0
-    old = _call_int_int(blas[GET_THREADS], 0)
-    _call_int_int(blas[SET_THREADS], 1)
-    return old
-
-
-@njit(cache=True, inline="always")
-def blas_threads_restore(blas, old):
-    """Undo :func:`blas_threads_to_one`."""
-    if old > 0:
-        _call_int_int(blas[SET_THREADS], old)
+#: The one instance every kernel call and model pass goes through.
+single_threaded_blas = SingleThreadedBlas()
 
 
 @njit(cache=True)

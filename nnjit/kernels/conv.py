@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
-from .blas import NO_TRANS, TRANS, blas_threads_restore, blas_threads_to_one, gemm
+from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
 
 U = np.uint64
@@ -248,7 +248,7 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
         gemm(blas, trans_a, NO_TRANS, M, width, K, 1.0, a, lda, b[start:], L, 0.0, c[start:], L)
 
 
-@kernel
+@kernel(blas=True)
 def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
                  pooled, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax, slice_cols,
                  blas):
@@ -264,14 +264,12 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW. GEMMs
     run in column slices of about ``slice_cols`` (see ``gemm_in_slices``).
     """
-    old = blas_threads_to_one(blas)
     # A part's work is a helper call: the parallel and serial twins share its
     # one compilation, and Numba's parallel lowering only sees this loop.
     for part in prange(bounds.size - 1):
         conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W, KH,
                           KW, SH, SW, PH, PW, OH, OW, relu, pooled, PKH, PKW, PSH, PSW, POH, POW,
                           cols[part], yblock[part], out, argmax, slice_cols, blas)
-    blas_threads_restore(blas, old)
 
 
 @helper
@@ -294,7 +292,7 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
             block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
 
 
-@kernel
+@kernel(blas=True)
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
                   OH, OW, relu, pooled, POW, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx,
                   dweight, dbias, slice_cols, blas):
@@ -307,7 +305,6 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole
     images, so col2im's overlapping adds never race.
     """
-    old = blas_threads_to_one(blas)
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, POW, PP,
@@ -318,7 +315,6 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     for part in range(1, bounds.size - 1):
         dweight += dw_parts[part]
         dbias += db_parts[part]
-    blas_threads_restore(blas, old)
 
 
 @helper

@@ -5,17 +5,16 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 ``nnjit.kernels.blas``).
 """
 from ._jit import kernel, prange
-from .blas import NO_TRANS, TRANS, blas_threads_restore, blas_threads_to_one, gemm
+from .blas import NO_TRANS, TRANS, gemm
 
 
-@kernel
+@kernel(blas=True)
 def dense_forward(x, weight, bias, N, IN, F, relu, parts, out, blas):
     """out = x @ weight^T + bias, then max(0, .) when ``relu`` (a fused ReLU).
 
     x: float (N*IN,) as (N, IN); weight: (F*IN,) as (F, IN); bias: (F,). Writes
     out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts).
     """
-    old = blas_threads_to_one(blas)
     for p in prange(parts):
         n0, n1 = p * N // parts, (p + 1) * N // parts
         if n1 == n0:
@@ -30,10 +29,9 @@ def dense_forward(x, weight, bias, N, IN, F, relu, parts, out, blas):
                     row[f] = 0
                 else:
                     row[f] = v
-    blas_threads_restore(blas, old)
 
 
-@kernel
+@kernel(blas=True)
 def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, dweight, dbias,
                    dx, blas):
     """Gradients of ``dense_forward``.
@@ -44,7 +42,6 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, d
     dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*IN,) = dy W.
     Parts own features (for dweight, dbias) and rows (for dx).
     """
-    old = blas_threads_to_one(blas)
     g = dy
     if relu:
         for p in prange(parts):
@@ -69,4 +66,3 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, d
         if need_dx and n1 > n0:
             gemm(blas, NO_TRANS, NO_TRANS, n1 - n0, IN, F, 1.0, g[n0 * F:], F, weight, IN, 0.0,
                  dx[n0 * IN:], IN)
-    blas_threads_restore(blas, old)
