@@ -153,8 +153,8 @@ def test_training_never_wakes_the_blas_thread_pool(first, tmp_path):
 
 
 def test_threads_running_models_at_once_leave_the_blas_thread_count_as_it_was():
-    """Each kernel sets BLAS to one thread and the last one out restores it: two
-    threads predicting at once must never restore a count the other set."""
+    """A model pass sets BLAS to one thread and restores it after: threads
+    predicting at once must never restore a count another one set."""
     import threading
 
     from threadpoolctl import threadpool_info

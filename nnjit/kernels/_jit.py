@@ -4,19 +4,19 @@ Every kernel is compiled lazily (on first call) and cached on disk next to
 its module (``cache=True``). ``@kernel`` is parallel over its ``prange``
 loops, with a serial twin for small inputs; ``@helper`` compiles a serial
 function that kernels call. All release the GIL (``nogil``).
-
-GNU OpenMP (Numba's ``omp`` threading layer here) cannot run a parallel
-region in a process forked from one that already ran one: it aborts. So in a
-forked child every kernel runs its serial twin (correct, on one thread).
 ``fastmath`` stays off: softmax, log and max-pooling rely on IEEE inf/nan
 semantics, and the kernels are memory-bound where fastmath would matter.
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops
 vectorise.
 
+GNU OpenMP (Numba's ``omp`` threading layer here) cannot run a parallel
+region in a process forked from one that already ran one: it aborts. So in a
+forked child every kernel runs its serial twin (correct, on one thread).
+
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
-inlines a helper from another module (``pool_plane``, ``row_shifted_exp``, ``gemm``)
-is not recompiled when only the helper changes. After editing such a helper,
-delete ``nnjit/kernels/__pycache__``.
+calls a helper from another module (``pool_plane``, ``row_shifted_exp``,
+``gemm``) is not recompiled when only the helper changes. After editing such
+a helper, delete ``nnjit/kernels/__pycache__``.
 """
 import functools
 import os
@@ -27,8 +27,9 @@ from numba import njit, prange
 from .blas import single_threaded_blas
 
 #: Below this many elements in its first array, a parallel kernel runs its
-#: serial compilation instead: waking the sleeping pool (~40 us) would cost
-#: more than the work it splits.
+#: serial compilation instead: handing work to the pool (~2 us while its
+#: threads still spin after a kernel, ~140 us once they sleep, after ~10 ms
+#: idle) would cost more than the work it splits.
 SERIAL_BELOW = 1 << 17
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
