@@ -6,10 +6,10 @@ scripts and every notebook kernel do (``--import-order nnjit-first`` for the
 other order). Every throughput is timed in alternation with the peers (nnjit
 block, PyTorch block, ONNX Runtime block, repeated; medians reported),
 because these machines are noisy: compare the ratios, not absolute times
-across runs. PyTorch runs in a process of its own (its OpenMP threads spin
-after each op and would take cores from nnjit's in one process); ONNX
-Runtime runs nnjit's own ONNX export in this process, as a user deploying
-the model would.
+across runs. Each peer runs in a process of its own (their thread pools
+spin after each op and would take cores from the next side's block in a
+shared process); ONNX Runtime runs nnjit's own ONNX export, as a user
+deploying the model would.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ _order_args = [a.split("=", 1)[-1] if "=" in a else b for a, b in zip(sys.argv, 
                if a.startswith("--import-order")]
 IMPORT_ORDER = _order_args[-1] if _order_args and _order_args[-1] in IMPORT_ORDERS else IMPORT_ORDERS[0]
 
-if "--torch-peer" in sys.argv:
-    import torch  # noqa: F401
+if "--peer" in sys.argv and "torch" in sys.argv:
+    import torch  # noqa: F401  (the peer process: torch loads first, as in its users' scripts)
 if IMPORT_ORDER == "numpy-first":
     import numpy as np  # noqa: I001  (the user's order: numpy, then nnjit)
     import nnjit
@@ -71,8 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of a one-epoch cnn run on 60k Fashion-MNIST images")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--torch-peer", action="store_true",
-                   help=argparse.SUPPRESS)  # internal: this process serves as the PyTorch peer
+    p.add_argument("--peer", choices=PEERS,
+                   help=argparse.SUPPRESS)  # internal: this process serves as that peer
     return p.parse_args(argv)
 
 
@@ -279,12 +279,34 @@ def time_case(fn, case, calls: int) -> float:
     return statistics.median(_time(fn) for _ in range(calls))
 
 
-class TorchPeer:
-    """PyTorch in a process of its own, timing cases on request (JSON lines on stdin/stdout)."""
+def ort_case(case, threads: int):
+    """A function running ``case`` (inference) in ONNX Runtime on nnjit's own export."""
+    import onnxruntime as ort
 
-    def __init__(self, threads: int):
+    model, shape = model_for(case[1])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(to_onnx(model, shape).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    x, _ = case_data(case)
+    return lambda: session.run(None, {"input": x})
+
+
+#: Peer name -> (module it runs, what the report calls it).
+PEERS = {"torch": ("torch", "PyTorch"), "ort": ("onnxruntime", "ONNX Runtime")}
+
+
+class Peer:
+    """A peer library in a process of its own, timing cases on request (JSON lines
+    on stdin/stdout). Own processes, because every runtime here keeps threads
+    spinning after its work (OpenMP's, ONNX Runtime's pool), which would take
+    cores from the next side's block in a shared process."""
+
+    def __init__(self, name: str, threads: int):
+        self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--torch-peer", "--threads", str(threads)],
+            [sys.executable, __file__, "--peer", name, "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = self._ask({"op": "version"})
 
@@ -293,7 +315,8 @@ class TorchPeer:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the PyTorch peer process stopped (exit code {self.proc.wait()})")
+            raise RuntimeError(f"the {PEERS[self.name][1]} process stopped "
+                               f"(exit code {self.proc.wait()})")
         return json.loads(line)
 
     def time(self, case, calls: int) -> float:
@@ -304,46 +327,21 @@ class TorchPeer:
         self.proc.wait()
 
 
-class OrtPeer:
-    """ONNX Runtime (CPU provider) in this process, running nnjit's own ONNX export."""
-
-    def __init__(self, threads: int):
-        import onnxruntime as ort
-
-        self.ort, self.threads, self.version = ort, threads, ort.__version__
-        self.sessions = {}
-
-    def time(self, case, calls: int) -> float:
-        key = json.dumps(case)
-        if key not in self.sessions:
-            model, shape = model_for(case[1])
-            options = self.ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            session = self.ort.InferenceSession(to_onnx(model, shape).SerializeToString(), options,
-                                                providers=["CPUExecutionProvider"])
-            x, _ = case_data(case)
-            self.sessions[key] = lambda: session.run(None, {"input": x})
-        return time_case(self.sessions[key], case, calls)
-
-    def close(self):
-        self.sessions.clear()
-
-
-def serve_torch_peer(threads: int) -> None:
-    """The peer's loop: answer each request line with one JSON line."""
-    import torch
-
-    torch.set_num_threads(threads)
+def serve_peer(name: str, threads: int) -> None:
+    """The peer process's loop: answer each request line with one JSON line."""
+    module = importlib.import_module(PEERS[name][0])
+    if name == "torch":
+        module.set_num_threads(threads)
     built = {}
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "version":
-            answer = torch.__version__
+            answer = module.__version__
         else:
             key = json.dumps(request["case"])
             if key not in built:
-                built[key] = torch_case(request["case"])
+                built[key] = (torch_case(request["case"]) if name == "torch"
+                              else ort_case(request["case"], threads))
             answer = time_case(built[key], request["case"], request["calls"])
         print(json.dumps(answer), flush=True)
 
@@ -420,15 +418,13 @@ def figure(name, unit, values, flops_per_image, lower_is_better=False):
     row = {"figure": name, "unit": unit, "nnjit": values["nnjit"]}
     if flops_per_image:
         row["nnjit_gflops"] = values["nnjit"] * flops_per_image / 1e9
-    for peer in PEER_NAMES:
+    for peer in PEERS:
         row[peer] = values.get(peer)
         if row[peer]:
             row[f"ratio_{peer}"] = (row[peer] / row["nnjit"] if lower_is_better
                                     else row["nnjit"] / row[peer])
     return row
 
-
-PEER_NAMES = {"torch": "PyTorch", "ort": "ONNX Runtime"}
 
 
 def measure_startup():
@@ -467,33 +463,28 @@ def measure_memory():
 
 
 def start_peers(args) -> tuple[dict, list[str]]:
-    """The peers that can run here (name -> peer), and a line saying what each is or why not."""
+    """The peers that can run here (name -> Peer), and a line saying what each is or why not."""
     peers, notes = {}, []
-    if args.no_torch:
-        notes.append("PyTorch: --no-torch given")
-    elif importlib.util.find_spec("torch") is None:
-        notes.append("PyTorch: not installed (pip install torch==2.13.0 to compare)")
-    else:
-        try:
-            peers["torch"] = TorchPeer(args.threads)
-            notes.append(f"PyTorch {peers['torch'].version} (own process)")
-        except RuntimeError as err:  # its stderr, shown above, says why
-            notes.append(f"PyTorch did not start: {err}")
-    if args.no_onnxruntime:
-        notes.append("ONNX Runtime: --no-onnxruntime given")
-    elif importlib.util.find_spec("onnxruntime") is None:
-        notes.append("ONNX Runtime: not installed (pip install onnxruntime to compare)")
-    else:
-        peers["ort"] = OrtPeer(args.threads)
-        notes.append(f"ONNX Runtime {peers['ort'].version} (CPU provider, this process, "
-                     "nnjit's ONNX export)")
+    for name, (module, label) in PEERS.items():
+        if getattr(args, f"no_{module}"):
+            notes.append(f"{label}: --no-{module} given")
+        elif importlib.util.find_spec(module) is None:
+            install = "torch==2.13.0" if name == "torch" else module
+            notes.append(f"{label}: not installed (pip install {install} to compare)")
+        else:
+            try:
+                peers[name] = Peer(name, args.threads)
+                notes.append(f"{label} {peers[name].version} (own process"
+                             + (", running nnjit's ONNX export)" if name == "ort" else ")"))
+            except RuntimeError as err:  # its stderr, shown above, says why
+                notes.append(f"{label} did not start: {err}")
     return peers, notes
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.torch_peer:
-        serve_torch_peer(args.threads)
+    if args.peer:
+        serve_peer(args.peer, args.threads)
         return
     nnjit.set_num_threads(args.threads)
     peers, notes = start_peers(args)
@@ -518,13 +509,13 @@ def main(argv=None):
     table.add_column("figure")
     for col in ("nnjit", "GFLOP/s (% peak)"):
         table.add_column(col, justify="right")
-    for peer in PEER_NAMES.values():
+    for _, peer in PEERS.values():
         table.add_column(peer, justify="right")
         table.add_column(f"nnjit vs {peer}", justify="right")
     for r in rows:
         gf = f"{r['nnjit_gflops']:.1f} ({100 * r['nnjit_gflops'] / peak:.0f}%)" if "nnjit_gflops" in r else ""
         cells = [r["figure"], f"{r['nnjit']:,.0f} {r['unit']}", gf]
-        for peer in PEER_NAMES:
+        for peer in PEERS:
             cells.append(f"{r[peer]:,.0f} {r['unit']}" if r[peer] else "-")
             cells.append(f"{r[f'ratio_{peer}']:.2f}x" if r.get(f"ratio_{peer}") else "-")
         table.add_row(*cells)

@@ -130,3 +130,28 @@ def test_inference_cuts_small_batches_into_row_runs_for_every_thread(pool, n, bl
     np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-5)
     bounds, blocks, _ = conv._plans[next(k for k in conv._plans if k[5])]  # the inference plan
     assert len(bounds) - 1 == min(get_num_threads(), 2 if n == 1 else n)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_dense_in_row_chunks_matches_numpy(relu, rng):
+    """A batch larger than one small GEMM (SMALL_GEMM_MACS) runs in row chunks,
+    forward and input gradient; against plain numpy."""
+    from nnjit import Sequential
+    from nnjit.kernels.blas import SMALL_GEMM_MACS
+
+    layers = [Dense(300, 40)] + ([ReLU()] if relu else [])
+    model = Sequential(layers, seed=1)
+    dense = layers[0]
+    n = 3 * dense._chunk_rows(1) + 5
+    assert dense._chunk_rows(n) * 300 * 40 <= SMALL_GEMM_MACS < n * 300 * 40
+    x = rng.normal(size=(n, 300)).astype(np.float32)
+    dy = rng.normal(size=(n, 40)).astype(np.float32)
+    y = x @ dense.weight.value.T + dense.bias.value
+    if relu:
+        y = np.maximum(y, 0)
+    np.testing.assert_allclose(model.layers[0].forward(x), y, rtol=1e-4, atol=1e-4)
+    g = dy * (y > 0) if relu else dy
+    dx = dense.backward(dy)
+    np.testing.assert_allclose(dx, g @ dense.weight.value, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dense.weight.grad, g.T @ x, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dense.bias.grad, g.sum(axis=0), rtol=1e-4, atol=1e-4)

@@ -9,18 +9,19 @@ from .blas import NO_TRANS, TRANS, gemm
 
 
 @kernel(blas=True)
-def dense_forward(x, weight, bias, N, IN, F, relu, parts, out, blas):
+def dense_forward(x, weight, bias, N, IN, F, relu, parts, chunk, out, blas):
     """out = x @ weight^T + bias, then max(0, .) when ``relu`` (a fused ReLU).
 
     x: float (N*IN,) as (N, IN); weight: (F*IN,) as (F, IN); bias: (F,). Writes
-    out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts).
+    out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts),
+    in GEMMs of at most ``chunk`` rows.
     """
     for p in prange(parts):
         n0, n1 = p * N // parts, (p + 1) * N // parts
-        if n1 == n0:
-            continue
-        gemm(blas, NO_TRANS, TRANS, n1 - n0, F, IN, 1.0, x[n0 * IN:], IN, weight, IN, 0.0,
-             out[n0 * F:], F)
+        for r in range(n0, n1, chunk):
+            rows = min(chunk, n1 - r)
+            gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, x[r * IN:], IN, weight, IN, 0.0,
+                 out[r * F:], F)
         for n in range(n0, n1):
             row = out[n * F:(n + 1) * F]
             for f in range(F):
@@ -32,15 +33,16 @@ def dense_forward(x, weight, bias, N, IN, F, relu, parts, out, blas):
 
 
 @kernel(blas=True)
-def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, dweight, dbias,
-                   dx, blas):
+def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, masked, dweight,
+                   dbias, dx, blas):
     """Gradients of ``dense_forward``.
 
     x: float (N*IN,) the forward input; out: (N*F,) its output; dy: (N*F,)
     the gradient at out. With ``relu``, dy counts only where out > 0 (masked
     into masked: (N*F,), a workspace). Writes dweight: (F*IN,) = dy^T x,
-    dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*IN,) = dy W.
-    Parts own features (for dweight, dbias) and rows (for dx).
+    dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*IN,) = dy W,
+    in GEMMs of at most ``chunk`` rows. Parts own features (for dweight,
+    dbias) and rows (for dx).
     """
     g = dy
     if relu:
@@ -63,6 +65,8 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, need_dx, masked, d
                     acc += g[n * F + f]
                 dbias[f] = acc
         n0, n1 = p * N // parts, (p + 1) * N // parts
-        if need_dx and n1 > n0:
-            gemm(blas, NO_TRANS, NO_TRANS, n1 - n0, IN, F, 1.0, g[n0 * F:], F, weight, IN, 0.0,
-                 dx[n0 * IN:], IN)
+        if need_dx:
+            for r in range(n0, n1, chunk):
+                rows = min(chunk, n1 - r)
+                gemm(blas, NO_TRANS, NO_TRANS, rows, IN, F, 1.0, g[r * F:], F, weight, IN, 0.0,
+                     dx[r * IN:], IN)

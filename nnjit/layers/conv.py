@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.blas import blas_handle
+from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward
 from ..params import Parameter
 from ..threads import parts_for, split
@@ -12,7 +12,7 @@ from .base import Layer, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
 #: Most bytes of im2col columns plus GEMM output per block. Each thread
-#: unfolds a block, multiplies it in slices (see SMALL_GEMM_MACS) and moves
+#: unfolds a block, multiplies it in slices (see ``_slice_cols``) and moves
 #: the product out while the block is still in its core's L2 (1 MB here).
 #: Measured fwd+bwd at batch 64, 2 threads, GFLOP/s for 1 MB vs 4 MB blocks
 #: (medians of 5 interleaved rounds): 64->128 3x3 pad 1 on 8x8 127 vs 107,
@@ -21,14 +21,6 @@ from .pool import MaxPool2D
 #: and 256 KB slower. Tests lower it to force row blocks.
 BLOCK_BYTES = 1 << 20
 
-#: OpenBLAS multiplies matrices of up to 1e6 multiply-adds without packing its
-#: operands first, often much faster on one core: 107 vs 79 GFLOP/s for the
-#: 10->20 5x5 conv's forward GEMM in column slices of <= 200. So the forward
-#: and input-gradient GEMMs of larger blocks run in column slices of about
-#: this size, and blocks of small images hold no more. The weight
-#: gradient's GEMM, which reduces over the columns, is never sliced: that was
-#: slower (accumulating).
-SMALL_GEMM_MACS = 1_000_000
 
 
 class Conv2D(Layer):
@@ -183,7 +175,13 @@ class Conv2D(Layer):
         return self._plans[key]
 
     def _slice_cols(self, k):
-        """Columns per GEMM slice: SMALL_GEMM_MACS worth (at least one)."""
+        """Columns per GEMM slice: SMALL_GEMM_MACS worth (at least one).
+
+        The forward and input-gradient GEMMs of a block run in such slices,
+        and blocks of small images hold no more (``_blocks``): 107 vs 79
+        GFLOP/s for the 10->20 5x5 conv's forward GEMM. The weight gradient's
+        GEMM, which reduces over the columns, is never sliced: that was
+        slower (accumulating)."""
         return max(1, SMALL_GEMM_MACS // (self.out_channels * k))
 
     def _geometry(self, x):
