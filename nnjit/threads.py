@@ -34,6 +34,8 @@ def get_num_threads() -> int:
 def parts_for(work: int, most: int) -> int:
     """How many threads a kernel of ``work`` multiply-adds should split into
     (at most ``most``, the count of independent pieces it has)."""
+    if work < 2 * WORK_PER_PART or most < 2:  # one part: skip asking Numba (~1 us)
+        return 1
     return max(1, min(get_num_threads(), work // WORK_PER_PART, most))
 
 
