@@ -107,7 +107,7 @@ def _time(fn) -> float:
 
 
 # -- the measured cases, built alike in both processes -------------------------
-# A case is a JSON-able list: ["train", model, batch], ["infer", model],
+# A case is a JSON-able list: ["train", model, batch], ["infer", model, calls],
 # ["latency", model], ["conv", n, size, with_backward]. Every side builds the
 # same model (nnjit's, seed 0; PyTorch's copies its weights, ONNX Runtime runs
 # its export) and the same data.
@@ -148,6 +148,13 @@ def settle() -> None:
 def conv_calls(n: int, size: int) -> int:
     """Conv calls per timed block for a (n, 10, size, size) input."""
     return max(1, CONV_PIXELS // (n * size * size))
+
+
+def infer_calls(flops_per_image: float) -> int:
+    """Batch-1000 predict calls per timed block: ~20 GFLOP, so that a block lasts
+    0.1-0.2 s on every model (one mlp call is ~1.5 ms, shorter than waking the
+    threads after the pause before each block)."""
+    return max(1, round(2e10 / (1000 * flops_per_image)))
 
 
 def train_steps(batch: int) -> int:
@@ -197,6 +204,8 @@ def nnjit_case(case):
                 model.backward(y)
                 opt.step()
         return steps
+    if case[0] == "infer":
+        return lambda: [model.predict(x, batch_size=len(x)) for _ in range(case[2])]
     return lambda: model.predict(x, batch_size=len(x))
 
 
@@ -266,7 +275,8 @@ def torch_case(case):
 
     def infer():
         with torch.inference_mode():
-            twin(tx)
+            for _ in range(case[2] if case[0] == "infer" else 1):
+                twin(tx)
     return infer
 
 
@@ -290,7 +300,8 @@ def ort_case(case, threads: int):
     session = ort.InferenceSession(to_onnx(model, shape).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     x, _ = case_data(case)
-    return lambda: session.run(None, {"input": x})
+    calls = case[2] if case[0] == "infer" else 1
+    return lambda: [session.run(None, {"input": x}) for _ in range(calls)]
 
 
 #: Peer name -> (module it runs, what the report calls it).
@@ -394,8 +405,9 @@ def measure(args, peers) -> list[dict]:
             continue
         name = f"{model_name} inference, batch 1000"
         if wanted(name):
-            t = interleaved(["infer", model_name], peers, args)
-            add(name, "img/s", {k: 1000 / v for k, v in t.items()}, fwd)
+            calls = infer_calls(fwd)
+            t = interleaved(["infer", model_name, calls], peers, args)
+            add(name, "img/s", {k: 1000 * calls / v for k, v in t.items()}, fwd)
         name = f"{model_name} single-image latency"
         if wanted(name):
             t = interleaved(["latency", model_name], peers, args)
