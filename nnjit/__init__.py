@@ -9,7 +9,8 @@ numpy configured its BLAS thread pool does not matter.
 from .layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, ReLU, Softmax
 from .losses import softmax_cross_entropy
 from .model import Sequential
-from .optim import SGD, Adam, Momentum, Optimizer
+from .checkpoint import load_checkpoint, save_checkpoint
+from .optim import SGD, Adam, AdamW, Momentum, Optimizer
 from .params import Parameter
 from .threads import get_num_threads, set_num_threads
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sequential", "Conv2D", "MaxPool2D", "Flatten", "Dense", "ReLU", "Softmax", "Layer",
-    "SGD", "Momentum", "Adam", "Optimizer", "Parameter", "softmax_cross_entropy",
+    "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
+    "save_checkpoint", "load_checkpoint",
     "set_num_threads", "get_num_threads", "__version__",
 ]

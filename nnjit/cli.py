@@ -44,15 +44,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
+def _float_at_least(text: str, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        wanted = "a positive number" if positive else "a number >= 0"
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    return _float_at_least(text, positive=True)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    return _float_at_least(text, positive=False)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

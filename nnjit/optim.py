@@ -1,4 +1,4 @@
-"""Optimizers: SGD, Momentum and Adam over one flat parameter buffer.
+"""Optimizers: SGD, Momentum, Adam and AdamW over one flat parameter buffer.
 
 The base class owns the parameters, ``zero_grad`` and ``step``; a subclass
 only says how to update (``_update``) and which state it keeps. Every
@@ -22,6 +22,12 @@ OPTIMIZER_TYPES: dict[str, type["Optimizer"]] = {}
 def _positive(value, name):
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _non_negative(value, name):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
 
 
@@ -85,40 +91,56 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Plain stochastic gradient descent.
+    """Plain stochastic gradient descent, with PyTorch's (coupled) L2 weight decay.
 
-    for each parameter p with gradient g:  p <- p - lr * g
+    for each parameter p with gradient g:  p <- p - lr * (g + weight_decay * p)
     """
 
+    def __init__(self, params, lr, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "weight_decay": self.weight_decay}
+
     def _update(self):
-        sgd_step(self.flat.values, self.flat.grads, self.lr)
+        sgd_step(self.flat.values, self.flat.grads, self.lr, self.weight_decay)
 
 
 class Momentum(Optimizer):
     """SGD with momentum, PyTorch's convention (velocity accumulates raw gradients).
 
+    g <- g + weight_decay * p
     v <- momentum * v + g
-    p <- p - lr * v
-    (v starts at 0, so the first step equals plain SGD.)
+    p <- p - lr * v                      (nesterov: p <- p - lr * (g + momentum * v))
+    (v starts at 0, so the first plain step equals SGD.)
     """
 
     state_names = ("velocity",)
 
-    def __init__(self, params, lr, momentum=0.9):
+    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
         self.momentum = _fraction(momentum, "momentum")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
+        if not isinstance(nesterov, bool):
+            raise ValueError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.nesterov = nesterov
 
     def hyperparameters(self):
-        return {"lr": self.lr, "momentum": self.momentum}
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
 
     def _update(self):
         momentum_step(self.flat.values, self.flat.grads, self.state["velocity"],
-                      self.lr, self.momentum)
+                      self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba 2015; PyTorch's formulation).
 
+    g <- g + weight_decay * p            (coupled L2, as PyTorch's Adam)
     t <- t + 1
     m <- b1 m + (1 - b1) g
     v <- b2 v + (1 - b2) g^2
@@ -126,21 +148,38 @@ class Adam(Optimizer):
     """
 
     state_names = ("m", "v")
+    #: AdamW decays the weights themselves instead of adding to the gradient.
+    decoupled = False
 
-    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {betas!r}")
         self.betas = (_fraction(betas[0], "betas[0]"), _fraction(betas[1], "betas[1]"))
         self.eps = _positive(eps, "eps")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
 
     def hyperparameters(self):
-        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps}
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
     def _update(self):
         b1, b2 = self.betas
         adam_step(self.flat.values, self.flat.grads, self.state["m"], self.state["v"],
-                  self.lr, b1, b2, self.eps, 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps)
+                  self.lr, b1, b2, self.eps, 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps,
+                  self.weight_decay, self.decoupled)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019; PyTorch's AdamW and defaults).
+
+    p <- p * (1 - lr * weight_decay), then Adam's step (without decay in g).
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -150,3 +189,21 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     """
     t = min(step, total_steps) / max(total_steps, 1)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def one_cycle_lr(max_lr: float, step: int, total_steps: int, warmup: float = 0.3,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4) -> float:
+    """One-cycle schedule (Smith & Topin; PyTorch's OneCycleLR, cosine annealing, lr only).
+
+    Rises from max_lr / div_factor to max_lr over the first ``warmup`` fraction
+    of the steps, then falls to max_lr / (div_factor * final_div_factor) by
+    ``total_steps``, both along half a cosine; held at the end past it.
+    """
+    start, end = max_lr / div_factor, max_lr / (div_factor * final_div_factor)
+    peak = max(1.0, warmup * total_steps)
+    step = min(step, total_steps)
+    if step <= peak:
+        lo, hi, t = start, max_lr, step / peak
+    else:
+        lo, hi, t = max_lr, end, (step - peak) / max(1.0, total_steps - peak)
+    return hi + (lo - hi) * 0.5 * (1.0 + math.cos(math.pi * t))

@@ -16,15 +16,15 @@ from rich.table import Table
 
 import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, positive_float,
-                       positive_int, run)
+from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, non_negative_float,
+                       positive_float, positive_int, run)
 from nnjit.data import DATASETS, NORMALISATION, DataError, load_dataset, to_float
-from nnjit.optim import OPTIMIZER_TYPES, cosine_lr
+from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
 from nnjit.spec import SPEC_HELP, build_model
 from nnjit.trainer import LossLog, Trainer
 
-OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam"}
+OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam", "adamw": "AdamW"}
 DEFAULT_LR = 0.05
 # Defaults chosen on the real MNIST test set (first 8,000 images train, last 2,000 evaluate,
 # 3 epochs): momentum 0.9, lr 0.05, batch 32, cosine decay reached 98.2-98.6% over seeds 0-2,
@@ -37,6 +37,18 @@ examples:
   python scripts/train.py --dataset mnist --train-data-dir ../shared/data/mnist --split-test 8000 --nb-epochs 3
   python scripts/train.py --resume checkpoints/latest.json --nb-epochs 10
 """
+
+
+def make_optimizer(args, model):
+    """The optimizer the flags ask for, over ``model``'s parameters."""
+    if args.nesterov and args.optimizer != "momentum":
+        raise ValueError("--nesterov needs --optimizer momentum")
+    kwargs = {"lr": args.learning_rate}
+    if args.weight_decay is not None:
+        kwargs["weight_decay"] = args.weight_decay
+    if args.optimizer == "momentum":
+        kwargs.update(momentum=0.9, nesterov=args.nesterov)
+    return OPTIMIZER_TYPES[OPTIMIZERS[args.optimizer]](model.parameters(), **kwargs)
 
 
 def parse_args(argv=None):
@@ -52,10 +64,18 @@ def parse_args(argv=None):
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--model", default="cnn", help=f"network: {SPEC_HELP}")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
-                   help="sgd, momentum (PyTorch's, 0.9) or adam (betas 0.9, 0.999)")
-    p.add_argument("--learning-rate", type=positive_float, default=DEFAULT_LR, help="step size")
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
-                   help="cosine: decay the learning rate to 0 over the --nb-epochs run; constant: keep it")
+                   help="sgd, momentum (PyTorch's, 0.9), adam (betas 0.9, 0.999) or adamw "
+                        "(Adam with decoupled weight decay, PyTorch's defaults)")
+    p.add_argument("--learning-rate", type=positive_float, default=DEFAULT_LR,
+                   help="step size (with onecycle: the peak)")
+    p.add_argument("--lr-schedule", choices=("cosine", "onecycle", "constant"), default="cosine",
+                   help="cosine: decay the learning rate to 0 over the --nb-epochs run; onecycle: "
+                        "warm up from lr/25 over the first 30%% of steps, then cosine down to "
+                        "lr/250000 (PyTorch's OneCycleLR); constant: keep it")
+    p.add_argument("--weight-decay", type=non_negative_float, default=None,
+                   help="L2 weight decay: added to the gradient for sgd, momentum and adam "
+                        "(PyTorch's), applied to the weights for adamw (default: 0, adamw 0.01)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (--optimizer momentum)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per optimizer step")
     p.add_argument("--nb-epochs", type=positive_int, default=5,
                    help="total epochs to reach (with --resume, counting the epochs already done)")
@@ -152,9 +172,7 @@ def main(argv=None):
         input_shape = (1,) + data.x_train.shape[1:]
         if not args.resume:
             model = build_model(args.model, input_shape, seed=args.seed)
-            opt_type = OPTIMIZER_TYPES[OPTIMIZERS[args.optimizer]]
-            opt = (opt_type(model.parameters(), lr=args.learning_rate, momentum=0.9)
-                   if args.optimizer == "momentum" else opt_type(model.parameters(), lr=args.learning_rate))
+            opt = make_optimizer(args, model)
         out_shape = model.summary(input_shape)[-1][1]
         if out_shape != (len(data.class_names),):
             fail(f"the model outputs shape {out_shape}, but {data.name} has "
@@ -168,8 +186,8 @@ def main(argv=None):
         fail(f"the checkpoint has already done {start_epoch} epochs; pass --nb-epochs above that")
     x_train, x_test = to_float(data.x_train), to_float(data.x_test)
     total_steps = args.nb_epochs * math.ceil(len(x_train) / args.batch_size)
-    lr_at = (lambda step: cosine_lr(args.learning_rate, step, total_steps)) \
-        if args.lr_schedule == "cosine" else None
+    schedule = {"cosine": cosine_lr, "onecycle": one_cycle_lr}.get(args.lr_schedule)
+    lr_at = (lambda step: schedule(args.learning_rate, step, total_steps)) if schedule else None
     trainer = Trainer(model, opt, args.batch_size, args.seed, lr_at)
     stop = StopFlag()
     if not quiet:

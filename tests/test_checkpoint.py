@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from nnjit import SGD, Adam, Momentum
+from nnjit import SGD, Adam, AdamW, Momentum
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.spec import build_model
 
@@ -22,7 +22,7 @@ def trained(spec="conv:4:3:2:1,relu,pool:2,dense:10,softmax", opt_type=Adam, ste
     return model, opt
 
 
-@pytest.mark.parametrize("opt_type", [SGD, Momentum, Adam])
+@pytest.mark.parametrize("opt_type", [SGD, Momentum, Adam, AdamW])
 def test_round_trip_is_bit_exact(tmp_path, opt_type, rng):
     model, opt = trained(opt_type=opt_type)
     save_checkpoint(model, tmp_path / "c.json", opt, epoch=2, class_names=list("0123456789"))
@@ -34,6 +34,7 @@ def test_round_trip_is_bit_exact(tmp_path, opt_type, rng):
     assert np.array_equal(model.predict(x), ckpt.model.predict(x))
     restored = ckpt.make_optimizer()
     assert type(restored) is opt_type and restored.steps == opt.steps
+    assert restored.hyperparameters() == opt.hyperparameters()
     for name in opt.state:
         assert np.array_equal(restored.state[name], opt.state[name])
     assert ckpt.metadata["epoch"] == 2 and "nnjit_version" in ckpt.metadata and "date" in ckpt.metadata
@@ -132,3 +133,16 @@ def test_killed_writer_leaves_the_old_file_intact(tmp_path):
     assert load_checkpoint(path).model.flat.values.size > 0
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "c.json"]
     assert all(name.endswith(".tmp") for name in leftovers)
+
+
+def test_checkpoints_from_before_weight_decay_still_load(tmp_path):
+    """Optimizer hyperparameters saved before weight_decay/nesterov existed: the defaults apply."""
+    model, opt = trained(opt_type=Momentum)
+    save_checkpoint(model, tmp_path / "c.json", opt)
+    doc = json.loads((tmp_path / "c.json").read_text())
+    hyper = doc["optimizer"]["hyperparameters"]
+    del hyper["weight_decay"], hyper["nesterov"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    restored = load_checkpoint(tmp_path / "old.json").make_optimizer()
+    assert restored.weight_decay == 0.0 and restored.nesterov is False
+    assert np.array_equal(restored.state["velocity"], opt.state["velocity"])

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from nnjit import SGD, Adam, Momentum, Parameter
+from nnjit import SGD, Adam, AdamW, Momentum, Parameter
+from nnjit.optim import one_cycle_lr
 
 
 def make_params():
@@ -47,15 +48,22 @@ def test_adam_first_step_by_hand():
 
 
 def numpy_reference(kind, value, grads, lr, **hp):
+    """PyTorch's update rules (torch.optim.SGD / Adam / AdamW), written out in float64."""
     value = value.astype(np.float64)
     m = np.zeros_like(value)
     v = np.zeros_like(value)
+    wd = hp.get("weight_decay", 0.0)
     for t, g in enumerate(grads, start=1):
+        g = g.astype(np.float64)
+        if kind == "adamw":
+            value = value * (1 - lr * wd)
+        else:
+            g = g + wd * value
         if kind == "sgd":
             value = value - lr * g
         elif kind == "momentum":
             m = hp["momentum"] * m + g
-            value = value - lr * m
+            value = value - lr * (g + hp["momentum"] * m if hp.get("nesterov") else m)
         else:
             b1, b2 = hp["betas"]
             m = b1 * m + (1 - b1) * g
@@ -66,8 +74,13 @@ def numpy_reference(kind, value, grads, lr, **hp):
 
 @pytest.mark.parametrize("kind,cls,hp", [
     ("sgd", SGD, {}),
+    ("sgd", SGD, {"weight_decay": 0.05}),
     ("momentum", Momentum, {"momentum": 0.9}),
+    ("momentum", Momentum, {"momentum": 0.9, "weight_decay": 5e-4}),
+    ("momentum", Momentum, {"momentum": 0.8, "weight_decay": 0.05, "nesterov": True}),
     ("adam", Adam, {"betas": (0.8, 0.99), "eps": 1e-6}),
+    ("adam", Adam, {"betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
+    ("adamw", AdamW, {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}),
 ])
 @pytest.mark.parametrize("lr", [0.01, 5.0])
 def test_optimizers_match_numpy_over_many_steps(kind, cls, hp, lr, rng):
@@ -80,8 +93,34 @@ def test_optimizers_match_numpy_over_many_steps(kind, cls, hp, lr, rng):
         assert not p.grad.any()
         p.grad[...] = g
         opt.step()
-    np.testing.assert_allclose(p.value, numpy_reference(kind, start, grads, lr, **hp),
-                               rtol=1e-5, atol=1e-5 * lr)
+    want = numpy_reference(kind, start, grads, lr, **hp)
+    np.testing.assert_allclose(p.value, want, rtol=1e-5, atol=1e-5 * lr * max(1, np.abs(want).max()))
+
+
+def test_adamw_defaults_are_pytorchs():
+    opt = AdamW(list(make_params()))
+    assert opt.hyperparameters() == {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8,
+                                     "weight_decay": 0.01}
+
+
+def test_nesterov_two_steps_by_hand():
+    a = Parameter("a", np.array([1.0], np.float32))
+    opt = Momentum([a], lr=0.1, momentum=0.5, nesterov=True)
+    a.grad[...] = 1.0
+    opt.step()  # v = 1; a -= 0.1 * (1 + 0.5 * 1) = 0.85
+    a.grad[...] = 2.0
+    opt.step()  # v = 0.5 + 2 = 2.5; a -= 0.1 * (2 + 1.25) = 0.525
+    np.testing.assert_allclose(a.value, [0.525], rtol=1e-6)
+
+
+def test_one_cycle_rises_then_falls():
+    lrs = [one_cycle_lr(0.05, t, 1000) for t in range(1001)]
+    assert lrs[0] == pytest.approx(0.05 / 25)
+    assert max(lrs) == pytest.approx(0.05) and int(np.argmax(lrs)) == 300
+    assert lrs[-1] == pytest.approx(0.05 / 25 / 1e4)
+    assert all(x <= y for x, y in zip(lrs[:300], lrs[1:301]))  # warm-up rises
+    assert all(x >= y for x, y in zip(lrs[300:], lrs[301:]))  # then only falls
+    assert one_cycle_lr(0.05, 2000, 1000) == lrs[-1]
 
 
 @pytest.mark.parametrize("make,match", [
@@ -90,6 +129,10 @@ def test_optimizers_match_numpy_over_many_steps(kind, cls, hp, lr, rng):
     (lambda p: Momentum(p, lr=0.1, momentum=1.0), "momentum"),
     (lambda p: Adam(p, lr=0.1, betas=(0.9,)), "betas"),
     (lambda p: SGD([], lr=0.1), "empty"),
+    (lambda p: SGD(p, lr=0.1, weight_decay=-1), "weight_decay"),
+    (lambda p: Momentum(p, lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
+    (lambda p: Momentum(p, lr=0.1, nesterov="yes"), "nesterov"),
+    (lambda p: AdamW(p, lr=0.1, weight_decay=float("nan")), "weight_decay"),
 ])
 def test_bad_hyperparameters_raise(make, match):
     with pytest.raises(ValueError, match=match):

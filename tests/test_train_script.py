@@ -184,3 +184,22 @@ def test_default_recipe_reaches_98_percent_on_real_mnist(mnist_test_set, tmp_pat
     assert proc.returncode == 0, proc.stderr
     accuracy = float(read_csv(tmp_path / "loss.csv")[-1][4])
     assert accuracy >= 0.98, f"test accuracy {accuracy:.4f}"
+
+
+@pytest.mark.parametrize("flags,name,hyper", [
+    (["--nesterov", "--weight-decay", "5e-4", "--lr-schedule", "onecycle"], "Momentum",
+     {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+    (["--optimizer", "adamw", "--learning-rate", "0.01"], "AdamW", {"weight_decay": 0.01}),
+    (["--optimizer", "sgd", "--weight-decay", "0.001"], "SGD", {"weight_decay": 0.001}),
+])
+def test_optimizer_flags_reach_the_optimizer_and_the_checkpoint(flags, name, hyper, tiny_data,
+                                                                 tmp_path):
+    ck = tmp_path / "ck"
+    proc = run("--train-data-dir", tiny_data, "--model", "mlp", "--nb-epochs", 2,
+               "--checkpoint-folder", ck, *flags)
+    assert proc.returncode == 0, proc.stderr
+    state = load_checkpoint(ck / "latest.json").optimizer_state
+    assert state["name"] == name
+    assert hyper.items() <= state["hyperparameters"].items()
+    rows = read_csv(ck / "loss.csv")
+    assert float(rows[-1][4]) > 0.9, rows  # still learns the easy blocks
