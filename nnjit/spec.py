@@ -4,6 +4,7 @@ A spec is comma-separated layers; channel and feature counts coming in are
 inferred from the input shape:
 
 - ``conv:OC:K[:S[:P]]``  Conv2D with OC output channels, kernel K, stride S, padding P
+  (P may be ``same``; ``conv:OC:K:same`` is stride 1 with "same" padding)
 - ``pool:K[:S]``         MaxPool2D
 - ``dense:N``            Dense with N outputs (a Flatten is inserted before it on image input)
 - ``relu``, ``flatten``, ``softmax``
@@ -18,7 +19,8 @@ PRESETS = {
     "mlp": "flatten,dense:128,relu,dense:10,softmax",
 }
 
-SPEC_HELP = ("conv:OC:K[:S[:P]], pool:K[:S], dense:N, relu, flatten, softmax "
+SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], dense:N, relu, "
+             "flatten, softmax "
              "(comma-separated), or a preset: " + ", ".join(PRESETS))
 
 
@@ -44,8 +46,12 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> 
         kind, *args = token.split(":")
         try:
             if kind == "conv":
-                oc, k, *rest = _ints(token, args, 2, 4)
+                same = args[-1:] == ["same"]
+                if same and len(args) == 3:  # conv:OC:K:same
+                    args = args[:2] + ["1"]
+                oc, k, *rest = _ints(token, args[:-1] if same else args, 2, 3 if same else 4)
                 stride, padding = (rest + [1, 0][len(rest):])[:2]  # defaults: stride 1, padding 0
+                padding = "same" if same else padding
                 new = [Conv2D(shape[0], oc, k, stride=stride, padding=padding)]
             elif kind == "pool":
                 k, *s = _ints(token, args, 1, 2)

@@ -146,3 +146,10 @@ def test_checkpoints_from_before_weight_decay_still_load(tmp_path):
     restored = load_checkpoint(tmp_path / "old.json").make_optimizer()
     assert restored.weight_decay == 0.0 and restored.nesterov is False
     assert np.array_equal(restored.state["velocity"], opt.state["velocity"])
+
+
+def test_same_padding_survives_a_round_trip(tmp_path):
+    model, opt = trained(spec="conv:4:3:same,relu,pool:2,dense:10,softmax", opt_type=SGD)
+    save_checkpoint(model, tmp_path / "c.json", opt)
+    conv = load_checkpoint(tmp_path / "c.json").model.layers[0]
+    assert conv.same_padding and conv.padding == (1, 1) and conv.config()["padding"] == "same"

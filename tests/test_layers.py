@@ -155,3 +155,24 @@ def test_dense_in_row_chunks_matches_numpy(relu, rng):
     np.testing.assert_allclose(dx, g @ dense.weight.value, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dense.weight.grad, g.T @ x, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(dense.bias.grad, g.sum(axis=0), rtol=1e-4, atol=1e-4)
+
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, (3, 5)])
+def test_same_padding_keeps_the_size_and_matches_reference(kernel, rng):
+    layer = Conv2D(2, 3, kernel, padding="same")
+    kh, kw = layer.kernel_size
+    assert layer.padding == (kh // 2, kw // 2)
+    layer.bias.value[...] = rng.normal(size=3)
+    x = rng.normal(size=(2, 2, 7, 6)).astype(np.float32)
+    got = layer.forward(x)
+    assert got.shape == (2, 3, 7, 6)
+    want = ref.conv2d(x, layer.weight.value, layer.bias.value, (1, 1), layer.padding)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [{"kernel_size": 2}, {"kernel_size": (3, 4)},
+                                    {"kernel_size": 3, "stride": 2}])
+def test_same_padding_needs_stride_1_and_odd_kernels(kwargs):
+    with pytest.raises(ValueError, match='padding="same" needs stride 1 and odd kernel sizes'):
+        Conv2D(1, 2, padding="same", **kwargs)

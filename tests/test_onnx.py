@@ -18,6 +18,7 @@ SPECS = [
     "mlp",
     "conv:6:3:2:1,relu,pool:3:2,conv:8:3:1:1,relu,dense:10,softmax",
     "conv:4:5:2:2,relu,pool:3:1,flatten,dense:32,relu,dense:10",
+    "conv:6:3:same,relu,pool:2,conv:8:5:1:same,relu,pool:2,dense:10,softmax",
     "non-square",
 ]
 

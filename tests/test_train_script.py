@@ -135,6 +135,10 @@ def mismatched(folder):
     (["--learning-rate", "0"], None, "positive number"),
     (["--model", "conv:8,relu"], None, "model spec"),
     (["--model", "dense:7,softmax"], None, "7"),
+    (["--model", "conv:8:4:same,relu,dense:10"], None, 'padding="same" needs stride 1 and odd'),
+    (["--model", "conv:8:3:2:same,dense:10"], None, 'padding="same" needs stride 1'),
+    (["--weight-decay", "-1"], None, "must be a number >= 0"),
+    (["--nesterov", "--optimizer", "adam"], None, "--nesterov needs --optimizer momentum"),
     (["--optimizer", "rmsprop"], None, "invalid choice"),
     (["--resume", "{tmp}/nope.json"], None, "cannot read"),
 ])

@@ -29,7 +29,9 @@ class Conv2D(Layer):
     Parameters
     ----------
     in_channels, out_channels : int
-    kernel_size, stride, padding : int or (h, w)
+    kernel_size, stride : int or (h, w)
+    padding : int or (h, w), "valid" (0) or "same" (PyTorch's: output as large
+        as the input; stride 1 and odd kernel sizes only)
     dtype : float32 (default) or float64 (for gradient checks)
 
     Shape
@@ -46,6 +48,14 @@ class Conv2D(Layer):
         self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = pair(stride, "stride", 1)
+        self.same_padding = isinstance(padding, str) and padding == "same"
+        if isinstance(padding, str) and padding == "valid":
+            padding = 0
+        if self.same_padding:
+            if self.stride != (1, 1) or min(k % 2 for k in self.kernel_size) == 0:
+                raise ValueError(f'padding="same" needs stride 1 and odd kernel sizes, got '
+                                 f"kernel_size {kernel_size!r}, stride {stride!r}")
+            padding = tuple(k // 2 for k in self.kernel_size)
         self.padding = pair(padding, "padding", 0)
         self.dtype = np.dtype(dtype)
         kh, kw = self.kernel_size
@@ -83,7 +93,7 @@ class Conv2D(Layer):
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding)}
+                "padding": "same" if self.same_padding else list(self.padding)}
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
