@@ -6,12 +6,14 @@ inferred from the input shape:
 - ``conv:OC:K[:S[:P]]``  Conv2D with OC output channels, kernel K, stride S, padding P
   (P may be ``same``; ``conv:OC:K:same`` is stride 1 with "same" padding)
 - ``pool:K[:S]``         MaxPool2D
+- ``avgpool:K[:S]``      AvgPool2D
+- ``gap``                GlobalAvgPool2D ((C, H, W) -> (C,): a dense may follow directly)
 - ``dense:N``            Dense with N outputs (a Flatten is inserted before it on image input)
 - ``relu``, ``flatten``, ``softmax``
 """
 from __future__ import annotations
 
-from .layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Softmax
 from .model import Sequential
 
 PRESETS = {
@@ -19,8 +21,8 @@ PRESETS = {
     "mlp": "flatten,dense:128,relu,dense:10,softmax",
 }
 
-SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], dense:N, relu, "
-             "flatten, softmax "
+SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], avgpool:K[:S], "
+             "gap, dense:N, relu, flatten, softmax "
              "(comma-separated), or a preset: " + ", ".join(PRESETS))
 
 
@@ -53,16 +55,17 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> 
                 stride, padding = (rest + [1, 0][len(rest):])[:2]  # defaults: stride 1, padding 0
                 padding = "same" if same else padding
                 new = [Conv2D(shape[0], oc, k, stride=stride, padding=padding)]
-            elif kind == "pool":
+            elif kind in ("pool", "avgpool"):
                 k, *s = _ints(token, args, 1, 2)
-                new = [MaxPool2D(k, s[0] if s else None)]
+                new = [(MaxPool2D if kind == "pool" else AvgPool2D)(k, s[0] if s else None)]
             elif kind == "dense":
                 (n,) = _ints(token, args, 1, 1)
                 new = [Flatten()] if len(shape) > 1 else []
                 flat = shape if not new else new[0].output_shape(shape)
                 new.append(Dense(flat[0], n))
-            elif kind in ("relu", "flatten", "softmax") and not args:
-                new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax}[kind]()]
+            elif kind in ("relu", "flatten", "softmax", "gap") and not args:
+                new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax,
+                        "gap": GlobalAvgPool2D}[kind]()]
             else:
                 raise ValueError(f"unknown layer {token!r}")
             for layer in new:

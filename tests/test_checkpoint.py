@@ -148,8 +148,13 @@ def test_checkpoints_from_before_weight_decay_still_load(tmp_path):
     assert np.array_equal(restored.state["velocity"], opt.state["velocity"])
 
 
-def test_same_padding_survives_a_round_trip(tmp_path):
-    model, opt = trained(spec="conv:4:3:same,relu,pool:2,dense:10,softmax", opt_type=SGD)
+def test_same_padding_and_average_pooling_survive_a_round_trip(tmp_path, rng):
+    spec = "conv:4:3:same,relu,avgpool:3:2,conv:6:3,relu,gap,dense:10,softmax"
+    model, opt = trained(spec=spec, opt_type=SGD)
     save_checkpoint(model, tmp_path / "c.json", opt)
-    conv = load_checkpoint(tmp_path / "c.json").model.layers[0]
+    loaded = load_checkpoint(tmp_path / "c.json").model
+    conv = loaded.layers[0]
     assert conv.same_padding and conv.padding == (1, 1) and conv.config()["padding"] == "same"
+    assert loaded.config() == model.config()
+    x = rng.random((3, 1, 28, 28), dtype=np.float32)
+    assert np.array_equal(loaded.predict(x), model.predict(x))

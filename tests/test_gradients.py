@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax, softmax_cross_entropy
+from nnjit import (AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Sequential,
+                   Softmax, softmax_cross_entropy)
 
 F64 = np.float64
 
@@ -57,6 +58,16 @@ def test_dense_gradients(rng):
     layer = Dense(7, 4, dtype=F64)
     layer.bias.value[...] = rng.normal(size=4)
     check_layer_gradients(layer, rng.normal(size=(3, 7)), rng)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: AvgPool2D(2), (2, 3, 6, 5)),
+    (lambda: AvgPool2D(3, 2), (2, 2, 7, 8)),  # overlapping windows
+    (lambda: AvgPool2D((2, 3), (1, 2)), (1, 2, 5, 7)),
+    (GlobalAvgPool2D, (3, 2, 4, 5)),
+])
+def test_average_pooling_gradients(make, shape, rng):
+    check_layer_gradients(make(), rng.normal(size=shape), rng)
 
 
 def test_relu_gradients(rng):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Softmax
+from nnjit import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Softmax
 
 CONV_CASES = [
     # (N, C, H, W, OC, kernel, stride, padding)
@@ -176,3 +176,38 @@ def test_same_padding_keeps_the_size_and_matches_reference(kernel, rng):
 def test_same_padding_needs_stride_1_and_odd_kernels(kwargs):
     with pytest.raises(ValueError, match='padding="same" needs stride 1 and odd kernel sizes'):
         Conv2D(1, 2, padding="same", **kwargs)
+
+
+
+@pytest.mark.parametrize("n,c,h,w,k,s", [(1, 1, 4, 4, 2, None), (3, 2, 7, 5, 2, None),
+                                         (3, 2, 7, 8, 3, 2), (1, 3, 6, 5, (2, 3), (1, 2))])
+def test_avgpool_forward_matches_reference(n, c, h, w, k, s, rng):
+    layer = AvgPool2D(k, s)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    got = layer.forward(x)
+    assert got.shape == (n, c) + layer.output_shape((c, h, w))[1:]
+    np.testing.assert_allclose(got, ref.avgpool2d(x, layer.kernel_size, layer.stride),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_global_avgpool_is_the_plane_mean_and_feeds_a_dense(rng):
+    x = rng.normal(size=(3, 4, 5, 7)).astype(np.float32)
+    layer = GlobalAvgPool2D()
+    assert layer.output_shape((4, 5, 7)) == (4,)
+    np.testing.assert_allclose(layer.forward(x), x.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+    from nnjit.spec import build_model
+    model = build_model("conv:4:3,relu,gap,dense:10,softmax", seed=0)
+    assert [type(layer).__name__ for layer in model.layers][-3:] == ["GlobalAvgPool2D", "Dense",
+                                                                     "Softmax"]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("conv:4:3,avgpool:0,dense:10", "avgpool"),
+    ("conv:4:3,gap:2,dense:10", "gap"),
+    ("conv:4:3,avgpool:30,dense:10", "does not fit"),
+    ("dense:10,gap", "GlobalAvgPool2D expects samples of shape"),
+])
+def test_bad_pooling_specs_get_one_clear_error(spec, match):
+    from nnjit.spec import build_model
+    with pytest.raises(ValueError, match=match):
+        build_model(spec)

@@ -10,8 +10,8 @@ import pytest
 
 import nnjit.kernels._jit as jit
 import nnjit.threads
-from nnjit import (Adam, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax,
-                   softmax_cross_entropy)
+from nnjit import (Adam, AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
+                   Sequential, Softmax, softmax_cross_entropy)
 from nnjit.spec import build_model
 from nnjit.threads import split
 
@@ -35,6 +35,8 @@ def serial_everywhere(monkeypatch, serial: bool):
     (lambda: MaxPool2D(2), (16, 4, 64, 64)),
     (lambda: Conv2D(4, 8, 3, padding=1), (6, 4, 20, 24)),
     (lambda: MaxPool2D(3, 2), (16, 4, 64, 64)),
+    (lambda: AvgPool2D(3, 2), (16, 4, 64, 64)),
+    (GlobalAvgPool2D, (16, 4, 64, 64)),
     (ReLU, (64, LARGE // 64)),
     (Softmax, (LARGE // 16, 16)),
     (lambda: Dense(64, LARGE // 256), (256, 64)),

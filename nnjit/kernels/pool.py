@@ -84,3 +84,41 @@ def maxpool_backward(dy, argmax, planes, H, W, OH, OW, dx):
         idx = a2[pl]
         for j in range(OH * OW):
             dst[idx[j]] += src[j]
+
+
+@kernel
+def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
+    """Average pooling without padding. x: float (planes*H*W,).
+    Writes out: float (planes*OH*OW,), each window's mean."""
+    x3 = x.reshape((planes, H, W))
+    o3 = out.reshape((planes, OH, OW))
+    scale = 1.0 / (KH * KW)
+    for pl in prange(planes):
+        plane = x3[pl]
+        for oh in range(OH):
+            for ow in range(OW):
+                acc = 0.0
+                for kh in range(KH):
+                    row = plane[oh * SH + kh]
+                    for kw in range(KW):
+                        acc += row[ow * SW + kw]
+                o3[pl, oh, ow] = acc * scale
+
+
+@kernel
+def avgpool_backward(dy, planes, H, W, KH, KW, SH, SW, OH, OW, dx):
+    """dy: float (planes*OH*OW,). Writes dx: float (planes*H*W,) (overwritten):
+    each output's gradient / (KH*KW) spread over its window, overlaps summed."""
+    d3 = dy.reshape((planes, OH, OW))
+    x3 = dx.reshape((planes, H, W))
+    scale = 1.0 / (KH * KW)
+    for pl in prange(planes):
+        dst = x3[pl]
+        dst[:] = 0
+        for oh in range(OH):
+            for ow in range(OW):
+                g = d3[pl, oh, ow] * scale
+                for kh in range(KH):
+                    row = dst[oh * SH + kh]
+                    for kw in range(KW):
+                        row[ow * SW + kw] += g
