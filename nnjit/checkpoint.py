@@ -8,6 +8,7 @@ Format (``"format": "nnjit-checkpoint"``, ``"version": 1``)::
                      "values": [...]}, ...],
      "optimizer": {"name": "Momentum", "hyperparameters": {...}, "steps": 375,
                    "state": {"velocity": [...]}} or null,
+     "layer_state": {"4": {"rng": {...}}},   (layers' extra state, e.g. Dropout's generator)
      "metadata": {"epoch": 3, "nnjit_version": "...", "date": "...", ...}}
 
 Values are plain JSON numbers, flattened in C order. Each float32 is written
@@ -107,7 +108,8 @@ def save_checkpoint(model: Sequential, path, optimizer: Optimizer | None = None,
     text = (f'{{"format": "{FORMAT}", "version": {VERSION},\n'
             f'"architecture": {json.dumps(model.config())},\n'
             f'"metadata": {json.dumps(meta, allow_nan=False)},\n'
-            f'"optimizer": {opt},\n"parameters": [\n{params}\n]}}\n')
+            f'"optimizer": {opt},\n"layer_state": {json.dumps(model.get_extra_state())},\n'
+            f'"parameters": [\n{params}\n]}}\n')
     atomic_write_text(path, text)
 
 
@@ -150,6 +152,7 @@ def load_checkpoint(path) -> Checkpoint:
     try:
         model = Sequential.from_config(doc["architecture"])
         _load_parameters(model, doc["parameters"])
+        model.set_extra_state(doc.get("layer_state") or {})  # absent before Dropout existed
         opt_state = _check_optimizer(doc.get("optimizer"), model)
         metadata = dict(doc.get("metadata") or {})
     except CheckpointError as err:

@@ -78,6 +78,19 @@ class Sequential:
                 raise ValueError(f"parameter {name!r} has shape {value.shape}, model expects {p.shape}")
             p.value[...] = value
 
+    def get_extra_state(self) -> dict[str, dict]:
+        """Layer index -> that layer's extra state (see Layer.get_extra_state), where any."""
+        return {str(i): state for i, layer in enumerate(self.layers)
+                if (state := layer.get_extra_state())}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore :meth:`get_extra_state` output; ValueError naming the layer that refuses it."""
+        for key, layer_state in state.items():
+            try:
+                self.layers[int(key)].set_extra_state(layer_state)
+            except (ValueError, TypeError, KeyError, IndexError) as err:
+                raise ValueError(f"extra state for layer {key}: {err!r}") from None
+
     @property
     def dtype(self) -> np.dtype:
         return self.flat.values.dtype if self.flat is not None else np.dtype(np.float32)

@@ -8,12 +8,14 @@ inferred from the input shape:
 - ``pool:K[:S]``         MaxPool2D
 - ``avgpool:K[:S]``      AvgPool2D
 - ``gap``                GlobalAvgPool2D ((C, H, W) -> (C,): a dense may follow directly)
+- ``dropout:P``          Dropout with probability P (a number in [0, 1))
 - ``dense:N``            Dense with N outputs (a Flatten is inserted before it on image input)
 - ``relu``, ``flatten``, ``softmax``
 """
 from __future__ import annotations
 
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Softmax
+from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
+                     Softmax)
 from .model import Sequential
 
 PRESETS = {
@@ -22,7 +24,7 @@ PRESETS = {
 }
 
 SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], avgpool:K[:S], "
-             "gap, dense:N, relu, flatten, softmax "
+             "gap, dropout:P, dense:N, relu, flatten, softmax "
              "(comma-separated), or a preset: " + ", ".join(PRESETS))
 
 
@@ -63,6 +65,14 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> 
                 new = [Flatten()] if len(shape) > 1 else []
                 flat = shape if not new else new[0].output_shape(shape)
                 new.append(Dense(flat[0], n))
+            elif kind == "dropout":
+                if len(args) != 1:
+                    raise ValueError(f"{token!r} takes one probability")
+                try:
+                    p = float(args[0])
+                except ValueError:
+                    raise ValueError(f"{token!r}: {args[0]!r} is not a number") from None
+                new = [Dropout(p)]
             elif kind in ("relu", "flatten", "softmax", "gap") and not args:
                 new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax,
                         "gap": GlobalAvgPool2D}[kind]()]

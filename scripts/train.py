@@ -208,8 +208,10 @@ def main(argv=None):
 
     with console.status("Preparing kernels (compiled on the first run, then cached)...",
                         spinner="dots") if console.is_terminal and not quiet else contextlib.nullcontext():
+        state = model.get_extra_state()  # the warm-up step must not move dropout's generator
         model.forward(x_train[:args.batch_size])
         model.backward(data.y_train[:args.batch_size])
+        model.set_extra_state(state)
 
     last_path, accuracy, run_start = None, math.nan, time.perf_counter()
     columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),

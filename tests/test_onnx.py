@@ -20,6 +20,7 @@ SPECS = [
     "conv:4:5:2:2,relu,pool:3:1,flatten,dense:32,relu,dense:10",
     "conv:6:3:same,relu,pool:2,conv:8:5:1:same,relu,pool:2,dense:10,softmax",
     "conv:6:3:same,relu,avgpool:3:2,conv:8:3,relu,gap,dense:10,softmax",
+    "conv:6:3,relu,pool:2,dropout:0.5,dense:16,relu,dropout:0.2,dense:10,softmax",
     "non-square",
 ]
 
@@ -54,7 +55,7 @@ def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
         np.testing.assert_allclose(got, model.predict(batch), rtol=0, atol=1e-5)
     ops = {n.op_type for n in proto.graph.node}
     assert ops <= {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Flatten", "Gemm",
-                   "Softmax"}
+                   "Softmax", "Identity"}
 
 
 def test_output_is_named_probs():

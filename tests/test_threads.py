@@ -10,8 +10,8 @@ import pytest
 
 import nnjit.kernels._jit as jit
 import nnjit.threads
-from nnjit import (Adam, AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
-                   Sequential, Softmax, softmax_cross_entropy)
+from nnjit import (Adam, AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
+                   ReLU, Sequential, Softmax, softmax_cross_entropy)
 from nnjit.spec import build_model
 from nnjit.threads import split
 
@@ -23,6 +23,11 @@ def test_split_covers_the_range_in_near_equal_parts():
 
 
 LARGE = 1 << 18  # elements: above SERIAL_BELOW, so the parallel compilations run
+
+
+def seeded(layer):
+    layer.reset_parameters(np.random.default_rng(0))
+    return layer
 
 
 def serial_everywhere(monkeypatch, serial: bool):
@@ -37,6 +42,7 @@ def serial_everywhere(monkeypatch, serial: bool):
     (lambda: MaxPool2D(3, 2), (16, 4, 64, 64)),
     (lambda: AvgPool2D(3, 2), (16, 4, 64, 64)),
     (GlobalAvgPool2D, (16, 4, 64, 64)),
+    (lambda: seeded(Dropout(0.3)), (64, LARGE // 64)),
     (ReLU, (64, LARGE // 64)),
     (Softmax, (LARGE // 16, 16)),
     (lambda: Dense(64, LARGE // 256), (256, 64)),

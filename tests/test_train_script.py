@@ -55,8 +55,12 @@ RESUME_ARGS = ["--model", "conv:4:3,relu,pool:2,dense:10,softmax", "--optimizer"
                "--learning-rate", "0.002", "--batch-size", 50]
 
 
-def test_two_epochs_then_two_more_equal_four_in_one_go(tiny_data, tmp_path):
+@pytest.mark.parametrize("model", [None, "conv:4:3,relu,pool:2,dropout:0.3,dense:10,softmax"])
+def test_two_epochs_then_two_more_equal_four_in_one_go(model, tiny_data, tmp_path):
+    """Also with dropout: its mask generator's state travels in the checkpoint."""
     common = ["--train-data-dir", tiny_data, "--lr-schedule", "constant", *RESUME_ARGS]
+    if model:
+        common += ["--model", model]
     straight = run(*common, "--nb-epochs", 4, "--checkpoint-folder", tmp_path / "a")
     first = run(*common, "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "b")
     resumed = run("--resume", tmp_path / "b" / "latest.json", "--nb-epochs", 4,

@@ -68,3 +68,24 @@ def softmax_backward(y, dy, N, K, dx):
             dot += dy[r + k] * y[r + k]
         for k in range(K):
             dx[r + k] = y[r + k] * (dy[r + k] - dot)
+
+
+@kernel
+def dropout_forward(x, u, p, scale, out):
+    """Inverted dropout. x, u: float (n,), u uniform in [0, 1). Writes out: float
+    (n,) = x * scale where u >= p (kept, probability 1 - p), else 0."""
+    for i in prange(x.size):
+        if u[i] >= p:
+            out[i] = x[i] * scale
+        else:
+            out[i] = 0
+
+
+@kernel
+def dropout_backward(dy, u, p, scale, dx):
+    """Backward of ``dropout_forward`` with the same u: dx = dy * scale where kept, else 0."""
+    for i in prange(dy.size):
+        if u[i] >= p:
+            dx[i] = dy[i] * scale
+        else:
+            dx[i] = 0

@@ -3,8 +3,9 @@ from .activation import ReLU, Softmax
 from .base import LAYER_TYPES, Layer
 from .conv import Conv2D
 from .dense import Dense
+from .dropout import Dropout
 from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .shape import Flatten
 
-__all__ = ["Layer", "LAYER_TYPES", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dense",
+__all__ = ["Layer", "LAYER_TYPES", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dense", "Dropout",
            "Flatten", "ReLU", "Softmax"]

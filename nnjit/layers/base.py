@@ -49,6 +49,17 @@ class Layer:
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial values for the parameters from ``rng``."""
 
+    def get_extra_state(self) -> dict:
+        """State that is neither a parameter nor configuration (JSON-safe), saved in
+        checkpoints: e.g. a random generator's position. Default: none."""
+        return {}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Restore :meth:`get_extra_state` output; raise ValueError/TypeError/KeyError
+        if it does not fit."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no extra state")
+
     def fuse_next(self, layer: "Layer") -> bool:
         """Take over ``layer`` (the next one in a Sequential), if this layer can.
 
