@@ -18,26 +18,24 @@ def conv2d(x, weight, bias, stride, padding):
     return out + bias[None, :, None, None]
 
 
-def maxpool2d(x, kernel, stride):
+def pool2d(x, kernel, stride, reduce):
+    """Windows of x (N, C, H, W) without padding, each reduced by reduce(window, axis=(2, 3))."""
     (kh, kw), (sh, sw) = kernel, stride
     n, c, h, w = x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
     out = np.empty((n, c, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            out[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].max(axis=(2, 3))
+            out[:, :, i, j] = reduce(x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw], axis=(2, 3))
     return out
+
+
+def maxpool2d(x, kernel, stride):
+    return pool2d(x, kernel, stride, np.max)
 
 
 def avgpool2d(x, kernel, stride):
-    (kh, kw), (sh, sw) = kernel, stride
-    n, c, h, w = x.shape
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    out = np.empty((n, c, oh, ow))
-    for i in range(oh):
-        for j in range(ow):
-            out[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].mean(axis=(2, 3))
-    return out
+    return pool2d(x, kernel, stride, np.mean)
 
 
 def softmax(z):

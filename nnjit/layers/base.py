@@ -24,7 +24,8 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        LAYER_TYPES[cls.__name__] = cls
+        if cls.forward is not Layer.forward:  # shared bases (Pool2D) are no layer type
+            LAYER_TYPES[cls.__name__] = cls
 
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}

@@ -7,72 +7,9 @@ from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, 
 from .base import Layer, pair
 
 
-class MaxPool2D(Layer):
-    """2-D max pooling without padding; partial windows are dropped (floor).
-
-    Parameters
-    ----------
-    kernel_size : int or (h, w)
-    stride : int or (h, w), default ``kernel_size``
-
-    Shape
-    -----
-    input (N, C, H, W) -> output (N, C, OH, OW), OH = (H - KH) // SH + 1.
-    """
-
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride", 1)
-        self._cache = None
-
-    def config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"MaxPool2D expects samples of shape (C, H, W), got {tuple(input_shape)}")
-        c, h, w = input_shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        if kh > h or kw > w:
-            raise ValueError(f"MaxPool2D window {self.kernel_size} does not fit a {h}x{w} input")
-        return (c, (h - kh) // sh + 1, (w - kw) // sw + 1)
-
-    def onnx_nodes(self, x, y, params):
-        from onnx import helper
-
-        return [helper.make_node("MaxPool", [x], [y], kernel_shape=list(self.kernel_size),
-                                 strides=list(self.stride))]
-
-    def forward(self, x, training=True):
-        x = self._check_input(x, 4)
-        n, c, h, w = x.shape
-        _, oh, ow = self.output_shape(x.shape[1:])
-        mode = "train" if training else "eval"
-        out = self._buffer(f"out/{mode}", (n, c, oh, ow), x.dtype)
-        argmax = self._buffer(f"argmax/{mode}", (n, c, oh, ow), np.int32)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        maxpool_forward(x.reshape(-1), n * c, h, w, kh, kw, sh, sw, oh, ow,
-                        out.reshape(-1), argmax.reshape(-1))
-        self._cache = (x.shape, argmax) if training else None
-        return out
-
-    def backward(self, dy, need_input_grad=True):
-        if self._cache is None:
-            raise self._no_cache()
-        (n, c, h, w), argmax = self._cache
-        dy = self._check_grad(dy, argmax.shape, dy.dtype)
-        if not need_input_grad:
-            return None
-        dx = self._buffer("dx", (n, c, h, w), dy.dtype)
-        _, _, oh, ow = argmax.shape
-        maxpool_backward(dy.reshape(-1), argmax.reshape(-1), n * c, h, w, oh, ow, dx.reshape(-1))
-        return dx
-
-
-class AvgPool2D(Layer):
-    """2-D average pooling without padding; partial windows are dropped (floor),
-    PyTorch's ``AvgPool2d`` with its defaults.
+class Pool2D(Layer):
+    """Base of the windowed pooling layers: window and stride, no padding,
+    partial windows dropped (floor), PyTorch's defaults.
 
     Parameters
     ----------
@@ -111,6 +48,46 @@ class AvgPool2D(Layer):
     def output_shape(self, input_shape):
         *_, oh, ow = self._geometry(input_shape)
         return (input_shape[0], oh, ow)
+
+
+class MaxPool2D(Pool2D):
+    """2-D max pooling (see Pool2D); forward keeps each window's argmax, so
+    backward routes every gradient to exactly one input, even on ties."""
+
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("MaxPool", [x], [y], kernel_shape=list(self.kernel_size),
+                                 strides=list(self.stride))]
+
+    def forward(self, x, training=True):
+        x = self._check_input(x, 4)
+        n, c, h, w = x.shape
+        _, oh, ow = self.output_shape(x.shape[1:])
+        mode = "train" if training else "eval"
+        out = self._buffer(f"out/{mode}", (n, c, oh, ow), x.dtype)
+        argmax = self._buffer(f"argmax/{mode}", (n, c, oh, ow), np.int32)
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        maxpool_forward(x.reshape(-1), n * c, h, w, kh, kw, sh, sw, oh, ow,
+                        out.reshape(-1), argmax.reshape(-1))
+        self._cache = (x.shape, argmax) if training else None
+        return out
+
+    def backward(self, dy, need_input_grad=True):
+        if self._cache is None:
+            raise self._no_cache()
+        (n, c, h, w), argmax = self._cache
+        dy = self._check_grad(dy, argmax.shape, dy.dtype)
+        if not need_input_grad:
+            return None
+        dx = self._buffer("dx", (n, c, h, w), dy.dtype)
+        _, _, oh, ow = argmax.shape
+        maxpool_backward(dy.reshape(-1), argmax.reshape(-1), n * c, h, w, oh, ow, dx.reshape(-1))
+        return dx
+
+
+class AvgPool2D(Pool2D):
+    """2-D average pooling (see Pool2D), PyTorch's ``AvgPool2d`` with its defaults."""
 
     def onnx_nodes(self, x, y, params):
         from onnx import helper
