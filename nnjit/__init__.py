@@ -6,8 +6,8 @@ needs no import order: every matrix product runs inside nnjit's own parallel
 kernels with BLAS single-threaded (``nnjit.kernels.blas``), so how the user's
 numpy configured its BLAS thread pool does not matter.
 """
-from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer, MaxPool2D,
-                     ReLU, Softmax)
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Softmax)
 from .losses import softmax_cross_entropy
 from .model import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sequential", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "Dense", "Dropout",
-    "ReLU", "Softmax", "Layer",
+    "BatchNorm1D", "BatchNorm2D", "ReLU", "Softmax", "Layer",
     "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
     "save_checkpoint", "load_checkpoint",
     "set_num_threads", "get_num_threads", "__version__",

@@ -9,6 +9,7 @@ Format (``"format": "nnjit-checkpoint"``, ``"version": 1``)::
      "optimizer": {"name": "Momentum", "hyperparameters": {...}, "steps": 375,
                    "state": {"velocity": [...]}} or null,
      "layer_state": {"4": {"rng": {...}}},   (layers' extra state, e.g. Dropout's generator)
+     "buffers": [{"name": "1.running_mean", ...}, ...],   (like parameters; BatchNorm's)
      "metadata": {"epoch": 3, "nnjit_version": "...", "date": "...", ...}}
 
 Values are plain JSON numbers, flattened in C order. Each float32 is written
@@ -94,10 +95,8 @@ def save_checkpoint(model: Sequential, path, optimizer: Optimizer | None = None,
     meta = {"nnjit_version": __version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     meta.update(metadata)
-    params = ",\n".join(
-        f'{{"name": {json.dumps(p.name)}, "shape": {json.dumps(list(p.shape))}, '
-        f'"dtype": "{p.value.dtype}", "values": {_float_list(p.value)}}}'
-        for p in model.parameters())
+    params = _array_entries((p.name, p.value) for p in model.parameters())
+    buffers = _array_entries(model.named_buffers())
     if optimizer is None:
         opt = "null"
     else:
@@ -109,8 +108,16 @@ def save_checkpoint(model: Sequential, path, optimizer: Optimizer | None = None,
             f'"architecture": {json.dumps(model.config())},\n'
             f'"metadata": {json.dumps(meta, allow_nan=False)},\n'
             f'"optimizer": {opt},\n"layer_state": {json.dumps(model.get_extra_state())},\n'
-            f'"parameters": [\n{params}\n]}}\n')
+            f'"buffers": [\n{buffers}\n],\n"parameters": [\n{params}\n]}}\n')
     atomic_write_text(path, text)
+
+
+def _array_entries(named_arrays) -> str:
+    """JSON entries {"name", "shape", "dtype", "values"}, one per line, for (name, array) pairs."""
+    return ",\n".join(
+        f'{{"name": {json.dumps(name)}, "shape": {json.dumps(list(value.shape))}, '
+        f'"dtype": "{value.dtype}", "values": {_float_list(value)}}}'
+        for name, value in named_arrays)
 
 
 def _reject_constant(name):
@@ -152,6 +159,7 @@ def load_checkpoint(path) -> Checkpoint:
     try:
         model = Sequential.from_config(doc["architecture"])
         _load_parameters(model, doc["parameters"])
+        _load_buffers(model, doc.get("buffers", []))  # absent before BatchNorm existed
         model.set_extra_state(doc.get("layer_state") or {})  # absent before Dropout existed
         opt_state = _check_optimizer(doc.get("optimizer"), model)
         metadata = dict(doc.get("metadata") or {})
@@ -192,6 +200,20 @@ def _load_parameters(model: Sequential, entries) -> None:
             raise CheckpointError(f"parameter {p.name!r} has dtype {entry.get('dtype')}, "
                                   f"expected {p.value.dtype}")
         p.value[...] = _values(f"parameter {p.name!r}", entry["values"], shape, p.value.dtype)
+
+
+def _load_buffers(model: Sequential, entries) -> None:
+    buffers = dict(model.named_buffers())
+    names = [e.get("name") for e in entries]
+    if sorted(names) != sorted(buffers):
+        raise CheckpointError(f"buffers {names} do not match the architecture's {list(buffers)}")
+    for entry in entries:
+        buffer = buffers[entry["name"]]
+        if tuple(entry["shape"]) != buffer.shape:
+            raise CheckpointError(f"buffer {entry['name']!r} has shape {tuple(entry['shape'])}, "
+                                  f"expected {buffer.shape}")
+        buffer[...] = _values(f"buffer {entry['name']!r}", entry["values"], buffer.shape,
+                              buffer.dtype)
 
 
 def _check_optimizer(state, model) -> dict | None:

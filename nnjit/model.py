@@ -78,6 +78,11 @@ class Sequential:
                 raise ValueError(f"parameter {name!r} has shape {value.shape}, model expects {p.shape}")
             p.value[...] = value
 
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """("<layer index>.<buffer>", array) for every layer's buffers, in layer order."""
+        return [(f"{i}.{name}", value) for i, layer in enumerate(self.layers)
+                for name, value in layer.named_buffers()]
+
     def get_extra_state(self) -> dict[str, dict]:
         """Layer index -> that layer's extra state (see Layer.get_extra_state), where any."""
         return {str(i): state for i, layer in enumerate(self.layers)

@@ -19,8 +19,8 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
     input_shape: one sample's shape, e.g. (1, 28, 28). The graph has input
     ``input`` (batch, *input_shape) with a symbolic batch dimension, output
     ``probs`` (``logits`` when the model does not end in Softmax) of shape
-    (batch, K), and one initializer per parameter named as in checkpoints
-    ("0.weight"). ``metadata`` entries become the model's metadata_props
+    (batch, K), and one initializer per parameter and buffer, named as in
+    checkpoints ("0.weight", "1.running_mean"). ``metadata`` entries become the model's metadata_props
     (non-string values JSON-encoded).
     """
     import onnx
@@ -36,9 +36,11 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
         y = ("probs" if isinstance(layer, Softmax) else "logits") if last else \
             f"{i}.{type(layer).__name__.lower()}"
         params = {}
-        for attr, p in layer.named_parameters():
-            initializers.append(numpy_helper.from_array(np.asarray(p.value, np.float32), name=p.name))
-            params[attr] = p.name
+        named = [(attr, p.name, p.value) for attr, p in layer.named_parameters()]
+        named += [(attr, f"{i}.{attr}", value) for attr, value in layer.named_buffers()]
+        for attr, name, value in named:
+            initializers.append(numpy_helper.from_array(np.asarray(value, np.float32), name=name))
+            params[attr] = name
         nodes += layer.onnx_nodes(x, y, params)
         x = y
     graph = helper.make_graph(

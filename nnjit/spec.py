@@ -9,13 +9,14 @@ inferred from the input shape:
 - ``avgpool:K[:S]``      AvgPool2D
 - ``gap``                GlobalAvgPool2D ((C, H, W) -> (C,): a dense may follow directly)
 - ``dropout:P``          Dropout with probability P (a number in [0, 1))
+- ``bn``                 BatchNorm2D on images, BatchNorm1D on features
 - ``dense:N``            Dense with N outputs (a Flatten is inserted before it on image input)
 - ``relu``, ``flatten``, ``softmax``
 """
 from __future__ import annotations
 
-from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
-                     Softmax)
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, MaxPool2D, ReLU, Softmax)
 from .model import Sequential
 
 PRESETS = {
@@ -24,7 +25,7 @@ PRESETS = {
 }
 
 SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], avgpool:K[:S], "
-             "gap, dropout:P, dense:N, relu, flatten, softmax "
+             "gap, dropout:P, bn, dense:N, relu, flatten, softmax "
              "(comma-separated), or a preset: " + ", ".join(PRESETS))
 
 
@@ -73,6 +74,8 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> 
                 except ValueError:
                     raise ValueError(f"{token!r}: {args[0]!r} is not a number") from None
                 new = [Dropout(p)]
+            elif kind == "bn" and not args:
+                new = [(BatchNorm2D if len(shape) == 3 else BatchNorm1D)(shape[0])]
             elif kind in ("relu", "flatten", "softmax", "gap") and not args:
                 new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax,
                         "gap": GlobalAvgPool2D}[kind]()]

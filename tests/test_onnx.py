@@ -21,6 +21,7 @@ SPECS = [
     "conv:6:3:same,relu,pool:2,conv:8:5:1:same,relu,pool:2,dense:10,softmax",
     "conv:6:3:same,relu,avgpool:3:2,conv:8:3,relu,gap,dense:10,softmax",
     "conv:6:3,relu,pool:2,dropout:0.5,dense:16,relu,dropout:0.2,dense:10,softmax",
+    "conv:6:3:same,bn,relu,pool:2,conv:8:3,bn,relu,gap,dense:12,bn,relu,dense:10,softmax",
     "non-square",
 ]
 
@@ -39,12 +40,17 @@ def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
     for p in model.parameters():  # non-zero biases, so a dropped bias would show
         if p.name.endswith("bias"):
             p.value[...] = np.random.default_rng(1).normal(size=p.shape) * 0.1
+    for name, buffer in model.named_buffers():  # running statistics away from 0 and 1
+        buffer[...] = np.random.default_rng(2).uniform(0.5, 2, size=buffer.shape)
     path = tmp_path / "m.onnx"
     export_onnx(model, path, (1, 28, 28), {"class_names": list("0123456789")})
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version >= 13
-    assert [i.name for i in proto.graph.initializer] == [p.name for p in model.parameters()]
+    # every layer's parameters, then its buffers, named as in checkpoints
+    assert [i.name for i in proto.graph.initializer] == [
+        f"{k}.{attr}" for k, layer in enumerate(model.layers)
+        for attr in [a for a, _ in layer.named_parameters()] + list(layer.buffer_names)]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     props = {p.key: p.value for p in proto.metadata_props}
     assert "nnjit_version" in props and "class_names" in props
@@ -55,7 +61,7 @@ def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
         np.testing.assert_allclose(got, model.predict(batch), rtol=0, atol=1e-5)
     ops = {n.op_type for n in proto.graph.node}
     assert ops <= {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Flatten", "Gemm",
-                   "Softmax", "Identity"}
+                   "Softmax", "Identity", "BatchNormalization"}
 
 
 def test_output_is_named_probs():

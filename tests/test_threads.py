@@ -10,7 +10,7 @@ import pytest
 
 import nnjit.kernels._jit as jit
 import nnjit.threads
-from nnjit import (Adam, AvgPool2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
+from nnjit import (Adam, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
                    ReLU, Sequential, Softmax, softmax_cross_entropy)
 from nnjit.spec import build_model
 from nnjit.threads import split
@@ -43,6 +43,7 @@ def serial_everywhere(monkeypatch, serial: bool):
     (lambda: AvgPool2D(3, 2), (16, 4, 64, 64)),
     (GlobalAvgPool2D, (16, 4, 64, 64)),
     (lambda: seeded(Dropout(0.3)), (64, LARGE // 64)),
+    (lambda: BatchNorm2D(4), (16, 4, 64, 64)),
     (ReLU, (64, LARGE // 64)),
     (Softmax, (LARGE // 16, 16)),
     (lambda: Dense(64, LARGE // 256), (256, 64)),

@@ -89,6 +89,14 @@ class Layer:
         """This layer's Parameters, in definition order."""
         return [p for _, p in self.named_parameters()]
 
+    #: Attributes holding buffers: arrays that are state but not optimised
+    #: (BatchNorm's running statistics); saved in checkpoints and exported.
+    buffer_names: tuple[str, ...] = ()
+
+    def named_buffers(self) -> list[tuple[str, np.ndarray]]:
+        """(attribute name, array) for each buffer, in ``buffer_names`` order."""
+        return [(name, getattr(self, name)) for name in self.buffer_names]
+
     def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A reusable uninitialised array, reallocated only when shape or dtype change."""
         buf = self._buffers.get(name)

@@ -1,0 +1,88 @@
+"""Batch normalisation over (N, C, P) activations: statistics per channel C,
+over the batch N and the positions P (H*W for images, 1 for features).
+
+Each ``prange`` iteration owns one channel: its sums, its outputs, its
+running statistics. Sums accumulate in float64.
+"""
+import numpy as np
+
+from ._jit import kernel, prange
+
+
+@kernel
+def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, out, xhat, invstd,
+                            running_mean, running_var):
+    """Normalise with the batch statistics (biased variance) and update the running ones.
+
+    x: float (N*C*P,). Writes out = xhat * weight + bias and xhat (both like
+    x), invstd: (C,) = 1 / sqrt(var + eps); updates running_mean and
+    running_var (C,) by ``momentum`` toward the batch mean and the unbiased
+    batch variance (PyTorch's convention). Needs N*P > 1.
+    """
+    M = N * P
+    for c in prange(C):
+        acc = 0.0
+        for n in range(N):
+            base = (n * C + c) * P
+            for p in range(P):
+                acc += x[base + p]
+        mean = acc / M
+        acc = 0.0
+        for n in range(N):
+            base = (n * C + c) * P
+            for p in range(P):
+                d = x[base + p] - mean
+                acc += d * d
+        var = acc / M
+        inv = 1.0 / np.sqrt(var + eps)
+        invstd[c] = inv
+        w, b = weight[c], bias[c]
+        for n in range(N):
+            base = (n * C + c) * P
+            for p in range(P):
+                h = (x[base + p] - mean) * inv
+                xhat[base + p] = h
+                out[base + p] = h * w + b
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * M / (M - 1)
+
+
+@kernel
+def batchnorm_forward_eval(x, N, C, P, eps, weight, bias, running_mean, running_var, out):
+    """out = (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel.
+    x, out: float (N*C*P,)."""
+    for c in prange(C):
+        scale = weight[c] / np.sqrt(running_var[c] + eps)
+        shift = bias[c] - running_mean[c] * scale
+        for n in range(N):
+            base = (n * C + c) * P
+            for p in range(P):
+                out[base + p] = x[base + p] * scale + shift
+
+
+@kernel
+def batchnorm_backward(dy, xhat, invstd, weight, N, C, P, need_dx, dx, dweight, dbias):
+    """Gradients of ``batchnorm_forward_train`` (batch statistics depend on x too).
+
+    dy, xhat: float (N*C*P,). Writes dweight = sum(dy * xhat), dbias = sum(dy)
+    per channel and, with ``need_dx``, dx = weight * invstd / M *
+    (M * dy - sum(dy) - xhat * sum(dy * xhat)), M = N*P.
+    """
+    M = N * P
+    for c in prange(C):
+        s = 0.0
+        sx = 0.0
+        for n in range(N):
+            base = (n * C + c) * P
+            for p in range(P):
+                g = dy[base + p]
+                s += g
+                sx += g * xhat[base + p]
+        dweight[c] = sx
+        dbias[c] = s
+        if need_dx:
+            k = weight[c] * invstd[c] / M
+            for n in range(N):
+                base = (n * C + c) * P
+                for p in range(P):
+                    dx[base + p] = k * (M * dy[base + p] - s - xhat[base + p] * sx)

@@ -1,0 +1,128 @@
+"""BatchNorm1D and BatchNorm2D: PyTorch's batch normalisation."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.batchnorm import batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train
+from ..params import Parameter
+from .base import Layer, positive_int
+
+
+class BatchNorm1D(Layer):
+    """Batch normalisation over features, PyTorch's ``BatchNorm1d``.
+
+    Training forward: y = (x - mean) / sqrt(var + eps) * weight + bias with
+    the batch's mean and biased variance per feature, and
+    running_mean <- (1 - momentum) running_mean + momentum mean,
+    running_var <- (1 - momentum) running_var + momentum unbiased_var.
+    Inference (``predict``/``evaluate``): the running statistics instead.
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float, default 1e-5
+    momentum : float in [0, 1], default 0.1
+
+    Shape
+    -----
+    input (N, C) or (N, C, L) -> same. weight, bias, running_mean,
+    running_var (C,); the running statistics are buffers: saved in
+    checkpoints and exported, not optimised.
+    """
+
+    #: Samples' number of dimensions this layer takes: (C,) or (C, L).
+    sample_dims = (1, 2)
+    buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.num_features = positive_int(num_features, "num_features")
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) \
+                or not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.dtype = np.dtype(dtype)
+        self.weight = Parameter("weight", np.ones(num_features, self.dtype))
+        self.bias = Parameter("bias", np.zeros(num_features, self.dtype))
+        self.running_mean = np.zeros(num_features, self.dtype)
+        self.running_var = np.ones(num_features, self.dtype)
+        self._cache = None
+
+    def reset_parameters(self, rng):
+        self.weight.value[...] = 1
+        self.bias.value[...] = 0
+        self.reset_running_stats()
+
+    def reset_running_stats(self):
+        """Running mean 0 and variance 1, as at construction."""
+        self.running_mean[...] = 0
+        self.running_var[...] = 1
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def output_shape(self, input_shape):
+        if len(input_shape) not in self.sample_dims or input_shape[0] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects samples of {self.num_features} "
+                             f"channels with {' or '.join(map(str, self.sample_dims))} dims, "
+                             f"got {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node("BatchNormalization",
+                                 [x, params["weight"], params["bias"], params["running_mean"],
+                                  params["running_var"]], [y], epsilon=self.eps)]
+
+    def _layout(self, x):
+        """(N, C, P) of an input x."""
+        self.output_shape(x.shape[1:])
+        n, c = x.shape[:2]
+        return n, c, int(np.prod(x.shape[2:], dtype=np.int64))
+
+    def forward(self, x, training=True):
+        x = self._check_input(x, None, self.dtype)
+        n, c, p = self._layout(x)
+        out = self._buffer("out/train" if training else "out/eval", x.shape, self.dtype)
+        if not training:
+            batchnorm_forward_eval(x.reshape(-1), n, c, p, self.eps, self.weight.value,
+                                   self.bias.value, self.running_mean, self.running_var,
+                                   out.reshape(-1))
+            return out
+        if n * p < 2:
+            raise ValueError(f"{type(self).__name__} needs more than one value per channel "
+                             f"to train, got input of shape {x.shape}")
+        xhat = self._buffer("xhat", x.shape, self.dtype)
+        invstd = self._buffer("invstd", (c,), self.dtype)
+        batchnorm_forward_train(x.reshape(-1), n, c, p, self.eps, self.momentum, self.weight.value,
+                                self.bias.value, out.reshape(-1), xhat.reshape(-1), invstd,
+                                self.running_mean, self.running_var)
+        self._cache = (xhat, invstd)
+        return out
+
+    def backward(self, dy, need_input_grad=True):
+        if self._cache is None:
+            raise self._no_cache()
+        xhat, invstd = self._cache
+        self._cache = None
+        dy = self._check_grad(dy, xhat.shape, self.dtype)
+        n, c, p = self._layout(xhat)
+        dx = self._buffer("dx", xhat.shape, self.dtype) if need_input_grad else xhat
+        batchnorm_backward(dy.reshape(-1), xhat.reshape(-1), invstd, self.weight.value, n, c, p,
+                           need_input_grad, dx.reshape(-1), self.weight.grad, self.bias.grad)
+        return dx if need_input_grad else None
+
+
+class BatchNorm2D(BatchNorm1D):
+    """Batch normalisation per channel over (N, C, H, W), PyTorch's ``BatchNorm2d``
+    (see BatchNorm1D for the rules).
+
+    Shape
+    -----
+    input (N, C, H, W) -> same.
+    """
+
+    sample_dims = (3,)

@@ -1,0 +1,120 @@
+"""BatchNorm1D/2D: PyTorch's training and inference rules, gradients, buffers in checkpoints."""
+import json
+
+import numpy as np
+import pytest
+
+import reference as ref
+from nnjit import BatchNorm1D, BatchNorm2D, Sequential
+from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nnjit.spec import build_model
+
+F64 = np.float64
+
+
+def numpy_batchnorm(x, weight, bias, eps):
+    """Training-mode batch norm over every axis but 1, and the batch's mean and biased variance."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    y = (x - mean) / np.sqrt(var + eps) * weight.reshape(shape) + bias.reshape(shape)
+    return y, mean.reshape(-1), var.reshape(-1)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: BatchNorm2D(3, dtype=F64), (4, 3, 5, 6)),
+    (lambda: BatchNorm1D(4, dtype=F64), (6, 4)),
+    (lambda: BatchNorm1D(2, dtype=F64), (3, 2, 5)),
+])
+def test_training_forward_and_gradients_by_finite_differences(make, shape, rng):
+    layer = make()
+    layer.weight.value[...] = rng.uniform(0.5, 2, size=layer.weight.shape)
+    layer.bias.value[...] = rng.normal(size=layer.bias.shape)
+    x = rng.normal(size=shape) * 3 + 1
+    want, _, _ = numpy_batchnorm(x, layer.weight.value, layer.bias.value, layer.eps)
+    np.testing.assert_allclose(layer.forward(x), want, rtol=1e-10, atol=1e-10)
+    g = rng.normal(size=shape)
+
+    def loss():  # training mode: the batch statistics depend on x
+        return float(np.sum(layer.forward(x) * g))
+
+    layer.forward(x)
+    dx = layer.backward(g.copy()).copy()
+    grads = {p.name: p.grad.copy() for p in layer.parameters()}
+    np.testing.assert_allclose(dx, ref.numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    for p in layer.parameters():
+        np.testing.assert_allclose(grads[p.name], ref.numeric_grad(loss, p.value), rtol=1e-6,
+                                   atol=1e-8, err_msg=p.name)
+
+
+def test_running_statistics_after_several_steps_equal_a_hand_computation(rng):
+    layer = BatchNorm2D(3, momentum=0.2)
+    mean, var = np.zeros(3), np.ones(3)
+    for _ in range(5):
+        x = (rng.normal(size=(4, 3, 2, 3)) * rng.uniform(0.5, 3, size=(1, 3, 1, 1))
+             + rng.normal(size=(1, 3, 1, 1))).astype(np.float32)
+        layer.forward(x)
+        _, m, v = numpy_batchnorm(x.astype(F64), np.ones(3), np.zeros(3), 1e-5)
+        n = x.size // 3
+        mean = 0.8 * mean + 0.2 * m
+        var = 0.8 * var + 0.2 * v * n / (n - 1)  # unbiased variance for the running estimate
+    np.testing.assert_allclose(layer.running_mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.running_var, var, rtol=1e-5)
+
+
+def test_inference_uses_the_running_statistics(rng):
+    model = Sequential([BatchNorm1D(4)], seed=0)
+    bn = model.layers[0]
+    bn.running_mean[...] = rng.normal(size=4)
+    bn.running_var[...] = rng.uniform(0.5, 2, size=4)
+    bn.weight.value[...] = rng.normal(size=4)
+    bn.bias.value[...] = rng.normal(size=4)
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    want = (x - bn.running_mean) / np.sqrt(bn.running_var + bn.eps) * bn.weight.value + bn.bias.value
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-5, atol=1e-6)
+    before = bn.running_mean.copy()
+    model.predict(x)
+    np.testing.assert_array_equal(bn.running_mean, before)  # inference never updates them
+
+
+def test_one_value_per_channel_cannot_train():
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1D(3).forward(np.zeros((1, 3), np.float32))
+
+
+def test_buffers_round_trip_bit_exactly_and_are_checked(tmp_path, rng):
+    model = build_model("conv:4:3,bn,relu,pool:2,dense:8,bn,relu,dense:10,softmax", seed=1)
+    x = rng.random((16, 1, 28, 28), dtype=np.float32)
+    for _ in range(3):
+        model.forward(x)
+        model.backward(rng.integers(0, 10, 16))
+    assert [n for n, _ in model.named_buffers()] == [
+        "1.running_mean", "1.running_var", "6.running_mean", "6.running_var"]
+    save_checkpoint(model, tmp_path / "c.json")
+    loaded = load_checkpoint(tmp_path / "c.json").model
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), name
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    doc = json.loads((tmp_path / "c.json").read_text())
+    del doc["buffers"][0]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="buffers .* do not match"):
+        load_checkpoint(tmp_path / "bad.json")
+
+
+def test_checkpoints_without_buffers_still_load(tmp_path):
+    save_checkpoint(build_model("mlp", seed=0), tmp_path / "c.json")
+    doc = json.loads((tmp_path / "c.json").read_text())
+    del doc["buffers"], doc["layer_state"]  # as written before BatchNorm and Dropout
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert load_checkpoint(tmp_path / "old.json").model.config() == build_model("mlp").config()
+
+
+def test_bad_batchnorm_spec_and_shapes():
+    with pytest.raises(ValueError, match="unknown layer 'bn:2'"):
+        build_model("conv:4:3,bn:2,dense:10")
+    with pytest.raises(ValueError, match="BatchNorm2D expects samples of 3 channels"):
+        BatchNorm2D(3).forward(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="BatchNorm1D expects samples of 5 channels"):
+        BatchNorm1D(5).forward(np.zeros((2, 4), np.float32))
