@@ -124,20 +124,22 @@ def show_header(args, model, data, opt, start_epoch, input_shape):
     }
     rows = model.summary(input_shape)
     total = sum(count for _, _, count in rows)
+    buffers = [sum(b.size for _, b in layer.named_buffers()) for layer in model.layers]
+    counts = f"{total:,} parameters" + (f", {sum(buffers):,} buffer values" if any(buffers) else "")
     if not console.is_terminal:
         for key, value in settings.items():
             console.print(f"{key}: {value}")
-        console.print(f"model: {len(rows)} layers, {total:,} parameters")
+        console.print(f"model: {len(rows)} layers, {counts}")
         return
     table = Table(title="nnjit training run", show_header=False)
     for key, value in settings.items():
         table.add_row(key, str(value))
     console.print(table)
-    layers = Table(title=f"model ({total:,} parameters)")
-    for col in ("#", "layer", "output shape", "parameters"):
+    layers = Table(title=f"model ({counts})")
+    for col in ("#", "layer", "output shape", "parameters", "buffers"):
         layers.add_column(col, justify="right" if col != "layer" else "left")
-    for i, (name, shape, count) in enumerate(rows):
-        layers.add_row(str(i), name, str(shape), f"{count:,}")
+    for i, ((name, shape, count), buffered) in enumerate(zip(rows, buffers)):
+        layers.add_row(str(i), name, str(shape), f"{count:,}", f"{buffered:,}" if buffered else "")
     console.print(layers)
 
 
