@@ -120,6 +120,7 @@ MODELS = {
                   "conv:128:3:1:1,relu,pool:2,dense:10,softmax", (3, 32, 32)),
     "cnn-5x5-pad1": ("conv:32:5:1:1,relu,pool:2,conv:64:5:1:1,relu,pool:2,dense:10,softmax",
                      (1, 28, 28)),
+    "cnn+bn": ("conv:32:3,bn,relu,pool:2,conv:64:3,bn,relu,pool:2,dense:10,softmax", (1, 28, 28)),
 }
 
 
@@ -222,6 +223,11 @@ def torch_twin(model, with_softmax: bool):
                                         cfg["stride"], cfg["padding"]),
             "MaxPool2D": lambda: nn.MaxPool2d(cfg["kernel_size"], cfg["stride"]),
             "Dense": lambda: nn.Linear(cfg["in_features"], cfg["out_features"]),
+            "AvgPool2D": lambda: nn.AvgPool2d(cfg["kernel_size"], cfg["stride"]),
+            "GlobalAvgPool2D": lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            "BatchNorm2D": lambda: nn.BatchNorm2d(cfg["num_features"], cfg["eps"], cfg["momentum"]),
+            "BatchNorm1D": lambda: nn.BatchNorm1d(cfg["num_features"], cfg["eps"], cfg["momentum"]),
+            "Dropout": lambda: nn.Dropout(cfg["p"]),
             "ReLU": nn.ReLU, "Flatten": nn.Flatten, "Softmax": lambda: nn.Softmax(dim=1),
         }[entry["type"]]
         layers.append(make())
@@ -392,7 +398,8 @@ def measure(args, peers) -> list[dict]:
 
     for model_name, batches, inference in (("cnn", (64, 256), True), ("mlp", (64, 256), True),
                                            ("cifar-cnn", (64,), False),
-                                           ("cnn-5x5-pad1", (64,), False)):
+                                           ("cnn-5x5-pad1", (64,), False),
+                                           ("cnn+bn", (64,), False)):
         model, shape = model_for(model_name)
         fwd = forward_flops(model, shape)
         for batch in batches:
