@@ -161,3 +161,14 @@ def test_same_padding_and_average_pooling_survive_a_round_trip(tmp_path, rng):
     assert loaded.config() == model.config()
     x = rng.random((3, 1, 28, 28), dtype=np.float32)
     assert np.array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_a_network_with_every_new_layer_round_trips_and_resumes_its_masks(tmp_path, rng):
+    from test_onnx import EVERY_NEW_LAYER
+
+    model, opt = trained(spec=EVERY_NEW_LAYER, opt_type=Momentum)
+    save_checkpoint(model, tmp_path / "c.json", opt)
+    ckpt = load_checkpoint(tmp_path / "c.json")
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    np.testing.assert_array_equal(ckpt.model.predict(x), model.predict(x))
+    np.testing.assert_array_equal(ckpt.model.forward(x), model.forward(x))  # same dropout masks

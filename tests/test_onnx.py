@@ -13,6 +13,10 @@ from nnjit.checkpoint import save_checkpoint
 from nnjit.onnx_export import export_onnx
 from nnjit.spec import build_model
 
+#: padding "same", BatchNorm2D/1D, Dropout, AvgPool2D and GlobalAvgPool2D in one network
+EVERY_NEW_LAYER = ("conv:6:3:same,bn,relu,avgpool:2,dropout:0.25,conv:8:3,bn,relu,gap,dense:12,bn,"
+                   "relu,dropout:0.1,dense:10,softmax")
+
 SPECS = [
     "cnn",
     "mlp",
@@ -22,6 +26,7 @@ SPECS = [
     "conv:6:3:same,relu,avgpool:3:2,conv:8:3,relu,gap,dense:10,softmax",
     "conv:6:3,relu,pool:2,dropout:0.5,dense:16,relu,dropout:0.2,dense:10,softmax",
     "conv:6:3:same,bn,relu,pool:2,conv:8:3,bn,relu,gap,dense:12,bn,relu,dense:10,softmax",
+    EVERY_NEW_LAYER,
     "non-square",
 ]
 
