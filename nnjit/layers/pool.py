@@ -49,16 +49,21 @@ class Pool2D(Layer):
         *_, oh, ow = self._geometry(input_shape)
         return (input_shape[0], oh, ow)
 
+    #: The ONNX operator with the same window semantics (no padding, floor).
+    onnx_op: str = ""
+
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        return [helper.make_node(self.onnx_op, [x], [y], kernel_shape=list(self.kernel_size),
+                                 strides=list(self.stride))]
+
 
 class MaxPool2D(Pool2D):
     """2-D max pooling (see Pool2D); forward keeps each window's argmax, so
     backward routes every gradient to exactly one input, even on ties."""
 
-    def onnx_nodes(self, x, y, params):
-        from onnx import helper
-
-        return [helper.make_node("MaxPool", [x], [y], kernel_shape=list(self.kernel_size),
-                                 strides=list(self.stride))]
+    onnx_op = "MaxPool"
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4)
@@ -89,11 +94,7 @@ class MaxPool2D(Pool2D):
 class AvgPool2D(Pool2D):
     """2-D average pooling (see Pool2D), PyTorch's ``AvgPool2d`` with its defaults."""
 
-    def onnx_nodes(self, x, y, params):
-        from onnx import helper
-
-        return [helper.make_node("AveragePool", [x], [y], kernel_shape=list(self.kernel_size),
-                                 strides=list(self.stride))]
+    onnx_op = "AveragePool"
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4)
