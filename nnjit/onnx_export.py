@@ -20,8 +20,8 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
     ``input`` (batch, *input_shape) with a symbolic batch dimension, output
     ``probs`` (``logits`` when the model does not end in Softmax) of shape
     (batch, K), and one initializer per parameter and buffer, named as in
-    checkpoints ("0.weight", "1.running_mean"). ``metadata`` entries become the model's metadata_props
-    (non-string values JSON-encoded).
+    checkpoints ("0.weight", "1.running_mean"). ``metadata`` entries become
+    the model's metadata_props (non-string values JSON-encoded).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
