@@ -118,3 +118,31 @@ def test_bad_batchnorm_spec_and_shapes():
         BatchNorm2D(3).forward(np.zeros((2, 3, 4), np.float32))
     with pytest.raises(ValueError, match="BatchNorm1D expects samples of 5 channels"):
         BatchNorm1D(5).forward(np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: BatchNorm2D(3, dtype=F64), (4, 3, 3, 4)),
+                                        (lambda: BatchNorm1D(5, dtype=F64), (6, 5))])
+def test_fused_batchnorm_relu_gradients_by_finite_differences(make, shape, rng):
+    """BatchNorm -> ReLU runs as one pass inside a Sequential (training mode, batch statistics)."""
+    from nnjit import Dense, Flatten, ReLU
+
+    bn = make()
+    flat = int(np.prod(shape[1:]))
+    model = Sequential([bn, ReLU(), Flatten(), Dense(flat, 3, dtype=F64)], seed=2)
+    assert model._fused == {1}
+    bn.weight.value[...] = rng.uniform(0.5, 2, size=bn.weight.shape)
+    bn.bias.value[...] = rng.normal(size=bn.bias.shape) * 0.5
+    x = rng.normal(size=shape)
+    labels = rng.integers(0, 3, shape[0])
+
+    def loss():
+        return ref.cross_entropy(model.forward(x), labels)  # logits: no Softmax at the end
+
+    model.forward(x)
+    assert model.backward(labels) == pytest.approx(loss(), rel=1e-10)
+    grads = {p.name: p.grad.copy() for p in model.parameters()}
+    for p in model.parameters():
+        np.testing.assert_allclose(grads[p.name], ref.numeric_grad(loss, p.value), rtol=1e-5,
+                                   atol=1e-8, err_msg=p.name)
+    # inference applies the ReLU too
+    assert np.all(bn.forward(x, training=False) >= 0)

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..kernels.batchnorm import batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train
 from ..params import Parameter
+from .activation import ReLU
 from .base import Layer, positive_int
 
 
@@ -49,6 +50,17 @@ class BatchNorm1D(Layer):
         self.running_mean = np.zeros(num_features, self.dtype)
         self.running_var = np.ones(num_features, self.dtype)
         self._cache = None
+        self.unfuse()
+
+    def unfuse(self):
+        self.fused_relu = False
+
+    def fuse_next(self, layer) -> bool:
+        """Absorb a following ReLU into the output pass (and its mask into backward)."""
+        if isinstance(layer, ReLU) and not self.fused_relu:
+            self.fused_relu = True
+            return True
+        return False
 
     def reset_parameters(self, rng):
         self.weight.value[...] = 1
@@ -90,7 +102,7 @@ class BatchNorm1D(Layer):
         if not training:
             batchnorm_forward_eval(x.reshape(-1), n, c, p, self.eps, self.weight.value,
                                    self.bias.value, self.running_mean, self.running_var,
-                                   out.reshape(-1))
+                                   self.fused_relu, out.reshape(-1))
             return out
         if n * p < 2:
             raise ValueError(f"{type(self).__name__} needs more than one value per channel "
@@ -98,21 +110,22 @@ class BatchNorm1D(Layer):
         xhat = self._buffer("xhat", x.shape, self.dtype)
         invstd = self._buffer("invstd", (c,), self.dtype)
         batchnorm_forward_train(x.reshape(-1), n, c, p, self.eps, self.momentum, self.weight.value,
-                                self.bias.value, out.reshape(-1), xhat.reshape(-1), invstd,
-                                self.running_mean, self.running_var)
-        self._cache = (xhat, invstd)
+                                self.bias.value, self.fused_relu, out.reshape(-1),
+                                xhat.reshape(-1), invstd, self.running_mean, self.running_var)
+        self._cache = (xhat, out, invstd)
         return out
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise self._no_cache()
-        xhat, invstd = self._cache
+        xhat, out, invstd = self._cache
         self._cache = None
         dy = self._check_grad(dy, xhat.shape, self.dtype)
         n, c, p = self._layout(xhat)
         dx = self._buffer("dx", xhat.shape, self.dtype) if need_input_grad else xhat
-        batchnorm_backward(dy.reshape(-1), xhat.reshape(-1), invstd, self.weight.value, n, c, p,
-                           need_input_grad, dx.reshape(-1), self.weight.grad, self.bias.grad)
+        batchnorm_backward(dy.reshape(-1), xhat.reshape(-1), out.reshape(-1), invstd,
+                           self.weight.value, n, c, p, self.fused_relu, need_input_grad,
+                           dx.reshape(-1), self.weight.grad, self.bias.grad)
         return dx if need_input_grad else None
 
 
