@@ -22,6 +22,7 @@ from .model import Sequential
 PRESETS = {
     "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:10,softmax",
     "mlp": "flatten,dense:128,relu,dense:10,softmax",
+    "cnn-bn": "conv:32:3:same,bn,relu,pool:2,conv:64:3,bn,relu,pool:2,dropout:0.25,dense:10,softmax",
 }
 
 SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], avgpool:K[:S], "

@@ -211,3 +211,19 @@ def test_optimizer_flags_reach_the_optimizer_and_the_checkpoint(flags, name, hyp
     assert hyper.items() <= state["hyperparameters"].items()
     rows = read_csv(ck / "loss.csv")
     assert float(rows[-1][4]) > 0.9, rows  # still learns the easy blocks
+
+
+def test_cnn_bn_preset_brings_its_recipe_and_flags_still_win(tiny_data, tmp_path):
+    proc = run("--train-data-dir", tiny_data, "--model", "cnn-bn", "--nb-epochs", 1,
+               "--checkpoint-folder", tmp_path / "a", "--train-limit", 256)
+    assert proc.returncode == 0, proc.stderr
+    meta = load_checkpoint(tmp_path / "a" / "latest.json")
+    hyper = meta.optimizer_state["hyperparameters"]
+    assert hyper["nesterov"] is True and hyper["weight_decay"] == 5e-4
+    assert meta.metadata["batch_size"] == 64 and meta.metadata["lr_schedule"] == "onecycle"
+    proc = run("--train-data-dir", tiny_data, "--model", "cnn-bn", "--nb-epochs", 1,
+               "--optimizer", "adamw", "--batch-size", 32, "--checkpoint-folder", tmp_path / "b",
+               "--train-limit", 256)
+    assert proc.returncode == 0, proc.stderr
+    meta = load_checkpoint(tmp_path / "b" / "latest.json")
+    assert meta.optimizer_state["name"] == "AdamW" and meta.metadata["batch_size"] == 32
