@@ -94,7 +94,7 @@ def parse_args(argv=None):
                         "default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="threads for Numba kernels and BLAS")
+                   help="threads for nnjit's kernels (its GEMMs run single-threaded inside them)")
     p.add_argument("--checkpoint-folder", default="checkpoints", help="where checkpoints go")
     p.add_argument("--checkpoint-stride", type=positive_int, default=1,
                    help="save a checkpoint every N epochs (the final one is always saved)")
