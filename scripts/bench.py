@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="threads for both nnjit and PyTorch")
+                   help="threads for nnjit, PyTorch and ONNX Runtime alike")
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="interleaved timing blocks per figure (the median is reported)")
     p.add_argument("--latency-calls", type=positive_int, default=1000,
