@@ -35,6 +35,21 @@ class ReLU(Layer):
         return dx
 
 
+class FusesReLU:
+    """Mixin for a layer whose output pass can apply a following ReLU itself
+    (Dense's bias pass, BatchNorm's normalising pass), and mask its backward."""
+
+    def unfuse(self):
+        self.fused_relu = False
+
+    def fuse_next(self, layer) -> bool:
+        """Absorb a following ReLU into the output pass (and its mask into backward)."""
+        if isinstance(layer, ReLU) and not self.fused_relu:
+            self.fused_relu = True
+            return True
+        return False
+
+
 class Softmax(Layer):
     """Row-wise softmax over the last axis. Shape: (N, K) -> (N, K).
 

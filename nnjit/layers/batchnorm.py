@@ -5,11 +5,11 @@ import numpy as np
 
 from ..kernels.batchnorm import batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train
 from ..params import Parameter
-from .activation import ReLU
+from .activation import FusesReLU
 from .base import Layer, positive_int
 
 
-class BatchNorm1D(Layer):
+class BatchNorm1D(FusesReLU, Layer):
     """Batch normalisation over features, PyTorch's ``BatchNorm1d``.
 
     Training forward: y = (x - mean) / sqrt(var + eps) * weight + bias with
@@ -51,16 +51,6 @@ class BatchNorm1D(Layer):
         self.running_var = np.ones(num_features, self.dtype)
         self._cache = None
         self.unfuse()
-
-    def unfuse(self):
-        self.fused_relu = False
-
-    def fuse_next(self, layer) -> bool:
-        """Absorb a following ReLU into the output pass (and its mask into backward)."""
-        if isinstance(layer, ReLU) and not self.fused_relu:
-            self.fused_relu = True
-            return True
-        return False
 
     def reset_parameters(self, rng):
         self.weight.value[...] = 1

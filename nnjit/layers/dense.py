@@ -7,11 +7,11 @@ from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.dense import dense_backward, dense_forward
 from ..params import Parameter
 from ..threads import parts_for
-from .activation import ReLU
+from .activation import FusesReLU
 from .base import Layer, he_uniform, positive_int
 
 
-class Dense(Layer):
+class Dense(FusesReLU, Layer):
     """Fully connected layer, PyTorch's ``Linear``.
 
     Shape
@@ -30,16 +30,6 @@ class Dense(Layer):
         self.reset_parameters(np.random.default_rng())
         self._cache = None
         self.unfuse()
-
-    def unfuse(self):
-        self.fused_relu = False
-
-    def fuse_next(self, layer) -> bool:
-        """Absorb a following ReLU into the bias pass."""
-        if isinstance(layer, ReLU) and not self.fused_relu:
-            self.fused_relu = True
-            return True
-        return False
 
     def reset_parameters(self, rng):
         self.weight.value[...] = he_uniform(rng, self.weight.shape, self.in_features)
