@@ -390,8 +390,7 @@ def measure(args, peers) -> list[dict]:
     rows = []
 
     def add(name, *row_args, **row_kwargs):
-        if args.figures in name:
-            rows.append(figure(name, *row_args, **row_kwargs))
+        rows.append(figure(name, *row_args, **row_kwargs))
 
     def wanted(name):
         return args.figures in name
@@ -424,8 +423,7 @@ def measure(args, peers) -> list[dict]:
         label = f"conv 10->20 5x5, {n}x{size}x{size}"
         for with_backward, kind, flops in ((False, "forward", 2 * macs), (True, "fwd+bwd", 6 * macs)):
             if wanted(f"{label} {kind}"):
-                t = interleaved(["conv", n, size, with_backward], {"torch": peers["torch"]}
-                                if "torch" in peers else {}, args)
+                t = interleaved(["conv", n, size, with_backward], peers, args)  # PyTorch only
                 images = conv_calls(n, size) * n
                 add(f"{label} {kind}", "img/s", {k: images / v for k, v in t.items()}, flops)
     return rows
