@@ -7,6 +7,7 @@ from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
+from .folding import FoldedNorms, fuse_layers
 
 
 class Sequential:
@@ -41,16 +42,8 @@ class Sequential:
         self.flat = FlatParameters(params) if params else None
         # Layers taken over by their predecessor (e.g. a ReLU fused into Conv2D's
         # output pass) stay in `layers` for description and export, but are not run.
-        self._fused = set()
-        for layer in self.layers:
-            layer.unfuse()
-        i = 0
-        while i < len(self.layers):
-            j = i + 1
-            while j < len(self.layers) and self.layers[i].fuse_next(self.layers[j]):
-                self._fused.add(j)
-                j += 1
-            i = j
+        self._fused = fuse_layers(self.layers)
+        self._inference = FoldedNorms(self.layers)
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
         self._first_trainable = next(
@@ -102,9 +95,14 @@ class Sequential:
 
     # -- computing ---------------------------------------------------------
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """Run the layers (at inference: with norms folded, see ``_prepare_inference``)."""
+        if training:
+            layers, skipped = self.layers, self._fused
+        else:
+            layers, skipped = self._inference.layers, self._inference.skipped
         with single_threaded_blas:  # once for all layers (each kernel call re-enters cheaply)
-            for i, layer in enumerate(self.layers):
-                if i in self._fused:
+            for i, layer in enumerate(layers):
+                if i in skipped:
                     continue
                 if isinstance(layer, Softmax) and layer is self.layers[-1]:
                     self._logits = x
@@ -144,6 +142,7 @@ class Sequential:
     def _batches(self, x, batch_size):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self._inference.refresh()
         for start in range(0, len(x), batch_size):
             yield start, self._run(x[start:start + batch_size], training=False)
 
@@ -154,6 +153,7 @@ class Sequential:
         (probabilities for a model ending in Softmax).
         """
         if len(x) <= batch_size:
+            self._inference.refresh()
             out = self._run(x, training=False).copy()
             self._logits = None
             return out

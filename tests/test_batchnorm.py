@@ -146,3 +146,39 @@ def test_fused_batchnorm_relu_gradients_by_finite_differences(make, shape, rng):
                                    atol=1e-8, err_msg=p.name)
     # inference applies the ReLU too
     assert np.all(bn.forward(x, training=False) >= 0)
+
+
+def test_inference_folds_each_norm_into_the_conv_or_dense_before_it(rng):
+    """predict runs Conv2D/Dense copies with the norm folded in (and ReLU, pool fused);
+    its output equals the layers computed one by one in numpy, and follows later
+    changes of the weights and running statistics."""
+    model = build_model("conv:4:3:same,bn,relu,pool:2,flatten,dense:6,bn,relu,dense:3,softmax",
+                        (2, 6, 6), seed=0)
+    conv, bn2, _, _, _, dense, bn1, _, last, _ = model.layers
+    assert [type(layer).__name__ for layer in model._inference.layers] == \
+        ["Conv2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "ReLU", "Dense", "Softmax"]
+    x = rng.normal(size=(5, 2, 6, 6)).astype(np.float32)
+
+    def numpy_inference():
+        def norm(z, bn):
+            shape = [1, -1] + [1] * (z.ndim - 2)
+            return ((z - bn.running_mean.reshape(shape)) / np.sqrt(bn.running_var.reshape(shape) + bn.eps)
+                    * bn.weight.value.reshape(shape) + bn.bias.value.reshape(shape))
+        z = ref.conv2d(x.astype(F64), conv.weight.value, conv.bias.value, (1, 1), (1, 1))
+        z = ref.maxpool2d(np.maximum(norm(z, bn2), 0), (2, 2), (2, 2)).reshape(5, -1)
+        z = np.maximum(norm(z @ dense.weight.value.T.astype(F64) + dense.bias.value, bn1), 0)
+        return ref.softmax(z @ last.weight.value.T.astype(F64) + last.bias.value)
+
+    for step in range(2):
+        for bn in (bn1, bn2):
+            bn.running_mean[...] = rng.normal(size=bn.num_features)
+            bn.running_var[...] = rng.uniform(0.2, 3, size=bn.num_features)
+            bn.weight.value[...] = rng.uniform(-2, 2, size=bn.num_features)
+            bn.bias.value[...] = rng.normal(size=bn.num_features)
+        conv.weight.value[...] *= 1 + step  # a weight change must reach the folded copy
+        np.testing.assert_allclose(model.predict(x), numpy_inference(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(model.predict(x, batch_size=2), numpy_inference(), rtol=1e-4,
+                                   atol=1e-6)
+    loss, _ = model.evaluate(x, np.array([0, 1, 2, 0, 1]))
+    assert np.isclose(loss, ref.cross_entropy(np.log(numpy_inference()), np.array([0, 1, 2, 0, 1])),
+                      rtol=1e-4)
