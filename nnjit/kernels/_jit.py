@@ -5,7 +5,10 @@ its module (``cache=True``). ``@kernel`` is parallel over its ``prange``
 loops, with a serial twin for small inputs; ``@helper`` compiles a serial
 function that kernels call. All release the GIL (``nogil``).
 ``fastmath`` stays off: softmax, log and max-pooling rely on IEEE inf/nan
-semantics, and the kernels are memory-bound where fastmath would matter.
+semantics. A kernel whose loops sum many values may allow reordering the sums
+(``@kernel(reassociate=True)``: LLVM's ``reassoc``/``contract`` flags only,
+inf/nan semantics kept): a float64 sum then runs on SIMD lanes instead of
+one add after another (batch norm's statistics: 1.34 ms -> 0.18 ms).
 ``error_model="numpy"`` drops Python's division-by-zero checks so loops
 vectorise.
 
@@ -33,6 +36,7 @@ from .blas import single_threaded_blas
 SERIAL_BELOW = 1 << 17
 
 _OPTIONS = {"cache": True, "nogil": True, "error_model": "numpy"}
+_REASSOCIATE = {"reassoc", "contract"}
 
 #: False in a forked child (see the module docstring).
 parallel_allowed = True
@@ -57,9 +61,10 @@ class Kernel:
     call, as much as a small kernel's work.
     """
 
-    def __init__(self, fn, blas=False):
-        self.dispatchers = (njit(parallel=True, **_OPTIONS)(fn),
-                            njit(**_OPTIONS)(_renamed(fn, "_serial")))
+    def __init__(self, fn, blas=False, reassociate=False):
+        options = dict(_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)
+        self.dispatchers = (njit(parallel=True, **options)(fn),
+                            njit(**options)(_renamed(fn, "_serial")))
         self._parallel, self._serial = self.dispatchers
         self.blas = blas
         functools.update_wrapper(self, fn)
@@ -86,18 +91,22 @@ def _renamed(fn, suffix):
     return twin
 
 
-def helper(fn):
-    """Compile ``fn`` as a serial helper that kernels call (lazily; cached on disk)."""
-    return njit(**_OPTIONS)(fn)
+def helper(fn=None, *, reassociate=False):
+    """Compile ``fn`` as a serial helper that kernels call (lazily; cached on disk);
+    ``reassociate`` as for ``kernel``."""
+    if fn is None:
+        return lambda f: helper(f, reassociate=reassociate)
+    return njit(**_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)(fn)
 
 
-def kernel(fn=None, *, blas=False):
+def kernel(fn=None, *, blas=False, reassociate=False):
     """Compile ``fn`` as a parallel nnjit kernel with a serial twin (lazily, on
     first call; cached on disk). ``@kernel(blas=True)`` marks one that calls
-    BLAS: it runs with BLAS at one thread (``nnjit.kernels.blas``)."""
+    BLAS: it runs with BLAS at one thread (``nnjit.kernels.blas``).
+    ``reassociate=True`` lets its sums be reordered (see the module docstring)."""
     if fn is None:
-        return lambda f: Kernel(f, blas)
-    return Kernel(fn, blas)
+        return lambda f: Kernel(f, blas, reassociate)
+    return Kernel(fn, blas, reassociate)
 
 
 __all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW"]

@@ -10,7 +10,7 @@ import numpy as np
 from ._jit import kernel, prange
 
 
-@kernel
+@kernel(reassociate=True)
 def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, relu, out, xhat, invstd,
                             running_mean, running_var):
     """Normalise with the batch statistics (biased variance) and update the running ones.
@@ -72,7 +72,7 @@ def batchnorm_forward_eval(x, N, C, P, eps, weight, bias, running_mean, running_
                     orow[p] = v
 
 
-@kernel
+@kernel(reassociate=True)
 def batchnorm_backward(dy, xhat, out, invstd, weight, N, C, P, relu, need_dx, dx, dweight, dbias):
     """Gradients of ``batchnorm_forward_train`` (batch statistics depend on x too).
 

@@ -139,7 +139,7 @@ def block_to_nchw(yblock, bias, OC, P, OW, n0, n1, r0, r1, relu, out):
             s += run
 
 
-@helper
+@helper(reassociate=True)
 def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
     """Gather one block's output gradient into the GEMM layout; add its bias gradient.
 
