@@ -65,6 +65,14 @@ def non_negative_float(text: str) -> float:
     return _float_at_least(text, positive=False)
 
 
+def count_or_fraction(text: str) -> float:
+    """argparse type: a whole count >= 1 or a fraction in (0, 1) (``--val-split``)."""
+    value = positive_float(text)
+    if value >= 1 and not value.is_integer():
+        raise argparse.ArgumentTypeError(f"must be a whole count or a fraction in (0, 1), got {text}")
+    return int(value) if value >= 1 else value
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows defaults (where there is one to show) and keeps the description's line breaks."""
 

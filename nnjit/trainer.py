@@ -16,8 +16,9 @@ import numpy as np
 from .model import Sequential
 from .optim import Optimizer
 
+#: val_loss and val_accuracy are empty in runs without a validation split.
 CSV_COLUMNS = ("epoch", "step", "train_loss", "test_loss", "test_accuracy", "seconds",
-               "images_per_second")
+               "images_per_second", "val_loss", "val_accuracy")
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -126,6 +127,8 @@ class LossLog:
         exists = append and os.path.exists(path) and os.path.getsize(path) > 0
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
+        if exists:
+            _upgrade_columns(path)
         self._file = open(path, "a" if exists else "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         if not exists:
@@ -136,17 +139,33 @@ class LossLog:
         self._file.flush()
         os.fsync(self._file.fileno())
 
-    def add(self, epoch, step, train_loss, test_loss, test_accuracy, seconds, images_per_second):
-        """Append one epoch's row."""
+    def add(self, epoch, step, train_loss, test_loss, test_accuracy, seconds, images_per_second,
+            val_loss=None, val_accuracy=None):
+        """Append one epoch's row (validation figures None without a validation split)."""
+        val = ["", ""] if val_loss is None else [f"{val_loss:.6f}", f"{val_accuracy:.6f}"]
         self._write([epoch, step, f"{train_loss:.6f}", f"{test_loss:.6f}", f"{test_accuracy:.6f}",
-                     f"{seconds:.3f}", f"{images_per_second:.1f}"])
+                     f"{seconds:.3f}", f"{images_per_second:.1f}", *val])
 
     def close(self) -> None:
         self._file.close()
 
 
+def _upgrade_columns(path) -> None:
+    """Rewrite a CSV from an older version (fewer columns) with today's header,
+    its rows padded with empty cells, so a resumed run appends matching rows."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header = rows[0] if rows else []
+    if header == list(CSV_COLUMNS) or header != list(CSV_COLUMNS[:len(header)]):
+        return
+    padding = [""] * (len(CSV_COLUMNS) - len(header))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([list(CSV_COLUMNS)] + [row + padding for row in rows[1:]])
+
+
 def read_loss_log(path) -> dict[str, list[float]]:
-    """Columns of a LossLog CSV as lists of floats, keyed by CSV_COLUMNS."""
+    """Columns of a LossLog CSV as lists of floats, keyed by CSV_COLUMNS (nan where
+    empty, and for columns a CSV from an older version lacks)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    return {c: [float(r[c]) for r in rows] for c in CSV_COLUMNS}
+    return {c: [float(r.get(c) or "nan") for r in rows] for c in CSV_COLUMNS}

@@ -16,9 +16,10 @@ from rich.table import Table
 
 import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, fail, non_negative_float,
-                       positive_float, positive_int, run)
+from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, count_or_fraction, fail,
+                       non_negative_float, positive_float, positive_int, run)
 from nnjit.data import DATASETS, NORMALISATION, DataError, load_dataset, to_float
+from nnjit.data.split import stratified_split, validation_size
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
 from nnjit.spec import SPEC_HELP, build_model
@@ -69,6 +70,10 @@ def parse_args(argv=None):
                    help="use only the test files: train on their first N images, evaluate on the rest")
     p.add_argument("--train-limit", type=positive_int, metavar="N",
                    help="train on the first N training images only (quick runs)")
+    p.add_argument("--val-split", type=count_or_fraction, metavar="N|FRACTION",
+                   help="hold out N training images (or a fraction, e.g. 0.1) for validation: "
+                        "seeded by --seed and stratified by class; validation loss/accuracy are "
+                        "reported per epoch and choose best.json (the test set never does)")
     p.add_argument("--model", default="cnn",
                    help=f"network: {SPEC_HELP}. The recipe flags below default to the model's "
                         "recipe: cnn-bn's is --nesterov --weight-decay 5e-4 --lr-schedule onecycle "
@@ -173,6 +178,8 @@ def main(argv=None):
                               if matplotlib_available() else None)
     quiet = args.quiet
 
+    # best: the best validation accuracy with --val-split (it chooses best.json), else
+    # the best test accuracy, reported but never used to choose anything.
     start_epoch, start_batch, best = 0, 0, 0.0
     try:
         if args.resume:
@@ -183,7 +190,7 @@ def main(argv=None):
                 fail(f"{args.resume}: holds no optimizer state, so training cannot resume exactly")
             start_epoch, start_batch = int(meta.get("epoch", 0)), int(meta.get("batches_done", 0))
             best = float(meta.get("best_accuracy", 0.0))
-            for key in ("dataset", "seed", "batch_size", "split_test", "train_limit",
+            for key in ("dataset", "seed", "batch_size", "split_test", "train_limit", "val_split",
                         "learning_rate", "lr_schedule"):
                 if key in meta:
                     setattr(args, key, meta[key])
@@ -191,6 +198,13 @@ def main(argv=None):
         data = load_dataset(args.dataset, args.train_data_dir, split_test=args.split_test,
                             train_limit=args.train_limit, download=not args.no_download,
                             show_progress=not quiet and console.is_terminal)
+        x_val = y_val = None
+        if args.val_split is not None:
+            size = validation_size(args.val_split, len(data.y_train))
+            keep, held = stratified_split(data.y_train, size, args.seed)
+            x_val, y_val = to_float(data.x_train[held]), data.y_train[held]
+            data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+            data.description += f"; {size} training images held out for validation"
         input_shape = (1,) + data.x_train.shape[1:]
         if not args.resume:
             model = build_model(args.model, input_shape, seed=args.seed)
@@ -215,17 +229,20 @@ def main(argv=None):
     if not quiet:
         show_header(args, model, data, opt, start_epoch, input_shape)
 
-    def checkpoint(epoch, batches_done, accuracy, tag=""):
+    def checkpoint(epoch, batches_done, accuracy, tag="", val_accuracy=None, is_best=False):
         name = f"checkpoint-e{epoch:03d}-s{opt.steps:07d}{tag}.json"
         path = Path(args.checkpoint_folder) / name
         meta = dict(epoch=epoch, batches_done=batches_done, step=opt.steps, dataset=data.name,
                     class_names=list(data.class_names), input_shape=list(input_shape),
                     normalisation=NORMALISATION, model_spec=args.model, seed=args.seed,
                     batch_size=args.batch_size, split_test=args.split_test,
-                    train_limit=args.train_limit, learning_rate=args.learning_rate,
-                    lr_schedule=args.lr_schedule, test_accuracy=accuracy, best_accuracy=best)
+                    train_limit=args.train_limit, val_split=args.val_split,
+                    learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                    test_accuracy=accuracy, val_accuracy=val_accuracy, best_accuracy=best)
         save_checkpoint(model, path, opt, **meta)
         save_checkpoint(model, Path(args.checkpoint_folder) / "latest.json", opt, **meta)
+        if is_best:
+            save_checkpoint(model, Path(args.checkpoint_folder) / "best.json", opt, **meta)
         return path
 
     with console.status("Preparing kernels (compiled on the first run, then cached)...",
@@ -264,15 +281,21 @@ def main(argv=None):
                           f"saved {path} (resume with --resume {path})")
             log.close()
             sys.exit(EXIT_INTERRUPTED)
+        val_loss = val_accuracy = None
+        if x_val is not None:
+            val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=256)
         test_loss, accuracy = model.evaluate(x_test, data.y_test, batch_size=256)
-        best = max(best, accuracy)
+        is_best = val_accuracy is not None and val_accuracy > best
+        best = max(best, accuracy if val_accuracy is None else val_accuracy)
         log.add(epoch, result.step, result.train_loss, test_loss, accuracy, result.seconds,
-                result.images_per_second)
-        if epoch % args.checkpoint_stride == 0 or epoch == args.nb_epochs or stop():
-            last_path = checkpoint(epoch, 0, accuracy)
+                result.images_per_second, val_loss, val_accuracy)
+        if epoch % args.checkpoint_stride == 0 or epoch == args.nb_epochs or stop() or is_best:
+            last_path = checkpoint(epoch, 0, accuracy, val_accuracy=val_accuracy, is_best=is_best)
         if not quiet:
+            val = "" if val_loss is None else \
+                f"val loss {val_loss:.4f}  val accuracy {val_accuracy:.2%}  "
             console.print(f"epoch {epoch}/{args.nb_epochs}  train loss {result.train_loss:.4f}  "
-                          f"test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
+                          f"{val}test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
                           f"{result.seconds:.1f}s  {result.images_per_second:,.0f} img/s")
         if stop():
             console.print(f"Interrupted after epoch {epoch}; saved {last_path} "
@@ -282,8 +305,10 @@ def main(argv=None):
     log.close()
     if plot_path:
         plot_loss_log(args.loss_csv_path, plot_path, title=f"{data.name}, {args.model}")
-    console.print(f"done in {time.perf_counter() - run_start:.1f}s: best test accuracy {best:.2%}, "
-                  f"final {accuracy:.2%}; checkpoints in {args.checkpoint_folder}/ "
+    chosen = (f"best validation accuracy {best:.2%} (best.json), final test accuracy "
+              f"{accuracy:.2%}" if x_val is not None else
+              f"best test accuracy {best:.2%}, final {accuracy:.2%}")
+    console.print(f"done in {time.perf_counter() - run_start:.1f}s: {chosen}; checkpoints in {args.checkpoint_folder}/ "
                   f"(latest: {Path(args.checkpoint_folder) / 'latest.json'}), "
                   f"loss CSV {args.loss_csv_path}" + (f", plot {plot_path}" if plot_path else ""))
 
