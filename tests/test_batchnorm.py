@@ -148,6 +148,62 @@ def test_fused_batchnorm_relu_gradients_by_finite_differences(make, shape, rng):
     assert np.all(bn.forward(x, training=False) >= 0)
 
 
+@pytest.mark.parametrize("pool,relu", [((2, 2), True), ((3, 2), True), ((2, 2), False)])
+def test_fused_batchnorm_relu_maxpool_gradients_by_finite_differences(pool, relu, rng):
+    """BatchNorm2D -> [ReLU ->] MaxPool2D as one pass (training mode): finite differences,
+    and forward and backward equal to the three layers run one by one."""
+    from nnjit import Dense, Flatten, MaxPool2D, ReLU
+
+    def make():
+        middle = [ReLU()] if relu else []
+        bn = BatchNorm2D(3, dtype=F64)
+        dense = Dense(3 * 2 * 2, 3, dtype=F64)
+        return Sequential([bn, *middle, MaxPool2D(*pool), Flatten(), dense], seed=2)
+
+    model, alone = make(), make()
+    assert model._fused == ({1, 2} if relu else {1})
+    for bn in (model.layers[0], alone.layers[0]):
+        bn.weight.value[...] = np.linspace(-1.5, 2, 3)  # one negative scale
+        bn.bias.value[...] = [0.3, -0.2, 0.1]
+    alone._fused = set()  # run every layer by itself
+    for layer in alone.layers:
+        layer.unfuse()
+    x = rng.normal(size=(4, 3, 5, 5))
+    labels = rng.integers(0, 3, 4)
+
+    def loss():
+        return ref.cross_entropy(model.forward(x), labels)
+
+    np.testing.assert_allclose(model.forward(x), alone.forward(x), rtol=1e-12)
+    model.backward(labels)
+    alone.backward(labels)
+    for p, q in zip(model.parameters(), alone.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=p.name)
+    np.testing.assert_allclose(model.layers[0].running_var, alone.layers[0].running_var, rtol=1e-12)
+    grads = {p.name: p.grad.copy() for p in model.parameters()}
+    for p in model.parameters():
+        np.testing.assert_allclose(grads[p.name], ref.numeric_grad(loss, p.value), rtol=1e-5,
+                                   atol=1e-8, err_msg=p.name)
+    first = Sequential([BatchNorm2D(3, dtype=F64), ReLU(), MaxPool2D(2)])  # input gradient too
+    first.layers[0].weight.value[...] = [1.0, -0.5, 2.0]
+    g = rng.normal(size=(4, 3, 2, 2))
+
+    def input_loss():
+        return float(np.sum(first.layers[0].forward(x) * g))
+
+    first.layers[0].forward(x)
+    dx = first.layers[0].backward(g.copy()).copy()
+    np.testing.assert_allclose(dx, ref.numeric_grad(input_loss, x), rtol=1e-5, atol=1e-8)
+    # inference: running statistics, same fused pass
+    for name in ("running_mean", "running_var"):
+        getattr(alone.layers[0], name)[...] = getattr(model.layers[0], name)
+    ref_eval = alone.layers[0].forward(x, training=False)
+    if relu:
+        ref_eval = np.maximum(ref_eval, 0)
+    np.testing.assert_allclose(model.layers[0].forward(x, training=False),
+                               ref.maxpool2d(ref_eval, pool[:1] * 2, (2, 2)), rtol=1e-12)
+
+
 def test_inference_folds_each_norm_into_the_conv_or_dense_before_it(rng):
     """predict runs Conv2D/Dense copies with the norm folded in (and ReLU, pool fused);
     its output equals the layers computed one by one in numpy, and follows later

@@ -30,6 +30,12 @@ def seeded(layer):
     return layer
 
 
+def fused(layer, *following):
+    """``layer`` after taking over ``following`` (as a Sequential fuses them)."""
+    assert all(layer.fuse_next(other) for other in following)
+    return layer
+
+
 def serial_everywhere(monkeypatch, serial: bool):
     """Every kernel on its serial twin and every layer in one part (serial), or the defaults."""
     monkeypatch.setattr(jit, "SERIAL_BELOW", 1 << 62 if serial else jit.SERIAL_BELOW)
@@ -44,6 +50,7 @@ def serial_everywhere(monkeypatch, serial: bool):
     (GlobalAvgPool2D, (16, 4, 64, 64)),
     (lambda: seeded(Dropout(0.3)), (64, LARGE // 64)),
     (lambda: BatchNorm2D(4), (16, 4, 64, 64)),
+    (lambda: fused(BatchNorm2D(4), ReLU(), MaxPool2D(2)), (16, 4, 64, 64)),
     (ReLU, (64, LARGE // 64)),
     (Softmax, (LARGE // 16, 16)),
     (lambda: Dense(64, LARGE // 256), (256, 64)),

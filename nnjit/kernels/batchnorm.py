@@ -8,6 +8,7 @@ row by row (measured 1.6x faster than computed flat indices).
 import numpy as np
 
 from ._jit import kernel, prange
+from .pool import pool_plane
 
 
 @kernel(reassociate=True)
@@ -106,3 +107,100 @@ def batchnorm_backward(dy, xhat, out, invstd, weight, N, C, P, relu, need_dx, dx
                     if relu and not orow[p] > 0:
                         g = 0.0
                     xrow[p] = k * (M * g - s - hrow[p] * sx)
+
+
+@kernel(reassociate=True)
+def batchnorm_statistics(x, N, C, P, eps, momentum, weight, bias, mean, invstd, scale, shift,
+                         running_mean, running_var):
+    """The training statistics of ``batchnorm_forward_train`` without its output pass.
+
+    x: float (N*C*P,). Writes mean, invstd, and the affine map of the output
+    (out = x * scale + shift), all (C,); updates the running statistics.
+    """
+    M = N * P
+    x3 = x.reshape((N, C, P))
+    for c in prange(C):
+        acc = 0.0
+        for n in range(N):
+            row = x3[n, c]
+            for p in range(P):
+                acc += row[p]
+        mu = acc / M
+        acc = 0.0
+        for n in range(N):
+            row = x3[n, c]
+            for p in range(P):
+                d = row[p] - mu
+                acc += d * d
+        var = acc / M
+        inv = 1.0 / np.sqrt(var + eps)
+        mean[c] = mu
+        invstd[c] = inv
+        scale[c] = weight[c] * inv
+        shift[c] = bias[c] - mu * weight[c] * inv
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
+        running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * M / (M - 1)
+
+
+@kernel
+def affine_pool_forward(x, planes, C, H, W, scale, shift, relu, KH, KW, SH, SW, OH, OW, bounds,
+                        scratch, out, argmax):
+    """Per-channel affine map (batch norm), optional ReLU, then max pooling,
+    one plane at a time: the full-size output is only ever a plane in cache.
+
+    x: float (planes*H*W,), plane i of channel i % C; scale, shift: (C,).
+    bounds: int64 (parts+1,) plane ranges; scratch: float (parts, H*W).
+    Writes out: float (planes*OH*OW,) and argmax: int32 (same), as
+    ``maxpool_forward`` over relu(x * scale + shift) would.
+    """
+    x2 = x.reshape((planes, H * W))
+    o2 = out.reshape((planes, OH * OW))
+    a2 = argmax.reshape((planes, OH * OW))
+    for part in prange(len(bounds) - 1):
+        buf = scratch[part]
+        plane = buf.reshape((H, W))
+        for pl in range(bounds[part], bounds[part + 1]):
+            a, b = scale[pl % C], shift[pl % C]
+            src = x2[pl]
+            for p in range(H * W):
+                v = src[p] * a + b
+                buf[p] = 0 if relu and v < 0 else v
+            pool_plane(plane, KH, KW, SH, SW, OH, OW, o2[pl], a2[pl])
+
+
+@kernel(reassociate=True)
+def batchnorm_pool_backward(dy, x, out, argmax, mean, invstd, weight, N, C, P, Q, relu, need_dx,
+                            dx, dweight, dbias):
+    """Gradients of ``batchnorm_statistics`` + ``affine_pool_forward`` in training.
+
+    dy, out, argmax: (N*C*Q,) at the pooled output; x: float (N*C*P,) the
+    norm's input. Each pooled gradient is g at its window's maximum (where
+    out > 0 with ``relu``); xhat = (x - mean) * invstd is recomputed, never
+    stored. Writes dweight, dbias (C,) and, with ``need_dx``, dx (like x),
+    as ``batchnorm_backward`` would.
+    """
+    M = N * P
+    x3, d3 = x.reshape((N, C, P)), dx.reshape((N, C, P))
+    g3, o3, a3 = dy.reshape((N, C, Q)), out.reshape((N, C, Q)), argmax.reshape((N, C, Q))
+    for c in prange(C):
+        mu, inv = mean[c], invstd[c]
+        s = 0.0
+        sx = 0.0
+        for n in range(N):
+            grow, orow, arow, xrow = g3[n, c], o3[n, c], a3[n, c], x3[n, c]
+            for q in range(Q):
+                if relu and not orow[q] > 0:
+                    continue
+                s += grow[q]
+                sx += grow[q] * ((xrow[arow[q]] - mu) * inv)
+        dweight[c] = sx
+        dbias[c] = s
+        if need_dx:
+            k = weight[c] * inv / M
+            for n in range(N):
+                grow, orow, arow, xrow, drow = g3[n, c], o3[n, c], a3[n, c], x3[n, c], d3[n, c]
+                for p in range(P):
+                    drow[p] = -k * (s + (xrow[p] - mu) * inv * sx)
+                for q in range(Q):
+                    if not relu or orow[q] > 0:
+                        drow[arow[q]] += k * M * grow[q]

