@@ -19,10 +19,12 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
                      GlobalAvgPool2D, MaxPool2D, ReLU, Softmax)
 from .model import Sequential
 
+#: Named networks; ``{classes}`` becomes the dataset's class count.
 PRESETS = {
-    "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:10,softmax",
-    "mlp": "flatten,dense:128,relu,dense:10,softmax",
-    "cnn-bn": "conv:32:3:same,bn,relu,pool:2,conv:64:3,bn,relu,pool:2,dropout:0.25,dense:10,softmax",
+    "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:{classes},softmax",
+    "mlp": "flatten,dense:128,relu,dense:{classes},softmax",
+    "cnn-bn": "conv:32:3:same,bn,relu,pool:2,conv:64:3,bn,relu,pool:2,dropout:0.25,"
+              "dense:{classes},softmax",
 }
 
 SPEC_HELP = ("conv:OC:K[:S[:P]] (P may be 'same'; conv:OC:K:same), pool:K[:S], avgpool:K[:S], "
@@ -39,13 +41,15 @@ def _ints(token: str, args: list[str], low: int, high: int) -> list[int]:
         raise ValueError(f"{token!r}: {args} are not all integers") from None
 
 
-def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None) -> Sequential:
+def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
+                num_classes: int = 10) -> Sequential:
     """Build a Sequential from a preset name or a spec string.
 
-    input_shape: one sample's shape (C, H, W). Raises ValueError naming the
-    first token that is unknown, malformed or does not fit its input.
+    input_shape: one sample's shape (C, H, W); a preset ends in ``num_classes``
+    outputs (a spec is taken literally). Raises ValueError naming the first
+    token that is unknown, malformed or does not fit its input.
     """
-    text = PRESETS.get(spec, spec)
+    text = PRESETS[spec].format(classes=num_classes) if spec in PRESETS else spec
     shape = tuple(input_shape)
     layers = []
     for token in (t.strip() for t in text.split(",")):

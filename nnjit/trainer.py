@@ -58,15 +58,19 @@ class Trainer:
 
     ``lr_at(step)``, when given, sets the optimizer's learning rate before
     each step (``step`` counts optimizer steps from 0), e.g. a cosine schedule.
+    ``augment`` (an :class:`~nnjit.augment.Augment`) transforms each batch,
+    drawing from a generator seeded by (seed, epoch, batch), so a resumed run
+    sees the same augmented batches.
     """
 
     def __init__(self, model: Sequential, optimizer: Optimizer, batch_size: int, seed: int,
-                 lr_at=None):
+                 lr_at=None, augment=None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.seed = batch_size, seed
         self.lr_at = lr_at
+        self.augment = augment
 
     def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
                   on_batch=None, should_stop=lambda: False) -> EpochResult:
@@ -90,6 +94,8 @@ class Trainer:
         for b in range(start_batch, batches):
             idx = order[b * bs:(b + 1) * bs]
             batch = np.take(x, idx, axis=0, out=xb[:len(idx)])
+            if self.augment is not None:
+                batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]))
             labels = y[idx]
             probs = self.model.forward(batch)
             loss = self.model.backward(labels)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a network on MNIST or Fashion-MNIST, with checkpoints, a loss CSV and a plot."""
+"""Train a network on MNIST, Fashion-MNIST, CIFAR-10, an image folder or an .npz, with
+checkpoints, a loss CSV and a plot."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, HelpFormatter, console, count_or_fraction, fail,
                        non_negative_float, positive_float, positive_int, run)
-from nnjit.data import DATASETS, NORMALISATION, DataError, load_dataset, to_float
+from nnjit.augment import AUGMENT_HELP, Augment
+from nnjit.data import DATASETS, DataError, load_dataset
+from nnjit.data.preprocess import Preprocessing
 from nnjit.data.split import stratified_split, validation_size
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
@@ -43,6 +46,9 @@ examples:
   python scripts/train.py                                   # MNIST, downloaded into data/
   python scripts/train.py --dataset fashion-mnist           # uses /usr/share/datasets/fashion-mnist if present
   python scripts/train.py --dataset mnist --train-data-dir ../shared/data/mnist --split-test 8000 --nb-epochs 3
+  python scripts/train.py --dataset cifar10 --augment crop:4,flip --normalize
+  python scripts/train.py --dataset ~/photos --val-split 0.1     # ~/photos/train/<class>/*.jpg
+  python scripts/train.py --dataset mnist.npz --model cnn-bn      # x_train, y_train, x_test, y_test
   python scripts/train.py --resume checkpoints/latest.json --nb-epochs 10
 """
 
@@ -61,13 +67,25 @@ def make_optimizer(args, model):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist", help="dataset to train on")
+    p.add_argument("--dataset", default="mnist", metavar="NAME|PATH",
+                   help=f"{', '.join(DATASETS)}, cifar10 (the official python archive), a folder "
+                        "PATH with PATH/train/<class>/*.png|jpg|jpeg|bmp (and optionally "
+                        "PATH/test/<class>/...), or an .npz with x_train, y_train[, x_test, y_test]")
     p.add_argument("--train-data-dir", default="data",
-                   help="folder with the IDX files (directly or in <dir>/<dataset>/); "
+                   help="folder with the named dataset's files (directly or in <dir>/<dataset>/); "
                         "missing files are downloaded into <dir>/<dataset>/")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="image folders: read as grayscale (1) or colour (3); default: detected")
+    p.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"),
+                   help="image folders: resize every image to H x W; default: the most common size")
+    p.add_argument("--augment", metavar="SPEC", help=f"augment training batches: {AUGMENT_HELP}")
+    p.add_argument("--normalize", action="store_true",
+                   help="standardise each channel with the mean/std of the training part (default: "
+                        "x/255 only); stored in the checkpoint and applied by infer.py")
     p.add_argument("--no-download", action="store_true", help="never download; fail if files are missing")
     p.add_argument("--split-test", type=positive_int, metavar="N",
-                   help="use only the test files: train on their first N images, evaluate on the rest")
+                   help="use only the test part: train on its first N images, evaluate on the rest "
+                        "(a dataset with no test part: its training part split that way)")
     p.add_argument("--train-limit", type=positive_int, metavar="N",
                    help="train on the first N training images only (quick runs)")
     p.add_argument("--val-split", type=count_or_fraction, metavar="N|FRACTION",
@@ -138,9 +156,11 @@ class StopFlag:
         return self.requested
 
 
-def show_header(args, model, data, opt, start_epoch, input_shape):
+def show_header(args, model, data, opt, start_epoch, input_shape, preprocessing):
     settings = {
         "dataset": f"{data.name}: {data.description}",
+        "input": f"{input_shape}, {len(data.class_names)} classes; {preprocessing.describe()}"
+                 + (f"; augment {args.augment}" if args.augment else ""),
         "model": args.model if args.resume is None else f"from {args.resume}",
         "optimizer": f"{type(opt).__name__} {opt.hyperparameters()}, {args.lr_schedule} schedule",
         "batch size": args.batch_size, "epochs": f"{start_epoch} done, up to {args.nb_epochs}",
@@ -191,23 +211,34 @@ def main(argv=None):
             start_epoch, start_batch = int(meta.get("epoch", 0)), int(meta.get("batches_done", 0))
             best = float(meta.get("best_accuracy", 0.0))
             for key in ("dataset", "seed", "batch_size", "split_test", "train_limit", "val_split",
-                        "learning_rate", "lr_schedule"):
+                        "channels", "image_size", "augment", "learning_rate", "lr_schedule"):
                 if key in meta:
                     setattr(args, key, meta[key])
             args.model = meta.get("model_spec", args.model)
         data = load_dataset(args.dataset, args.train_data_dir, split_test=args.split_test,
                             train_limit=args.train_limit, download=not args.no_download,
-                            show_progress=not quiet and console.is_terminal)
+                            show_progress=not quiet and console.is_terminal,
+                            channels=args.channels,
+                            image_size=tuple(args.image_size) if args.image_size else None)
+        if data.x_test is None and args.val_split is None:
+            raise DataError(f"{args.dataset} has no test part: pass --val-split N|FRACTION (hold "
+                            "out part of the training images) or --split-test N (train on the "
+                            "first N, evaluate on the rest) to say where evaluation comes from")
         x_val = y_val = None
         if args.val_split is not None:
             size = validation_size(args.val_split, len(data.y_train))
             keep, held = stratified_split(data.y_train, size, args.seed)
-            x_val, y_val = to_float(data.x_train[held]), data.y_train[held]
+            x_val, y_val = data.x_train[held], data.y_train[held]
             data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
             data.description += f"; {size} training images held out for validation"
-        input_shape = (1,) + data.x_train.shape[1:]
-        if not args.resume:
-            model = build_model(args.model, input_shape, seed=args.seed)
+        input_shape = tuple(data.x_train.shape[1:])
+        augment = Augment.parse(args.augment) if args.augment else None
+        if args.resume:
+            preprocessing = Preprocessing.from_metadata(meta)
+        else:
+            preprocessing = Preprocessing.fit(data.x_train, args.normalize)
+            model = build_model(args.model, input_shape, seed=args.seed,
+                                num_classes=len(data.class_names))
             opt = make_optimizer(args, model)
         out_shape = model.summary(input_shape)[-1][1]
         if out_shape != (len(data.class_names),):
@@ -220,23 +251,27 @@ def main(argv=None):
 
     if start_epoch >= args.nb_epochs:
         fail(f"the checkpoint has already done {start_epoch} epochs; pass --nb-epochs above that")
-    x_train, x_test = to_float(data.x_train), to_float(data.x_test)
+    x_train = preprocessing.apply(data.x_train)
+    x_test = None if data.x_test is None else preprocessing.apply(data.x_test)
+    if x_val is not None:
+        x_val = preprocessing.apply(x_val)
     total_steps = args.nb_epochs * math.ceil(len(x_train) / args.batch_size)
     schedule = {"cosine": cosine_lr, "onecycle": one_cycle_lr}.get(args.lr_schedule)
     lr_at = (lambda step: schedule(args.learning_rate, step, total_steps)) if schedule else None
-    trainer = Trainer(model, opt, args.batch_size, args.seed, lr_at)
+    trainer = Trainer(model, opt, args.batch_size, args.seed, lr_at, augment)
     stop = StopFlag()
     if not quiet:
-        show_header(args, model, data, opt, start_epoch, input_shape)
+        show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
 
     def checkpoint(epoch, batches_done, accuracy, tag="", val_accuracy=None, is_best=False):
         name = f"checkpoint-e{epoch:03d}-s{opt.steps:07d}{tag}.json"
         path = Path(args.checkpoint_folder) / name
         meta = dict(epoch=epoch, batches_done=batches_done, step=opt.steps, dataset=data.name,
                     class_names=list(data.class_names), input_shape=list(input_shape),
-                    normalisation=NORMALISATION, model_spec=args.model, seed=args.seed,
+                    preprocessing=preprocessing.to_metadata(), model_spec=args.model, seed=args.seed,
                     batch_size=args.batch_size, split_test=args.split_test,
                     train_limit=args.train_limit, val_split=args.val_split,
+                    channels=args.channels, image_size=args.image_size, augment=args.augment,
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                     test_accuracy=accuracy, val_accuracy=val_accuracy, best_accuracy=best)
         save_checkpoint(model, path, opt, **meta)
@@ -284,7 +319,8 @@ def main(argv=None):
         val_loss = val_accuracy = None
         if x_val is not None:
             val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=256)
-        test_loss, accuracy = model.evaluate(x_test, data.y_test, batch_size=256)
+        test_loss, accuracy = (math.nan, math.nan) if x_test is None else \
+            model.evaluate(x_test, data.y_test, batch_size=256)
         is_best = val_accuracy is not None and val_accuracy > best
         best = max(best, accuracy if val_accuracy is None else val_accuracy)
         log.add(epoch, result.step, result.train_loss, test_loss, accuracy, result.seconds,
@@ -294,8 +330,10 @@ def main(argv=None):
         if not quiet:
             val = "" if val_loss is None else \
                 f"val loss {val_loss:.4f}  val accuracy {val_accuracy:.2%}  "
+            test = "" if x_test is None else \
+                f"test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
             console.print(f"epoch {epoch}/{args.nb_epochs}  train loss {result.train_loss:.4f}  "
-                          f"{val}test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
+                          f"{val}{test}"
                           f"{result.seconds:.1f}s  {result.images_per_second:,.0f} img/s")
         if stop():
             console.print(f"Interrupted after epoch {epoch}; saved {last_path} "
@@ -305,8 +343,8 @@ def main(argv=None):
     log.close()
     if plot_path:
         plot_loss_log(args.loss_csv_path, plot_path, title=f"{data.name}, {args.model}")
-    chosen = (f"best validation accuracy {best:.2%} (best.json), final test accuracy "
-              f"{accuracy:.2%}" if x_val is not None else
+    final = "no test part" if x_test is None else f"final test accuracy {accuracy:.2%}"
+    chosen = (f"best validation accuracy {best:.2%} (best.json), {final}" if x_val is not None else
               f"best test accuracy {best:.2%}, final {accuracy:.2%}")
     console.print(f"done in {time.perf_counter() - run_start:.1f}s: {chosen}; checkpoints in {args.checkpoint_folder}/ "
                   f"(latest: {Path(args.checkpoint_folder) / 'latest.json'}), "

@@ -65,14 +65,15 @@ def test_load_dataset_finds_both_layouts(tmp_path, sub, rng):
     make_split(tmp_path / sub, "train", 30, rng)
     make_split(tmp_path / sub, "test", 20, rng, gz=False)
     data = load_dataset("mnist", tmp_path, download=False)
-    assert data.x_train.shape == (30, 28, 28) and data.y_test.shape == (20,)
+    assert data.x_train.shape == (30, 1, 28, 28) and data.y_test.shape == (20,)
 
 
 def test_split_test_and_train_limit(tmp_path, rng):
     make_split(tmp_path, "test", 50, rng)
     data = load_dataset("mnist", tmp_path, split_test=40, train_limit=25, download=False)
     assert (len(data.x_train), len(data.x_test)) == (25, 10)
-    assert "test split only" in data.description and "first 25" in data.description
+    assert "test part split" in data.description and "first 40" in data.description \
+        and "first 25 training" in data.description
     with pytest.raises(DataError, match="--split-test"):
         load_dataset("mnist", tmp_path, split_test=50, download=False)
 
@@ -177,5 +178,5 @@ def test_dataset_download_through_mirrors(server, tmp_path, rng, monkeypatch):
     # The first mirror has nothing (404), the second one works.
     data = load_dataset("tiny", data_dir, mirrors=[server.url + "/bad/", server.url + "/good/"],
                         show_progress=False)
-    assert data.x_train.shape == (12, 28, 28)
+    assert data.x_train.shape == (12, 1, 28, 28)
     assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == sorted(files)

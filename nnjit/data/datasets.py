@@ -1,4 +1,4 @@
-"""Named datasets (MNIST, Fashion-MNIST): where to find them, how to fetch them."""
+"""Datasets by name (MNIST, Fashion-MNIST, CIFAR-10) or path (image folder, .npz)."""
 from __future__ import annotations
 
 import os
@@ -152,9 +152,11 @@ def load_split(images_path, labels_path, num_classes: int) -> tuple[np.ndarray, 
 
 @dataclass
 class Dataset:
-    """A loaded train/test pair, still as uint8 pixels.
+    """A loaded train/test pair, still as stored.
 
-    x_train, x_test: uint8 (N, H, W); y_train, y_test: uint8 (N,).
+    x_train, x_test: uint8 pixels (or float32 values from an .npz) (N, C, H, W);
+    y_train, y_test: uint8 (N,). x_test and y_test are None for a dataset
+    without a test part.
     """
 
     name: str
@@ -168,35 +170,77 @@ class Dataset:
 
 def load_dataset(name: str, data_dir="data", split_test: int | None = None,
                  train_limit: int | None = None, download: bool = True, mirrors=None,
-                 show_progress: bool = True) -> Dataset:
-    """Load a named dataset.
+                 show_progress: bool = True, channels: int | None = None,
+                 image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load a dataset by name ("mnist", "fashion-mnist", "cifar10") or path (a
+    folder of class folders, see ``nnjit.data.folder``, or an ``.npz``).
 
-    ``split_test=N`` uses only the test files: the first N images train, the
-    rest evaluate (for machines that have only the test set).
-    ``train_limit=N`` keeps the first N training images.
+    ``split_test=N`` trains on the first N images of the test part and
+    evaluates on the rest (for machines that have only the test files); a
+    dataset with no test part splits its training part that way instead.
+    ``train_limit=N`` keeps the first N training images. ``channels`` and
+    ``image_size`` apply to image folders. Images come back as (N, C, H, W).
     """
-    info = dataset_info(name)
-    n = len(info.class_names)
-    if split_test is not None:
-        images, labels = load_split(*locate(info, data_dir, ("test",), download, mirrors,
-                                            show_progress)["test"], n)
-        if not 0 < split_test < len(images):
-            raise DataError(f"--split-test must be between 1 and {len(images) - 1} "
-                            f"(the test files hold {len(images)} images), got {split_test}")
-        data = Dataset(info.name, info.class_names, images[:split_test], labels[:split_test],
-                       images[split_test:], labels[split_test:],
-                       f"test split only: first {split_test} test images train, "
-                       f"last {len(images) - split_test} evaluate")
+    if (channels is not None or image_size is not None) and (name in DATASETS or name == "cifar10"
+                                                            or not Path(name).is_dir()):
+        raise DataError("--channels and --image-size apply to image folders only")
+    if name in DATASETS:
+        data = _load_idx(name, data_dir, split_test is not None, download, mirrors, show_progress)
+    elif name == "cifar10":
+        from .cifar import load_cifar10
+
+        x, y, xt, yt, names, folder = load_cifar10(data_dir, download, show_progress)
+        data = Dataset("cifar10", names, x, y, xt, yt, f"train {len(x)} images from {folder}, "
+                       f"test {len(xt)}")
     else:
-        paths = locate(info, data_dir, ("train", "test"), download, mirrors, show_progress)
-        x_train, y_train = load_split(*paths["train"], n)
-        x_test, y_test = load_split(*paths["test"], n)
-        data = Dataset(info.name, info.class_names, x_train, y_train, x_test, y_test,
-                       f"train {len(x_train)} images from {paths['train'][0].parent}, "
-                       f"test {len(x_test)}")
+        data = _load_path(name, channels, image_size, show_progress)
+    if split_test is not None:
+        source, part = (data.x_test, "test") if data.x_test is not None else (data.x_train, "training")
+        labels = data.y_test if data.x_test is not None else data.y_train
+        if not 0 < split_test < len(source):
+            raise DataError(f"--split-test must be between 1 and {len(source) - 1} (the {part} "
+                            f"part holds {len(source)} images), got {split_test}")
+        data.x_train, data.y_train = source[:split_test], labels[:split_test]
+        data.x_test, data.y_test = source[split_test:], labels[split_test:]
+        data.description += (f"; {part} part split: first {split_test} images train, last "
+                             f"{len(source) - split_test} evaluate")
     if train_limit is not None:
         if train_limit < 1:
             raise DataError(f"--train-limit must be positive, got {train_limit}")
         data.x_train, data.y_train = data.x_train[:train_limit], data.y_train[:train_limit]
         data.description += f" (limited to the first {len(data.x_train)} training images)"
     return data
+
+
+def _load_idx(name, data_dir, test_only, download, mirrors, show_progress) -> Dataset:
+    info = dataset_info(name)
+    n = len(info.class_names)
+    splits = ("test",) if test_only else ("train", "test")
+    paths = locate(info, data_dir, splits, download, mirrors, show_progress)
+    x_test, y_test = load_split(*paths["test"], n)
+    if test_only:
+        return Dataset(info.name, info.class_names, x_test[:0, None], y_test[:0], x_test[:, None],
+                       y_test, f"test files {paths['test'][0].parent}")
+    x_train, y_train = load_split(*paths["train"], n)
+    return Dataset(info.name, info.class_names, x_train[:, None], y_train, x_test[:, None], y_test,
+                   f"train {len(x_train)} images from {paths['train'][0].parent}, test {len(x_test)}")
+
+
+def _load_path(name, channels, image_size, show_progress) -> Dataset:
+    path = Path(name)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        from .npz import load_npz
+
+        x, y, xt, yt, how = load_npz(path)
+        labels = y if yt is None else np.concatenate([y, yt])
+        names = tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
+    elif path.is_dir():
+        from .folder import load_image_folder
+
+        x, y, xt, yt, names, how = load_image_folder(path, channels, image_size, show_progress)
+    else:
+        raise DataError(f"unknown dataset {name!r}: not one of {', '.join([*DATASETS, 'cifar10'])}, "
+                        "nor an image folder (PATH/train/<class>/*.png) or an .npz file")
+    test = f"test {len(xt)}" if xt is not None else "no test part"
+    return Dataset(path.name, names, x, y, xt, yt,
+                   f"train {len(x)} images from {path} ({how}), {test}")

@@ -1,0 +1,157 @@
+"""Image folders: ``PATH/train/<class>/*.png|jpg|jpeg|bmp`` and optionally
+``PATH/test/<class>/...`` (torchvision's ImageFolder, Keras's
+``image_dataset_from_directory``), decoded on every core."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .idx import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+#: Modes Pillow reports for single-channel images.
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray")
+#: Files decoded per task handed to a thread: enough to amortise the hand-off.
+FILES_PER_TASK = 64
+
+
+def _pillow():
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise DataError("reading image folders needs Pillow: pip install 'nnjit[image]'") from None
+    return Image, UnidentifiedImageError
+
+
+def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """(class names, image paths, uint8 labels) of one split folder, classes
+    sorted by name (or the given ``classes``, which every subfolder must be one
+    of); files in sorted order within each class."""
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: not a folder")
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not found:
+        raise DataError(f"{split_dir}: holds no class folders (expected {split_dir}/<class>/*.png)")
+    if classes is None:
+        classes = found
+        if len(classes) > 256:
+            raise DataError(f"{split_dir}: {len(classes)} class folders; at most 256 are supported")
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DataError(f"{split_dir}: class folders {unknown} are not among the training "
+                            f"classes {classes}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS) \
+            if folder.is_dir() else []
+        if not files and name in found:
+            raise DataError(f"{folder}: empty class folder (no {'/'.join(EXTENSIONS)} files)")
+        paths += files
+        labels += [label] * len(files)
+    return classes, paths, np.array(labels, dtype=np.uint8)
+
+
+def _header(path: Path) -> tuple[tuple[int, int], str]:
+    Image, Unidentified = _pillow()
+    try:
+        with Image.open(path) as img:
+            mode = "P;gray" if img.mode == "P" and _palette_is_gray(img) else img.mode
+            return img.size, mode
+    except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+def _palette_is_gray(img) -> bool:
+    palette = img.getpalette() or []
+    rgb = np.array(palette[:len(palette) // 3 * 3]).reshape(-1, 3)
+    return bool(np.all(rgb == rgb[:, :1]))
+
+
+def _decode(paths, out, start, size, channels):
+    Image, Unidentified = _pillow()
+    mode = "L" if channels == 1 else "RGB"
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if img.size != size:
+                    img = img.resize(size, Image.Resampling.BILINEAR)
+                pixels = np.asarray(img, dtype=np.uint8)
+        except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{path}: not a readable image ({err})") from None
+        out[start + i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    return len(paths)
+
+
+def _in_parallel(fn, chunks, total, what, show_progress):
+    """fn(chunk) for every chunk on every core, with one progress bar; returns results in order."""
+    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
+            Progress(*columns, transient=True, disable=not show_progress) as bar:
+        task = bar.add_task(what, total=total)
+        futures = [pool.submit(fn, chunk) for chunk in chunks]
+        results = []
+        try:
+            for future in futures:
+                result = future.result()
+                results.append(result)
+                bar.update(task, advance=len(result) if isinstance(result, list) else result)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+def _chunks(items):
+    return [items[i:i + FILES_PER_TASK] for i in range(0, len(items), FILES_PER_TASK)]
+
+
+def load_image_folder(root, channels: int | None = None, image_size=None,
+                      show_progress: bool = True):
+    """Load ``root/train`` (and ``root/test`` when present).
+
+    channels: 1 or 3, or None to detect (1 when every image is grayscale).
+    image_size: (H, W), or None for the most common size among the training
+    images; others are resized (bilinear).
+    Returns (x_train uint8 (N, C, H, W), y_train uint8 (N,), x_test, y_test
+    (None when there is no test folder), class names, a sentence on how the
+    images were read).
+    """
+    root = Path(root)
+    classes, train_paths, y_train = scan(root / "train")
+    has_test = (root / "test").is_dir()
+    test_paths, y_test = scan(root / "test", classes)[1:] if has_test else ([], None)
+    every = train_paths + test_paths
+    headers = [h for chunk in _in_parallel(lambda c: [_header(p) for p in c], _chunks(every),
+                                            len(every), "reading image headers", show_progress)
+               for h in chunk]
+    sizes = Counter(size for size, _ in headers[:len(train_paths)])
+    (w, h), _ = sizes.most_common(1)[0]
+    how = f"most common size {h}x{w}"
+    if image_size is not None:
+        h, w = image_size
+        how = f"--image-size {h}x{w}"
+    resized = sum(size != (w, h) for size, _ in headers)
+    if channels is None:
+        channels = 1 if all(mode in GRAY_MODES for _, mode in headers) else 3
+        how += f", {'grayscale' if channels == 1 else 'colour'} (detected)"
+    else:
+        how += f", {channels} channel{'s' if channels > 1 else ''} (--channels)"
+    if resized:
+        how += f", {resized} images resized"
+    x = np.empty((len(every), channels, h, w), dtype=np.uint8)
+    starts = range(0, len(every), FILES_PER_TASK)
+    _in_parallel(lambda start: _decode(every[start:start + FILES_PER_TASK], x, start, (w, h),
+                                       channels),
+                 list(starts), len(every), "decoding images", show_progress)
+    n = len(train_paths)
+    x_test = x[n:] if has_test else None
+    return x[:n], y_train, x_test, y_test, tuple(classes), how
