@@ -1,4 +1,4 @@
-"""Reading one image for inference: raw 784-byte files, .npy arrays, PNG/JPEG."""
+"""Reading one image for inference: raw bytes, .npy arrays, PNG/JPEG; grayscale or colour."""
 from __future__ import annotations
 
 import os
@@ -8,22 +8,23 @@ import numpy as np
 from .data import DataError
 
 
-def load_image(path, shape=(28, 28)) -> tuple[np.ndarray, str]:
-    """Read one grayscale image as uint8 pixels.
+def load_image(path, shape=(1, 28, 28)) -> tuple[np.ndarray, str]:
+    """Read one image for a model taking samples of ``shape`` (C, H, W), as uint8 pixels.
 
-    - ``.npy``: uint8 of shape ``shape``, (1, *shape) or (H*W,); or float in
-      [0, 1], taken as pixels / 255.
-    - ``.png``, ``.jpg``, ``.jpeg`` (and anything Pillow reads): converted to
-      grayscale, resized to ``shape``, inverted when it is dark on light (a
-      scan), since the datasets are light on dark.
-    - anything else: raw bytes, exactly H*W of them, row by row (the seed's
-      ``image_sample.bin``).
+    - ``.npy``: uint8 holding exactly C*H*W values, as (C, H, W), (H, W, C),
+      (H, W) for C = 1, or flat; or floats in [0, 1], taken as pixels / 255.
+    - ``.png``, ``.jpg``, ``.jpeg`` (and anything Pillow reads): resized to
+      H x W; for C = 1 converted to grayscale and inverted when it is dark on
+      light (a scan: the digit datasets are light on dark); for C = 3 read as
+      RGB, never converted to grayscale.
+    - anything else: raw bytes, exactly C*H*W of them, plane by plane, row by
+      row (the seed's 784-byte ``image_sample.bin``).
 
-    Returns (uint8 (H, W), a sentence saying how the file was read).
+    Returns (uint8 (C, H, W), a sentence saying how the file was read).
     Raises DataError for an unreadable file or one of the wrong size.
     """
     path = os.fspath(path)
-    h, w = shape
+    c, h, w = shape
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".npy":
@@ -31,26 +32,32 @@ def load_image(path, shape=(28, 28)) -> tuple[np.ndarray, str]:
         if ext in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
             return _from_picture(path, shape)
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(c * h * w + 1)
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     except ValueError as err:
         raise DataError(f"{path}: not a readable .npy array ({err})") from None
-    if len(data) != h * w:
-        raise DataError(f"{path}: a raw image must be exactly {h * w} bytes ({h}x{w} grayscale), "
-                        f"this one has {len(data)}")
-    return np.frombuffer(data, np.uint8).reshape(shape), f"raw {h}x{w} grayscale bytes"
+    kind = "grayscale" if c == 1 else f"{c}-channel"
+    if len(data) != c * h * w:
+        raise DataError(f"{path}: a raw image must be exactly {c * h * w} bytes ({h}x{w} {kind}), "
+                        f"this one has {'more' if len(data) > c * h * w else len(data)}")
+    return np.frombuffer(data, np.uint8).reshape(shape), f"raw {h}x{w} {kind} bytes"
 
 
 def _from_npy(array, shape, path):
-    h, w = shape
-    if array.size != h * w:
-        raise DataError(f"{path}: array of shape {array.shape} is not one {h}x{w} image")
-    array = array.reshape(shape)
+    c, h, w = shape
+    if array.size != c * h * w:
+        size = f"{h}x{w}" if c == 1 else f"{c}x{h}x{w}"
+        raise DataError(f"{path}: array of shape {array.shape} is not one {size} image")
+    if array.ndim == 3 and array.shape == (h, w, c) and array.shape != shape:
+        array, layout = array.transpose(2, 0, 1), "(H, W, C)"
+    else:
+        array, layout = array.reshape(shape), "(C, H, W)" if array.ndim == 3 else str(array.shape)
     if array.dtype == np.uint8:
-        return array, f".npy uint8 array {h}x{w}"
+        return np.ascontiguousarray(array), f".npy uint8 array {layout}"
     if np.issubdtype(array.dtype, np.floating) and np.all((array >= 0) & (array <= 1)):
-        return np.rint(array * 255).astype(np.uint8), ".npy float array in [0, 1], scaled by 255"
+        return (np.rint(array * 255).astype(np.uint8),
+                f".npy float array {layout} in [0, 1], scaled by 255")
     raise DataError(f"{path}: .npy must hold uint8 pixels or floats in [0, 1], got {array.dtype}")
 
 
@@ -59,20 +66,25 @@ def _from_picture(path, shape):
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise DataError("reading PNG/JPEG needs Pillow: pip install 'nnjit[image]'") from None
+    c, h, w = shape
+    if c not in (1, 3):
+        raise DataError(f"{path}: pictures can feed 1- or 3-channel models, this one takes {c}")
     try:
         with Image.open(path) as img:
             size = img.size
-            gray = img.convert("L")
-            if gray.size != (shape[1], shape[0]):
-                gray = gray.resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
-            pixels = np.asarray(gray, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+            img = img.convert("L" if c == 1 else "RGB")
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.Resampling.LANCZOS)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
-    steps = [f"{size[0]}x{size[1]} picture converted to grayscale"]
-    if size != (shape[1], shape[0]):
-        steps.append(f"resized to {shape[1]}x{shape[0]}")
+    steps = [f"{size[0]}x{size[1]} picture " + ("converted to grayscale" if c == 1 else "read as RGB")]
+    if size != (w, h):
+        steps.append(f"resized to {w}x{h}")
+    if c == 3:
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)), ", ".join(steps)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > 127:
         pixels = 255 - pixels
         steps.append("inverted (dark on light, like a scan)")
-    return pixels, ", ".join(steps)
+    return pixels[None], ", ".join(steps)

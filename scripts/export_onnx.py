@@ -9,7 +9,8 @@ import numpy as np
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint
 from nnjit.cli import HelpFormatter, console, fail, run
-from nnjit.data import NORMALISATION
+from nnjit.data import DataError
+from nnjit.data.preprocess import Preprocessing
 from nnjit.onnx_export import OPSET, export_onnx, onnxruntime_max_difference
 
 
@@ -33,8 +34,12 @@ def main(argv=None):
     folder = os.path.dirname(os.path.abspath(args.onnx_path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         fail(f"{args.onnx_path}: cannot write there (folder {folder} is missing or not writable)")
+    try:
+        preprocessing = Preprocessing.from_metadata(ckpt.metadata)
+    except DataError as err:
+        fail(f"{args.checkpoint_path}: {err}")
     meta = {"class_names": ckpt.metadata.get("class_names", [str(i) for i in range(10)]),
-            "normalisation": ckpt.metadata.get("normalisation", NORMALISATION),
+            "preprocessing": preprocessing.describe(),
             "dataset": ckpt.metadata.get("dataset", "")}
     try:
         with console.status("exporting"):

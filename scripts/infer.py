@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a trained checkpoint on one image, or evaluate it on a whole IDX test set."""
+"""Run a trained checkpoint on one image, or evaluate it on a whole test set (IDX files,
+an image folder or an .npz)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,9 @@ from rich.text import Text
 
 from nnjit.checkpoint import CheckpointError, load_checkpoint
 from nnjit.cli import HelpFormatter, console, fail, positive_int, run
-from nnjit.data import NORMALISATION, DataError, load_split, read_idx, to_float
+from nnjit.data import DataError, load_split, read_idx
+from nnjit.data.preprocess import Preprocessing
+from nnjit.data.evaluation import load_test_part
 from nnjit.images import load_image
 
 EXAMPLES = """
@@ -20,6 +23,8 @@ examples:
   python scripts/infer.py checkpoints/latest.json image_sample.bin
   python scripts/infer.py checkpoints/latest.json digit.png --json
   python scripts/infer.py checkpoints/latest.json --idx data/mnist/t10k-images-idx3-ubyte.gz data/mnist/t10k-labels-idx1-ubyte.gz
+  python scripts/infer.py checkpoints/latest.json --data ~/photos        # ~/photos/test/<class>/*.jpg
+  python scripts/infer.py checkpoints/latest.json --data mnist.npz       # its x_test, y_test
   python scripts/infer.py --save-sample 0 --idx data/mnist/t10k-images-idx3-ubyte.gz --output image_sample.bin
 """
 
@@ -28,12 +33,16 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="checkpoint JSON written by scripts/train.py")
     p.add_argument("image", nargs="?",
-                   help="a raw 784-byte 28x28 grayscale file, a .npy array, or a PNG/JPEG")
+                   help="a PNG/JPEG (grayscale or colour, as the model takes), a .npy array of one "
+                        "(C, H, W) or (H, W, C) image, or raw bytes (784 for a 28x28 grayscale model)")
     p.add_argument("--idx", nargs="+", metavar="FILE",
                    help="IMAGES LABELS: evaluate on an IDX test set (with --save-sample: IMAGES [LABELS])")
+    p.add_argument("--data", metavar="PATH",
+                   help="evaluate on an image folder (PATH/test/<class>/*.png, or PATH/<class>/...) "
+                        "or the x_test, y_test of an .npz; classes matched to the checkpoint's by name")
     p.add_argument("--top", type=positive_int, default=5, help="how many classes to list")
     p.add_argument("--json", action="store_true", help="print a machine-readable result instead")
-    p.add_argument("--batch-size", type=positive_int, default=1000, help="batch size for --idx")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="batch size for --idx and --data")
     p.add_argument("--save-sample", type=int, metavar="INDEX",
                    help="write image INDEX of the --idx images file as a raw 784-byte file and exit")
     p.add_argument("--output", default="image_sample.bin", help="file written by --save-sample")
@@ -41,16 +50,19 @@ def parse_args(argv=None):
 
 
 def draw(pixels: np.ndarray) -> Text:
-    """The image in the terminal: two pixel rows per line with half blocks (ASCII when piped)."""
+    """The image (uint8 (C, H, W), C = 1 or 3) in the terminal: two pixel rows per line
+    with half blocks (ASCII of the brightness when piped)."""
+    rgb = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels[:3]
     text = Text()
     if not console.is_terminal:
         ramp = " .:-=+*#%@"
-        for row in pixels:
+        for row in rgb.mean(axis=0).astype(int):
             text.append("".join(ramp[int(v) * len(ramp) // 256] * 2 for v in row) + "\n")
         return text
-    for top, bottom in zip(pixels[0::2], pixels[1::2]):
-        for a, b in zip(top, bottom):
-            text.append("▀", style=f"rgb({a},{a},{a}) on rgb({b},{b},{b})")
+    rows = rgb.transpose(1, 2, 0)
+    for top, bottom in zip(rows[0::2], rows[1::2]):
+        for (r, g, b), (r2, g2, b2) in zip(top, bottom):
+            text.append("▀", style=f"rgb({r},{g},{b}) on rgb({r2},{g2},{b2})")
         text.append("\n")
     return text
 
@@ -60,11 +72,17 @@ def class_names(ckpt, k):
     return [str(n) for n in names] if names and len(names) == k else [str(i) for i in range(k)]
 
 
-def check_preprocessing(ckpt):
-    norm = ckpt.metadata.get("normalisation", NORMALISATION)
-    if norm != NORMALISATION:
-        fail(f"{ckpt.path}: trained with normalisation {norm!r}, this nnjit applies {NORMALISATION!r}")
-    return tuple(ckpt.metadata.get("input_shape", (1, 28, 28)))
+def input_spec(ckpt) -> tuple[tuple[int, int, int], Preprocessing]:
+    """The checkpoint's sample shape (C, H, W) and preprocessing."""
+    try:
+        preprocessing = Preprocessing.from_metadata(ckpt.metadata)
+    except DataError as err:
+        fail(f"{ckpt.path}: {err}")
+    shape = ckpt.metadata.get("input_shape", (1, 28, 28))
+    if not (isinstance(shape, list | tuple) and len(shape) == 3
+            and all(isinstance(v, int) and 0 < v <= 1 << 16 for v in shape)):
+        fail(f"{ckpt.path}: input_shape {shape!r} is not three positive sizes (C, H, W)")
+    return tuple(shape), preprocessing
 
 
 def save_sample(args):
@@ -87,12 +105,12 @@ def save_sample(args):
                   f"({images[args.save_sample].size} bytes)")
 
 
-def predict_one(args, ckpt, shape):
+def predict_one(args, ckpt, shape, preprocessing):
     try:
-        pixels, how = load_image(args.image, shape[1:])
+        pixels, how = load_image(args.image, shape)
     except DataError as err:
         fail(str(err))
-    probs = ckpt.model.predict(to_float(pixels[None]))[0]
+    probs = ckpt.model.predict(preprocessing.apply(pixels[None]))[0]
     names = class_names(ckpt, len(probs))
     order = np.argsort(-probs)[:args.top]
     best = int(order[0])
@@ -112,18 +130,26 @@ def predict_one(args, ckpt, shape):
     console.print(table)
 
 
-def evaluate(args, ckpt, shape):
-    if len(args.idx) != 2:
-        fail("--idx takes IMAGES LABELS")
-    k = ckpt.model.summary(shape)[-1][1][0]
+def test_set(args, ckpt, shape, k):
+    """(images (N, C, H, W), labels as the checkpoint's class indices) from --idx or --data."""
     try:
-        images, labels = load_split(args.idx[0], args.idx[1], k)
+        if args.idx:
+            if len(args.idx) != 2:
+                fail("--idx takes IMAGES LABELS")
+            images, labels = load_split(args.idx[0], args.idx[1], k)
+            return images[:, None], labels
+        return load_test_part(args.data, shape, class_names(ckpt, k))
     except DataError as err:
         fail(str(err))
-    if images.shape[1:] != shape[1:]:
-        fail(f"the images are {images.shape[1]}x{images.shape[2]}, the checkpoint expects "
-             f"{shape[1]}x{shape[2]}")
-    x = to_float(images)
+
+
+def evaluate(args, ckpt, shape, preprocessing):
+    k = ckpt.model.summary(shape)[-1][1][0]
+    images, labels = test_set(args, ckpt, shape, k)
+    if images.shape[1:] != shape:
+        size = lambda s: f"{s[1]}x{s[2]}" + (f" with {s[0]} channels" if s[0] != 1 else "")  # noqa: E731
+        fail(f"the images are {size(images.shape[1:])}, the checkpoint expects {size(shape)}")
+    x = preprocessing.apply(images)
     preds = np.empty(len(x), np.int64)
     with Progress(console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
         task = bar.add_task("evaluating", total=len(x))
@@ -161,21 +187,21 @@ def main(argv=None):
         return save_sample(args)
     if not args.checkpoint:
         fail("a CHECKPOINT is needed (or --save-sample INDEX --idx IMAGES)")
-    if bool(args.image) == bool(args.idx):
-        fail("give either an IMAGE or --idx IMAGES LABELS")
+    if (args.image is not None) + (args.idx is not None) + (args.data is not None) != 1:
+        fail("give one of an IMAGE, --idx IMAGES LABELS or --data PATH")
     try:
         ckpt = load_checkpoint(args.checkpoint)
     except CheckpointError as err:
         fail(str(err))
-    shape = check_preprocessing(ckpt)
+    shape, preprocessing = input_spec(ckpt)
     try:
         ckpt.model.summary(shape)
     except ValueError as err:
         fail(f"{args.checkpoint}: the model does not take inputs of shape {shape}: {err}")
     if args.image:
-        predict_one(args, ckpt, shape)
+        predict_one(args, ckpt, shape, preprocessing)
     else:
-        evaluate(args, ckpt, shape)
+        evaluate(args, ckpt, shape, preprocessing)
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ def main(argv=None):
                     train_limit=args.train_limit, val_split=args.val_split,
                     channels=args.channels, image_size=args.image_size, augment=args.augment,
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
-                    test_accuracy=accuracy, val_accuracy=val_accuracy, best_accuracy=best)
+                    test_accuracy=None if math.isnan(accuracy) else accuracy,
+                    val_accuracy=val_accuracy, best_accuracy=best)
         save_checkpoint(model, path, opt, **meta)
         save_checkpoint(model, Path(args.checkpoint_folder) / "latest.json", opt, **meta)
         if is_best:

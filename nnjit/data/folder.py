@@ -110,6 +110,19 @@ def _in_parallel(fn, chunks, total, what, show_progress):
     return results
 
 
+def read_images(paths: list[Path], channels: int, size: tuple[int, int],
+                show_progress: bool = True) -> np.ndarray:
+    """Decode ``paths`` on every core into uint8 (N, channels, H, W), converted to
+    grayscale or RGB and resized (bilinear) to ``size`` (H, W) where they differ."""
+    h, w = size
+    x = np.empty((len(paths), channels, h, w), dtype=np.uint8)
+    starts = range(0, len(paths), FILES_PER_TASK)
+    _in_parallel(lambda start: _decode(paths[start:start + FILES_PER_TASK], x, start, (w, h),
+                                       channels),
+                 list(starts), len(paths), "decoding images", show_progress)
+    return x
+
+
 def _chunks(items):
     return [items[i:i + FILES_PER_TASK] for i in range(0, len(items), FILES_PER_TASK)]
 
@@ -147,11 +160,7 @@ def load_image_folder(root, channels: int | None = None, image_size=None,
         how += f", {channels} channel{'s' if channels > 1 else ''} (--channels)"
     if resized:
         how += f", {resized} images resized"
-    x = np.empty((len(every), channels, h, w), dtype=np.uint8)
-    starts = range(0, len(every), FILES_PER_TASK)
-    _in_parallel(lambda start: _decode(every[start:start + FILES_PER_TASK], x, start, (w, h),
-                                       channels),
-                 list(starts), len(every), "decoding images", show_progress)
+    x = read_images(every, channels, (h, w), show_progress)
     n = len(train_paths)
     x_test = x[n:] if has_test else None
     return x[:n], y_train, x_test, y_test, tuple(classes), how

@@ -5,7 +5,8 @@ from ._jit import kernel, prange
 @kernel
 def shift_flip(x, N, C, H, W, dy, dx, flip, out):
     """out[n, c, i, j] = x[n, c, i + dy[n], j' + dx[n]], zero where that falls outside
-    the image, with j' = W - 1 - j when flip[n] (a horizontal mirror) else j.
+    the image, with j' = W - 1 - j when flip[n] else j: the shifted image, then
+    mirrored left-right.
 
     A shift by (dy, dx) in [-p, p] is torchvision's random crop of the image
     zero-padded by p. x, out: float (N*C*H*W,); dy, dx: int64 (N,); flip: bool (N,).

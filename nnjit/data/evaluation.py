@@ -1,0 +1,39 @@
+"""Test sets for evaluating a trained model: an image folder or an .npz's test part."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .idx import DataError
+
+
+def load_test_part(path, shape: tuple[int, int, int], class_names: list[str]):
+    """(images (N, C, H, W), uint8 labels) to evaluate a model taking ``shape``
+    samples with classes ``class_names``.
+
+    A folder: PATH/test/<class>/... when PATH/test exists, else PATH/<class>/...;
+    each class folder must be named after one of ``class_names`` (labels are
+    that name's index), images are read with the model's channels and resized
+    to its H x W. An .npz: its x_test and y_test, labels below len(class_names).
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npz" and path.is_file():
+        from .npz import load_npz
+
+        _, _, x, y, _ = load_npz(path)
+        if x is None:
+            raise DataError(f"{path}: has no x_test/y_test to evaluate on")
+        if len(y) and y.max() >= len(class_names):
+            raise DataError(f"{path}: label {y.max()} is outside the model's "
+                            f"{len(class_names)} classes")
+        return x, y
+    if not path.is_dir():
+        raise DataError(f"--data {path}: neither a folder nor an .npz file")
+    from .folder import read_images, scan
+
+    folder = path / "test" if (path / "test").is_dir() else path
+    _, paths, labels = scan(folder, list(class_names))
+    if not paths:
+        raise DataError(f"{folder}: no images in class folders named after the model's classes")
+    return read_images(paths, shape[0], shape[1:]), labels
