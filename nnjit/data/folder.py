@@ -1,11 +1,19 @@
 """Image folders: ``PATH/train/<class>/*.png|jpg|jpeg|bmp`` and optionally
 ``PATH/test/<class>/...`` (torchvision's ImageFolder, Keras's
-``image_dataset_from_directory``), decoded on every core."""
+``image_dataset_from_directory``), decoded on every core.
+
+Decoding runs in worker processes, not threads: for small images Pillow's
+per-file work is mostly Python and holds the GIL (measured on 70,000 28x28
+PNGs, 2 cores: 20.4 s with 2 threads, against ~150 us per file on one).
+Workers write pixels straight into shared memory; only sizes and modes come
+back through pipes.
+"""
 from __future__ import annotations
 
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +24,8 @@ from .idx import DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: Modes Pillow reports for single-channel images.
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray")
-#: Files decoded per task handed to a thread: enough to amortise the hand-off.
-FILES_PER_TASK = 64
+#: Files per task handed to a worker process: enough to amortise the hand-off.
+FILES_PER_TASK = 256
 
 
 def _pillow():
@@ -74,35 +82,48 @@ def _palette_is_gray(img) -> bool:
     return bool(np.all(rgb == rgb[:, :1]))
 
 
-def _decode(paths, out, start, size, channels):
+def _headers(paths):
+    return [_header(p) for p in paths]
+
+
+def _decode(task):
+    """Decode paths into rows [start, start + len(paths)) of the shared (N, C, H, W) array."""
+    shm_name, shape, start, paths, size, channels = task
     Image, Unidentified = _pillow()
     mode = "L" if channels == 1 else "RGB"
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)
-        except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"{path}: not a readable image ({err})") from None
-        out[start + i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        out = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
+        for i, path in enumerate(paths):
+            try:
+                with Image.open(path) as img:
+                    img = img.convert(mode)
+                    if img.size != size:
+                        img = img.resize(size, Image.Resampling.BILINEAR)
+                    pixels = np.asarray(img, dtype=np.uint8)
+            except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
+                raise DataError(f"{path}: not a readable image ({err})") from None
+            out[start + i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        del out
+    finally:
+        shm.close()
     return len(paths)
 
 
-def _in_parallel(fn, chunks, total, what, show_progress):
-    """fn(chunk) for every chunk on every core, with one progress bar; returns results in order."""
+def _in_parallel(fn, tasks, sizes, what, show_progress):
+    """fn(task) for every task in worker processes (one per core), with one
+    progress bar advancing by each task's size; returns the results in order."""
     columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, \
-            Progress(*columns, transient=True, disable=not show_progress) as bar:
-        task = bar.add_task(what, total=total)
-        futures = [pool.submit(fn, chunk) for chunk in chunks]
+    workers = max(1, min(os.cpu_count() or 1, len(tasks)))
+    with Progress(*columns, transient=True, disable=not show_progress) as bar, \
+            ProcessPoolExecutor(max_workers=workers) as pool:
+        task = bar.add_task(what, total=sum(sizes))
+        futures = [pool.submit(fn, t) for t in tasks]
         results = []
         try:
-            for future in futures:
-                result = future.result()
-                results.append(result)
-                bar.update(task, advance=len(result) if isinstance(result, list) else result)
+            for future, size in zip(futures, sizes):
+                results.append(future.result())
+                bar.update(task, advance=size)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -110,21 +131,27 @@ def _in_parallel(fn, chunks, total, what, show_progress):
     return results
 
 
+def _chunks(items):
+    return [items[i:i + FILES_PER_TASK] for i in range(0, len(items), FILES_PER_TASK)]
+
+
 def read_images(paths: list[Path], channels: int, size: tuple[int, int],
                 show_progress: bool = True) -> np.ndarray:
     """Decode ``paths`` on every core into uint8 (N, channels, H, W), converted to
     grayscale or RGB and resized (bilinear) to ``size`` (H, W) where they differ."""
     h, w = size
-    x = np.empty((len(paths), channels, h, w), dtype=np.uint8)
-    starts = range(0, len(paths), FILES_PER_TASK)
-    _in_parallel(lambda start: _decode(paths[start:start + FILES_PER_TASK], x, start, (w, h),
-                                       channels),
-                 list(starts), len(paths), "decoding images", show_progress)
-    return x
-
-
-def _chunks(items):
-    return [items[i:i + FILES_PER_TASK] for i in range(0, len(items), FILES_PER_TASK)]
+    shape = (len(paths), channels, h, w)
+    if not paths:
+        return np.empty(shape, np.uint8)
+    shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
+    try:
+        starts = range(0, len(paths), FILES_PER_TASK)
+        tasks = [(shm.name, shape, s, paths[s:s + FILES_PER_TASK], (w, h), channels) for s in starts]
+        _in_parallel(_decode, tasks, [len(t[3]) for t in tasks], "decoding images", show_progress)
+        return np.ndarray(shape, np.uint8, buffer=shm.buf).copy()
+    finally:
+        shm.close()
+        shm.unlink()
 
 
 def load_image_folder(root, channels: int | None = None, image_size=None,
@@ -143,8 +170,9 @@ def load_image_folder(root, channels: int | None = None, image_size=None,
     has_test = (root / "test").is_dir()
     test_paths, y_test = scan(root / "test", classes)[1:] if has_test else ([], None)
     every = train_paths + test_paths
-    headers = [h for chunk in _in_parallel(lambda c: [_header(p) for p in c], _chunks(every),
-                                            len(every), "reading image headers", show_progress)
+    chunks = _chunks(every)
+    headers = [h for chunk in _in_parallel(_headers, chunks, [len(c) for c in chunks],
+                                            "reading image headers", show_progress)
                for h in chunk]
     sizes = Counter(size for size, _ in headers[:len(train_paths)])
     (w, h), _ = sizes.most_common(1)[0]
