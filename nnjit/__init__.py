@@ -11,6 +11,7 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import softmax_cross_entropy
 from .model import Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CheckpointError, DataError, NnjitError, SpecError
 from .optim import SGD, Adam, AdamW, Momentum, Optimizer
 from .params import Parameter
 from .threads import get_num_threads, set_num_threads
@@ -21,6 +22,6 @@ __all__ = [
     "Sequential", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Flatten", "Dense", "Dropout",
     "BatchNorm1D", "BatchNorm2D", "ReLU", "Softmax", "Layer",
     "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
-    "save_checkpoint", "load_checkpoint",
+    "save_checkpoint", "load_checkpoint", "NnjitError", "DataError", "CheckpointError", "SpecError",
     "set_num_threads", "get_num_threads", "__version__",
 ]

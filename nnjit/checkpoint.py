@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import CheckpointError
 from .fileio import atomic_write_text
+from .layers import LAYER_TYPES
 from .model import Sequential
 from .optim import OPTIMIZER_TYPES, Optimizer
 
@@ -36,8 +38,6 @@ FORMAT = "nnjit-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read; the message names the file and the problem."""
 
 
 @dataclass
@@ -151,12 +151,15 @@ def load_checkpoint(path) -> Checkpoint:
                    f"column {err.colno})") from None
     except ValueError as err:
         raise fail(str(err)) from None
+    except RecursionError:
+        raise fail("JSON nested too deeply to be a checkpoint") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise fail(f"not an nnjit checkpoint (no \"format\": \"{FORMAT}\")")
     if doc.get("version") != VERSION:
         raise fail(f"unknown checkpoint format version {doc.get('version')!r} "
                    f"(this nnjit reads version {VERSION})")
     try:
+        _check_declared_sizes(doc["architecture"], doc["parameters"], doc.get("buffers", []))
         model = Sequential.from_config(doc["architecture"])
         _load_parameters(model, doc["parameters"])
         _load_buffers(model, doc.get("buffers", []))  # absent before BatchNorm existed
@@ -169,6 +172,46 @@ def load_checkpoint(path) -> Checkpoint:
         what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
         raise fail(what) from None
     return Checkpoint(model, opt_state, metadata, path)
+
+
+def _check_declared_sizes(architecture, parameters, buffers) -> None:
+    """Refuse an architecture whose layers would hold other arrays than the file
+    stores, before any layer is built: a config asking for a billion-feature
+    layer fails here instead of allocating it. Memory used on any file is then
+    bounded by the values the file itself holds."""
+    if not isinstance(architecture, list) or not isinstance(parameters, list) \
+            or not isinstance(buffers, list):
+        raise CheckpointError("architecture, parameters and buffers must be lists")
+    stored = {}
+    for entry in parameters + buffers:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
+                or not isinstance(entry.get("values"), list):
+            raise CheckpointError("every parameter and buffer needs a name and a list of values")
+        stored[entry["name"]] = len(entry["values"])
+    for i, layer in enumerate(architecture):
+        layer_type = LAYER_TYPES.get(layer.get("type")) if isinstance(layer, dict) else None
+        if layer_type is None:
+            raise CheckpointError(f"layer {i}: unknown layer type "
+                                  f"{layer.get('type') if isinstance(layer, dict) else layer!r}")
+        config = layer.get("config", {})
+        if not isinstance(config, dict):
+            raise CheckpointError(f"layer {i}: config must be an object")
+        try:
+            shapes = layer_type.array_shapes(**config)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"layer {i} ({layer_type.__name__}): {err}") from None
+        for name, shape in shapes.items():
+            key = f"{i}.{name}"
+            if key in stored and stored[key] != math.prod(shape):
+                raise CheckpointError(f"layer {i} ({layer_type.__name__}) declares {key} of shape "
+                                      f"{shape} ({math.prod(shape):,} values), the file holds "
+                                      f"{stored[key]:,}")
+            if key not in stored and key.rsplit(".", 1)[1] in getattr(layer_type, "buffer_names", ()) \
+                    and not buffers:
+                continue  # checkpoints from before buffers existed: defaults are fine
+            if key not in stored:
+                raise CheckpointError(f"layer {i} ({layer_type.__name__}) needs {key}, which the "
+                                      "file does not hold")
 
 
 def _values(entry_name, values, shape, dtype) -> np.ndarray:

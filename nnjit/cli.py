@@ -25,9 +25,14 @@ def fail(message: str, code: int = EXIT_BAD_INPUT):
 
 
 def run(main) -> None:
-    """Run a script's ``main()``; a KeyboardInterrupt that reaches here exits 130 with one line."""
+    """Run a script's ``main()``: any NnjitError that reaches here becomes one
+    ``error:`` line and exit 2; a KeyboardInterrupt exits 130 with one line."""
+    from .errors import NnjitError
+
     try:
         sys.exit(main())
+    except NnjitError as err:
+        fail(str(err))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(EXIT_INTERRUPTED)

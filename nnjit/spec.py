@@ -15,6 +15,7 @@ inferred from the input shape:
 """
 from __future__ import annotations
 
+from .errors import SpecError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, MaxPool2D, ReLU, Softmax)
 from .model import Sequential
@@ -89,8 +90,8 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
             for layer in new:
                 shape = layer.output_shape(shape)
         except (ValueError, IndexError) as err:
-            raise ValueError(f"model spec {spec!r}: {err}; expected {SPEC_HELP}") from None
+            raise SpecError(f"model spec {spec!r}: {err}; expected {SPEC_HELP}") from None
         layers.extend(new)
     if not layers:
-        raise ValueError(f"model spec {spec!r} is empty")
+        raise SpecError(f"model spec {spec!r} is empty")
     return Sequential(layers, seed=seed)

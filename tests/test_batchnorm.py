@@ -99,7 +99,7 @@ def test_buffers_round_trip_bit_exactly_and_are_checked(tmp_path, rng):
     doc = json.loads((tmp_path / "c.json").read_text())
     del doc["buffers"][0]
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    with pytest.raises(CheckpointError, match="buffers .* do not match"):
+    with pytest.raises(CheckpointError, match="1.running_mean"):
         load_checkpoint(tmp_path / "bad.json")
 
 

@@ -13,11 +13,9 @@ import zlib
 
 import numpy as np
 
+from ..errors import DataError  # re-exported: nnjit.data.DataError
+
 UBYTE = 0x08
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or malformed; the message says which and why."""
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

@@ -47,6 +47,14 @@ class Layer:
         """Constructor keyword arguments that rebuild this layer (JSON-safe)."""
         return {}
 
+    @classmethod
+    def array_shapes(cls, **config) -> dict[str, tuple[int, ...]]:
+        """Shapes of the parameters and buffers that ``cls(**config)`` holds, found
+        without building it (a checkpoint reader checks them against the values a
+        file holds before allocating anything). Raises ValueError/TypeError for a
+        config the constructor would refuse. Default: none."""
+        return {}
+
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial values for the parameters from ``rng``."""
 

@@ -43,7 +43,7 @@ class BatchNorm1D(FusesReLU, Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
-        self.num_features = positive_int(num_features, "num_features")
+        (self.num_features,) = self.array_shapes(num_features=num_features)["weight"]
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
             raise ValueError(f"eps must be a positive number, got {eps!r}")
         if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) \
@@ -57,6 +57,11 @@ class BatchNorm1D(FusesReLU, Layer):
         self.running_var = np.ones(num_features, self.dtype)
         self._cache = None
         self.unfuse()
+
+    @classmethod
+    def array_shapes(cls, num_features, **_):
+        c = (positive_int(num_features, "num_features"),)
+        return {"weight": c, "bias": c, "running_mean": c, "running_var": c}
 
     def reset_parameters(self, rng):
         self.weight.value[...] = 1

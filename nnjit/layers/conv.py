@@ -44,8 +44,9 @@ class Conv2D(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dtype=np.float32):
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        self.out_channels = positive_int(out_channels, "out_channels")
+        shapes = self.array_shapes(in_channels=in_channels, out_channels=out_channels,
+                                   kernel_size=kernel_size)
+        self.out_channels, self.in_channels = shapes["weight"][:2]
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = pair(stride, "stride", 1)
         self.same_padding = isinstance(padding, str) and padding == "same"
@@ -58,13 +59,18 @@ class Conv2D(Layer):
             padding = tuple(k // 2 for k in self.kernel_size)
         self.padding = pair(padding, "padding", 0)
         self.dtype = np.dtype(dtype)
-        kh, kw = self.kernel_size
-        self.weight = Parameter("weight", np.zeros((out_channels, in_channels, kh, kw), self.dtype))
-        self.bias = Parameter("bias", np.zeros(out_channels, self.dtype))
+        self.weight = Parameter("weight", np.zeros(shapes["weight"], self.dtype))
+        self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
         self._plans = {}
         self.unfuse()
+
+    @classmethod
+    def array_shapes(cls, in_channels, out_channels, kernel_size, **_):
+        ic, oc = positive_int(in_channels, "in_channels"), positive_int(out_channels, "out_channels")
+        kh, kw = pair(kernel_size, "kernel_size", 1)
+        return {"weight": (oc, ic, kh, kw), "bias": (oc,)}
 
     def unfuse(self):
         self.fused_relu = False

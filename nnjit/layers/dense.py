@@ -22,14 +22,19 @@ class Dense(FusesReLU, Layer):
 
     def __init__(self, in_features, out_features, dtype=np.float32):
         super().__init__()
-        self.in_features = positive_int(in_features, "in_features")
-        self.out_features = positive_int(out_features, "out_features")
+        shapes = self.array_shapes(in_features=in_features, out_features=out_features)
+        self.out_features, self.in_features = shapes["weight"]
         self.dtype = np.dtype(dtype)
-        self.weight = Parameter("weight", np.zeros((out_features, in_features), self.dtype))
-        self.bias = Parameter("bias", np.zeros(out_features, self.dtype))
+        self.weight = Parameter("weight", np.zeros(shapes["weight"], self.dtype))
+        self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
         self.unfuse()
+
+    @classmethod
+    def array_shapes(cls, in_features, out_features, **_):
+        n_in, n_out = positive_int(in_features, "in_features"), positive_int(out_features, "out_features")
+        return {"weight": (n_out, n_in), "bias": (n_out,)}
 
     def reset_parameters(self, rng):
         self.weight.value[...] = he_uniform(rng, self.weight.shape, self.in_features)
