@@ -168,7 +168,7 @@ def load_checkpoint(path) -> Checkpoint:
         metadata = dict(doc.get("metadata") or {})
     except CheckpointError as err:
         raise fail(str(err)) from None
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as err:
         what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
         raise fail(what) from None
     return Checkpoint(model, opt_state, metadata, path)

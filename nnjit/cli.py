@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 
 EXIT_BAD_INPUT = 2
+#: A checkpoint, CSV or plot could not be written (disk full, folder gone or read-only).
+EXIT_WRITE_FAILED = 74
 EXIT_INTERRUPTED = 130
 
 console = Console(highlight=False, soft_wrap=True)

@@ -86,7 +86,7 @@ class Sequential:
         for key, layer_state in state.items():
             try:
                 self.layers[int(key)].set_extra_state(layer_state)
-            except (ValueError, TypeError, KeyError, IndexError) as err:
+            except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as err:
                 raise ValueError(f"extra state for layer {key}: {err!r}") from None
 
     @property

@@ -15,10 +15,16 @@ inferred from the input shape:
 """
 from __future__ import annotations
 
+import math
+
 from .errors import SpecError
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, MaxPool2D, ReLU, Softmax)
 from .model import Sequential
+
+#: Most parameter and buffer values a spec may build (1 GiB of float32):
+#: a larger request is refused before anything is allocated.
+MAX_VALUES = 1 << 28
 
 #: Named networks; ``{classes}`` becomes the dataset's class count.
 PRESETS = {
@@ -53,6 +59,16 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
     text = PRESETS[spec].format(classes=num_classes) if spec in PRESETS else spec
     shape = tuple(input_shape)
     layers = []
+    total = [0]
+
+    def make(layer_type, **config):
+        """The layer, once its arrays are known to fit in MAX_VALUES with the rest."""
+        total[0] += sum(math.prod(s) for s in layer_type.array_shapes(**config).values())
+        if total[0] > MAX_VALUES:
+            raise ValueError(f"the model would hold {total[0]:,} parameter and buffer values "
+                             f"by this layer, over the limit of {MAX_VALUES:,}")
+        return layer_type(**config)
+
     for token in (t.strip() for t in text.split(",")):
         kind, *args = token.split(":")
         try:
@@ -63,7 +79,8 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
                 oc, k, *rest = _ints(token, args[:-1] if same else args, 2, 3 if same else 4)
                 stride, padding = (rest + [1, 0][len(rest):])[:2]  # defaults: stride 1, padding 0
                 padding = "same" if same else padding
-                new = [Conv2D(shape[0], oc, k, stride=stride, padding=padding)]
+                new = [make(Conv2D, in_channels=shape[0], out_channels=oc, kernel_size=k,
+                            stride=stride, padding=padding)]
             elif kind in ("pool", "avgpool"):
                 k, *s = _ints(token, args, 1, 2)
                 new = [(MaxPool2D if kind == "pool" else AvgPool2D)(k, s[0] if s else None)]
@@ -71,7 +88,7 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
                 (n,) = _ints(token, args, 1, 1)
                 new = [Flatten()] if len(shape) > 1 else []
                 flat = shape if not new else new[0].output_shape(shape)
-                new.append(Dense(flat[0], n))
+                new.append(make(Dense, in_features=flat[0], out_features=n))
             elif kind == "dropout":
                 if len(args) != 1:
                     raise ValueError(f"{token!r} takes one probability")
@@ -81,7 +98,7 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
                     raise ValueError(f"{token!r}: {args[0]!r} is not a number") from None
                 new = [Dropout(p)]
             elif kind == "bn" and not args:
-                new = [(BatchNorm2D if len(shape) == 3 else BatchNorm1D)(shape[0])]
+                new = [make(BatchNorm2D if len(shape) == 3 else BatchNorm1D, num_features=shape[0])]
             elif kind in ("relu", "flatten", "softmax", "gap") and not args:
                 new = [{"relu": ReLU, "flatten": Flatten, "softmax": Softmax,
                         "gap": GlobalAvgPool2D}[kind]()]

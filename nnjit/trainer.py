@@ -6,6 +6,7 @@ No printing here: callers (scripts/train.py) observe progress through the
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fileio import atomic_write_text
 from .model import Sequential
 from .optim import Optimizer
 
@@ -87,7 +89,7 @@ class Trainer:
         n, bs = len(x), self.batch_size
         batches = math.ceil(n / bs)
         order = epoch_order(self.seed, epoch, n)
-        xb = np.empty((bs,) + x.shape[1:], dtype=x.dtype)
+        xb = np.empty((min(bs, n),) + x.shape[1:], dtype=x.dtype)
         loss_sum, correct, seen, done = 0.0, 0, 0, start_batch
         start = time.perf_counter()
         result = EpochResult(epoch, self.optimizer.steps, done, batches, math.nan, 0.0, 0, 0.0)
@@ -126,15 +128,18 @@ class LossLog:
     """The per-epoch CSV: header first, one flushed row per epoch.
 
     Appends to an existing file when ``append`` (a resumed run), so a run
-    killed at any point still leaves a valid CSV.
+    killed at any point still leaves a valid CSV; ``up_to_epoch`` first drops
+    rows of later epochs (written by a run killed before it checkpointed them,
+    which the resumed run computes again).
     """
 
-    def __init__(self, path: str | os.PathLike, append: bool = False):
+    def __init__(self, path: str | os.PathLike, append: bool = False,
+                 up_to_epoch: int | None = None):
         exists = append and os.path.exists(path) and os.path.getsize(path) > 0
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         if exists:
-            _upgrade_columns(path)
+            _rewrite(path, up_to_epoch)
         self._file = open(path, "a" if exists else "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         if not exists:
@@ -156,17 +161,23 @@ class LossLog:
         self._file.close()
 
 
-def _upgrade_columns(path) -> None:
-    """Rewrite a CSV from an older version (fewer columns) with today's header,
-    its rows padded with empty cells, so a resumed run appends matching rows."""
+def _rewrite(path, up_to_epoch) -> None:
+    """Before appending: give a CSV from an older version (fewer columns) today's
+    header, its rows padded with empty cells, and drop rows after ``up_to_epoch``
+    (and a torn last line); rewritten atomically, and only when something changes."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     header = rows[0] if rows else []
-    if header == list(CSV_COLUMNS) or header != list(CSV_COLUMNS[:len(header)]):
-        return
+    if header != list(CSV_COLUMNS[:len(header)]):
+        return  # not ours: leave it
     padding = [""] * (len(CSV_COLUMNS) - len(header))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([list(CSV_COLUMNS)] + [row + padding for row in rows[1:]])
+    body = [row + padding for row in rows[1:] if len(row) == len(header) and row[0].isdigit()
+            and (up_to_epoch is None or int(row[0]) <= up_to_epoch)]
+    if header == list(CSV_COLUMNS) and len(body) == len(rows) - 1:
+        return
+    out = io.StringIO()
+    csv.writer(out).writerows([list(CSV_COLUMNS)] + body)
+    atomic_write_text(path, out.getvalue())
 
 
 def read_loss_log(path) -> dict[str, list[float]]:

@@ -56,3 +56,17 @@ def mnist_test_set():
             pytest.fail(msg)
         pytest.skip(msg)
     return read_idx(MNIST_DIR / MNIST_FILES[0]), read_idx(MNIST_DIR / MNIST_FILES[1])
+
+
+#: Seed of every property-based (hypothesis) test in this run: random unless
+#: NNJIT_FUZZ_SEED is set, and printed in the header and with any failure.
+FUZZ_SEED = int(os.environ.get("NNJIT_FUZZ_SEED") or np.random.SeedSequence().entropy % 2**32)
+
+
+def pytest_report_header(config):
+    return f"fuzz seed: {FUZZ_SEED} (NNJIT_FUZZ_SEED={FUZZ_SEED} reproduces the fuzz tests' inputs)"
+
+
+def pytest_runtest_makereport(item, call):
+    if call.excinfo is not None and "fuzz" in item.name:
+        item.add_report_section("call", "fuzz seed", f"NNJIT_FUZZ_SEED={FUZZ_SEED} found this")

@@ -16,6 +16,9 @@ import numpy as np
 from ..errors import DataError  # re-exported: nnjit.data.DataError
 
 UBYTE = 0x08
+#: Largest IDX payload read (4 GiB, 70x the MNIST training images): a header
+#: declaring more is refused before anything is read or allocated.
+MAX_IDX_BYTES = 1 << 32
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -34,28 +37,40 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number)")
+            if head[2] != UBYTE:
+                raise DataError(f"{path}: IDX type code 0x{head[2]:02x} is not supported "
+                                "(only unsigned bytes)")
+            ndim = head[3]
+            dim_bytes = f.read(4 * ndim)
+            if ndim == 0 or len(dim_bytes) < 4 * ndim:
+                raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
+            dims = tuple(int.from_bytes(dim_bytes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            size = math.prod(dims)
+            if size > MAX_IDX_BYTES:
+                raise DataError(f"{path}: header declares shape {dims} ({size:,} bytes), over "
+                                f"the {MAX_IDX_BYTES:,}-byte limit for one IDX file")
+            if not gzipped and os.fstat(raw.fileno()).st_size - 4 - 4 * ndim < size:
+                raise DataError(f"{path}: header says shape {dims} ({4 + 4 * ndim + size} bytes) "
+                                f"but the file has {os.fstat(raw.fileno()).st_size} bytes: "
+                                "truncated or corrupt")
+            data = f.read(size + 1)  # never more than declared: a gzip bomb stops here
     except OSError as err:  # includes gzip.BadGzipFile
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     except (EOFError, zlib.error) as err:
         raise DataError(f"{path}: corrupt or truncated gzip data ({err})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    if data[2] != UBYTE:
-        raise DataError(f"{path}: IDX type code 0x{data[2]:02x} is not supported (only unsigned bytes)")
-    ndim = data[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        raise DataError(f"{path}: header says shape {dims} ({expected} bytes) but the file "
-                        f"has {len(data)} bytes: truncated or corrupt")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    if len(data) != size:
+        raise DataError(f"{path}: header says shape {dims} ({header + size} bytes) but the file "
+                        f"has {'more' if len(data) > size else header + len(data)} bytes: "
+                        "truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> None:

@@ -75,10 +75,55 @@ class Kernel:
     def run(self, parallel: bool, *args):
         """Call the parallel compilation or the serial twin, as the caller decided."""
         dispatcher = self._parallel if parallel and parallel_allowed else self._serial
+        try:
+            return self._call(dispatcher, args)
+        except Exception as err:
+            if not _raised_by_numba_cache(err):
+                raise
+            _forget_broken_cache(err)
+            return self._call(dispatcher, args)  # once: a second failure is a real one
+
+    def _call(self, dispatcher, args):
         if not self.blas:
             return dispatcher(*args)
         with single_threaded_blas:
             return dispatcher(*args)
+
+
+def _raised_by_numba_cache(err: BaseException) -> bool:
+    """True when ``err`` came out of Numba's on-disk cache (a corrupt or
+    truncated index or data file), not out of compiling or running a kernel."""
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.endswith("caching.py") and "numba" in name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _forget_broken_cache(err: BaseException) -> None:
+    """Empty the cache index of every nnjit kernel and helper, so that what was
+    cached is compiled again (and re-cached); where the index cannot be
+    rewritten (a read-only cache), stop caching that function in this process."""
+    import sys
+    import warnings
+
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    warnings.warn(f"nnjit: Numba's on-disk cache was unreadable ({type(err).__name__}: {err}); "
+                  "compiling the kernels again", RuntimeWarning, stacklevel=3)
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("nnjit.kernels"):
+            continue
+        for obj in list(vars(module).values()):
+            for dispatcher in obj.dispatchers if isinstance(obj, Kernel) else (obj,):
+                if isinstance(dispatcher, Dispatcher):
+                    try:
+                        dispatcher._cache.flush()
+                    except Exception:  # noqa: BLE001  (any failure: just stop caching it)
+                        dispatcher._cache = NullCache()
 
 
 def _renamed(fn, suffix):

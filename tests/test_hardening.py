@@ -1,0 +1,371 @@
+"""No input crashes nnjit, no fault loses a run: hostile files, flags and faults."""
+import copy
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from conftest import FUZZ_SEED, ROOT
+from nnjit import NnjitError
+from nnjit.checkpoint import load_checkpoint, save_checkpoint
+from nnjit.data import read_idx, write_idx
+from nnjit.images import load_image
+from nnjit.spec import build_model
+from synthetic import write_dataset
+
+TRAIN = str(ROOT / "scripts" / "train.py")
+INFER = str(ROOT / "scripts" / "infer.py")
+FUZZ = settings(max_examples=150, deadline=None, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def script(path, *args, **kwargs):
+    return subprocess.run([sys.executable, path, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def one_error_line(proc, code=2):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error:"), proc.stderr
+    return proc.stderr
+
+
+# -- checkpoints ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "real.json"
+    model = build_model("conv:2:3,bn,relu,pool:2,dropout:0.2,dense:10,softmax", seed=0)
+    from nnjit import Momentum
+
+    save_checkpoint(model, path, Momentum(model.parameters(), lr=0.1), input_shape=[1, 28, 28])
+    return path
+
+
+@pytest.mark.parametrize("features", [1_000_000_000, 100_000])
+def test_a_checkpoint_declaring_a_huge_layer_is_refused_before_allocating(real_checkpoint, tmp_path,
+                                                                            features):
+    doc = json.loads(real_checkpoint.read_text())
+    dense = next(layer for layer in doc["architecture"] if layer["type"] == "Dense")
+    dense["config"]["out_features"] = features
+    bomb = tmp_path / "bomb.json"
+    bomb.write_text(json.dumps(doc))
+    (tmp_path / "image_sample.bin").write_bytes(bytes(784))
+    tracemalloc.start()
+    with pytest.raises(NnjitError, match="declares .* the file holds"):
+        load_checkpoint(bomb)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * bomb.stat().st_size + (8 << 20), peak  # bounded by the file, not the layer
+    err = one_error_line(script(INFER, bomb, tmp_path / "image_sample.bin"))
+    assert "bomb.json" in err and f"{features:,}" not in err or "declares" in err
+
+
+def json_paths(doc, prefix=()):
+    """Every (path, value) in a JSON document, lists sampled to keep it small."""
+    yield prefix, doc
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i in sorted({0, len(doc) // 2, len(doc) - 1} if doc else ()):
+            yield from json_paths(doc[i], prefix + (i,))
+
+
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([0, -1, 2**31, 10**12]),
+    st.floats(allow_nan=False), st.text(max_size=20), st.builds(list), st.builds(dict),
+    st.lists(st.integers(-5, 5), max_size=5), st.builds(lambda: [[[[[[]]]]]]),
+    st.sampled_from(["Dense", "Conv2D", "BatchNorm2D", "Dropout", "NoSuchLayer", "float64"]),
+)
+
+
+@seed(FUZZ_SEED)
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mutated_checkpoints_load_or_fail_cleanly(real_checkpoint, data):
+    doc = json.loads(real_checkpoint.read_text())
+    paths = [p for p, _ in json_paths(doc) if p]  # chosen before mutating: no cycles possible
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = doc
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            action = data.draw(st.sampled_from(["delete", "replace", "nest"]))
+            if action == "delete":
+                del parent[path[-1]]
+            elif action == "replace":
+                parent[path[-1]] = data.draw(HOSTILE)
+            else:
+                parent[path[-1]] = [[parent[path[-1]]]]
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path
+    text = json.dumps(doc)
+    if data.draw(st.booleans()):
+        text = text[:data.draw(st.integers(0, len(text)))]
+    tracemalloc.start()
+    try:
+        load_checkpoint_text(text)
+    except NnjitError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 50 * len(text) + (16 << 20), peak
+
+
+def load_checkpoint_text(text, _dir=[]):
+    import tempfile
+
+    if not _dir:
+        _dir.append(tempfile.mkdtemp())
+    path = os.path.join(_dir[0], "fuzz.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return load_checkpoint(path)
+
+
+def test_deeply_nested_and_non_utf8_checkpoints_are_one_clear_error(tmp_path):
+    for name, data in [("deep.json", b"[" * 100_000 + b"]" * 100_000),
+                       ("latin1.json", b'{"format": "nnjit-checkpoint", "x": "\xff\xfe"}')]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(NnjitError):
+            load_checkpoint(tmp_path / name)
+
+
+# -- IDX files ------------------------------------------------------------------------
+@seed(FUZZ_SEED)
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mutated_idx_files_read_or_fail_cleanly(tmp_path_factory, data):
+    images = np.arange(5 * 4 * 3, dtype=np.uint8).reshape(5, 4, 3)
+    folder = tmp_path_factory.mktemp("idx")
+    write_idx(folder / "x", images)
+    raw = bytearray((folder / "x").read_bytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["byte", "truncate", "extend", "dim"]))
+        if kind == "byte" and raw:
+            raw[data.draw(st.integers(0, min(len(raw) - 1, 15)))] = data.draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del raw[data.draw(st.integers(0, len(raw))):]
+        elif kind == "extend":
+            raw += bytes(data.draw(st.integers(1, 9)))
+        elif kind == "dim" and len(raw) >= 8:
+            at = 4 + 4 * data.draw(st.integers(0, max(0, min(raw[3], 3) - 1)))
+            raw[at:at + 4] = data.draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+    payload = gzip.compress(bytes(raw)) if data.draw(st.booleans()) else bytes(raw)
+    (folder / "y").write_bytes(payload)
+    try:
+        array = read_idx(folder / "y")
+    except NnjitError:
+        return
+    assert array.dtype == np.uint8 and array.size == len(raw) - 4 - 4 * raw[3]
+
+
+def test_a_gzip_bomb_idx_stops_at_its_declared_size(tmp_path):
+    header = bytes([0, 0, 8, 1]) + (1000).to_bytes(4, "big")
+    with gzip.open(tmp_path / "bomb.gz", "wb") as f:  # declares 1,000 bytes, holds 200 MB
+        f.write(header)
+        for _ in range(200):
+            f.write(bytes(1 << 20))
+    tracemalloc.start()
+    with pytest.raises(NnjitError, match="more"):
+        read_idx(tmp_path / "bomb.gz")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak
+    huge = bytes([0, 0, 8, 3]) + b"".join((60000).to_bytes(4, "big") for _ in range(3))
+    (tmp_path / "huge").write_bytes(huge)
+    with pytest.raises(NnjitError, match="limit"):
+        read_idx(tmp_path / "huge")
+
+
+# -- images -----------------------------------------------------------------------------
+def test_truncated_empty_and_bomb_images_are_one_clear_error(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.full((28, 28, 3), 200, np.uint8)).save(tmp_path / "ok.jpg")
+    for name in ("ok.png", "ok.jpg"):
+        data = (tmp_path / name).read_bytes()
+        for cut in (0, 10, len(data) // 2):
+            (tmp_path / f"cut{cut}_{name}").write_bytes(data[:cut])
+            with pytest.raises(NnjitError):
+                load_image(tmp_path / f"cut{cut}_{name}")
+    # a PNG header declaring 100,000 x 100,000 pixels: Pillow's bomb guard refuses it
+    png = bytearray((tmp_path / "ok.png").read_bytes())
+    png[16:24] = (100_000).to_bytes(4, "big") * 2
+    import zlib
+
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
+    (tmp_path / "bomb.png").write_bytes(bytes(png))
+    with pytest.raises(NnjitError, match="bomb.png"):
+        load_image(tmp_path / "bomb.png")
+
+
+# -- flags ------------------------------------------------------------------------------
+FLAG_VALUES = st.sampled_from(["0", "-1", "1e309", "nan", "abc", "", "9" * 30, "0.5", "-0.0",
+                               "2", "1e-40"])
+TRAIN_FLAGS = ["--batch-size", "--nb-epochs", "--learning-rate", "--weight-decay", "--threads",
+               "--checkpoint-stride", "--val-split", "--split-test", "--train-limit", "--seed",
+               "--augment", "--model", "--channels", "--optimizer", "--lr-schedule", "--dataset"]
+
+
+@seed(FUZZ_SEED)
+@settings(max_examples=60, deadline=None, print_blob=True)
+@given(flag=st.sampled_from(TRAIN_FLAGS), value=FLAG_VALUES)
+def test_fuzz_train_flags_parse_or_exit_2(flag, value):
+    import contextlib
+    import io
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train
+    finally:
+        sys.path.pop(0)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            train.parse_args([flag, value])
+    except SystemExit as exit_:
+        assert exit_.code == 2 and "error:" in err.getvalue()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--batch-size", "1000000000000", "--nb-epochs", "1"], ""),
+    (["--val-split", "0.9999999"], "--val-split"),
+    (["--augment", "crop:100000"], ""),
+    (["--model", "conv:100000000:3,dense:10,softmax"], ""),
+    (["--model", "dense:" + "9" * 20], ""),
+    (["--image-size", "100000", "100000"], "image folders"),
+])
+def test_hostile_flag_combinations_end_in_a_clear_answer(tmp_path, args, match):
+    write_dataset(tmp_path / "d", n_train=64, n_test=16)
+    proc = script(TRAIN, "--train-data-dir", tmp_path / "d", "--checkpoint-folder", tmp_path / "ck",
+                  "--model", "mlp", *args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 2), proc.stderr
+    assert match in proc.stderr
+
+
+# -- faults -----------------------------------------------------------------------------
+def final_weights(folder):
+    ckpt = load_checkpoint(folder / "latest.json")
+    return ckpt.metadata["epoch"], {p.name: p.value.copy() for p in ckpt.model.parameters()}
+
+
+def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
+    """20 SIGKILLs, some during checkpoint writes; each time latest.json loads and
+    --resume from it finishes the run with exactly the uninterrupted run's weights."""
+    write_dataset(tmp_path / "d", n_train=3000, n_test=100)
+    common = ["--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 40,
+              "--batch-size", 50, "--quiet"]
+    ref = script(TRAIN, *common, "--checkpoint-folder", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    ck = tmp_path / "ck"
+    rng = random.Random(FUZZ_SEED)
+    kills = 0
+    while kills < 20:
+        resume = ["--resume", ck / "latest.json"] if (ck / "latest.json").exists() else []
+        proc = subprocess.Popen([sys.executable, TRAIN, *map(str, common), "--checkpoint-folder",
+                                 str(ck), *map(str, resume)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.5, 2.0))  # start-up ~1.5 s, then epochs of ~0.1 s
+        if proc.poll() is not None:
+            break  # finished before the kill: the rest of the test checks the result
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if (ck / "latest.json").exists():
+            load_checkpoint(ck / "latest.json")  # always whole
+    for _ in range(30):
+        if (ck / "latest.json").exists() and final_weights(ck)[0] == 40:
+            break
+        resume = ["--resume", ck / "latest.json"] if (ck / "latest.json").exists() else []
+        proc = script(TRAIN, *common, "--checkpoint-folder", ck, *resume)
+        assert proc.returncode in (0, 2), proc.stderr
+    epoch, weights = final_weights(ck)
+    _, want = final_weights(tmp_path / "ref")
+    assert epoch == 40 and kills == 20, kills
+    for name in want:
+        np.testing.assert_array_equal(weights[name], want[name], err_msg=name)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_a_crashed_one_never_blocks(tmp_path):
+    write_dataset(tmp_path / "d", n_train=20000, n_test=100)
+    common = ["--train-data-dir", tmp_path / "d", "--model", "mlp", "--checkpoint-folder",
+              tmp_path / "ck"]
+    first = subprocess.Popen([sys.executable, TRAIN, *map(str, common), "--nb-epochs", "50"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "ck" / ".nnjit-train.lock").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    second = script(TRAIN, *common, "--nb-epochs", 1)
+    err = one_error_line(second)
+    assert f"pid {first.pid}" in err and "in use by another training run" in err
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = script(TRAIN, *common, "--nb-epochs", 1, "--train-limit", 100)
+    assert third.returncode == 0, third.stderr  # the killed run's lock went with it
+
+
+def test_a_full_or_unwritable_folder_stops_training_cleanly(tmp_path):
+    """save_checkpoint failing with ENOSPC mid-run (a sitecustomize makes the
+    third checkpoint write fail): one error line naming the folder, exit 74, the
+    last good checkpoint intact, no temp files left."""
+    write_dataset(tmp_path / "d", n_train=200, n_test=50)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import errno, nnjit.fileio as f\n"
+        "real, calls = f.atomic_write_bytes, [0]\n"
+        "def failing(path, data):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] >= 5 and str(path).endswith('.json'):\n"
+        "        import os, tempfile\n"
+        "        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')\n"
+        "        os.close(fd); os.remove(tmp)\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return real(path, data)\n"
+        "f.atomic_write_bytes = failing\n")
+    env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    ck = tmp_path / "ck"
+    proc = script(TRAIN, "--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 5,
+                  "--checkpoint-folder", ck, env=env)
+    err = one_error_line(proc, code=74)
+    assert "No space left on device" in err and str(ck) in err and "last good checkpoint" in err
+    assert load_checkpoint(ck / "latest.json").metadata["epoch"] == 2
+    assert not [p for p in ck.iterdir() if p.suffix == ".tmp" or ".json." in p.name]
+
+
+def test_numba_cache_shared_by_two_first_compilations_and_surviving_corruption(tmp_path):
+    """Two processes compiling into one empty NUMBA_CACHE_DIR at once both succeed;
+    garbage written over every cached file is recompiled, not a crash."""
+    code = ("import numpy as np\nfrom nnjit.spec import build_model\n"
+            "m = build_model('dense:10,softmax', seed=0)\n"
+            "x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)\n"
+            "m.forward(x); m.backward(np.arange(64) % 10); print(m.predict(x[:2]).sum())\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert float(outs[0][0]) == pytest.approx(2.0)
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbc", ".nbi")]
+    assert cached
+    for p in cached:
+        p.write_bytes(b"garbage")
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
