@@ -369,3 +369,50 @@ def test_numba_cache_shared_by_two_first_compilations_and_surviving_corruption(t
     again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_an_npz_declaring_a_huge_array_is_refused_before_allocating(tmp_path):
+    import io
+    import zipfile
+
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        member, {"descr": "|u1", "fortran_order": False, "shape": (10**11, 28, 28)})
+    member.write(bytes(1000))
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x_train.npy", member.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(3, np.uint8))
+        z.writestr("y_train.npy", buf.getvalue())
+    tracemalloc.start()
+    with pytest.raises(NnjitError, match="declares shape"):
+        from nnjit.data import load_dataset
+
+        load_dataset(str(tmp_path / "bomb.npz"))
+    assert tracemalloc.get_traced_memory()[1] < 4 << 20
+    tracemalloc.stop()
+
+
+@seed(FUZZ_SEED)
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mutated_pictures_read_or_fail_cleanly(tmp_path_factory, data):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("img")
+    ext = data.draw(st.sampled_from(["png", "jpg", "bmp"]))
+    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / f"a.{ext}")
+    raw = bytearray((folder / f"a.{ext}").read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        if data.draw(st.booleans()) and raw:
+            raw[data.draw(st.integers(0, min(len(raw) - 1, 64)))] = data.draw(st.integers(0, 255))
+        else:
+            del raw[data.draw(st.integers(0, len(raw))):]
+    (folder / f"b.{ext}").write_bytes(bytes(raw))
+    channels = data.draw(st.sampled_from([1, 3]))
+    try:
+        image, _ = load_image(folder / f"b.{ext}", (channels, 28, 28))
+    except NnjitError:
+        return
+    assert image.shape == (channels, 28, 28) and image.dtype == np.uint8

@@ -2,6 +2,7 @@
 ``y_train`` and optionally ``x_test``, ``y_test``."""
 from __future__ import annotations
 
+import math
 import zipfile
 
 import numpy as np
@@ -49,6 +50,32 @@ def _labels(y, n, where):
     return y.astype(np.uint8)
 
 
+#: Largest array read from an .npz (4 GiB), as for IDX files.
+MAX_ARRAY_BYTES = 1 << 32
+
+
+def check_headers(path: str) -> None:
+    """Refuse an .npz whose arrays declare more bytes than their zip members hold
+    or than MAX_ARRAY_BYTES, before numpy allocates them (numpy sizes its array
+    from the header, then fills it)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    raise DataError(f"{path}: {info.filename}: unsupported .npy version {version}")
+                shape, _, dtype = read_header(f)
+                declared = math.prod(shape) * dtype.itemsize
+                if declared > MAX_ARRAY_BYTES or declared > info.file_size:
+                    raise DataError(f"{path}: {info.filename} declares shape {shape} of {dtype} "
+                                    f"({declared:,} bytes) but holds {info.file_size:,} bytes "
+                                    f"(limit {MAX_ARRAY_BYTES:,})")
+
+
 def load_npz(path):
     """Read an .npz dataset (``allow_pickle=False``: object arrays are refused).
 
@@ -57,6 +84,7 @@ def load_npz(path):
     """
     path = str(path)
     try:
+        check_headers(path)
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
             if not {"x_train", "y_train"} <= keys:
@@ -68,7 +96,8 @@ def load_npz(path):
     except DataError:
         raise
     except ValueError as err:  # pickled (object) arrays, malformed headers
-        raise DataError(f"{path}: cannot read ({err}); pickled arrays are refused") from None
+        why = "pickled (object) arrays are refused" if "pickle" in str(err) else "malformed"
+        raise DataError(f"{path}: cannot read ({err}): {why}") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from None
     x_train, how = channels_first(_images(arrays["x_train"], f"{path}: x_train"), f"{path}: x_train")
