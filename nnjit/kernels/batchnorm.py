@@ -7,8 +7,27 @@ row by row (measured 1.6x faster than computed flat indices).
 """
 import numpy as np
 
-from ._jit import kernel, prange
+from ._jit import helper, kernel, prange
 from .pool import pool_plane
+
+
+@helper(reassociate=True)
+def channel_mean_var(x3, c):
+    """Mean and biased variance (float64, two passes) of channel c of x3: (N, C, P)."""
+    N, _, P = x3.shape
+    acc = 0.0
+    for n in range(N):
+        row = x3[n, c]
+        for p in range(P):
+            acc += row[p]
+    mean = acc / (N * P)
+    acc = 0.0
+    for n in range(N):
+        row = x3[n, c]
+        for p in range(P):
+            d = row[p] - mean
+            acc += d * d
+    return mean, acc / (N * P)
 
 
 @kernel(reassociate=True)
@@ -25,19 +44,7 @@ def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, relu, out, 
     M = N * P
     x3, o3, h3 = x.reshape((N, C, P)), out.reshape((N, C, P)), xhat.reshape((N, C, P))
     for c in prange(C):
-        acc = 0.0
-        for n in range(N):
-            row = x3[n, c]
-            for p in range(P):
-                acc += row[p]
-        mean = acc / M
-        acc = 0.0
-        for n in range(N):
-            row = x3[n, c]
-            for p in range(P):
-                d = row[p] - mean
-                acc += d * d
-        var = acc / M
+        mean, var = channel_mean_var(x3, c)
         inv = 1.0 / np.sqrt(var + eps)
         invstd[c] = inv
         w, b = weight[c], bias[c]
@@ -120,19 +127,7 @@ def batchnorm_statistics(x, N, C, P, eps, momentum, weight, bias, mean, invstd, 
     M = N * P
     x3 = x.reshape((N, C, P))
     for c in prange(C):
-        acc = 0.0
-        for n in range(N):
-            row = x3[n, c]
-            for p in range(P):
-                acc += row[p]
-        mu = acc / M
-        acc = 0.0
-        for n in range(N):
-            row = x3[n, c]
-            for p in range(P):
-                d = row[p] - mu
-                acc += d * d
-        var = acc / M
+        mu, var = channel_mean_var(x3, c)
         inv = 1.0 / np.sqrt(var + eps)
         mean[c] = mu
         invstd[c] = inv
