@@ -241,6 +241,44 @@ def test_fuzz_train_flags_parse_or_exit_2(flag, value):
         assert exit_.code == 2 and "error:" in err.getvalue()
 
 
+INFER_FLAGS = ["--top", "--batch-size", "--save-sample", "--idx", "--data", "--output"]
+EXPORT_FLAGS = ["--checkpoint-path", "--onnx-path"]
+
+
+@seed(FUZZ_SEED)
+@settings(max_examples=60, deadline=None, print_blob=True)
+@given(script_name=st.sampled_from(["infer", "export_onnx"]), data=st.data())
+def test_fuzz_infer_and_export_flags_end_in_a_clear_answer(script_name, data, tmp_path_factory):
+    """The scripts' main() on hostile flag values: exit 0 or 2, never an exception."""
+    import contextlib
+    import importlib
+    import io
+
+    folder = tmp_path_factory.mktemp("flags")
+    ckpt = folder / "c.json"
+    save_checkpoint(build_model("mlp", seed=0), ckpt, input_shape=[1, 28, 28])
+    (folder / "img.bin").write_bytes(bytes(784))
+    flags = INFER_FLAGS if script_name == "infer" else EXPORT_FLAGS
+    argv = [str(ckpt), str(folder / "img.bin")] if script_name == "infer" else \
+        ["--checkpoint-path", str(ckpt), "--onnx-path", str(folder / "m.onnx")]
+    for _ in range(data.draw(st.integers(1, 2))):
+        argv += [data.draw(st.sampled_from(flags)),
+                 data.draw(st.one_of(FLAG_VALUES, st.just(str(folder)), st.just(str(ckpt))))]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        module = importlib.import_module(script_name)
+    finally:
+        sys.path.pop(0)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            module.main(argv)
+    except SystemExit as exit_:
+        assert exit_.code in (0, 2, None), (argv, exit_.code, err.getvalue())
+    except NnjitError:
+        pass  # what run() turns into one error line
+
+
 @pytest.mark.parametrize("args,match", [
     (["--batch-size", "1000000000000", "--nb-epochs", "1"], ""),
     (["--val-split", "0.9999999"], "--val-split"),

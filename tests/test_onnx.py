@@ -28,10 +28,18 @@ SPECS = [
     "conv:6:3:same,bn,relu,pool:2,conv:8:3,bn,relu,gap,dense:12,bn,relu,dense:10,softmax",
     EVERY_NEW_LAYER,
     "non-square",
+    "cifar:cnn",  # 3x32x32 input
+    "cifar:cnn-bn",
 ]
 
 
+def input_shape(spec):
+    return (3, 32, 32) if spec.startswith("cifar:") else (1, 28, 28)
+
+
 def make_model(spec):
+    if spec.startswith("cifar:"):
+        return build_model(spec.split(":", 1)[1], input_shape(spec), seed=3)
     if spec != "non-square":
         return build_model(spec, seed=3)
     return Sequential([Conv2D(1, 5, (2, 3), stride=(2, 1), padding=(1, 0)), ReLU(),
@@ -48,7 +56,7 @@ def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
     for name, buffer in model.named_buffers():  # running statistics away from 0 and 1
         buffer[...] = np.random.default_rng(2).uniform(0.5, 2, size=buffer.shape)
     path = tmp_path / "m.onnx"
-    export_onnx(model, path, (1, 28, 28), {"class_names": list("0123456789")})
+    export_onnx(model, path, input_shape(spec), {"class_names": list("0123456789")})
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version >= 13
@@ -60,7 +68,7 @@ def test_onnxruntime_matches_nnjit_at_batch_1_and_64(spec, tmp_path):
     props = {p.key: p.value for p in proto.metadata_props}
     assert "nnjit_version" in props and "class_names" in props
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    x = np.random.default_rng(0).random((64, *input_shape(spec)), dtype=np.float32)
     for batch in (x[:1], x):
         (got,) = session.run(None, {"input": batch})
         np.testing.assert_allclose(got, model.predict(batch), rtol=0, atol=1e-5)
