@@ -67,15 +67,3 @@ def test_val_split_that_leaves_nothing_to_train_is_one_clear_error(tmp_path):
     proc = run("--train-data-dir", tmp_path / "data", "--val-split", "2.5")
     assert proc.returncode == 2 and "--val-split" in proc.stderr
 
-
-def test_a_csv_from_before_validation_columns_is_upgraded_on_resume(tmp_path):
-    from nnjit.trainer import CSV_COLUMNS, LossLog, read_loss_log
-
-    path = tmp_path / "loss.csv"
-    path.write_text(",".join(CSV_COLUMNS[:7]) + "\n1,10,0.5,0.4,0.9,1.0,100.0\n")
-    log = LossLog(path, append=True)
-    log.add(2, 20, 0.3, 0.2, 0.95, 1.0, 100.0, 0.25, 0.93)
-    log.close()
-    columns = read_loss_log(path)
-    assert columns["epoch"] == [1, 2] and columns["val_accuracy"][1] == 0.93
-    assert np.isnan(columns["val_accuracy"][0])
