@@ -1,5 +1,4 @@
 """No input crashes nnjit, no fault loses a run: hostile files, flags and faults."""
-import copy
 import gzip
 import json
 import os
@@ -113,26 +112,17 @@ def test_fuzz_mutated_checkpoints_load_or_fail_cleanly(real_checkpoint, data):
     text = json.dumps(doc)
     if data.draw(st.booleans()):
         text = text[:data.draw(st.integers(0, len(text)))]
+    path = real_checkpoint.parent / "fuzz.json"
+    path.write_text(text, encoding="utf-8")
     tracemalloc.start()
     try:
-        load_checkpoint_text(text)
+        load_checkpoint(path)
     except NnjitError:
         pass
     finally:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 50 * len(text) + (16 << 20), peak
-
-
-def load_checkpoint_text(text, _dir=[]):
-    import tempfile
-
-    if not _dir:
-        _dir.append(tempfile.mkdtemp())
-    path = os.path.join(_dir[0], "fuzz.json")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    return load_checkpoint(path)
 
 
 def test_deeply_nested_and_non_utf8_checkpoints_are_one_clear_error(tmp_path):

@@ -1,7 +1,6 @@
 """Own data: CIFAR-10 archives, image folders, .npz, preprocessing, augmentation."""
 import json
 import pickle
-import shutil
 import tarfile
 
 import numpy as np
