@@ -145,6 +145,77 @@ def parse_args(argv=None):
     return args
 
 
+def _whole(minimum):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}")
+        return value
+    return check
+
+
+def _one_of(*choices):
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"must be one of {choices}")
+        return value
+    return check
+
+
+def _text(value):
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _image_size(value):
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ValueError("must be [H, W]")
+    return [_whole(1)(n) for n in value]
+
+
+def _number_in(low, high):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            raise ValueError(f"must be a number in [{low}, {high}]")
+        return float(value)
+    return check
+
+
+#: Settings a resumed run takes from its checkpoint, each checked as its flag is.
+RESUMED = {
+    "dataset": _text, "model_spec": _text, "seed": _whole(-2**63), "batch_size": _whole(1),
+    "split_test": _whole(1), "train_limit": _whole(1),
+    "val_split": lambda v: count_or_fraction(str(v)),
+    "channels": _one_of(1, 3), "image_size": _image_size,
+    "augment": lambda v: Augment.parse(_text(v)) and v,
+    "learning_rate": _number_in(1e-300, 1e300),
+    "lr_schedule": _one_of("cosine", "onecycle", "constant"),
+}
+
+
+def restore_run_settings(args, meta, path) -> tuple[int, int, float]:
+    """Take the run's settings from a checkpoint's metadata into ``args``, each checked
+    as its flag would be; return (epochs done, batches done in the next, best accuracy).
+    CheckpointError naming the setting when the metadata holds nonsense."""
+    def checked(key, check, default=None):
+        value = meta.get(key, default)
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as err:
+            raise CheckpointError(f"{path}: metadata {key!r} = {value!r}: {err}") from None
+
+    for key, check in RESUMED.items():
+        if key in meta:
+            setattr(args, "model" if key == "model_spec" else key, checked(key, check))
+    epoch = checked("epoch", _whole(0), 0)
+    batches = checked("batches_done", _whole(0), 0)
+    best = checked("best_accuracy", _number_in(0, 1), 0.0)
+    return epoch, batches, best or 0.0
+
+
 class StopFlag:
     """First Ctrl-C: finish the batch, save, exit 130. Second Ctrl-C: stop at once."""
 
@@ -215,13 +286,7 @@ def main(argv=None):
             model, opt = ckpt.model, ckpt.make_optimizer()
             if opt is None:
                 fail(f"{args.resume}: holds no optimizer state, so training cannot resume exactly")
-            start_epoch, start_batch = int(meta.get("epoch", 0)), int(meta.get("batches_done", 0))
-            best = float(meta.get("best_accuracy", 0.0))
-            for key in ("dataset", "seed", "batch_size", "split_test", "train_limit", "val_split",
-                        "channels", "image_size", "augment", "learning_rate", "lr_schedule"):
-                if key in meta:
-                    setattr(args, key, meta[key])
-            args.model = meta.get("model_spec", args.model)
+            start_epoch, start_batch, best = restore_run_settings(args, meta, args.resume)
         data = load_dataset(args.dataset, args.train_data_dir, split_test=args.split_test,
                             train_limit=args.train_limit, download=not args.no_download,
                             show_progress=not quiet and console.is_terminal,

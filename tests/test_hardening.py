@@ -444,3 +444,29 @@ def test_fuzz_mutated_pictures_read_or_fail_cleanly(tmp_path_factory, data):
     except NnjitError:
         return
     assert image.shape == (channels, 28, 28) and image.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """(data folder, latest.json) of a one-epoch mlp run on tiny data."""
+    root = tmp_path_factory.mktemp("resume")
+    write_dataset(root / "d", n_train=64, n_test=16)
+    first = script(TRAIN, "--train-data-dir", root / "d", "--model", "mlp", "--nb-epochs", 1,
+                   "--checkpoint-folder", root / "ck")
+    assert first.returncode == 0, first.stderr
+    return root / "d", root / "ck" / "latest.json"
+
+
+@pytest.mark.parametrize("key,value", [("best_accuracy", 7), ("batch_size", "64"), ("epoch", -3),
+                                       ("val_split", 7.5), ("image_size", [28]),
+                                       ("augment", "spin"), ("learning_rate", "fast"),
+                                       ("lr_schedule", "wild"), ("dataset", 7)])
+def test_resuming_from_a_checkpoint_with_nonsense_settings_is_one_clear_error(one_epoch_run,
+                                                                            tmp_path, key, value):
+    data, latest = one_epoch_run
+    doc = json.loads(latest.read_text())
+    doc["metadata"][key] = value
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    err = one_error_line(script(TRAIN, "--train-data-dir", data, "--resume", tmp_path / "bad.json",
+                                "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "ck2"))
+    assert key in err
