@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -61,23 +62,50 @@ def _from_npy(array, shape, path):
     raise DataError(f"{path}: .npy must hold uint8 pixels or floats in [0, 1], got {array.dtype}")
 
 
-def _from_picture(path, shape):
+def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = None,
+                 resample: str = "LANCZOS"):
+    """Decode a picture with Pillow: (its original (W, H), its mode, uint8 pixels
+    (H, W) or (H, W, 3)), converted to ``mode`` ("L" or "RGB") and resized to
+    ``size`` (W, H) when given; with ``mode`` None only the header is read and
+    pixels is None.
+
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 M
+    pixels) is enforced as an error, not its usual warning. DataError naming
+    the file for anything unreadable, or when Pillow is missing.
+    """
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise DataError("reading PNG/JPEG needs Pillow: pip install 'nnjit[image]'") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                original, found = img.size, img.mode
+                if found == "P" and _palette_is_gray(img):
+                    found = "P;gray"
+                if mode is None:
+                    return original, found, None
+                img = img.convert(mode)
+                if size is not None and img.size != tuple(size):
+                    img = img.resize(tuple(size), getattr(Image.Resampling, resample))
+                return original, found, np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+def _palette_is_gray(img) -> bool:
+    palette = img.getpalette() or []
+    rgb = np.array(palette[:len(palette) // 3 * 3]).reshape(-1, 3)
+    return bool(np.all(rgb == rgb[:, :1]))
+
+
+def _from_picture(path, shape):
     c, h, w = shape
     if c not in (1, 3):
         raise DataError(f"{path}: pictures can feed 1- or 3-channel models, this one takes {c}")
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            img = img.convert("L" if c == 1 else "RGB")
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.LANCZOS)
-            pixels = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
+    size, _, pixels = read_picture(path, "L" if c == 1 else "RGB", (w, h))
     steps = [f"{size[0]}x{size[1]} picture " + ("converted to grayscale" if c == 1 else "read as RGB")]
     if size != (w, h):
         steps.append(f"resized to {w}x{h}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..images import read_picture
 from .idx import DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -26,14 +27,6 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray")
 #: Files per task handed to a worker process: enough to amortise the hand-off.
 FILES_PER_TASK = 256
-
-
-def _pillow():
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise DataError("reading image folders needs Pillow: pip install 'nnjit[image]'") from None
-    return Image, UnidentifiedImageError
 
 
 def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
@@ -67,19 +60,8 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], 
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str]:
-    Image, Unidentified = _pillow()
-    try:
-        with Image.open(path) as img:
-            mode = "P;gray" if img.mode == "P" and _palette_is_gray(img) else img.mode
-            return img.size, mode
-    except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
-
-
-def _palette_is_gray(img) -> bool:
-    palette = img.getpalette() or []
-    rgb = np.array(palette[:len(palette) // 3 * 3]).reshape(-1, 3)
-    return bool(np.all(rgb == rgb[:, :1]))
+    size, mode, _ = read_picture(path)
+    return size, mode
 
 
 def _headers(paths):
@@ -89,20 +71,12 @@ def _headers(paths):
 def _decode(task):
     """Decode paths into rows [start, start + len(paths)) of the shared (N, C, H, W) array."""
     shm_name, shape, start, paths, size, channels = task
-    Image, Unidentified = _pillow()
     mode = "L" if channels == 1 else "RGB"
     shm = shared_memory.SharedMemory(name=shm_name)
     try:
         out = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
         for i, path in enumerate(paths):
-            try:
-                with Image.open(path) as img:
-                    img = img.convert(mode)
-                    if img.size != size:
-                        img = img.resize(size, Image.Resampling.BILINEAR)
-                    pixels = np.asarray(img, dtype=np.uint8)
-            except (Unidentified, OSError, ValueError, Image.DecompressionBombError) as err:
-                raise DataError(f"{path}: not a readable image ({err})") from None
+            _, _, pixels = read_picture(path, mode, size, resample="BILINEAR")
             out[start + i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
         del out
     finally:
