@@ -180,3 +180,23 @@ def test_dataset_download_through_mirrors(server, tmp_path, rng, monkeypatch):
                         show_progress=False)
     assert data.x_train.shape == (12, 1, 28, 28)
     assert sorted(p.name for p in (data_dir / "tiny").iterdir()) == sorted(files)
+
+
+def test_cifar10_download_through_mirrors_is_checked_and_extracted(server, tmp_path, monkeypatch):
+    from nnjit.data import cifar
+    from synthetic import write_cifar_archive
+
+    write_cifar_archive(tmp_path / "src.tar.gz", n_per_batch=4)
+    body = (tmp_path / "src.tar.gz").read_bytes()
+    server.routes["/good/cifar-10-python.tar.gz"] = (200, body, None)
+    server.routes["/corrupt/cifar-10-python.tar.gz"] = (200, body[:-1] + b"x", None)
+    monkeypatch.setattr(cifar, "ARCHIVE_MD5", md5(body))
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with pytest.raises(DataError, match="MD5|checksum|md5"):
+        load_dataset("cifar10", data_dir, mirrors=[server.url + "/corrupt/"], show_progress=False)
+    assert not (data_dir / "cifar10" / "cifar-10-python.tar.gz").exists()
+    data = load_dataset("cifar10", data_dir, mirrors=[server.url + "/bad/", server.url + "/good/"],
+                        show_progress=False)
+    assert data.x_train.shape == (20, 3, 32, 32) and data.class_names[0] == "airplane"
+    assert (data_dir / "cifar10" / "cifar-10-batches-py" / "batches.meta").is_file()

@@ -83,6 +83,7 @@ def test_folder_with_mixed_sizes_resizes_to_the_most_common_and_says_so(tmp_path
     gray = lambda h, w: rng.integers(0, 256, size=(h, w), dtype=np.uint8)  # noqa: E731
     write_folder(tmp_path, {"b_cat": [gray(20, 24), gray(20, 24)], "a_dog": [gray(20, 24), gray(9, 9)]})
     write_folder(tmp_path, {"a_dog": [gray(20, 24)]}, split="test")
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()  # hidden folders are no class
     data = load_dataset(str(tmp_path), show_progress=False)
     assert data.class_names == ("a_dog", "b_cat")  # sorted folder names
     assert data.x_train.shape == (4, 1, 20, 24) and data.x_test.shape == (1, 1, 20, 24)
@@ -126,7 +127,8 @@ def test_npz_layouts_and_dtypes(tmp_path, rng, layout, dtype):
     nchw = rng.integers(0, 256, size=(6, 3 if layout != "NHW" else 1, 5, 7)).astype(dtype)
     stored = {"NHW": nchw[:, 0], "NHWC": nchw.transpose(0, 2, 3, 1), "NCHW": nchw}[layout]
     y = np.array([0, 1, 2, 0, 1, 3])
-    np.savez(tmp_path / "d.npz", x_train=stored, y_train=y, x_test=stored[:2], y_test=y[:2])
+    np.savez(tmp_path / "d.npz", x_train=stored, y_train=y, x_test=stored[:2],
+             y_test=y[:2, None])  # (N, 1), as Keras's cifar10.load_data() gives
     data = load_dataset(str(tmp_path / "d.npz"))
     np.testing.assert_array_equal(data.x_train, nchw)
     assert data.x_train.dtype == dtype and data.class_names == ("0", "1", "2", "3")

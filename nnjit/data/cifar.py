@@ -22,7 +22,7 @@ from .idx import DataError
 
 ARCHIVE = "cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-URL = "https://www.cs.toronto.edu/~kriz/" + ARCHIVE
+MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 SHAPE = (3, 32, 32)
@@ -106,10 +106,11 @@ def extract(path: Path, target: Path) -> None:
         raise DataError(f"{path}: cannot extract ({err})") from None
 
 
-def find_or_fetch(data_dir: Path, download: bool, show_progress: bool) -> Path:
+def find_or_fetch(data_dir: Path, download: bool, show_progress: bool, mirrors=None) -> Path:
     """The extracted ``cifar-10-batches-py`` folder under ``data_dir`` (or
     ``data_dir/cifar10``): extracted from the archive found there, or from one
-    downloaded into ``data_dir/cifar10`` with a checksum check."""
+    downloaded into ``data_dir/cifar10`` from the first of ``mirrors`` (default
+    MIRRORS) that serves it whole with the right MD5."""
     for folder in (data_dir, data_dir / "cifar10"):
         if all((folder / FOLDER / name).is_file() for name in (*TRAIN_BATCHES, "test_batch")):
             return folder / FOLDER
@@ -120,19 +121,25 @@ def find_or_fetch(data_dir: Path, download: bool, show_progress: bool) -> Path:
     if not download:
         raise DataError(f"cifar10: neither {FOLDER}/ nor {ARCHIVE} found in {data_dir} or "
                         f"{data_dir / 'cifar10'}, and downloads are off. Put {ARCHIVE} (from "
-                        f"{URL}) there, or pass --train-data-dir to the folder that has it.")
-    try:
-        download_file(URL, data_dir / "cifar10" / ARCHIVE, ARCHIVE_MD5, show_progress)
-    except DownloadError as err:
+                        f"{MIRRORS[0]}) there, or pass --train-data-dir to the folder that has it.")
+    errors = []
+    for mirror in mirrors or MIRRORS:
+        try:
+            download_file(mirror + ARCHIVE, data_dir / "cifar10" / ARCHIVE, ARCHIVE_MD5,
+                          show_progress)
+            break
+        except DownloadError as err:
+            errors.append(str(err))
+    else:
         raise DataError(f"cifar10: {ARCHIVE} not found in {data_dir} and the download failed: "
-                        f"{err}. Put the file there by hand.") from None
+                        f"{errors[-1]}. Put the file there by hand.")
     return find_or_fetch(data_dir, download=False, show_progress=show_progress)
 
 
-def load_cifar10(data_dir, download: bool = True, show_progress: bool = True):
+def load_cifar10(data_dir, download: bool = True, show_progress: bool = True, mirrors=None):
     """(x_train uint8 (50000, 3, 32, 32), y_train uint8 (50000,), x_test (10000, 3, 32, 32),
     y_test, class names, the folder read)."""
-    folder = find_or_fetch(Path(data_dir), download, show_progress)
+    folder = find_or_fetch(Path(data_dir), download, show_progress, mirrors)
     parts = {}
     for name in (*TRAIN_BATCHES, "test_batch", "batches.meta"):
         path = folder / name

@@ -189,7 +189,7 @@ def load_dataset(name: str, data_dir="data", split_test: int | None = None,
     elif name == "cifar10":
         from .cifar import load_cifar10
 
-        x, y, xt, yt, names, folder = load_cifar10(data_dir, download, show_progress)
+        x, y, xt, yt, names, folder = load_cifar10(data_dir, download, show_progress, mirrors)
         data = Dataset("cifar10", names, x, y, xt, yt, f"train {len(x)} images from {folder}, "
                        f"test {len(xt)}")
     else:

@@ -35,7 +35,8 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], 
     of); files in sorted order within each class."""
     if not split_dir.is_dir():
         raise DataError(f"{split_dir}: not a folder")
-    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    found = sorted(d.name for d in split_dir.iterdir()  # not .ipynb_checkpoints and the like
+                   if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise DataError(f"{split_dir}: holds no class folders (expected {split_dir}/<class>/*.png)")
     if classes is None:

@@ -41,6 +41,8 @@ def _images(x, where):
 
 
 def _labels(y, n, where):
+    if y.ndim == 2 and y.shape[1] == 1:  # Keras's cifar10.load_data() gives (N, 1)
+        y = y[:, 0]
     if y.dtype.kind not in "iu" or y.ndim != 1:
         raise DataError(f"{where}: labels must be integers of shape (N,), got {y.dtype} {y.shape}")
     if len(y) != n:
