@@ -260,8 +260,9 @@ def test_fuzz_infer_and_export_flags_end_in_a_clear_answer(script_name, data, tm
     finally:
         sys.path.pop(0)
     out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:  # in the example's folder: a value like "-0.0" may become a file name
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                contextlib.chdir(folder):
             module.main(argv)
     except SystemExit as exit_:
         assert exit_.code in (0, 2, None), (argv, exit_.code, err.getvalue())
