@@ -49,13 +49,42 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
     path: str = ""
 
+    def input_shape(self) -> tuple[int, ...]:
+        """The sample shape (C, H, W) recorded in the metadata ((1, 28, 28) when absent),
+        checked to fit the model; CheckpointError otherwise."""
+        shape = self.metadata.get("input_shape", [1, 28, 28])
+        if not (isinstance(shape, list) and len(shape) == 3 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16
+                for v in shape)):
+            raise CheckpointError(f"{self.path}: input_shape {shape!r} is not three sizes "
+                                  "(C, H, W) in 1..65536")
+        try:
+            self.model.summary(tuple(shape))
+        except ValueError as err:
+            raise CheckpointError(f"{self.path}: the model does not take inputs of shape "
+                                  f"{tuple(shape)}: {err}") from None
+        return tuple(shape)
+
+    def class_names(self, k: int) -> list[str]:
+        """The k class names recorded in the metadata, or "0".."k-1" when they are
+        absent or do not number k."""
+        names = self.metadata.get("class_names")
+        if isinstance(names, list) and len(names) == k:
+            return [str(n) for n in names]
+        return [str(i) for i in range(k)]
+
     def make_optimizer(self) -> Optimizer | None:
         """Rebuild the saved optimizer over ``self.model``'s parameters, with its state."""
         if self.optimizer_state is None:
             return None
         state = self.optimizer_state
-        opt = OPTIMIZER_TYPES[state["name"]](self.model.parameters(), **state["hyperparameters"])
-        opt.load_state_dict(state)
+        try:
+            opt = OPTIMIZER_TYPES[state["name"]](self.model.parameters(),
+                                                 **state["hyperparameters"])
+            opt.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise CheckpointError(f"{self.path}: optimizer state does not rebuild its optimizer "
+                                  f"({type(err).__name__}: {err})") from None
         return opt
 
 

@@ -28,9 +28,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint_path)
+        shape = ckpt.input_shape()
     except CheckpointError as err:
         fail(str(err))
-    shape = tuple(ckpt.metadata.get("input_shape", (1, 28, 28)))
     folder = os.path.dirname(os.path.abspath(args.onnx_path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         fail(f"{args.onnx_path}: cannot write there (folder {folder} is missing or not writable)")
@@ -38,9 +38,10 @@ def main(argv=None):
         preprocessing = Preprocessing.from_metadata(ckpt.metadata)
     except DataError as err:
         fail(f"{args.checkpoint_path}: {err}")
-    meta = {"class_names": ckpt.metadata.get("class_names", [str(i) for i in range(10)]),
+    k = ckpt.model.summary(shape)[-1][1][0]
+    meta = {"class_names": ckpt.class_names(k),
             "preprocessing": preprocessing.describe(),
-            "dataset": ckpt.metadata.get("dataset", "")}
+            "dataset": str(ckpt.metadata.get("dataset", ""))}
     try:
         with console.status("exporting"):
             export_onnx(ckpt.model, args.onnx_path, shape, meta)

@@ -67,22 +67,12 @@ def draw(pixels: np.ndarray) -> Text:
     return text
 
 
-def class_names(ckpt, k):
-    names = ckpt.metadata.get("class_names")
-    return [str(n) for n in names] if names and len(names) == k else [str(i) for i in range(k)]
-
-
 def input_spec(ckpt) -> tuple[tuple[int, int, int], Preprocessing]:
     """The checkpoint's sample shape (C, H, W) and preprocessing."""
     try:
-        preprocessing = Preprocessing.from_metadata(ckpt.metadata)
-    except DataError as err:
-        fail(f"{ckpt.path}: {err}")
-    shape = ckpt.metadata.get("input_shape", (1, 28, 28))
-    if not (isinstance(shape, list | tuple) and len(shape) == 3
-            and all(isinstance(v, int) and 0 < v <= 1 << 16 for v in shape)):
-        fail(f"{ckpt.path}: input_shape {shape!r} is not three positive sizes (C, H, W)")
-    return tuple(shape), preprocessing
+        return ckpt.input_shape(), Preprocessing.from_metadata(ckpt.metadata)
+    except (CheckpointError, DataError) as err:
+        fail(f"{ckpt.path}: {err}" if isinstance(err, DataError) else str(err))
 
 
 def save_sample(args):
@@ -111,7 +101,7 @@ def predict_one(args, ckpt, shape, preprocessing):
     except DataError as err:
         fail(str(err))
     probs = ckpt.model.predict(preprocessing.apply(pixels[None]))[0]
-    names = class_names(ckpt, len(probs))
+    names = ckpt.class_names(len(probs))
     order = np.argsort(-probs)[:args.top]
     best = int(order[0])
     if args.json:
@@ -138,7 +128,7 @@ def test_set(args, ckpt, shape, k):
                 fail("--idx takes IMAGES LABELS")
             images, labels = load_split(args.idx[0], args.idx[1], k)
             return images[:, None], labels
-        return load_test_part(args.data, shape, class_names(ckpt, k))
+        return load_test_part(args.data, shape, ckpt.class_names(k))
     except DataError as err:
         fail(str(err))
 
@@ -162,7 +152,7 @@ def evaluate(args, ckpt, shape, preprocessing):
     accuracy = float(np.trace(confusion) / max(len(x), 1))
     per_class = [float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
                  for i in range(k)]
-    names = class_names(ckpt, k)
+    names = ckpt.class_names(k)
     if args.json:
         print(json.dumps({"images": len(x), "accuracy": accuracy,
                           "per_class_accuracy": dict(zip(names, per_class)),
@@ -194,10 +184,6 @@ def main(argv=None):
     except CheckpointError as err:
         fail(str(err))
     shape, preprocessing = input_spec(ckpt)
-    try:
-        ckpt.model.summary(shape)
-    except ValueError as err:
-        fail(f"{args.checkpoint}: the model does not take inputs of shape {shape}: {err}")
     if args.image:
         predict_one(args, ckpt, shape, preprocessing)
     else:

@@ -195,6 +195,10 @@ RESUMED = {
 }
 
 
+#: Settings for which a checkpoint's null means "not used" (others keep the flag's value).
+OPTIONAL_SETTINGS = ("split_test", "train_limit", "val_split", "channels", "image_size", "augment")
+
+
 def restore_run_settings(args, meta, path) -> tuple[int, int, float]:
     """Take the run's settings from a checkpoint's metadata into ``args``, each checked
     as its flag would be; return (epochs done, batches done in the next, best accuracy).
@@ -209,8 +213,9 @@ def restore_run_settings(args, meta, path) -> tuple[int, int, float]:
             raise CheckpointError(f"{path}: metadata {key!r} = {value!r}: {err}") from None
 
     for key, check in RESUMED.items():
-        if key in meta:
-            setattr(args, "model" if key == "model_spec" else key, checked(key, check))
+        value = checked(key, check)
+        if value is not None or (key in meta and key in OPTIONAL_SETTINGS):
+            setattr(args, "model" if key == "model_spec" else key, value)
     epoch = checked("epoch", _whole(0), 0)
     batches = checked("batches_done", _whole(0), 0)
     best = checked("best_accuracy", _number_in(0, 1), 0.0)

@@ -461,13 +461,47 @@ def one_epoch_run(tmp_path_factory):
 @pytest.mark.parametrize("key,value", [("best_accuracy", 7), ("batch_size", "64"), ("epoch", -3),
                                        ("val_split", 7.5), ("image_size", [28]),
                                        ("augment", "spin"), ("learning_rate", "fast"),
-                                       ("lr_schedule", "wild"), ("dataset", 7)])
+                                       ("lr_schedule", "wild"), ("dataset", 7),
+                                       ("optimizer", {"name": "SGD", "hyperparameters": {"lr": "x"},
+                                                      "steps": 1, "state": {}})])
 def test_resuming_from_a_checkpoint_with_nonsense_settings_is_one_clear_error(one_epoch_run,
                                                                             tmp_path, key, value):
+    """Also null settings: a null dataset keeps the command line's."""
     data, latest = one_epoch_run
     doc = json.loads(latest.read_text())
-    doc["metadata"][key] = value
+    if key == "optimizer":
+        doc[key] = value
+    else:
+        doc["metadata"][key] = value
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     err = one_error_line(script(TRAIN, "--train-data-dir", data, "--resume", tmp_path / "bad.json",
                                 "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "ck2"))
     assert key in err
+
+
+def test_resuming_with_null_settings_keeps_the_command_lines(one_epoch_run, tmp_path):
+    data, latest = one_epoch_run
+    doc = json.loads(latest.read_text())
+    doc["metadata"].update(dataset=None, batch_size=None, model_spec=None, split_test=None)
+    (tmp_path / "nulls.json").write_text(json.dumps(doc))
+    proc = script(TRAIN, "--train-data-dir", data, "--resume", tmp_path / "nulls.json",
+                  "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "ck2")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("key,value", [("input_shape", "x"), ("input_shape", [0, 28, 28]),
+                                       ("input_shape", [1, 28]), ("input_shape", [3, 32, 32]),
+                                       ("class_names", 5), ("class_names", [1, None]),
+                                       ("preprocessing", {"pixels": "yes"}),
+                                       ("preprocessing", [1]), ("dataset", {"a": 1})])
+def test_infer_and_export_on_checkpoints_with_nonsense_metadata(real_checkpoint, tmp_path, key,
+                                                               value):
+    doc = json.loads(real_checkpoint.read_text())
+    doc["metadata"][key] = value
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    (tmp_path / "img.bin").write_bytes(bytes(784))
+    for proc in (script(INFER, bad, tmp_path / "img.bin", "--json"),
+                 script(str(ROOT / "scripts" / "export_onnx.py"), "--checkpoint-path", bad,
+                        "--onnx-path", tmp_path / "m.onnx")):
+        assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
