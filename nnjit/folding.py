@@ -9,8 +9,6 @@ and the norm not at all.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .layers import BatchNorm1D, Conv2D, Dense, Layer
 
 #: Layers whose weight is (out channels, ...) and bias (out channels,).
@@ -66,7 +64,7 @@ class FoldedNorms:
     def refresh(self) -> None:
         """Fold each norm's current statistics into its copy's weight and bias."""
         for source, norm, copy in self.pairs:
-            scale = norm.weight.value / np.sqrt(norm.running_var.astype(np.float64) + norm.eps)
+            scale, shift = norm.inference_affine()
             axes = (-1,) + (1,) * (source.weight.value.ndim - 1)
             copy.weight.value[...] = source.weight.value * scale.reshape(axes)
-            copy.bias.value[...] = (source.bias.value - norm.running_mean) * scale + norm.bias.value
+            copy.bias.value[...] = source.bias.value * scale + shift

@@ -76,6 +76,12 @@ class BatchNorm1D(FusesReLU, Layer):
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
+    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift), float64 (C,): at inference the output is x * scale + shift
+        per channel (what ``predict`` folds into a preceding Conv2D or Dense)."""
+        scale = self.weight.value / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        return scale, self.bias.value - self.running_mean * scale
+
     def output_shape(self, input_shape):
         if len(input_shape) not in self.sample_dims or input_shape[0] != self.num_features:
             raise ValueError(f"{type(self).__name__} expects samples of {self.num_features} "
@@ -178,8 +184,7 @@ class BatchNorm2D(BatchNorm1D):
                                  self.weight.value, self.bias.value, mean, invstd, scale, shift,
                                  self.running_mean, self.running_var)
         else:
-            scale[...] = self.weight.value / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            shift[...] = self.bias.value - self.running_mean * scale
+            scale[...], shift[...] = self.inference_affine()
         parts = parts_for(x.size, n * c)
         bounds = np.array([0] + [stop for _, stop in split(n * c, parts)], np.int64)
         affine_pool_forward.run(parts > 1, x.reshape(-1), n * c, c, h, w, scale, shift,
