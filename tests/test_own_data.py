@@ -65,6 +65,17 @@ def test_a_pickle_naming_code_is_refused():
         read_batch(b"\x80\x02garbage", "batch")
 
 
+def test_an_archive_without_the_batches_is_one_clear_error(tmp_path):
+    import io
+
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("something-else/readme.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(DataError, match="holds no complete"):
+        load_dataset("cifar10", tmp_path, download=False)
+
+
 def test_missing_cifar_without_download_says_where_to_put_it(tmp_path):
     with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
         load_dataset("cifar10", tmp_path, download=False)

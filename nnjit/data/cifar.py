@@ -111,13 +111,19 @@ def find_or_fetch(data_dir: Path, download: bool, show_progress: bool, mirrors=N
     ``data_dir/cifar10``): extracted from the archive found there, or from one
     downloaded into ``data_dir/cifar10`` from the first of ``mirrors`` (default
     MIRRORS) that serves it whole with the right MD5."""
+    def complete(folder):
+        return all((folder / FOLDER / name).is_file() for name in (*TRAIN_BATCHES, "test_batch"))
+
     for folder in (data_dir, data_dir / "cifar10"):
-        if all((folder / FOLDER / name).is_file() for name in (*TRAIN_BATCHES, "test_batch")):
+        if complete(folder):
             return folder / FOLDER
     for folder in (data_dir, data_dir / "cifar10"):
         if (folder / ARCHIVE).is_file():
             extract(folder / ARCHIVE, folder)
-            return find_or_fetch(data_dir, download=False, show_progress=show_progress)
+            if not complete(folder):
+                raise DataError(f"{folder / ARCHIVE}: holds no complete {FOLDER}/ (the five "
+                                "data_batch files and test_batch)")
+            return folder / FOLDER
     if not download:
         raise DataError(f"cifar10: neither {FOLDER}/ nor {ARCHIVE} found in {data_dir} or "
                         f"{data_dir / 'cifar10'}, and downloads are off. Put {ARCHIVE} (from "
