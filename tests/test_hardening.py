@@ -505,3 +505,14 @@ def test_infer_and_export_on_checkpoints_with_nonsense_metadata(real_checkpoint,
                  script(str(ROOT / "scripts" / "export_onnx.py"), "--checkpoint-path", bad,
                         "--onnx-path", tmp_path / "m.onnx")):
         assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_huge_image_size_for_a_folder_is_one_clear_error(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "train" / "a" / "x.png")
+    err = one_error_line(script(TRAIN, "--dataset", tmp_path, "--val-split", "0.5",
+                                "--image-size", 100000, 100000, "--checkpoint-folder",
+                                tmp_path / "ck"))
+    assert "--image-size" in err

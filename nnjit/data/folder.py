@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from .idx import DataError
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: Modes Pillow reports for single-channel images.
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P;gray")
+#: Largest --image-size, in pixels per image (8192 x 8192).
+MAX_IMAGE_PIXELS = 1 << 26
+#: Most bytes of decoded pixels an image folder may produce (16 GiB).
+MAX_DECODED_BYTES = 1 << 34
 #: Files per task handed to a worker process: enough to amortise the hand-off.
 FILES_PER_TASK = 256
 
@@ -99,6 +104,8 @@ def _in_parallel(fn, tasks, sizes, what, show_progress):
             for future, size in zip(futures, sizes):
                 results.append(future.result())
                 bar.update(task, advance=size)
+        except BrokenProcessPool:
+            raise DataError(f"{what}: a worker process died (out of memory?)") from None
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -118,7 +125,15 @@ def read_images(paths: list[Path], channels: int, size: tuple[int, int],
     shape = (len(paths), channels, h, w)
     if not paths:
         return np.empty(shape, np.uint8)
-    shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
+    total = len(paths) * channels * h * w
+    if total > MAX_DECODED_BYTES:
+        raise DataError(f"{len(paths)} images of {channels}x{h}x{w} would take {total:,} bytes, "
+                        f"over the {MAX_DECODED_BYTES:,}-byte limit: choose a smaller --image-size")
+    try:
+        shm = shared_memory.SharedMemory(create=True, size=total)
+    except OSError as err:
+        raise DataError(f"cannot hold {len(paths)} decoded images of {channels}x{h}x{w} "
+                        f"({total:,} bytes) in shared memory: {err.strerror or err}") from None
     try:
         starts = range(0, len(paths), FILES_PER_TASK)
         tasks = [(shm.name, shape, s, paths[s:s + FILES_PER_TASK], (w, h), channels) for s in starts]
@@ -154,6 +169,9 @@ def load_image_folder(root, channels: int | None = None, image_size=None,
     how = f"most common size {h}x{w}"
     if image_size is not None:
         h, w = image_size
+        if h * w > MAX_IMAGE_PIXELS:
+            raise DataError(f"--image-size {h} {w} is {h * w:,} pixels per image, over the "
+                            f"limit of {MAX_IMAGE_PIXELS:,}")
         how = f"--image-size {h}x{w}"
     resized = sum(size != (w, h) for size, _ in headers)
     if channels is None:
