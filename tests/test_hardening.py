@@ -516,3 +516,34 @@ def test_a_huge_image_size_for_a_folder_is_one_clear_error(tmp_path):
                                 "--image-size", 100000, 100000, "--checkpoint-folder",
                                 tmp_path / "ck"))
     assert "--image-size" in err
+
+
+@seed(FUZZ_SEED)
+@FUZZ
+@given(data=st.data())
+def test_fuzz_mutated_npz_files_load_or_fail_cleanly(tmp_path_factory, data):
+    from nnjit.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("npz")
+    rng = np.random.default_rng(0)
+    save = np.savez_compressed if data.draw(st.booleans()) else np.savez
+    save(folder / "a.npz", x_train=rng.integers(0, 256, size=(6, 5, 4), dtype=np.uint8),
+         y_train=np.arange(6) % 3, x_test=rng.integers(0, 256, size=(2, 5, 4), dtype=np.uint8),
+         y_test=np.array([0, 2]))
+    raw = bytearray((folder / "a.npz").read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        if data.draw(st.booleans()) and raw:
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        else:
+            del raw[data.draw(st.integers(0, len(raw))):]
+    (folder / "b.npz").write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        loaded = load_dataset(str(folder / "b.npz"))
+        assert loaded.x_train.ndim == 4 and len(loaded.x_train) == len(loaded.y_train)
+    except NnjitError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak

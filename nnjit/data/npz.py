@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -100,8 +101,9 @@ def load_npz(path):
     except ValueError as err:  # pickled (object) arrays, malformed headers
         why = "pickled (object) arrays are refused" if "pickle" in str(err) else "malformed"
         raise DataError(f"{path}: cannot read ({err}): {why}") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, zlib.error,
+            NotImplementedError, RuntimeError) as err:  # corrupt, truncated, encrypted zips
+        raise DataError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
     x_train, how = channels_first(_images(arrays["x_train"], f"{path}: x_train"), f"{path}: x_train")
     y_train = _labels(arrays["y_train"], len(x_train), f"{path}: y_train")
     x_test = y_test = None
