@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import warnings
+import zlib
 
 import numpy as np
 
@@ -93,6 +95,9 @@ def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = N
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
+    except (SyntaxError, IndexError, TypeError, struct.error, zlib.error, EOFError) as err:
+        # what Pillow's decoders raise on some malformed files
+        raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 
 
 def _palette_is_gray(img) -> bool:
