@@ -40,15 +40,25 @@ def run(main) -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if value < minimum:
+        wanted = "positive" if minimum == 1 else f">= {minimum}"
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (e.g. a seed)."""
+    return _int_at_least(text, 0)
 
 
 def _float_at_least(text: str, positive: bool) -> float:

@@ -20,8 +20,9 @@ from rich.table import Table
 
 import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction, fail,
-                       non_negative_float, positive_float, positive_int, run)
+from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
+                       fail, non_negative_float, non_negative_int, positive_float, positive_int,
+                       run)
 from nnjit.augment import AUGMENT_HELP, Augment
 from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
@@ -125,7 +126,9 @@ def parse_args(argv=None):
     p.add_argument("--nb-epochs", type=positive_int,
                    help="total epochs to reach (with --resume, counting the epochs already done; "
                         "default: 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights and data order")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed for initial weights, data order, dropout masks, augmentation and "
+                        "the validation split")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="threads for nnjit's kernels (its GEMMs run single-threaded inside them)")
     p.add_argument("--checkpoint-folder", default="checkpoints", help="where checkpoints go")
@@ -280,6 +283,8 @@ def main(argv=None):
     args.loss_csv_path = args.loss_csv_path or str(Path(args.checkpoint_folder) / "loss.csv")
     if args.plot and not matplotlib_available():
         fail(f"--plot: {INSTALL_HINT}")
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        fail(f"--plot {args.plot}: folder {Path(args.plot).resolve().parent} does not exist")
     plot_path = args.plot or (str(Path(args.loss_csv_path).with_suffix(".png"))
                               if matplotlib_available() else None)
     quiet = args.quiet
