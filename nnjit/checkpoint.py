@@ -235,10 +235,9 @@ def _check_declared_sizes(architecture, parameters, buffers) -> None:
                 raise CheckpointError(f"layer {i} ({layer_type.__name__}) declares {key} of shape "
                                       f"{shape} ({math.prod(shape):,} values), the file holds "
                                       f"{stored[key]:,}")
-            if key not in stored and key.rsplit(".", 1)[1] in getattr(layer_type, "buffer_names", ()) \
-                    and not buffers:
-                continue  # checkpoints from before buffers existed: defaults are fine
             if key not in stored:
+                if not buffers and name in layer_type.buffer_names:
+                    continue  # checkpoints from before buffers existed: defaults are fine
                 raise CheckpointError(f"layer {i} ({layer_type.__name__}) needs {key}, which the "
                                       "file does not hold")
 

@@ -190,7 +190,7 @@ def _number_in(low, high):
 
 #: Settings a resumed run takes from its checkpoint, each checked as its flag is.
 RESUMED = {
-    "dataset": _text, "model_spec": _text, "seed": _whole(-2**63), "batch_size": _whole(1),
+    "dataset": _text, "model_spec": _text, "seed": _whole(0), "batch_size": _whole(1),
     "split_test": _whole(1), "train_limit": _whole(1),
     "val_split": lambda v: count_or_fraction(str(v)),
     "channels": _one_of(1, 3), "image_size": _image_size,

@@ -65,13 +65,9 @@ def scan(split_dir: Path, classes: list[str] | None = None) -> tuple[list[str], 
     return classes, paths, np.array(labels, dtype=np.uint8)
 
 
-def _header(path: Path) -> tuple[tuple[int, int], str]:
-    size, mode, _ = read_picture(path)
-    return size, mode
-
-
 def _headers(paths):
-    return [_header(p) for p in paths]
+    """(size (W, H), mode) of each picture, from its header alone."""
+    return [read_picture(p)[:2] for p in paths]
 
 
 def _decode(task):
@@ -135,9 +131,10 @@ def read_images(paths: list[Path], channels: int, size: tuple[int, int],
         raise DataError(f"cannot hold {len(paths)} decoded images of {channels}x{h}x{w} "
                         f"({total:,} bytes) in shared memory: {err.strerror or err}") from None
     try:
-        starts = range(0, len(paths), FILES_PER_TASK)
-        tasks = [(shm.name, shape, s, paths[s:s + FILES_PER_TASK], (w, h), channels) for s in starts]
-        _in_parallel(_decode, tasks, [len(t[3]) for t in tasks], "decoding images", show_progress)
+        chunks = _chunks(paths)
+        tasks = [(shm.name, shape, i * FILES_PER_TASK, chunk, (w, h), channels)
+                 for i, chunk in enumerate(chunks)]
+        _in_parallel(_decode, tasks, [len(c) for c in chunks], "decoding images", show_progress)
         return np.ndarray(shape, np.uint8, buffer=shm.buf).copy()
     finally:
         shm.close()
@@ -156,6 +153,10 @@ def load_image_folder(root, channels: int | None = None, image_size=None,
     images were read).
     """
     root = Path(root)
+    if image_size is not None and image_size[0] * image_size[1] > MAX_IMAGE_PIXELS:
+        raise DataError(f"--image-size {image_size[0]} {image_size[1]} is "
+                        f"{image_size[0] * image_size[1]:,} pixels per image, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,}")
     classes, train_paths, y_train = scan(root / "train")
     has_test = (root / "test").is_dir()
     test_paths, y_test = scan(root / "test", classes)[1:] if has_test else ([], None)
@@ -169,9 +170,6 @@ def load_image_folder(root, channels: int | None = None, image_size=None,
     how = f"most common size {h}x{w}"
     if image_size is not None:
         h, w = image_size
-        if h * w > MAX_IMAGE_PIXELS:
-            raise DataError(f"--image-size {h} {w} is {h * w:,} pixels per image, over the "
-                            f"limit of {MAX_IMAGE_PIXELS:,}")
         how = f"--image-size {h}x{w}"
     resized = sum(size != (w, h) for size, _ in headers)
     if channels is None:
