@@ -134,7 +134,9 @@ def test_model_backward_is_gradient_of_mean_loss(ends_in_softmax, rng):
 
 FUSED_STACKS = [
     # (conv args, pool args): conv -> ReLU -> MaxPool2D, fused inside Sequential
-    ((2, 3, 3, 1, 1), (2, None)),    # the unrolled 2x2 / stride 2 path
+    ((2, 3, 3, 1, 1), (2, None)),    # pool-major order, the unrolled 2x2 windows
+    ((2, 3, 3, 1, 1), (3, None)),    # pool-major order, general windows (3x3)
+    ((2, 2, 3, 2, 1), ((2, 3), None)),  # pool-major, 2x3 windows, strided padded conv
     ((2, 3, (2, 3), (2, 1), (1, 0)), (3, 2)),  # general path, overlapping windows
     ((2, 2, 3, 1, 0), ((2, 3), (1, 2))),
 ]

@@ -41,55 +41,64 @@ def valid_range(k, S, P, W, OW):
 
 
 @helper
-def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cols):
+def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
     """Unfold the zero-padded patches of one block.
 
-    x: float (N*C*H*W,). Writes cols: float (C*KH*KW * L,) for output rows
-    [r0, r1) of images [n0, n1).
+    The block's conv output rows are oh = r0 + g + i*RS for g in [0, G),
+    i in [0, R), in that order, each OW columns wide: (G, RS) = (1, 1) is
+    the plain run of rows [r0, r0+R); (PKH, PKH) with r0 = pr0*PKH and
+    R = pr1-pr0 the pool-major order (see ``block_to_pool_major``). OW may be
+    less than the conv's output width: columns past it are not unfolded.
+    x: float (N*C*H*W,). Writes cols: float (C*KH*KW * L,),
+    L = (n1-n0) * G*R*OW, columns ordered (n, g, i, ow).
     """
     d = U(0)
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
                 lo, hi = valid_range(kw, SW, PW, W, OW)
-                first, last = r0 * SH + kh - PH, (r1 - 1) * SH + kh - PH  # input rows read
+                first = r0 * SH + kh - PH  # input rows read: first .. last
+                last = (r0 + G - 1 + (R - 1) * RS) * SH + kh - PH
                 if lo == 0 and hi == OW and SW == 1 and first >= 0 and last < H:
                     # No padding in this row of cols: plain copies, the common
                     # case, kept to the tightest loop (25% faster than the general one).
                     for n in range(n0, n1):
-                        s = U(((n * C + c) * H + first) * W + kw - PW)
-                        for _ in range(r1 - r0):
-                            for j in range(U(OW)):
-                                cols[d + j] = x[s + j]
-                            s += U(SH * W)
-                            d += U(OW)
+                        for g in range(G):
+                            s = U(((n * C + c) * H + first + g * SH) * W + kw - PW)
+                            for _ in range(R):
+                                for j in range(U(OW)):
+                                    cols[d + j] = x[s + j]
+                                s += U(RS * SH * W)
+                                d += U(OW)
                     continue
                 for n in range(n0, n1):
                     plane = (n * C + c) * H
-                    for i in range(r0, r1):
-                        ih = i * SH + kh - PH
-                        if ih < 0 or ih >= H or lo >= hi:  # the whole run is padding
-                            for j in range(U(OW)):
-                                cols[d + j] = 0
-                        else:
-                            s = U((plane + ih) * W + lo * SW + kw - PW)
-                            for j in range(U(lo)):
-                                cols[d + j] = 0
-                            dd = d + U(lo)
-                            if SW == 1:  # contiguous: vectorises (a runtime stride does not)
-                                for j in range(U(hi - lo)):
-                                    cols[dd + j] = x[s + j]
+                    for g in range(G):
+                        for i in range(R):
+                            ih = (r0 + g + i * RS) * SH + kh - PH
+                            if ih < 0 or ih >= H or lo >= hi:  # the whole run is padding
+                                for j in range(U(OW)):
+                                    cols[d + j] = 0
                             else:
-                                for j in range(U(hi - lo)):
-                                    cols[dd + j] = x[s + j * U(SW)]
-                            for j in range(U(hi), U(OW)):
-                                cols[d + j] = 0
-                        d += U(OW)
+                                s = U((plane + ih) * W + lo * SW + kw - PW)
+                                for j in range(U(lo)):
+                                    cols[d + j] = 0
+                                dd = d + U(lo)
+                                if SW == 1:  # contiguous: vectorises (a runtime stride does not)
+                                    for j in range(U(hi - lo)):
+                                        cols[dd + j] = x[s + j]
+                                else:
+                                    for j in range(U(hi - lo)):
+                                        cols[dd + j] = x[s + j * U(SW)]
+                                for j in range(U(hi), U(OW)):
+                                    cols[d + j] = 0
+                            d += U(OW)
 
 
 @helper
-def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
-    """Fold one block's patch gradients back onto the images: the adjoint of ``im2col``.
+def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, dx):
+    """Fold one block's patch gradients back onto the images: the adjoint of ``im2col``
+    (same block arguments).
 
     dcols: float (C*KH*KW * L,). Adds into dx: float (N*C*H*W,) (overlapping
     patches summed; the caller zeroes dx first). Two blocks that touch the
@@ -102,18 +111,19 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx):
                 lo, hi = valid_range(kw, SW, PW, W, OW)
                 for n in range(n0, n1):
                     plane = (n * C + c) * H
-                    for i in range(r0, r1):
-                        ih = i * SH + kh - PH
-                        if 0 <= ih < H and lo < hi:
-                            d = U((plane + ih) * W + lo * SW + kw - PW)
-                            ss = s + U(lo)
-                            if SW == 1:  # contiguous: vectorises (a runtime stride does not)
-                                for j in range(U(hi - lo)):
-                                    dx[d + j] += dcols[ss + j]
-                            else:
-                                for j in range(U(hi - lo)):
-                                    dx[d + j * U(SW)] += dcols[ss + j]
-                        s += U(OW)
+                    for g in range(G):
+                        for i in range(R):
+                            ih = (r0 + g + i * RS) * SH + kh - PH
+                            if 0 <= ih < H and lo < hi:
+                                d = U((plane + ih) * W + lo * SW + kw - PW)
+                                ss = s + U(lo)
+                                if SW == 1:  # contiguous: vectorises (a runtime stride does not)
+                                    for j in range(U(hi - lo)):
+                                        dx[d + j] += dcols[ss + j]
+                                else:
+                                    for j in range(U(hi - lo)):
+                                        dx[d + j * U(SW)] += dcols[ss + j]
+                            s += U(OW)
 
 
 @helper
@@ -233,6 +243,91 @@ def pooled_to_block(dy, out, argmax, OC, BP, PP, n0, n1, shift, lo, hi, relu, dy
 
 
 @helper
+def block_to_pool_major(yblock, bias, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, out, argmax):
+    """Bias, optional ReLU and non-overlapping max pooling of one pool-major block.
+
+    yblock: float (OC*(n1-n0)*PKH*Q*PKW,) as (OC, n1-n0, PKH, Q, PKW): the
+    GEMM output of a block unfolded with (G, RS) = (PKH, PKH) (see
+    ``im2col``), so member (dy, dx) of pooled output q of an image is at
+    [dy, q, dx]: every loop below runs over all Q pooled outputs of the
+    block's rows at a fixed stride, and vectorises. Each pooled value is the
+    first maximum in the window's row-major order (as ``pool_plane`` scans)
+    + bias, then max(0, .) with ``relu``. Writes pooled outputs [lo, lo+Q) of
+    each (image, channel) plane of out: float (N*OC*PP,) and, in argmax:
+    int32 (same), the winning member dy*PKW + dx.
+    """
+    S = PKH * PKW
+    run = U(Q * PKW)
+    src = U(0)
+    for oc in range(OC):
+        b = bias[oc]
+        for n in range(n0, n1):
+            d = U((n * OC + oc) * PP + lo)
+            if S == 4 and PKW == 2:  # 2x2 windows: one pass
+                for j in range(U(Q)):
+                    t = src + U(2) * j
+                    best = yblock[t]
+                    at = 0
+                    v = yblock[t + U(1)]
+                    if not (v <= best):
+                        best = v
+                        at = 1
+                    v = yblock[t + run]
+                    if not (v <= best):
+                        best = v
+                        at = 2
+                    v = yblock[t + run + U(1)]
+                    if not (v <= best):
+                        best = v
+                        at = 3
+                    v = best + b
+                    out[d + j] = max(v, 0) if relu else v
+                    argmax[d + j] = at
+            else:
+                for j in range(U(Q)):
+                    out[d + j] = yblock[src + U(PKW) * j]
+                    argmax[d + j] = 0
+                for m in range(1, S):
+                    t = src + U(m // PKW) * run + U(m % PKW)
+                    for j in range(U(Q)):
+                        v = yblock[t + U(PKW) * j]
+                        if not (v <= out[d + j]):
+                            out[d + j] = v
+                            argmax[d + j] = m
+                for j in range(U(Q)):
+                    v = out[d + j] + b
+                    out[d + j] = max(v, 0) if relu else v
+            src += U(S) * U(Q)
+
+
+@helper
+def pool_major_to_block(dy, out, argmax, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, dyblock, dbias):
+    """Backward of ``block_to_pool_major``: each pooled gradient goes to its
+    window's winning member (with ``relu``, only where the output is > 0).
+
+    dy, out: float (N*OC*PP,) (gradient at, and value of, the pooled output);
+    argmax: int32 from forward. Writes dyblock: float as yblock there;
+    adds the block's sums to dbias: float (OC,).
+    """
+    S = PKH * PKW
+    t = U(0)
+    for oc in range(OC):
+        acc = 0.0
+        for n in range(n0, n1):
+            s = U((n * OC + oc) * PP + lo)
+            for j in range(U(S) * U(Q)):
+                dyblock[t + j] = 0
+            for j in range(U(Q)):
+                if not relu or out[s + j] > 0:
+                    g = dy[s + j]
+                    m = argmax[s + j]  # member (m // PKW, m % PKW), at [dy, j, dx] of (PKH, Q, PKW)
+                    dyblock[t + U(m // PKW) * U(Q * PKW) + U(PKW) * j + U(m % PKW)] = g
+                    acc += g
+            t += U(S) * U(Q)
+        dbias[oc] += acc
+
+
+@helper
 def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
     """c (M, L) = op(a) (M, K) @ b (K, L) as GEMMs over column slices of about
     ``slice_cols`` columns, of near-equal width (no narrow, slow last one).
@@ -248,10 +343,21 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
         gemm(blas, trans_a, NO_TRANS, M, width, K, 1.0, a, lda, b[start:], L, 0.0, c[start:], L)
 
 
+@njit(cache=True, inline="always")
+def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
+    """(width, r0, R, G) of a block's conv rows as ``im2col`` takes them (with
+    RS = G): in pool-major order, the PKH rows of each of the pooled rows
+    [pr0, pr1), PKW*POW columns wide (the conv outputs the windows read);
+    otherwise rows [r0, r1), OW wide."""
+    if pool_major:
+        return PKW * POW, pr0 * PKH, pr1 - pr0, PKH
+    return OW, r0, r1 - r0, 1
+
+
 @kernel(blas=True)
 def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
-                 pooled, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax, slice_cols,
-                 blas):
+                 pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax,
+                 slice_cols, blas):
     """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
 
     bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
@@ -261,31 +367,39 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (OC*C*KH*KW,); bias (OC,). cols, yblock: float workspaces (parts, >= K*L)
     and (parts, >= OC*L) for the largest block. Without ``pooled`` writes
     out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
-    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW. GEMMs
-    run in column slices of about ``slice_cols`` (see ``gemm_in_slices``).
+    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
+    ``pool_major`` (non-overlapping windows only) the blocks are unfolded in
+    pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
+    holds each window's winning member. GEMMs run in column slices of about ``slice_cols`` (see
+    ``gemm_in_slices``).
     """
     # A part's work is a helper call: the parallel and serial twins share its
     # one compilation, and Numba's parallel lowering only sees this loop.
     for part in prange(bounds.size - 1):
         conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W, KH,
-                          KW, SH, SW, PH, PW, OH, OW, relu, pooled, PKH, PKW, PSH, PSW, POH, POW,
-                          cols[part], yblock[part], out, argmax, slice_cols, blas)
+                          KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, PSH,
+                          PSW, POH, POW, cols[part], yblock[part], out, argmax, slice_cols, blas)
 
 
 @helper
 def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH,
-                      OW, relu, pooled, PKH, PKW, PSH, PSW, POH, POW, cbuf, ybuf, out, argmax,
-                      slice_cols, blas):
+                      OW, relu, pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, cbuf, ybuf, out,
+                      argmax, slice_cols, blas):
     """``conv_forward`` over blocks[first:last], with one part's workspaces cbuf and ybuf."""
     OC = bias.size
     K = C * KH * KW
     for b in range(first, last):
         n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
                                     blocks[b, 4], blocks[b, 5])
-        L = (n1 - n0) * (r1 - r0) * OW
-        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
+        width, start, R, G = block_rows(pooled and pool_major, OW, r0, r1, pr0, pr1, PKH, PKW,
+                                        POW)
+        L = (n1 - n0) * G * R * width
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, cbuf)
         gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
-        if pooled:
+        if pooled and pool_major:
+            block_to_pool_major(ybuf, bias, OC, PKH, PKW, R * POW, POH * POW, n0, n1, pr0 * POW,
+                                relu, out, argmax)
+        elif pooled:
             block_to_pooled(ybuf[:OC * L], bias, OC, r1 - r0, OW, n0, n1, r0, pr0, pr1, relu,
                             PKH, PKW, PSH, PSW, POH, POW, out, argmax)
         else:
@@ -294,22 +408,23 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
 
 @kernel(blas=True)
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
-                  OH, OW, relu, pooled, POW, PP, cols, dyblock, dw_parts, db_parts, need_dx, dx,
-                  dweight, dbias, slice_cols, blas):
+                  OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cols, dyblock, dw_parts,
+                  db_parts, need_dx, dx, dweight, dbias, slice_cols, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
     ``pooled``, planes of PP values in rows of POW, with argmax from forward);
-    with ``relu``, passed only where out > 0. Writes dweight (OC*K,) and
+    with ``relu``, passed only where out > 0; ``pool_major`` and the window
+    PKH x PKW as in forward. Writes dweight (OC*K,) and
     dbias (OC,), summed from per-part partials dw_parts (parts, OC*K) and
     db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole
     images, so col2im's overlapping adds never race.
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
-                           H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, POW, PP,
-                           cols[part], dyblock[part], dw_parts[part], db_parts[part], need_dx,
-                           dx, slice_cols, blas)
+                           H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
+                           PKW, POW, PP, cols[part], dyblock[part], dw_parts[part],
+                           db_parts[part], need_dx, dx, slice_cols, blas)
     dweight[:] = dw_parts[0]
     dbias[:] = db_parts[0]
     for part in range(1, bounds.size - 1):
@@ -319,8 +434,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 
 @helper
 def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
-                       PH, PW, OH, OW, relu, pooled, POW, PP, cbuf, dyb, dwp, dbp, need_dx, dx,
-                       slice_cols, blas):
+                       PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cbuf, dyb, dwp,
+                       dbp, need_dx, dx, slice_cols, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (OC*K,) and dbp (OC,)."""
     OC = dbp.size
@@ -332,9 +447,14 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
     for b in range(first, last):
         n0, n1, r0, r1, pr0, pr1 = (blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3],
                                     blocks[b, 4], blocks[b, 5])
-        L = (n1 - n0) * (r1 - r0) * OW
-        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, cbuf)
-        if pooled:
+        width, start, R, G = block_rows(pooled and pool_major, OW, r0, r1, pr0, pr1, PKH, PKW,
+                                        POW)
+        L = (n1 - n0) * G * R * width
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, cbuf)
+        if pooled and pool_major:
+            pool_major_to_block(dy, out, argmax, OC, PKH, PKW, R * POW, PP, n0, n1, pr0 * POW,
+                                relu, dyb, dbp)
+        elif pooled:
             pooled_to_block(dy, out, argmax, OC, (r1 - r0) * OW, PP, n0, n1, r0 * OW, pr0 * POW,
                             pr1 * POW, relu, dyb[:OC * L], dbp)
         else:
@@ -344,4 +464,4 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         if need_dx:
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
             gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
-            col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, n0, n1, r0, r1, dx)
+            col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, dx)
