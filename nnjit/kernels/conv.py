@@ -25,6 +25,7 @@ from numba import njit
 from ._jit import helper, kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
+from .runs import add_run, copy_run, zero_run
 
 U = np.uint64
 
@@ -66,8 +67,7 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
                         for g in range(G):
                             s = U(((n * C + c) * H + first + g * SH) * W + kw - PW)
                             for _ in range(R):
-                                for j in range(U(OW)):
-                                    cols[d + j] = x[s + j]
+                                copy_run(cols, d, x, s, U(OW))
                                 s += U(RS * SH * W)
                                 d += U(OW)
                     continue
@@ -77,16 +77,25 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
                         for i in range(R):
                             ih = (r0 + g + i * RS) * SH + kh - PH
                             if ih < 0 or ih >= H or lo >= hi:  # the whole run is padding
-                                for j in range(U(OW)):
+                                zero_run(cols, d, U(OW))
+                            elif SW == 1 and 0 <= (plane + ih) * W + kw - PW and \
+                                    (plane + ih) * W + kw - PW + OW <= x.size:
+                                # One copy of the whole run (its ends read the neighbouring
+                                # row), then the padded ends zeroed over it.
+                                copy_run(cols, d, x, U((plane + ih) * W + kw - PW), U(OW))
+                                for j in range(U(lo)):
+                                    cols[d + j] = 0
+                                for j in range(U(hi), U(OW)):
                                     cols[d + j] = 0
                             else:
                                 s = U((plane + ih) * W + lo * SW + kw - PW)
+                                # The padded ends (a column or two) element by element:
+                                # masked stores beside the run's cost more.
                                 for j in range(U(lo)):
                                     cols[d + j] = 0
                                 dd = d + U(lo)
-                                if SW == 1:  # contiguous: vectorises (a runtime stride does not)
-                                    for j in range(U(hi - lo)):
-                                        cols[dd + j] = x[s + j]
+                                if SW == 1:
+                                    copy_run(cols, dd, x, s, U(hi - lo))
                                 else:
                                     for j in range(U(hi - lo)):
                                         cols[dd + j] = x[s + j * U(SW)]
@@ -117,9 +126,8 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, dx)
                             if 0 <= ih < H and lo < hi:
                                 d = U((plane + ih) * W + lo * SW + kw - PW)
                                 ss = s + U(lo)
-                                if SW == 1:  # contiguous: vectorises (a runtime stride does not)
-                                    for j in range(U(hi - lo)):
-                                        dx[d + j] += dcols[ss + j]
+                                if SW == 1:
+                                    add_run(dx, d, dcols, ss, U(hi - lo))
                                 else:
                                     for j in range(U(hi - lo)):
                                         dx[d + j * U(SW)] += dcols[ss + j]
