@@ -424,7 +424,7 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     ``pooled``, planes of PP values in rows of POW, with argmax from forward);
     with ``relu``, passed only where out > 0; ``pool_major`` and the window
     PKH x PKW as in forward. Writes dweight (OC*K,) and
-    dbias (OC,), summed from per-part partials dw_parts (parts, OC*K) and
+    dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: transposed) and
     db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole
     images, so col2im's overlapping adds never race.
     """
@@ -433,10 +433,17 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
                            PKW, POW, PP, cols[part], dyblock[part], dw_parts[part],
                            db_parts[part], need_dx, dx, slice_cols, blas)
-    dweight[:] = dw_parts[0]
+    # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
+    OC = dbias.size
+    K = dweight.size // OC
+    for k in range(K):
+        for oc in range(OC):
+            acc = dw_parts[0, k * OC + oc]
+            for part in range(1, bounds.size - 1):
+                acc += dw_parts[part, k * OC + oc]
+            dweight[oc * K + k] = acc
     dbias[:] = db_parts[0]
     for part in range(1, bounds.size - 1):
-        dweight += dw_parts[part]
         dbias += db_parts[part]
 
 
@@ -445,7 +452,7 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
                        PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cbuf, dyb, dwp,
                        dbp, need_dx, dx, slice_cols, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
-    workspaces; writes that part's partial sums dwp (OC*K,) and dbp (OC,)."""
+    workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and dbp (OC,)."""
     OC = dbp.size
     K = C * KH * KW
     dwp[:] = 0
@@ -467,8 +474,10 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
                             pr1 * POW, relu, dyb[:OC * L], dbp)
         else:
             nchw_to_block(dy, out, OC, OH * OW, OW, n0, n1, r0, r1, relu, dyb, dbp)
-        # dW (OC, K) += dyblock (OC, L) @ cols^T (L, K)
-        gemm(blas, NO_TRANS, TRANS, OC, K, L, 1.0, dyb, L, cbuf, L, 1.0, dwp, K)
+        # dW^T (K, OC) += cols (K, L) @ dyblock^T (L, OC): OpenBLAS runs this
+        # orientation 1.0-1.6x faster than dW = dyblock @ cols^T (OC 64, K 288:
+        # 87 vs 67 GFLOP/s; OC 20, K 250: 66 vs 40).
+        gemm(blas, NO_TRANS, TRANS, K, OC, L, 1.0, cbuf, L, dyb, L, 1.0, dwp, OC)
         if need_dx:
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
             gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
