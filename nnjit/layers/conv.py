@@ -20,6 +20,8 @@ from .pool import MaxPool2D
 #: 32->64 5x5 pad 1 on 13x13 117 vs 94; 512 KB within noise of 1 MB, 128 KB
 #: and 256 KB slower. Tests lower it to force row blocks.
 BLOCK_BYTES = 1 << 20
+#: Fewest columns per GEMM slice (see ``Conv2D._slice_cols``).
+MIN_SLICE_COLS = 64
 
 
 
@@ -199,14 +201,16 @@ class Conv2D(Layer):
         return pool is not None and pool.stride == pool.kernel_size
 
     def _slice_cols(self, k):
-        """Columns per GEMM slice: SMALL_GEMM_MACS worth (at least one).
+        """Columns per GEMM slice: SMALL_GEMM_MACS worth, but at least MIN_SLICE_COLS.
 
         The forward and input-gradient GEMMs of a block run in such slices,
         and blocks of small images hold no more (``_blocks``): 107 vs 79
-        GFLOP/s for the 10->20 5x5 conv's forward GEMM. The weight gradient's
-        GEMM, which reduces over the columns, is never sliced: that was
-        slower (accumulating)."""
-        return max(1, SMALL_GEMM_MACS // (self.out_channels * k))
+        GFLOP/s for the 10->20 5x5 conv's forward GEMM. Narrower slices than
+        MIN_SLICE_COLS lose more than the small-GEMM path gains: 64->128 3x3
+        (K 576) ran at 72 GFLOP/s in slices of 13 columns, 88-92 in slices of
+        64 or more. The weight gradient's GEMM, which reduces over the
+        columns, is never sliced: that was slower (accumulating)."""
+        return max(MIN_SLICE_COLS, SMALL_GEMM_MACS // (self.out_channels * k))
 
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
