@@ -1,6 +1,6 @@
-"""Short contiguous runs copied, added or zeroed with masked vector instructions.
+"""Short contiguous runs copied or zeroed with masked vector instructions.
 
-The convolution's unfold and fold (``nnjit.kernels.conv``) move rows of a
+The convolution's unfold (``nnjit.kernels.conv``) moves rows of a
 few to a few dozen values (an output row of a small image). A loop over such
 a run vectorises only in whole vectors and finishes element by element, so a
 run of 14 float32 took 8 + 6 single moves. Here each step of a run is one
@@ -9,7 +9,10 @@ registers, AVX2 ``vmaskmov``, plain loops on other targets), 64 bytes at a
 time, with the tail under a mask: a 14-value row is one load and one store.
 Measured on the unfold of 32 channels of 16x16 (rows of 14): 14.7 -> 6.8 ms
 per 1000 images. Masked-off lanes are never read or written, so a run may end
-anywhere in its array.
+anywhere in its array. Only for runs that are written, not read back soon:
+a masked load right after a masked store within the same 64 bytes waits for
+the store (the fold's ``dx[run] += ...`` with masked adds ran 2.4x slower
+than a plain loop).
 
 Offsets and lengths are unsigned 64-bit element counts.
 """
@@ -21,7 +24,7 @@ from numba.extending import intrinsic
 U = np.uint64
 _VECTOR_BYTES = 64
 
-COPY, ADD, ZERO = range(3)
+COPY, ZERO = range(2)
 
 
 def _masked_run_step(mode):
@@ -68,9 +71,6 @@ def _masked_run_step(mode):
             else:
                 source = address(signature.args[2], src_value, s_value)
                 value = builder.call(load, [source, align, mask, ir.Constant(vector, None)])
-                if mode == ADD:
-                    old = builder.call(load, [target, align, mask, ir.Constant(vector, None)])
-                    value = builder.fadd(old, value)
             builder.call(store, [value, target, align, mask])
             return context.get_dummy_value()
 
@@ -80,7 +80,6 @@ def _masked_run_step(mode):
 
 
 _copy_step = _masked_run_step(COPY)
-_add_step = _masked_run_step(ADD)
 _zero_step = _masked_run_step(ZERO)
 
 
@@ -99,18 +98,6 @@ def copy_run(dst, d, src, s, n):
         j += step
     if j < n:
         _copy_step(dst, d + j, src, s + j, n - j)
-
-
-@njit(cache=True, inline="always")
-def add_run(dst, d, src, s, n):
-    """dst[d:d+n] += src[s:s+n] (the runs must not overlap). Arguments as ``copy_run``."""
-    step = _lanes(dst)
-    j = U(0)
-    while j + step <= n:
-        _add_step(dst, d + j, src, s + j, step)
-        j += step
-    if j < n:
-        _add_step(dst, d + j, src, s + j, n - j)
 
 
 @njit(cache=True, inline="always")
