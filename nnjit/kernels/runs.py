@@ -89,24 +89,26 @@ def _lanes(a):
 
 
 @njit(cache=True, inline="always")
-def copy_run(dst, d, src, s, n):
-    """dst[d:d+n] = src[s:s+n]. dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
+def _run(dst, d, src, s, n, zero):
+    """dst[d:d+n] = src[s:s+n], or = 0 with ``zero``, one vector step at a time."""
     step = _lanes(dst)
     j = U(0)
-    while j + step <= n:
-        _copy_step(dst, d + j, src, s + j, step)
-        j += step
-    if j < n:
-        _copy_step(dst, d + j, src, s + j, n - j)
+    while j < n:
+        width = min(step, n - j)
+        if zero:
+            _zero_step(dst, d + j, dst, d + j, width)
+        else:
+            _copy_step(dst, d + j, src, s + j, width)
+        j += width
+
+
+@njit(cache=True, inline="always")
+def copy_run(dst, d, src, s, n):
+    """dst[d:d+n] = src[s:s+n]. dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
+    _run(dst, d, src, s, n, False)
 
 
 @njit(cache=True, inline="always")
 def zero_run(dst, d, n):
     """dst[d:d+n] = 0. dst: 1-D float array; d, n: uint64."""
-    step = _lanes(dst)
-    j = U(0)
-    while j + step <= n:
-        _zero_step(dst, d + j, dst, d + j, step)
-        j += step
-    if j < n:
-        _zero_step(dst, d + j, dst, d + j, n - j)
+    _run(dst, d, dst, d, n, True)
