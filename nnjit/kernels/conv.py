@@ -127,8 +127,8 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, dx)
                                 d = U((plane + ih) * W + lo * SW + kw - PW)
                                 ss = s + U(lo)
                                 if SW == 1:  # contiguous: vectorises (a runtime stride does not)
-                                    # (not masked vector adds: a masked load just after a masked store
-                                    # nearby waits for it, 2.4x slower measured)
+                                    # (not masked vector adds: a masked load right after
+                                    # a masked store nearby waits for it, 2.4x slower)
                                     for j in range(U(hi - lo)):
                                         dx[d + j] += dcols[ss + j]
                                 else:
@@ -292,7 +292,10 @@ def block_to_pool_major(yblock, bias, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, out
                         best = v
                         at = 3
                     v = best + b
-                    out[d + j] = max(v, 0) if relu else v
+                    if relu and v < 0:  # as block_to_pooled does
+                        out[d + j] = 0
+                    else:
+                        out[d + j] = v
                     argmax[d + j] = at
             else:
                 for j in range(U(Q)):
@@ -307,7 +310,10 @@ def block_to_pool_major(yblock, bias, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, out
                             argmax[d + j] = m
                 for j in range(U(Q)):
                     v = out[d + j] + b
-                    out[d + j] = max(v, 0) if relu else v
+                    if relu and v < 0:
+                        out[d + j] = 0
+                    else:
+                        out[d + j] = v
             src += U(S) * U(Q)
 
 
@@ -331,7 +337,7 @@ def pool_major_to_block(dy, out, argmax, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, 
             for j in range(U(Q)):
                 if not relu or out[s + j] > 0:
                     g = dy[s + j]
-                    m = argmax[s + j]  # member (m // PKW, m % PKW), at [dy, j, dx] of (PKH, Q, PKW)
+                    m = argmax[s + j]  # member (dy, dx) = divmod(m, PKW): at [dy, j, dx]
                     dyblock[t + U(m // PKW) * U(Q * PKW) + U(PKW) * j + U(m % PKW)] = g
                     acc += g
             t += U(S) * U(Q)
@@ -381,8 +387,8 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
     ``pool_major`` (non-overlapping windows only) the blocks are unfolded in
     pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
-    holds each window's winning member. GEMMs run in column slices of about ``slice_cols`` (see
-    ``gemm_in_slices``).
+    holds each window's winning member. GEMMs run in column slices of about
+    ``slice_cols`` (see ``gemm_in_slices``).
     """
     # A part's work is a helper call: the parallel and serial twins share its
     # one compilation, and Numba's parallel lowering only sees this loop.
@@ -426,10 +432,10 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     dy: float, the gradient at ``out`` (the layer's output: pooled when
     ``pooled``, planes of PP values in rows of POW, with argmax from forward);
     with ``relu``, passed only where out > 0; ``pool_major`` and the window
-    PKH x PKW as in forward. Writes dweight (OC*K,) and
-    dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: transposed) and
-    db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole
-    images, so col2im's overlapping adds never race.
+    PKH x PKW as in forward. Writes dweight (OC*K,) and dbias (OC,), summed
+    from per-part partials dw_parts (parts, K*OC: dW transposed) and db_parts
+    (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so
+    col2im's overlapping adds never race.
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
@@ -455,7 +461,8 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
                        PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cbuf, dyb, dwp,
                        dbp, need_dx, dx, slice_cols, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
-    workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and dbp (OC,)."""
+    workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
+    dbp (OC,)."""
     OC = dbp.size
     K = C * KH * KW
     dwp[:] = 0
