@@ -14,7 +14,9 @@ a masked load right after a masked store within the same 64 bytes waits for
 the store (the fold's ``dx[run] += ...`` with masked adds ran 2.4x slower
 than a plain loop).
 
-Offsets and lengths are unsigned 64-bit element counts.
+Offsets and lengths are unsigned 64-bit element counts. The intrinsics are
+named as LLVM 17+ names them (opaque pointers: ``llvm.masked.load.v16f32.p0``),
+hence numba >= 0.62 (llvmlite 0.45, LLVM 20) in pyproject.toml.
 """
 import numpy as np
 from llvmlite import ir
