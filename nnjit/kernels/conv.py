@@ -323,23 +323,36 @@ def pool_major_to_block(dy, out, argmax, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, 
     window's winning member (with ``relu``, only where the output is > 0).
 
     dy, out: float (N*OC*PP,) (gradient at, and value of, the pooled output);
-    argmax: int32 from forward. Writes dyblock: float as yblock there;
+    argmax: int32 from forward. Writes dyblock: float as yblock there, every
+    element once (the winner's gradient or 0), in passes that vectorise;
     adds the block's sums to dbias: float (OC,).
     """
     S = PKH * PKW
+    run = U(Q * PKW)
+    zero = np.float32(0)  # not 0.0: a float64 literal would make float32 code convert
     t = U(0)
     for oc in range(OC):
         acc = 0.0
         for n in range(n0, n1):
             s = U((n * OC + oc) * PP + lo)
-            for j in range(U(S) * U(Q)):
-                dyblock[t + j] = 0
             for j in range(U(Q)):
                 if not relu or out[s + j] > 0:
-                    g = dy[s + j]
-                    m = argmax[s + j]  # member (dy, dx) = divmod(m, PKW): at [dy, j, dx]
-                    dyblock[t + U(m // PKW) * U(Q * PKW) + U(PKW) * j + U(m % PKW)] = g
-                    acc += g
+                    acc += dy[s + j]
+            for row in range(PKH):
+                first = row * PKW  # member (row, 0)
+                d = t + U(row) * run
+                if PKW == 2:
+                    for j in range(U(Q)):
+                        m = argmax[s + j]
+                        g = dy[s + j] if not relu or out[s + j] > 0 else zero
+                        dyblock[d + U(2) * j] = g if m == first else zero
+                        dyblock[d + U(2) * j + U(1)] = g if m == first + 1 else zero
+                else:
+                    for col in range(PKW):
+                        for j in range(U(Q)):
+                            m = argmax[s + j]
+                            g = dy[s + j] if not relu or out[s + j] > 0 else zero
+                            dyblock[d + U(PKW) * j + U(col)] = g if m == first + col else zero
             t += U(S) * U(Q)
         dbias[oc] += acc
 
