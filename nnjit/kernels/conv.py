@@ -13,7 +13,10 @@ Layout conventions (buffers flat, C-contiguous; L = (n1-n0) * (r1-r0) * OW):
 - ``x``: (N, C, H, W) images, the whole batch.
 - ``cols``: (C*KH*KW, L) patches of the block; row ``(c, kh, kw)``, column
   ``(n, oh, ow)``. A row is runs of OW inputs from one image row, so
-  unfolding and folding both walk memory contiguously along ``ow``.
+  unfolding and folding both walk memory contiguously along ``ow``. Under a
+  fused max-pool with non-overlapping windows the columns are in pool-major
+  order instead (the conv rows grouped by their row within a window, see
+  ``im2col`` and ``block_to_pool_major``).
 - ``yblock``: (OC, L) = ``weight.reshape(OC, C*KH*KW) @ cols``.
 
 Inner loops index with unsigned ints: Numba keeps a negative-index check per
