@@ -183,6 +183,63 @@ def test_fused_forward_equals_the_layers_run_one_by_one(conv, pool, rng):
     np.testing.assert_allclose(model.predict(x), expected, rtol=1e-6, atol=1e-6)
 
 
+#: Non-overlapping pooling windows the random cases cycle through (each of the
+#: epilogue's paths: the unrolled 2x2 one, and the general one for other sizes).
+POOL_MAJOR_WINDOWS = [(2, 2), (3, 3), (2, 3), (1, 2), (3, 1), (2, 1)]
+
+
+def _random_fused_stack(draw, window):
+    """(conv args, input shape) of a random conv to put before a ReLU and a max-pool
+    with ``window`` (stride = window), small enough to run in a blink."""
+    c, oc = int(draw.integers(1, 4)), int(draw.integers(1, 5))
+    k = (int(draw.integers(1, 4)), int(draw.integers(1, 4)))
+    s = (int(draw.integers(1, 3)), int(draw.integers(1, 3)))
+    p = (int(draw.integers(0, k[0])), int(draw.integers(0, k[1])))
+    h, w = (int(draw.integers(window[i] * s[i] + k[i], 14)) for i in range(2))
+    return (c, oc, k, s, p), (int(draw.integers(1, 6)), c, h, w)
+
+
+@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_fused_pool_major_pass_equals_the_layers_one_by_one(case, block_bytes, monkeypatch):
+    """Random shapes, strides, paddings, windows and batch sizes: the fused
+    conv -> ReLU -> max-pool (pool-major order) gives the output and every
+    gradient that the three layers give run one by one (float64, no ties)."""
+    import nnjit.layers.conv as conv_module
+
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+    draw = np.random.default_rng([case, 2026])
+    window = POOL_MAJOR_WINDOWS[case % len(POOL_MAJOR_WINDOWS)]
+    (c, oc, k, s, p), shape = _random_fused_stack(draw, window)
+    fused = Sequential([Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(),
+                        MaxPool2D(window)], seed=case)
+    assert fused._fused == {1, 2} and fused.layers[0]._pool_major()
+    alone = [Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(), MaxPool2D(window)]
+    alone[0].weight.value[...] = fused.layers[0].weight.value
+    alone[0].bias.value[...] = draw.normal(size=oc)
+    fused.layers[0].bias.value[...] = alone[0].bias.value
+    x = draw.normal(size=shape)
+    want = x
+    for layer in alone:
+        want = layer.forward(want)
+    got = fused.layers[0].forward(x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fused.layers[0].forward(x, training=False), want, rtol=1e-12,
+                               atol=1e-12)
+    fused.layers[0].forward(x)
+    dy = draw.normal(size=want.shape)
+    dx_got = fused.layers[0].backward(dy)
+    dx_want = dy
+    for layer in reversed(alone):
+        dx_want = layer.backward(dx_want)
+    np.testing.assert_allclose(dx_got, dx_want, rtol=1e-10, atol=1e-12)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(getattr(fused.layers[0], name).grad,
+                                   getattr(alone[0], name).grad, rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+
+
 def test_fused_dense_relu_gradients(rng):
     """Dense -> ReLU runs as one bias+ReLU pass inside a Sequential: check every gradient."""
     model = Sequential([Flatten(), Dense(12, 6, dtype=F64), ReLU(), Dense(6, 3, dtype=F64), Softmax()],
