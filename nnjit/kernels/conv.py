@@ -45,14 +45,14 @@ def valid_range(k, S, P, W, OW):
 
 
 @helper
-def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
+def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, cols):
     """Unfold the zero-padded patches of one block.
 
-    The block's conv output rows are oh = r0 + g + i*RS for g in [0, G),
-    i in [0, R), in that order, each OW columns wide: (G, RS) = (1, 1) is
-    the plain run of rows [r0, r0+R); (PKH, PKH) with r0 = pr0*PKH and
-    R = pr1-pr0 the pool-major order (see ``block_to_pool_major``). OW may be
-    less than the conv's output width: columns past it are not unfolded.
+    The block's conv output rows are oh = r0 + g + i*G for g in [0, G),
+    i in [0, R), in that order, each OW columns wide: G = 1 is the plain run
+    of rows [r0, r0+R); G = PKH with r0 = pr0*PKH and R = pr1-pr0 the
+    pool-major order (see ``block_to_pool_major``). OW may be less than the
+    conv's output width: columns past it are not unfolded.
     x: float (N*C*H*W,). Writes cols: float (C*KH*KW * L,),
     L = (n1-n0) * G*R*OW, columns ordered (n, g, i, ow).
     """
@@ -62,7 +62,7 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
             for kw in range(KW):
                 lo, hi = valid_range(kw, SW, PW, W, OW)
                 first = r0 * SH + kh - PH  # input rows read: first .. last
-                last = (r0 + G - 1 + (R - 1) * RS) * SH + kh - PH
+                last = (r0 + G - 1 + (R - 1) * G) * SH + kh - PH
                 if lo == 0 and hi == OW and SW == 1 and first >= 0 and last < H:
                     # No padding in this row of cols: plain copies, the common
                     # case, kept to the tightest loop (25% faster than the general one).
@@ -71,14 +71,14 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
                             s = U(((n * C + c) * H + first + g * SH) * W + kw - PW)
                             for _ in range(R):
                                 copy_run(cols, d, x, s, U(OW))
-                                s += U(RS * SH * W)
+                                s += U(G * SH * W)
                                 d += U(OW)
                     continue
                 for n in range(n0, n1):
                     plane = (n * C + c) * H
                     for g in range(G):
                         for i in range(R):
-                            ih = (r0 + g + i * RS) * SH + kh - PH
+                            ih = (r0 + g + i * G) * SH + kh - PH
                             if ih < 0 or ih >= H or lo >= hi:  # the whole run is padding
                                 zero_run(cols, d, U(OW))
                             elif SW == 1 and 0 <= (plane + ih) * W + kw - PW and \
@@ -108,7 +108,7 @@ def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, cols):
 
 
 @helper
-def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, dx):
+def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, dx):
     """Fold one block's patch gradients back onto the images: the adjoint of ``im2col``
     (same block arguments).
 
@@ -125,7 +125,7 @@ def col2im(dcols, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, RS, dx)
                     plane = (n * C + c) * H
                     for g in range(G):
                         for i in range(R):
-                            ih = (r0 + g + i * RS) * SH + kh - PH
+                            ih = (r0 + g + i * G) * SH + kh - PH
                             if 0 <= ih < H and lo < hi:
                                 d = U((plane + ih) * W + lo * SW + kw - PW)
                                 ss = s + U(lo)
@@ -261,7 +261,7 @@ def block_to_pool_major(yblock, bias, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, out
     """Bias, optional ReLU and non-overlapping max pooling of one pool-major block.
 
     yblock: float (OC*(n1-n0)*PKH*Q*PKW,) as (OC, n1-n0, PKH, Q, PKW): the
-    GEMM output of a block unfolded with (G, RS) = (PKH, PKH) (see
+    GEMM output of a block unfolded with G = PKH (see
     ``im2col``), so member (dy, dx) of pooled output q of an image is at
     [dy, q, dx]: every loop below runs over all Q pooled outputs of the
     block's rows at a fixed stride, and vectorises. Each pooled value is the
@@ -378,10 +378,10 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
 
 @njit(cache=True, inline="always")
 def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
-    """(width, r0, R, G) of a block's conv rows as ``im2col`` takes them (with
-    RS = G): in pool-major order, the PKH rows of each of the pooled rows
-    [pr0, pr1), PKW*POW columns wide (the conv outputs the windows read);
-    otherwise rows [r0, r1), OW wide."""
+    """(width, r0, R, G) of a block's conv rows as ``im2col`` takes them: in
+    pool-major order, the PKH rows of each of the pooled rows [pr0, pr1),
+    PKW*POW columns wide (the conv outputs the windows read); otherwise rows
+    [r0, r1), OW wide."""
     if pool_major:
         return PKW * POW, pr0 * PKH, pr1 - pr0, PKH
     return OW, r0, r1 - r0, 1
@@ -427,7 +427,7 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
         width, start, R, G = block_rows(pooled and pool_major, OW, r0, r1, pr0, pr1, PKH, PKW,
                                         POW)
         L = (n1 - n0) * G * R * width
-        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, cbuf)
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, cbuf)
         gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
         if pooled and pool_major:
             block_to_pool_major(ybuf, bias, OC, PKH, PKW, R * POW, POH * POW, n0, n1, pr0 * POW,
@@ -491,7 +491,7 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         width, start, R, G = block_rows(pooled and pool_major, OW, r0, r1, pr0, pr1, PKH, PKW,
                                         POW)
         L = (n1 - n0) * G * R * width
-        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, cbuf)
+        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, cbuf)
         if pooled and pool_major:
             pool_major_to_block(dy, out, argmax, OC, PKH, PKW, R * POW, PP, n0, n1, pr0 * POW,
                                 relu, dyb, dbp)
@@ -507,4 +507,4 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         if need_dx:
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
             gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
-            col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, G, dx)
+            col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, dx)
