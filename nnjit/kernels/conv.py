@@ -261,10 +261,10 @@ def block_to_pool_major(yblock, bias, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, out
     """Bias, optional ReLU and non-overlapping max pooling of one pool-major block.
 
     yblock: float (OC*(n1-n0)*PKH*Q*PKW,) as (OC, n1-n0, PKH, Q, PKW): the
-    GEMM output of a block unfolded with G = PKH (see
-    ``im2col``), so member (dy, dx) of pooled output q of an image is at
-    [dy, q, dx]: every loop below runs over all Q pooled outputs of the
-    block's rows at a fixed stride, and vectorises. Each pooled value is the
+    GEMM output of a block unfolded with G = PKH (see ``im2col``), so member
+    (dy, dx) of pooled output q of an image is at [dy, q, dx]: every loop
+    below runs over all Q pooled outputs of the block's rows at a fixed
+    stride, and vectorises. Each pooled value is the
     first maximum in the window's row-major order (as ``pool_plane`` scans)
     + bias, then max(0, .) with ``relu``. Writes pooled outputs [lo, lo+Q) of
     each (image, channel) plane of out: float (N*OC*PP,) and, in argmax:
