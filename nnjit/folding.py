@@ -16,7 +16,8 @@ FOLDS_A_NORM = (Conv2D, Dense)
 
 
 def fuse_layers(layers: list[Layer]) -> set[int]:
-    """Let each layer take over the ones after it it can fuse (``Layer.fuse_next``);
+    """Let each layer take over the ones after it it can fuse (``Layer.fuse_next``),
+    then tell each layer that still runs which one runs before it (``Layer.follows``);
     return the indices of the layers taken over, which a container skips."""
     for layer in layers:
         layer.unfuse()
@@ -27,6 +28,9 @@ def fuse_layers(layers: list[Layer]) -> set[int]:
             taken.add(j)
             j += 1
         i = j
+    running = [layer for i, layer in enumerate(layers) if i not in taken]
+    for previous, layer in zip(running, running[1:]):
+        layer.follows(previous)
     return taken
 
 

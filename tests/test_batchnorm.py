@@ -148,6 +148,30 @@ def test_fused_batchnorm_relu_gradients_by_finite_differences(make, shape, rng):
     assert np.all(bn.forward(x, training=False) >= 0)
 
 
+def assert_fused_equals_unfused_and_finite_differences(model, alone, x, labels):
+    """``model`` (fused as a Sequential fuses it) and ``alone`` (the same layers and
+    weights, each run by itself) give equal outputs and parameter gradients, and
+    ``model``'s gradients match finite differences of its training-mode loss."""
+    alone._fused = set()
+    for layer in alone.layers:
+        layer.unfuse()
+
+    def loss():
+        return ref.cross_entropy(model.forward(x), labels)
+
+    np.testing.assert_allclose(model.forward(x), alone.forward(x), rtol=1e-12)
+    model.backward(labels)
+    alone.backward(labels)
+    for p, q in zip(model.parameters(), alone.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=p.name)
+    for (name, a), (_, b) in zip(model.named_buffers(), alone.named_buffers(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=name)
+    grads = {p.name: p.grad.copy() for p in model.parameters()}
+    for p in model.parameters():
+        np.testing.assert_allclose(grads[p.name], ref.numeric_grad(loss, p.value), rtol=1e-5,
+                                   atol=1e-8, err_msg=p.name)
+
+
 @pytest.mark.parametrize("pool,relu", [((2, 2), True), ((3, 2), True), ((2, 2), False)])
 def test_fused_batchnorm_relu_maxpool_gradients_by_finite_differences(pool, relu, rng):
     """BatchNorm2D -> [ReLU ->] MaxPool2D as one pass (training mode): finite differences,
@@ -165,25 +189,8 @@ def test_fused_batchnorm_relu_maxpool_gradients_by_finite_differences(pool, relu
     for bn in (model.layers[0], alone.layers[0]):
         bn.weight.value[...] = np.linspace(-1.5, 2, 3)  # one negative scale
         bn.bias.value[...] = [0.3, -0.2, 0.1]
-    alone._fused = set()  # run every layer by itself
-    for layer in alone.layers:
-        layer.unfuse()
     x = rng.normal(size=(4, 3, 5, 5))
-    labels = rng.integers(0, 3, 4)
-
-    def loss():
-        return ref.cross_entropy(model.forward(x), labels)
-
-    np.testing.assert_allclose(model.forward(x), alone.forward(x), rtol=1e-12)
-    model.backward(labels)
-    alone.backward(labels)
-    for p, q in zip(model.parameters(), alone.parameters()):
-        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=p.name)
-    np.testing.assert_allclose(model.layers[0].running_var, alone.layers[0].running_var, rtol=1e-12)
-    grads = {p.name: p.grad.copy() for p in model.parameters()}
-    for p in model.parameters():
-        np.testing.assert_allclose(grads[p.name], ref.numeric_grad(loss, p.value), rtol=1e-5,
-                                   atol=1e-8, err_msg=p.name)
+    assert_fused_equals_unfused_and_finite_differences(model, alone, x, rng.integers(0, 3, 4))
     first = Sequential([BatchNorm2D(3, dtype=F64), ReLU(), MaxPool2D(2)])  # input gradient too
     first.layers[0].weight.value[...] = [1.0, -0.5, 2.0]
     g = rng.normal(size=(4, 3, 2, 2))
@@ -238,3 +245,48 @@ def test_inference_folds_each_norm_into_the_conv_or_dense_before_it(rng):
     loss, _ = model.evaluate(x, np.array([0, 1, 2, 0, 1]))
     assert np.isclose(loss, ref.cross_entropy(np.log(numpy_inference()), np.array([0, 1, 2, 0, 1])),
                       rtol=1e-4)
+
+
+@pytest.mark.parametrize("pool,relu", [((2, 2), True), ((3, 2), True), ((2, 2), False),
+                                       (((2, 3), (1, 2)), True)])
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_conv_evaluates_the_norm_gradient_handed_back_to_it(pool, relu, block_bytes, rng,
+                                                            monkeypatch):
+    """Conv2D -> BatchNorm2D -> [ReLU ->] MaxPool2D in a Sequential: the norm hands its
+    input gradient back unevaluated and the conv evaluates it block by block (also one
+    output row per block). Every gradient equals the layers run one by one, and finite
+    differences, including the conv's input gradient (through a conv before it)."""
+    import nnjit.layers.conv as conv_module
+    from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+    if block_bytes is not None:
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+
+    def make():
+        middle = [ReLU()] if relu else []
+        pooling = MaxPool2D(*pool)
+        flat = 3 * int(np.prod(pooling.output_shape((3, 9, 8))[1:]))
+        return Sequential([Conv2D(2, 2, 1, dtype=F64), Conv2D(2, 3, 3, padding=1, dtype=F64),
+                           BatchNorm2D(3, dtype=F64), *middle, pooling, Flatten(),
+                           Dense(flat, 3, dtype=F64)], seed=4)
+
+    model, alone = make(), make()
+    assert model.layers[2].hands_back_input_grad
+    for bn in (model.layers[2], alone.layers[2]):
+        bn.weight.value[...] = [1.5, -0.7, 0.9]  # one negative scale
+        bn.bias.value[...] = [0.3, -0.2, 0.1]
+    x = rng.normal(size=(3, 2, 9, 8))
+    assert_fused_equals_unfused_and_finite_differences(model, alone, x, np.array([2, 0, 1]))
+
+
+def test_a_handed_back_norm_gradient_is_refused_by_another_conv(rng):
+    from nnjit import Conv2D, MaxPool2D, ReLU
+
+    model = Sequential([Conv2D(1, 2, 3), BatchNorm2D(2), ReLU(), MaxPool2D(2)], seed=0)
+    other = Conv2D(1, 2, 3)
+    x = rng.normal(size=(2, 1, 6, 6)).astype(np.float32)
+    model.forward(x)
+    other.forward(x)
+    grad = model.layers[1].backward(np.ones((2, 2, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="not about its output"):
+        other.backward(grad)

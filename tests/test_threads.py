@@ -75,6 +75,28 @@ def test_parallel_kernels_agree_with_their_serial_twins(make, shape, rng, monkey
         np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6 * np.abs(serial).max())
 
 
+def test_conv_evaluating_a_norm_gradient_agrees_with_its_serial_twin(rng, monkeypatch):
+    """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D, the norm handing its input gradient
+    back to the conv (as in a Sequential): parallel and serial twins agree."""
+    x = rng.normal(size=(6, 4, 20, 24)).astype(np.float32)
+    results = []
+    for serial in (False, True):
+        serial_everywhere(monkeypatch, serial)
+        conv, norm = seeded(Conv2D(4, 8, 3, padding=1)), fused(BatchNorm2D(8), ReLU(), MaxPool2D(2))
+        norm.follows(conv)
+        assert norm.hands_back_input_grad
+        y = norm.forward(conv.forward(x)).copy()
+        dy = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
+        dx = conv.backward(norm.backward(dy)).copy()
+        results.append([y, dx] + [p.grad.copy() for p in conv.parameters() + norm.parameters()])
+    # The conv's bias gradient is a sum that a norm after it cancels to ~0: compare it at
+    # the scale of the weight gradient, every other result at its own.
+    weight_scale = np.abs(results[1][2]).max()
+    for i, (parallel, serial) in enumerate(zip(*results, strict=True)):
+        scale = weight_scale if i == 3 else np.abs(serial).max()
+        np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6 * scale)
+
+
 def test_parallel_loss_and_optimizer_agree_with_serial_twins(rng, monkeypatch):
     logits = rng.normal(size=(LARGE // 10, 10)).astype(np.float32)
     labels = rng.integers(0, 10, len(logits))

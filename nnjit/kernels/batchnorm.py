@@ -13,21 +13,27 @@ from .pool import pool_plane
 
 @helper(reassociate=True)
 def channel_mean_var(x3, c):
-    """Mean and biased variance (float64, two passes) of channel c of x3: (N, C, P)."""
+    """Mean and biased variance (float64) of channel c of x3: (N, C, P).
+
+    One pass over the values, summing their offsets from the channel's first
+    value: the shift keeps sum(d * d) - sum(d)**2 / M free of the cancellation
+    of raw sums whenever the values sit far from 0 (in float64, with a shift
+    inside the data, as accurate as two passes for batch-norm inputs), and the
+    channel is read once instead of twice.
+    """
     N, _, P = x3.shape
-    acc = 0.0
+    shift = np.float64(x3[0, c, 0])
+    s = 0.0
+    ss = 0.0
     for n in range(N):
         row = x3[n, c]
         for p in range(P):
-            acc += row[p]
-    mean = acc / (N * P)
-    acc = 0.0
-    for n in range(N):
-        row = x3[n, c]
-        for p in range(P):
-            d = row[p] - mean
-            acc += d * d
-    return mean, acc / (N * P)
+            d = row[p] - shift
+            s += d
+            ss += d * d
+    M = N * P
+    mean = s / M
+    return shift + mean, max(ss / M - mean * mean, 0.0)
 
 
 @kernel(reassociate=True)
@@ -139,18 +145,20 @@ def batchnorm_statistics(x, N, C, P, eps, momentum, weight, bias, mean, invstd, 
 
 @kernel
 def affine_pool_forward(x, planes, C, H, W, scale, shift, relu, KH, KW, SH, SW, OH, OW, bounds,
-                        scratch, out, argmax):
+                        scratch, out, argmax, winner):
     """Per-channel affine map (batch norm), optional ReLU, then max pooling,
     one plane at a time: the full-size output is only ever a plane in cache.
 
     x: float (planes*H*W,), plane i of channel i % C; scale, shift: (C,).
     bounds: int64 (parts+1,) plane ranges; scratch: float (parts, H*W).
     Writes out: float (planes*OH*OW,) and argmax: int32 (same), as
-    ``maxpool_forward`` over relu(x * scale + shift) would.
+    ``maxpool_forward`` over relu(x * scale + shift) would, and winner
+    (like out): the input x at each argmax, what backward's sums read.
     """
     x2 = x.reshape((planes, H * W))
     o2 = out.reshape((planes, OH * OW))
     a2 = argmax.reshape((planes, OH * OW))
+    w2 = winner.reshape((planes, OH * OW))
     for part in prange(len(bounds) - 1):
         buf = scratch[part]
         plane = buf.reshape((H, W))
@@ -160,42 +168,82 @@ def affine_pool_forward(x, planes, C, H, W, scale, shift, relu, KH, KW, SH, SW, 
             for p in range(H * W):
                 v = src[p] * a + b
                 buf[p] = 0 if relu and v < 0 else v
-            pool_plane(plane, KH, KW, SH, SW, OH, OW, o2[pl], a2[pl])
+            pos = a2[pl]
+            pool_plane(plane, KH, KW, SH, SW, OH, OW, o2[pl], pos)
+            wrow = w2[pl]
+            for q in range(OH * OW):
+                wrow[q] = src[pos[q]]
 
 
 @kernel(reassociate=True)
-def batchnorm_pool_backward(dy, x, out, argmax, mean, invstd, weight, N, C, P, Q, relu, need_dx,
-                            dx, dweight, dbias):
-    """Gradients of ``batchnorm_statistics`` + ``affine_pool_forward`` in training.
+def batchnorm_pool_coefficients(dy, out, winner, mean, invstd, weight, N, C, P, Q, relu,
+                                dweight, dbias, coef):
+    """Parameter gradients of ``batchnorm_statistics`` + ``affine_pool_forward`` in
+    training, and the coefficients of its input gradient.
 
-    dy, out, argmax: (N*C*Q,) at the pooled output; x: float (N*C*P,) the
-    norm's input. Each pooled gradient is g at its window's maximum (where
-    out > 0 with ``relu``); xhat = (x - mean) * invstd is recomputed, never
-    stored. Writes dweight, dbias (C,) and, with ``need_dx``, dx (like x),
-    as ``batchnorm_backward`` would.
+    dy, out, winner: (N*C*Q,) at the pooled output (winner: the input at each
+    window's maximum). A pooled gradient counts as g (0 where out <= 0 with
+    ``relu``) at its window's maximum. Writes dweight = sum(g * xhat), dbias =
+    sum(g) (C,), and coef (4*C,) as rows (a, b, gk, m): the input gradient
+    (``routed_affine_segment``) is dx = (x - m) * a + b, plus gk * g at each
+    maximum. Reads only pooled-size arrays.
     """
     M = N * P
-    x3, d3 = x.reshape((N, C, P)), dx.reshape((N, C, P))
-    g3, o3, a3 = dy.reshape((N, C, Q)), out.reshape((N, C, Q)), argmax.reshape((N, C, Q))
+    g3, o3, w3 = dy.reshape((N, C, Q)), out.reshape((N, C, Q)), winner.reshape((N, C, Q))
     for c in prange(C):
         mu, inv = mean[c], invstd[c]
         s = 0.0
         sx = 0.0
         for n in range(N):
-            grow, orow, arow, xrow = g3[n, c], o3[n, c], a3[n, c], x3[n, c]
+            grow, orow, wrow = g3[n, c], o3[n, c], w3[n, c]
             for q in range(Q):
+                g = grow[q]
                 if relu and not orow[q] > 0:
-                    continue
-                s += grow[q]
-                sx += grow[q] * ((xrow[arow[q]] - mu) * inv)
+                    g = 0.0
+                s += g
+                sx += g * ((wrow[q] - mu) * inv)
         dweight[c] = sx
         dbias[c] = s
-        if need_dx:
-            k = weight[c] * inv / M
-            for n in range(N):
-                grow, orow, arow, xrow, drow = g3[n, c], o3[n, c], a3[n, c], x3[n, c], d3[n, c]
-                for p in range(P):
-                    drow[p] = -k * (s + (xrow[p] - mu) * inv * sx)
-                for q in range(Q):
-                    if not relu or orow[q] > 0:
-                        drow[arow[q]] += k * M * grow[q]
+        # dx = k * (M * g - s - xhat * sx), xhat = (x - mu) * inv
+        k = weight[c] * inv / M
+        coef[c] = -k * inv * sx
+        coef[C + c] = -k * s
+        coef[2 * C + c] = k * M
+        coef[3 * C + c] = mu
+
+
+@helper(reassociate=True)
+def routed_affine_segment(y, ys, lo, hi, coef, c, C, g, gout, garg, qs, q0, q1, relu, dst, d):
+    """One plane segment of a batch norm's input gradient when a max-pool
+    (and maybe a ReLU) follows it: dst[d:d + hi - lo] = (y[ys + lo:ys + hi] - m)
+    * a + b, plus gk * g[qs + q] at each position garg[qs + q] inside [lo, hi),
+    for q in [q0, q1), counted only where gout > 0 with ``relu``. (a, b, gk, m)
+    are channel c's coefficients in coef (4*C,) (``batchnorm_pool_coefficients``).
+    Returns the sum of the segment written (float64).
+    """
+    a, b, gk, m = coef[c], coef[C + c], coef[2 * C + c], coef[3 * C + c]
+    src, out = y[ys + lo:ys + hi], dst[d:d + hi - lo]
+    acc = 0.0
+    for j in range(hi - lo):  # on views: a plain index vectorises (see conv.py)
+        v = (src[j] - m) * a + b
+        out[j] = v
+        acc += v
+    for q in range(qs + q0, qs + q1):
+        pos = garg[q]
+        if lo <= pos < hi and (not relu or gout[q] > 0):
+            v = gk * g[q]
+            out[pos - lo] += v
+            acc += v
+    return acc
+
+
+@kernel
+def batchnorm_pool_input_grad(x, dy, out, argmax, coef, N, C, P, Q, relu, dx):
+    """The input gradient dx (N*C*P,) of a batch norm followed by a max-pool:
+    every plane of x through ``routed_affine_segment``, with dy, out, argmax
+    (N*C*Q,) at the pooled output and coef from ``batchnorm_pool_coefficients``."""
+    for c in prange(C):
+        for n in range(N):
+            plane = n * C + c
+            routed_affine_segment(x, plane * P, 0, P, coef, c, C, dy, out, argmax, plane * Q, 0,
+                                  Q, relu, dx, plane * P)

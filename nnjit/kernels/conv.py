@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
+from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
 from .runs import copy_run, zero_run
@@ -188,6 +189,33 @@ def nchw_to_block(dy, y, OC, P, OW, n0, n1, r0, r1, relu, dyblock, dbias):
                     v = dy[s + j]
                     dyblock[d + j] = v
                     acc += v
+            d += run
+        dbias[oc] += acc
+
+
+@helper
+def norm_grad_to_block(dy, y, argmax, norm_out, coef, OC, P, OW, n0, n1, r0, r1, PKH, PSH, POW,
+                       PP, relu, dyblock, dbias):
+    """``nchw_to_block`` for the gradient of a following batch norm + max-pool
+    (``PooledNormGrad``), evaluated as it is gathered: each plane's rows
+    [r0, r1) through ``routed_affine_segment``.
+
+    y: float (N*OC*P,) this conv's output (the norm's input); dy, norm_out,
+    argmax: (N*OC*PP,) at the pooled output, pooling windows PKH rows high,
+    PSH apart, rows of POW; coef: (4*OC,). Writes dyblock (OC*L,) as
+    ``nchw_to_block`` does and adds the block's sums to dbias (OC,).
+    """
+    run = (r1 - r0) * OW
+    # The pooled rows whose windows reach into conv rows [r0, r1).
+    q0 = max(0, -((PKH - 1 - r0) // PSH)) * POW
+    q1 = min(PP, -(-r1 // PSH) * POW)
+    d = 0
+    for oc in range(OC):
+        acc = 0.0
+        for n in range(n0, n1):
+            plane = n * OC + oc
+            acc += routed_affine_segment(y, plane * P, r0 * OW, r1 * OW, coef, oc, OC, dy,
+                                         norm_out, argmax, plane * PP, q0, q1, relu, dyblock, d)
             d += run
         dbias[oc] += acc
 
@@ -441,14 +469,19 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
 
 @kernel(blas=True)
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
-                  OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cols, dyblock, dw_parts,
-                  db_parts, need_dx, dx, dweight, dbias, slice_cols, blas):
+                  OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH, norm_out, coef,
+                  cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight, dbias, slice_cols,
+                  blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
     ``pooled``, planes of PP values in rows of POW, with argmax from forward);
     with ``relu``, passed only where out > 0; ``pool_major`` and the window
-    PKH x PKW as in forward. Writes dweight (OC*K,) and dbias (OC,), summed
+    PKH x PKW as in forward. With ``norm`` (no fused ReLU or pool), the
+    gradient at ``out`` is that of a following batch norm + max-pool, given
+    by its parts (``PooledNormGrad``): dy, norm_out, argmax at the pooled
+    output (PP values per plane in rows of POW; windows PKH high, PSH apart)
+    and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,) and dbias (OC,), summed
     from per-part partials dw_parts (parts, K*OC: dW transposed) and db_parts
     (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so
     col2im's overlapping adds never race.
@@ -456,8 +489,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
-                           PKW, POW, PP, cols[part], dyblock[part], dw_parts[part],
-                           db_parts[part], need_dx, dx, slice_cols, blas)
+                           PKW, POW, PP, norm, PSH, norm_out, coef, cols[part], dyblock[part],
+                           dw_parts[part], db_parts[part], need_dx, dx, slice_cols, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC
@@ -474,8 +507,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 
 @helper
 def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
-                       PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, cbuf, dyb, dwp,
-                       dbp, need_dx, dx, slice_cols, blas):
+                       PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH,
+                       norm_out, coef, cbuf, dyb, dwp, dbp, need_dx, dx, slice_cols, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
     dbp (OC,)."""
@@ -492,7 +525,10 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
                                         POW)
         L = (n1 - n0) * G * R * width
         im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, cbuf)
-        if pooled and pool_major:
+        if norm:
+            norm_grad_to_block(dy, out, argmax, norm_out, coef, OC, OH * OW, OW, n0, n1, r0, r1,
+                               PKH, PSH, POW, PP, relu, dyb, dbp)
+        elif pooled and pool_major:
             pool_major_to_block(dy, out, argmax, OC, PKH, PKW, R * POW, PP, n0, n1, pr0 * POW,
                                 relu, dyb, dbp)
         elif pooled:

@@ -1,6 +1,8 @@
 """The Layer base class: parameter discovery, input checks, reusable buffers."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..params import Parameter
@@ -80,6 +82,15 @@ class Layer:
     def unfuse(self) -> None:
         """Forget what ``fuse_next`` took over (a container re-fuses from scratch)."""
 
+    def takes_pooled_norm_grad(self) -> bool:
+        """True when ``backward`` accepts a :class:`PooledNormGrad` for dy. Default: no."""
+        return False
+
+    def follows(self, previous: "Layer") -> None:
+        """Told, after fusing, which layer runs before this one in a Sequential
+        (a batch norm then hands its input gradient back unevaluated to a layer
+        that takes it). Default: nothing to do."""
+
     def onnx_nodes(self, x: str, y: str, params: dict[str, str]) -> list:
         """ONNX nodes computing tensor ``y`` from tensor ``x``.
 
@@ -149,6 +160,35 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+@dataclass
+class PooledNormGrad:
+    """The input gradient of a batch norm followed by a max-pool (and maybe a
+    ReLU), left for the layer before it to evaluate while it reads it anyway
+    (``kernels.batchnorm.routed_affine_segment``): dx = (x - m) * a + b per
+    channel, plus gk * dy routed to each pooled window's maximum. The
+    full-size dx is then never written to memory and read back.
+
+    x: the norm's input (N, C, H, W) (the previous layer's output); dy, out,
+    argmax: (N, C, PH, PW) at the pooled output (argmax: int32 flat positions
+    in each plane); coef: (4*C,) rows (a, b, gk, m); pool_kernel and
+    pool_stride: (h, w) of the max-pool.
+    """
+
+    x: np.ndarray
+    dy: np.ndarray
+    out: np.ndarray
+    argmax: np.ndarray
+    coef: np.ndarray
+    relu: bool
+    pool_kernel: tuple[int, int]
+    pool_stride: tuple[int, int]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the gradient this stands for: the norm's input's."""
+        return self.x.shape
 
 
 def pair(value, name: str, minimum: int) -> tuple[int, int]:

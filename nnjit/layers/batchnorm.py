@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.batchnorm import (affine_pool_forward, batchnorm_backward, batchnorm_forward_eval,
-                                 batchnorm_forward_train, batchnorm_pool_backward,
-                                 batchnorm_statistics)
+                                 batchnorm_forward_train, batchnorm_pool_coefficients,
+                                 batchnorm_pool_input_grad, batchnorm_statistics)
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import FusesReLU, ReLU
-from .base import Layer, positive_int
+from .base import Layer, PooledNormGrad, positive_int
 from .pool import MaxPool2D
 
 
@@ -154,6 +154,15 @@ class BatchNorm2D(BatchNorm1D):
     def unfuse(self):
         super().unfuse()
         self.fused_pool = None
+        self.hands_back_input_grad = False
+
+    def follows(self, previous):
+        """With a fused max-pool after a layer that takes it (a Conv2D with
+        nothing fused), backward returns a :class:`PooledNormGrad` which that
+        layer evaluates block by block as its backward reads it (cnn-bn's first
+        block: the 4.8 MB dx of a batch of 64 is never written and read back)."""
+        self.hands_back_input_grad = (self.fused_pool is not None
+                                      and previous.takes_pooled_norm_grad())
 
     def fuse_next(self, layer) -> bool:
         """Absorb a following ReLU and then a MaxPool2D into the output pass:
@@ -174,6 +183,7 @@ class BatchNorm2D(BatchNorm1D):
         mode = "train" if training else "eval"
         out = self._buffer(f"out/{mode}", (n, c, oh, ow), self.dtype)
         argmax = self._buffer(f"argmax/{mode}", (n, c, oh, ow), np.int32)
+        winner = self._buffer(f"winner/{mode}", (n, c, oh, ow), self.dtype)
         scale, shift = self._buffer("scale", (c,), self.dtype), self._buffer("shift", (c,), self.dtype)
         if training:
             if n * h * w < 2:
@@ -190,18 +200,26 @@ class BatchNorm2D(BatchNorm1D):
         affine_pool_forward.run(parts > 1, x.reshape(-1), n * c, c, h, w, scale, shift,
                                 self.fused_relu, kh, kw, sh, sw, oh, ow, bounds,
                                 self._buffer("scratch", (len(bounds) - 1, h * w), self.dtype),
-                                out.reshape(-1), argmax.reshape(-1))
-        self._cache = (x, out, argmax, mean, invstd) if training else None
+                                out.reshape(-1), argmax.reshape(-1), winner.reshape(-1))
+        self._cache = (x, out, argmax, winner, mean, invstd) if training else None
         return out
 
     def _backward_pooled(self, dy, need_input_grad):
-        x, out, argmax, mean, invstd = self._cache
+        x, out, argmax, winner, mean, invstd = self._cache
         self._cache = None
         dy = self._check_grad(dy, out.shape, self.dtype)
         n, c, h, w = x.shape
-        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
-        batchnorm_pool_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), argmax.reshape(-1),
-                                mean, invstd, self.weight.value, n, c, h * w, out[0, 0].size,
-                                self.fused_relu, need_input_grad, dx.reshape(-1), self.weight.grad,
-                                self.bias.grad)
-        return dx if need_input_grad else None
+        coef = self._buffer("coef", (4 * c,), self.dtype)
+        batchnorm_pool_coefficients(dy.reshape(-1), out.reshape(-1), winner.reshape(-1), mean,
+                                    invstd, self.weight.value, n, c, h * w, out[0, 0].size,
+                                    self.fused_relu, self.weight.grad, self.bias.grad, coef)
+        if not need_input_grad:
+            return None
+        if self.hands_back_input_grad:
+            return PooledNormGrad(x, dy, out, argmax, coef, self.fused_relu,
+                                  self.fused_pool.kernel_size, self.fused_pool.stride)
+        dx = self._buffer("dx", x.shape, self.dtype)
+        batchnorm_pool_input_grad(x.reshape(-1), dy.reshape(-1), out.reshape(-1),
+                                  argmax.reshape(-1), coef, n, c, h * w, out[0, 0].size,
+                                  self.fused_relu, dx.reshape(-1))
+        return dx

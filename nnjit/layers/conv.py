@@ -8,7 +8,7 @@ from ..kernels.conv import conv_backward, conv_forward
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import ReLU
-from .base import Layer, he_uniform, pair, positive_int
+from .base import Layer, PooledNormGrad, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
 #: Most bytes of im2col columns plus GEMM output per block. Each thread
@@ -92,6 +92,11 @@ class Conv2D(Layer):
             self.fused_pool = layer
             return True
         return False
+
+    def takes_pooled_norm_grad(self) -> bool:
+        """Backward evaluates a following batch norm's :class:`PooledNormGrad` while
+        it gathers its output gradient, when nothing is fused into this layer."""
+        return self.fused_pool is None and not self.fused_relu
 
     def reset_parameters(self, rng):
         kh, kw = self.kernel_size
@@ -248,10 +253,22 @@ class Conv2D(Layer):
         return out
 
     def backward(self, dy, need_input_grad=True):
+        """dy: float (N, OC, OH, OW) (pooled, if a pool is fused), or a
+        :class:`PooledNormGrad` standing for it when ``takes_pooled_norm_grad``."""
         if self._cache is None:
             raise self._no_cache()
         x, out, argmax = self._cache
-        dy = self._check_grad(dy, out.shape, self.dtype)
+        norm = isinstance(dy, PooledNormGrad)
+        if norm and not (self.takes_pooled_norm_grad() and dy.x is out):
+            raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
+        (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1
+        if norm:
+            (pkh, _), (psh, _) = dy.pool_kernel, dy.pool_stride
+            relu, pooled_out, argmax, coef = dy.relu, dy.out, dy.argmax, dy.coef
+            dy = dy.dy
+        else:
+            relu, pooled_out, coef = self.fused_relu, out, self.bias.grad[:0]
+            dy = self._check_grad(dy, out.shape, self.dtype)
         n = x.shape[0]
         geometry = self._geometry(x)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
@@ -261,10 +278,9 @@ class Conv2D(Layer):
         dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
         conv_backward.run(
             parts > 1, bounds, blocks, x.reshape(-1), dy.reshape(-1), out.reshape(-1),
-            argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, self.fused_relu,
-            self.fused_pool is not None, self._pool_major(),
-            *(self.fused_pool.kernel_size if self.fused_pool else (1, 1)), out.shape[3],
-            out[0, 0].size,
+            argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, relu,
+            self.fused_pool is not None, self._pool_major(), pkh, pkw, dy.shape[3],
+            dy[0, 0].size, norm, psh, pooled_out.reshape(-1), coef,
             self._buffer("cols", (parts, k * most), self.dtype),
             self._buffer("dyblock", (parts, oc * most), self.dtype),
             self._buffer("dw", (parts, oc * k), self.dtype),
