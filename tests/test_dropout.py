@@ -20,6 +20,26 @@ def test_drops_a_fraction_p_and_scales_the_rest(p, rng):
     np.testing.assert_allclose(out[kept], x[kept] / (1 - p), rtol=1e-6)
 
 
+def test_masks_are_independent_across_positions_and_steps(rng):
+    """The hashed masks (one key per forward) behave like independent coin flips:
+    neighbours, the same position in consecutive steps, and per-position counts."""
+    layer = Dropout(0.5)
+    layer.reset_parameters(rng)
+    x = np.ones((1, 4096), np.float32)
+    masks = np.array([layer.forward(x)[0] != 0 for _ in range(64)])
+
+    def agree(a, b):
+        rate = np.mean(a == b)
+        assert abs(rate - 0.5) < 4 * np.sqrt(0.25 / a.size), rate
+
+    agree(masks[:, 1:], masks[:, :-1])  # neighbouring positions
+    agree(masks[1:], masks[:-1])  # consecutive steps
+    agree(masks[:, 64:], masks[:, :-64])  # positions a row of 64 apart
+    counts = masks.sum(axis=0)  # kept per position over 64 steps: binomial(64, 0.5)
+    chi2 = np.sum((counts - 32.0) ** 2 / 16.0)
+    assert abs(chi2 - 4096) < 6 * np.sqrt(2 * 4096), chi2
+
+
 def test_backward_uses_the_forward_mask(rng):
     layer = Dropout(0.4)
     layer.reset_parameters(rng)

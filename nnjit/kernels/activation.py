@@ -1,4 +1,4 @@
-"""Elementwise ReLU and row-wise softmax over flat buffers."""
+"""Elementwise ReLU and dropout, row-wise softmax, over flat buffers."""
 import numpy as np
 from numba import njit
 
@@ -70,22 +70,40 @@ def softmax_backward(y, dy, N, K, dx):
             dx[r + k] = y[r + k] * (dy[r + k] - dot)
 
 
+#: SplitMix64's increment and output mix (Steele, Lea, Flood 2014).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, inline="always")
+def mixed_bits(key, i):
+    """64 random-looking bits for position i (int) under key (uint64): the
+    SplitMix64 output for state key + (i + 1) * golden ratio. Counter-based:
+    any element's bits are computed alone, so threads need no shared state."""
+    z = key + (np.uint64(i) + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
 @kernel
-def dropout_forward(x, u, p, scale, out):
-    """Inverted dropout. x, u: float (n,), u uniform in [0, 1). Writes out: float
-    (n,) = x * scale where u >= p (kept, probability 1 - p), else 0."""
+def dropout_forward(x, key, threshold, scale, out):
+    """Inverted dropout. x: float (n,). Element i is kept (out = x * scale)
+    when the top 32 bits of ``mixed_bits(key, i)`` are >= threshold (uint64,
+    p * 2**32: dropped with probability p), else out = 0. Writes out: (n,)."""
     for i in prange(x.size):
-        if u[i] >= p:
+        if mixed_bits(key, i) >> np.uint64(32) >= threshold:
             out[i] = x[i] * scale
         else:
             out[i] = 0
 
 
 @kernel
-def dropout_backward(dy, u, p, scale, dx):
-    """Backward of ``dropout_forward`` with the same u: dx = dy * scale where kept, else 0."""
+def dropout_backward(dy, key, threshold, scale, dx):
+    """Backward of ``dropout_forward`` with the same key: dx = dy * scale where
+    kept, else 0 (the mask is recomputed, never stored)."""
     for i in prange(dy.size):
-        if u[i] >= p:
+        if mixed_bits(key, i) >> np.uint64(32) >= threshold:
             dx[i] = dy[i] * scale
         else:
             dx[i] = 0
