@@ -30,7 +30,7 @@ MAX_VALUES = 1 << 28
 PRESETS = {
     "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:{classes},softmax",
     "mlp": "flatten,dense:128,relu,dense:{classes},softmax",
-    "cnn-bn": "conv:24:3:same,bn,relu,pool:2,conv:48:3,bn,relu,pool:2,dropout:0.25,"
+    "cnn-bn": "conv:24:3:same,bn,relu,pool:2,conv:48:3,bn,relu,pool:2,dropout:0.1,"
               "dense:{classes},softmax",
 }
 
