@@ -11,6 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint
 from nnjit.cli import HelpFormatter, console, fail, positive_int, run
 from nnjit.data import DataError, load_split, read_idx
@@ -141,6 +142,8 @@ def evaluate(args, ckpt, shape, preprocessing):
         fail(f"the images are {size(images.shape[1:])}, the checkpoint expects {size(shape)}")
     x = preprocessing.apply(images)
     preds = np.empty(len(x), np.int64)
+    batches = {min(args.batch_size, len(x)), len(x) % args.batch_size or args.batch_size}
+    nnjit.compile_ahead(lambda: [ckpt.model.predict(x[:n], args.batch_size) for n in batches])
     with Progress(console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
         task = bar.add_task("evaluating", total=len(x))
         for start in range(0, len(x), args.batch_size):

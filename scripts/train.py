@@ -385,6 +385,16 @@ def main(argv=None):
     with console.status("Preparing kernels (compiled on the first run, then cached)...",
                         spinner="dots") if console.is_terminal and not quiet else contextlib.nullcontext():
         state = model.get_extra_state()  # the warm-up step must not move dropout's generator
+
+        def first_calls():
+            batch = args.batch_size
+            for size in {batch, len(x_train) % batch or batch}:  # and the last, shorter batch
+                model.forward(x_train[:size])
+                model.backward(data.y_train[:size])
+            model.predict(x_train[:batch])
+
+        nnjit.compile_ahead(first_calls)  # a cold cache: compiled on every core at once
+        model.set_extra_state(state)
         model.forward(x_train[:args.batch_size])
         model.backward(data.y_train[:args.batch_size])
         model.set_extra_state(state)

@@ -67,3 +67,56 @@ def test_one_and_two_threads_agree(rng):
     finally:
         set_num_threads(os.cpu_count() or 1)
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+AHEAD = """
+import json, sys, numpy as np
+import nnjit
+from nnjit.kernels._jit import Kernel
+model = nnjit.Sequential([nnjit.Dense(6, 5), nnjit.ReLU(), nnjit.Dense(5, 3), nnjit.Softmax()], seed=0)
+x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+
+def step():
+    model.forward(x)
+    model.backward(np.array([0, 1, 2, 0]))
+
+compiled = nnjit.compile_ahead(step)
+step()
+kernels = [v for m in list(sys.modules) if m.startswith("nnjit.kernels.")
+           for v in vars(sys.modules[m]).values() if isinstance(v, Kernel)]
+stats = [d.stats for k in kernels for d in k.dispatchers]
+print(json.dumps({"compiled_ahead": compiled,
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats),
+                  "hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "probs": model.forward(x).tolist()}))
+"""
+
+
+def test_compile_ahead_compiles_in_workers_and_the_first_calls_only_load(tmp_path):
+    """A cold cache: compile_ahead compiles the step's kernels in worker processes,
+    after which the real step compiles nothing; a second process finds it all cached."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", AHEAD], env=env, capture_output=True,
+                             text=True, check=True, timeout=600)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert cold["compiled_ahead"] >= 4, cold  # two dense kernels, relu, softmax, loss...
+    assert cold["misses"] == 0 and cold["hits"] >= cold["compiled_ahead"], cold
+    assert warm["compiled_ahead"] == 0 and warm["misses"] == 0, warm
+    assert cold["probs"] == warm["probs"]
+
+
+def test_recorded_calls_run_no_kernel(rng):
+    from nnjit import Dense
+    from nnjit.kernels.precompile import recorded_calls
+
+    layer = Dense(3, 2)
+    x = rng.random((5, 3), dtype=np.float32)
+    before = layer.forward(x, training=False).copy()
+    layer._buffers["out/eval"][...] = np.nan  # what a real call would overwrite
+    calls = recorded_calls(lambda: layer.forward(x, training=False))
+    assert [k.__name__ for k, _, _ in calls] == ["dense_forward"]
+    assert np.isnan(layer._buffers["out/eval"]).all()
+    np.testing.assert_allclose(layer.forward(x, training=False), before)
