@@ -36,8 +36,18 @@ def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
     (2, 1, 5, 5, 2, 1, 1, 0),
 ])
 @pytest.mark.parametrize("block_rows", [None, 1, 2])
-def test_conv2d_gradients(n, c, h, w, oc, k, s, p, block_rows, rng, force_row_blocks):
-    """Also with blocks of 1 or 2 output rows (as for large images) instead of whole images."""
+@pytest.mark.parametrize("gemm", ["slices", "columns", "whole"])
+def test_conv2d_gradients(n, c, h, w, oc, k, s, p, block_rows, gemm, rng, force_row_blocks,
+                          monkeypatch):
+    """Also with blocks of 1 or 2 output rows (as for large images) instead of whole images,
+    and with each block's GEMMs cut into one-column slices or run whole (as from 64 channels)."""
+    import nnjit.layers.conv as conv_module
+
+    if gemm == "columns":
+        monkeypatch.setattr(conv_module, "MIN_SLICE_COLS", 1)
+        monkeypatch.setattr(conv_module, "SMALL_GEMM_MACS", 1)
+    elif gemm == "whole":
+        monkeypatch.setattr(conv_module, "WHOLE_GEMM_CHANNELS", 1)
     layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=F64)
     if block_rows is not None:
         force_row_blocks(layer, (c, h, w), block_rows)
