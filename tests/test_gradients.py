@@ -48,6 +48,7 @@ def test_conv2d_gradients(n, c, h, w, oc, k, s, p, block_rows, gemm, rng, force_
         monkeypatch.setattr(conv_module, "SMALL_GEMM_MACS", 1)
     elif gemm == "whole":
         monkeypatch.setattr(conv_module, "WHOLE_GEMM_CHANNELS", 1)
+        monkeypatch.setattr(conv_module, "WHOLE_GEMM_COLS", 1)
     layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=F64)
     if block_rows is not None:
         force_row_blocks(layer, (c, h, w), block_rows)

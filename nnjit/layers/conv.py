@@ -22,8 +22,10 @@ from .pool import MaxPool2D
 BLOCK_BYTES = 1 << 20
 #: Fewest columns per GEMM slice (see ``Conv2D._slice_cols``).
 MIN_SLICE_COLS = 64
-#: From this many output channels a block's GEMMs run unsliced (see ``Conv2D._slice_cols``).
+#: From this many output channels, blocks of at least WHOLE_GEMM_COLS columns run their
+#: GEMMs unsliced (see ``Conv2D._slice_cols``).
 WHOLE_GEMM_CHANNELS = 64
+WHOLE_GEMM_COLS = 256
 
 
 
@@ -208,9 +210,10 @@ class Conv2D(Layer):
         pool = self.fused_pool
         return pool is not None and pool.stride == pool.kernel_size
 
-    def _slice_cols(self, k):
+    def _slice_cols(self, k, most):
         """Columns per GEMM slice: SMALL_GEMM_MACS worth, but at least MIN_SLICE_COLS;
-        the whole block with WHOLE_GEMM_CHANNELS output channels or more.
+        the whole block with WHOLE_GEMM_CHANNELS output channels or more when the
+        largest block (``most`` columns) has WHOLE_GEMM_COLS or more.
 
         The forward and input-gradient GEMMs of a block run in such slices,
         and blocks of small images hold no more (``_blocks``): 107 vs 79
@@ -223,8 +226,10 @@ class Conv2D(Layer):
         in one process: the cnn 15-16% faster at inference (batch 1000) and in
         training (batch 64 and 256), cnn-5x5-pad1 7%, cifar-cnn 2%; at 48
         channels (cnn-bn's second conv) they lost 8%, at 20 (the lone 10->20
-        5x5 conv) whole blocks lost 14-33%."""
-        if self.out_channels >= WHOLE_GEMM_CHANNELS:
+        5x5 conv) whole blocks lost 14-33%. A single image's 64x288 by 288x100
+        GEMM (the cnn's second conv) ran 6 us slower whole than in two slices:
+        packing pays only over wider blocks."""
+        if self.out_channels >= WHOLE_GEMM_CHANNELS and most >= WHOLE_GEMM_COLS:
             return 1 << 30
         return max(MIN_SLICE_COLS, SMALL_GEMM_MACS // (self.out_channels * k))
 
@@ -257,8 +262,8 @@ class Conv2D(Layer):
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
         conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
                          self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
-                         cols, yblock, out.reshape(-1), argmax.reshape(-1), self._slice_cols(k),
-                         blas_handle())
+                         cols, yblock, out.reshape(-1), argmax.reshape(-1),
+                         self._slice_cols(k, most), blas_handle())
         self._cache = (x, out, argmax) if training else None
         return out
 
@@ -296,6 +301,6 @@ class Conv2D(Layer):
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            self._slice_cols(k), blas_handle())
+            self._slice_cols(k, most), blas_handle())
         self._cache = None
         return dx if need_input_grad else None
