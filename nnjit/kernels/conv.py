@@ -481,10 +481,10 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     gradient at ``out`` is that of a following batch norm + max-pool, given
     by its parts (``PooledNormGrad``): dy, norm_out, argmax at the pooled
     output (PP values per plane in rows of POW; windows PKH high, PSH apart)
-    and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,) and dbias (OC,), summed
-    from per-part partials dw_parts (parts, K*OC: dW transposed) and db_parts
-    (parts, OC); with ``need_dx``, dx: (N*C*H*W,). Parts own whole images, so
-    col2im's overlapping adds never race.
+    and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,)
+    and dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: dW
+    transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
+    Parts own whole images, so col2im's overlapping adds never race.
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
