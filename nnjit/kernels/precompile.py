@@ -7,13 +7,18 @@ the helpers it links in). ``compile_ahead(work)`` runs ``work`` once with every
 kernel call recorded instead of executed, and compiles the signatures that are
 neither in memory nor in the disk cache in worker processes, one per core,
 largest first; each writes Numba's disk cache, so the real first calls only
-load it.
+load it. The workers are fresh interpreters (``python -m
+nnjit.kernels.precompile``, jobs pickled on stdin), not multiprocessing's
+spawn, which would re-import the user's main script in each.
 """
 from __future__ import annotations
 
 import importlib
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 from numba import typeof
 
@@ -74,19 +79,34 @@ def compile_ahead(work, processes: int | None = None) -> int:
     on a batch of the real shape); it runs once with the kernels not
     executed (see ``recorded_calls``), so it must not have effects beyond the
     kernels' outputs. processes: at most this many workers (default: the CPU
-    count). Returns how many signatures the workers compiled: 0 when the
+    count). Returns how many signatures the workers were given: 0 when the
     cache already held everything or one process would do (then the first
-    calls compile as usual). Any failure also falls back to that.
+    calls compile as usual). A worker that fails leaves its kernels to
+    compile on first call, as without it.
     """
     jobs = _missing(recorded_calls(work))
     processes = min(len(jobs), processes or os.cpu_count() or 1)
     if processes < 2:
         return 0
+    root = str(Path(__file__).resolve().parents[2])  # where the nnjit package is
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    workers = []
     try:
-        # spawn: a forked child of a process that ran OpenMP cannot (see _jit.py)
-        with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            for _ in pool.imap_unordered(_compile, jobs):
-                pass
-    except Exception:  # noqa: BLE001  (the first calls compile instead)
-        return 0
+        for share in (jobs[i::processes] for i in range(processes)):  # largest first, dealt
+            worker = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=env)
+            workers.append(worker)
+            worker.stdin.write(pickle.dumps(share))
+            worker.stdin.close()
+    except OSError:
+        pass  # the workers started compile; the first calls compile the rest
+    for worker in workers:
+        worker.wait()
     return len(jobs)
+
+
+if __name__ == "__main__":
+    for job in pickle.load(sys.stdin.buffer):
+        _compile(job)
