@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -120,3 +121,15 @@ def test_recorded_calls_run_no_kernel(rng):
     assert [k.__name__ for k, _, _ in calls] == ["dense_forward"]
     assert np.isnan(layer._buffers["out/eval"]).all()
     np.testing.assert_allclose(layer.forward(x, training=False), before)
+
+    other, results = Dense(3, 2), []  # another thread's kernels still run meanwhile
+    other.weight.value[...] = layer.weight.value
+    other.bias.value[...] = layer.bias.value
+
+    def work():
+        thread = threading.Thread(target=lambda: results.append(other.forward(x).copy()))
+        thread.start()
+        thread.join()
+
+    recorded_calls(work)
+    np.testing.assert_allclose(results[0], before)

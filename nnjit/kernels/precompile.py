@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from numba import typeof
@@ -29,14 +30,19 @@ def recorded_calls(work) -> list[tuple[Kernel, int, tuple]]:
     """Run ``work()`` with every kernel call recorded, not executed.
 
     Returns the distinct calls as (kernel, twin: 0 parallel / 1 serial, the
-    Numba types of the arguments). The kernels' outputs are left unwritten,
-    so the work's results are garbage; an exception the garbage causes ends
-    the recording early (what was recorded until then is returned).
+    Numba types of the arguments). Only this thread's calls are recorded;
+    other threads' kernels run meanwhile. The kernels' outputs are left
+    unwritten, so the work's results are garbage; an exception the garbage
+    causes ends the recording early (what was recorded until then is
+    returned).
     """
     calls = {}
     original = Kernel._call
+    recording = threading.get_ident()
 
     def record(kernel, dispatcher, args):
+        if threading.get_ident() != recording:  # other threads' kernels still run
+            return original(kernel, dispatcher, args)
         twin = kernel.dispatchers.index(dispatcher)
         calls[(kernel, twin, tuple(typeof(a) for a in args))] = None
 
