@@ -55,9 +55,11 @@ RESUME_ARGS = ["--model", "conv:4:3,relu,pool:2,dense:10,softmax", "--optimizer"
                "--learning-rate", "0.002", "--batch-size", 50]
 
 
-@pytest.mark.parametrize("model", [None, "conv:4:3,relu,pool:2,dropout:0.3,dense:10,softmax"])
+@pytest.mark.parametrize("model", [None, "conv:4:3,relu,pool:2,dropout:0.3,dense:10,softmax",
+                                   "conv:4:3,bn,relu,pool:2,dropout:0.3,dense:10,softmax"])
 def test_two_epochs_then_two_more_equal_four_in_one_go(model, tiny_data, tmp_path):
-    """Also with dropout: its mask generator's state travels in the checkpoint."""
+    """Also with dropout (its mask generator's state travels in the checkpoint) and batch
+    norm (its running statistics too, untouched by the start-up's warm-up steps)."""
     common = ["--train-data-dir", tiny_data, "--lr-schedule", "constant", *RESUME_ARGS]
     if model:
         common += ["--model", model]
@@ -71,6 +73,8 @@ def test_two_epochs_then_two_more_equal_four_in_one_go(model, tiny_data, tmp_pat
     b = load_checkpoint(tmp_path / "b" / "latest.json")
     assert b.metadata["epoch"] == 4 and b.optimizer_state["steps"] == a.optimizer_state["steps"]
     assert np.array_equal(a.model.flat.values, b.model.flat.values)
+    for (name, x), (_, y) in zip(a.model.named_buffers(), b.model.named_buffers(), strict=True):
+        assert np.array_equal(x, y), name
     assert len(read_csv(tmp_path / "b" / "loss.csv")) == 5  # header + 4 epochs, appended
 
 
