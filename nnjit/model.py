@@ -8,6 +8,7 @@ from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
 from .folding import FoldedNorms, fuse_layers
+from .replay import ReplayedInference
 
 
 class Sequential:
@@ -44,6 +45,7 @@ class Sequential:
         # output pass) stay in `layers` for description and export, but are not run.
         self._fused = fuse_layers(self.layers)
         self._inference = FoldedNorms(self.layers)
+        self._replayed = ReplayedInference(self._run_inference, self.dtype)
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
         self._first_trainable = next(
@@ -111,6 +113,9 @@ class Sequential:
             self._logits = x
         return x
 
+    def _run_inference(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x, training=False)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Training forward pass; keeps what ``backward`` needs.
 
@@ -154,7 +159,7 @@ class Sequential:
         """
         if len(x) <= batch_size:
             self._inference.refresh()
-            out = self._run(x, training=False).copy()
+            out = self._replayed(x)
             self._logits = None
             return out
         out = None

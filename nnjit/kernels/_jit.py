@@ -21,8 +21,10 @@ calls a helper from another module (``pool_plane``, ``row_shifted_exp``,
 ``gemm``) is not recompiled when only the helper changes. After editing such
 a helper, delete ``nnjit/kernels/__pycache__``.
 """
+import contextlib
 import functools
 import os
+import threading
 import types
 
 from numba import njit, prange
@@ -83,11 +85,54 @@ class Kernel:
             _forget_broken_cache(err)
             return self._call(dispatcher, args)  # once: a second failure is a real one
 
-    def _call(self, dispatcher, args):
+    def _execute(self, dispatcher, args):
         if not self.blas:
             return dispatcher(*args)
         with single_threaded_blas:
             return dispatcher(*args)
+
+    _call = _execute  # what ``run`` calls; rerouted by ``intercepted_calls``
+
+
+#: Thread id -> where that thread's kernel calls go (``intercepted_calls``).
+_interceptors: dict = {}
+_interceptors_lock = threading.Lock()
+
+
+def _routed_call(kernel, dispatcher, args):
+    on_call = _interceptors.get(threading.get_ident())
+    if on_call is None:
+        return kernel._execute(dispatcher, args)
+    return on_call(kernel, dispatcher, args)
+
+
+@contextlib.contextmanager
+def intercepted_calls(on_call):
+    """While the block runs, this thread's kernel calls go to
+    ``on_call(kernel, dispatcher, args)`` (the dispatcher ``run`` chose, with
+    the arguments it got) instead of running; ``on_call`` may run them itself
+    (``kernel._execute(dispatcher, args)``). Other threads' calls run as
+    usual, and other threads may intercept theirs at the same time."""
+    ident = threading.get_ident()
+    with _interceptors_lock:
+        outer = _interceptors.get(ident)
+        _interceptors[ident] = on_call
+        Kernel._call = _routed_call
+    try:
+        yield
+    finally:
+        with _interceptors_lock:
+            if outer is None:
+                del _interceptors[ident]
+            else:
+                _interceptors[ident] = outer
+            if not _interceptors:
+                Kernel._call = Kernel._execute
+
+
+def intercepting() -> bool:
+    """True while this thread's kernel calls are intercepted (``intercepted_calls``)."""
+    return threading.get_ident() in _interceptors
 
 
 def _raised_by_numba_cache(err: BaseException) -> bool:
@@ -154,4 +199,5 @@ def kernel(fn=None, *, blas=False, reassociate=False):
     return Kernel(fn, blas, reassociate)
 
 
-__all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW"]
+__all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW", "intercepted_calls",
+           "intercepting"]

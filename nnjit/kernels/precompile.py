@@ -18,12 +18,11 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from numba import typeof
 
-from ._jit import Kernel
+from ._jit import Kernel, intercepted_calls
 
 
 def recorded_calls(work) -> list[tuple[Kernel, int, tuple]]:
@@ -37,22 +36,16 @@ def recorded_calls(work) -> list[tuple[Kernel, int, tuple]]:
     returned).
     """
     calls = {}
-    original = Kernel._call
-    recording = threading.get_ident()
 
     def record(kernel, dispatcher, args):
-        if threading.get_ident() != recording:  # other threads' kernels still run
-            return original(kernel, dispatcher, args)
         twin = kernel.dispatchers.index(dispatcher)
         calls[(kernel, twin, tuple(typeof(a) for a in args))] = None
 
-    Kernel._call = record
-    try:
-        work()
-    except Exception:  # noqa: BLE001  (garbage values downstream: keep what was recorded)
-        pass
-    finally:
-        Kernel._call = original
+    with intercepted_calls(record):
+        try:
+            work()
+        except Exception:  # noqa: BLE001  (garbage values downstream: keep what was recorded)
+            pass
     return list(calls)
 
 

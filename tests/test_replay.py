@@ -1,0 +1,141 @@
+"""predict on small inputs replays recorded kernel calls: the same bits as the layers' path."""
+import numpy as np
+import pytest
+
+import nnjit
+from nnjit import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
+                   Sequential, Softmax)
+from nnjit.params import FlatParameters
+from nnjit.replay import REPLAY_ELEMENTS
+from nnjit.spec import build_model
+
+
+def layers_path(model, x):
+    """The model's output for x through its layers' Python path: a loop over
+    batches (here two of len(x)) runs the layers, never a replay."""
+    return model.predict(np.concatenate([x, x]), batch_size=len(x))[:len(x)]
+
+
+def small_cnn_bn(seed):
+    return Sequential([Conv2D(1, 4, 3), BatchNorm2D(4), ReLU(), MaxPool2D(2), Dropout(0.3),
+                       Flatten(), Dense(4 * 5 * 5, 3), Softmax()], seed=seed)
+
+
+MODELS = {
+    "mlp": (lambda seed: build_model("mlp", (1, 12, 12), seed=seed, num_classes=10), (1, 12, 12)),
+    "cnn": (lambda seed: build_model("cnn", (1, 16, 14), seed=seed, num_classes=10), (1, 16, 14)),
+    "cnn-bn-dropout": (small_cnn_bn, (1, 12, 12)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_repeated_predict_gives_the_layers_bits_for_each_new_input(name, n, rng):
+    build, shape = MODELS[name]
+    model = build(int(rng.integers(1000)))
+    for _ in range(4):  # recorded on the first call, replayed on the later ones
+        x = rng.standard_normal((n, *shape)).astype(np.float32)
+        got = model.predict(x)
+        np.testing.assert_array_equal(got, layers_path(model, x))
+        assert got is not model.predict(x)  # a new array each call
+    assert any(r is not None for r in model._replayed._recordings.values())
+
+
+def test_replay_follows_training_steps_and_batch_norm_statistics(rng):
+    model = small_cnn_bn(0)
+    opt = nnjit.SGD(model.parameters(), lr=0.5)
+    x = rng.standard_normal((2, 1, 12, 12)).astype(np.float32)
+    before = model.predict(x)
+    for _ in range(3):
+        model.forward(rng.standard_normal((8, 1, 12, 12)).astype(np.float32) * 3 + 1)
+        model.backward(rng.integers(0, 3, 8))
+        opt.step()
+        got = model.predict(x)
+        np.testing.assert_array_equal(got, layers_path(model, x))
+    assert not np.array_equal(got, before)
+
+
+def test_replay_follows_parameters_packed_anew(rng):
+    model = build_model("mlp", (1, 8, 8), seed=0, num_classes=4)
+    x = rng.random((1, 1, 8, 8), dtype=np.float32)
+    model.predict(x)
+    model.predict(x)
+    FlatParameters(model.parameters())  # rebinds every parameter's value to a new buffer
+    for p in model.parameters():
+        p.value[...] = rng.standard_normal(p.shape)
+    np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+
+
+class Doubling(Layer):
+    """Computes outside any kernel: a recording of its model's kernels alone is not the model."""
+
+    def forward(self, x, training=True):
+        return x * 2
+
+    def backward(self, dy, need_input_grad=True):
+        return dy * 2
+
+
+def test_a_layer_computing_outside_kernels_is_not_replayed(rng):
+    model = Sequential([Flatten(), Dense(16, 8), Doubling(), ReLU(), Dense(8, 3), Softmax()], seed=0)
+    for _ in range(3):
+        x = rng.standard_normal((1, 16)).astype(np.float32)
+        expected = layers_path(model, x)
+        np.testing.assert_array_equal(model.predict(x), expected)
+    assert list(model._replayed._recordings.values()) == [None]
+
+
+def test_each_thread_count_has_its_recording_and_large_inputs_none(rng):
+    model = build_model("cnn", (1, 12, 12), seed=0, num_classes=10)
+    x = rng.random((4, 1, 12, 12), dtype=np.float32)
+    threads = nnjit.get_num_threads()
+    try:
+        for n in (1, threads):
+            nnjit.set_num_threads(n)
+            model.predict(x)
+            np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+    finally:
+        nnjit.set_num_threads(threads)
+    assert len(model._replayed._recordings) == len({1, threads})  # each split its own
+    big = rng.random((REPLAY_ELEMENTS // 144 + 1, 1, 12, 12), dtype=np.float32)
+    model.predict(big, batch_size=len(big))
+    assert all(key[0] != big.shape for key in model._replayed._recordings)
+
+
+def test_compile_ahead_over_predict_leaves_replay_correct(rng):
+    model = build_model("mlp", (1, 8, 8), seed=0, num_classes=4)
+    x = rng.random((1, 1, 8, 8), dtype=np.float32)
+    nnjit.compile_ahead(lambda: model.predict(x))  # kernels not run: nothing recorded
+    assert not model._replayed._recordings
+    for _ in range(3):
+        x = rng.random((1, 1, 8, 8), dtype=np.float32)
+        np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+
+
+def test_models_recording_in_threads_at_once_each_replay_their_own(rng):
+    import threading
+
+    from nnjit.kernels._jit import Kernel
+
+    models = [build_model(preset, (1, 12, 12), seed=i, num_classes=10)
+              for i, preset in enumerate(("cnn", "mlp", "cnn", "mlp"))]
+    inputs = [rng.random((1, 1, 12, 12), dtype=np.float32) for _ in range(20)]
+    results, errors = {}, []
+
+    def predict_all(model):
+        try:
+            results[id(model)] = [model.predict(x) for x in inputs]
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=predict_all, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Kernel._call is Kernel._execute  # every interception undone
+    for model in models:
+        assert any(r is not None for r in model._replayed._recordings.values())
+        for x, got in zip(inputs, results[id(model)]):
+            np.testing.assert_array_equal(got, layers_path(model, x))
