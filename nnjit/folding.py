@@ -1,15 +1,17 @@
-"""Inference with batch norm folded away.
+"""The layer list inference runs: batch norms folded away, Dense layers stacked.
 
 At inference a BatchNorm is an affine map per channel, y = x * scale + shift
 with scale = weight / sqrt(running_var + eps), shift = bias - running_mean *
 scale. After a Conv2D or Dense (whose weight has the output channel on axis 0)
 it folds into that layer's weight and bias, so ``predict`` runs the layer
 once, with any ReLU and max-pool after the norm fused into its output pass,
-and the norm not at all.
+and the norm not at all. Consecutive Dense layers then run as one
+``DenseStack``.
 """
 from __future__ import annotations
 
 from .layers import BatchNorm1D, Conv2D, Dense, Layer
+from .layers.dense import DenseStack
 
 #: Layers whose weight is (out channels, ...) and bias (out channels,).
 FOLDS_A_NORM = (Conv2D, Dense)
@@ -34,10 +36,11 @@ def fuse_layers(layers: list[Layer]) -> set[int]:
     return taken
 
 
-class FoldedNorms:
+class InferenceLayers:
     """The layer list ``predict`` runs: every Conv2D/Dense followed by a
     BatchNorm replaced by a copy of it (its own parameters and buffers) that
-    computes both, the BatchNorm dropped.
+    computes both, the BatchNorm dropped; then each run of Dense layers (with
+    only fused layers between them) replaced by one ``DenseStack``.
 
     ``layers`` and ``skipped`` (fused indices) are what the container runs;
     :meth:`refresh` recomputes the copies' weights from the originals and the
@@ -64,6 +67,22 @@ class FoldedNorms:
         # (only a Conv2D/Dense's successor changes, and those are copies), so
         # fusing this list leaves their fusion state as the training list set it.
         self.skipped = fuse_layers(self.layers)
+        self._stack_dense_runs()
+
+    def _stack_dense_runs(self) -> None:
+        running = [i for i in range(len(self.layers)) if i not in self.skipped]
+        runs, run = [], []
+        for i in running:
+            layer = self.layers[i]
+            if isinstance(layer, Dense) and (not run or layer.dtype == self.layers[run[0]].dtype):
+                run.append(i)
+                continue
+            runs.append(run)
+            run = [i] if isinstance(layer, Dense) else []
+        runs.append(run)
+        for run in (r for r in runs if len(r) > 1):
+            self.layers[run[0]] = DenseStack([self.layers[i] for i in run])
+            self.skipped.update(run[1:])
 
     def refresh(self) -> None:
         """Fold each norm's current statistics into its copy's weight and bias."""

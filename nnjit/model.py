@@ -7,7 +7,7 @@ from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
-from .folding import FoldedNorms, fuse_layers
+from .folding import InferenceLayers, fuse_layers
 from .replay import ReplayedInference
 
 
@@ -44,7 +44,7 @@ class Sequential:
         # Layers taken over by their predecessor (e.g. a ReLU fused into Conv2D's
         # output pass) stay in `layers` for description and export, but are not run.
         self._fused = fuse_layers(self.layers)
-        self._inference = FoldedNorms(self.layers)
+        self._inference = InferenceLayers(self.layers)
         self._replayed = ReplayedInference(self._run_inference, self.dtype)
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
@@ -97,7 +97,7 @@ class Sequential:
 
     # -- computing ---------------------------------------------------------
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
-        """Run the layers (at inference: with norms folded, see ``_prepare_inference``)."""
+        """Run the layers (at inference: norms folded, Dense layers stacked; ``nnjit.folding``)."""
         if training:
             layers, skipped = self.layers, self._fused
         else:

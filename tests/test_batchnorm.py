@@ -219,7 +219,7 @@ def test_inference_folds_each_norm_into_the_conv_or_dense_before_it(rng):
                         (2, 6, 6), seed=0)
     conv, bn2, _, _, _, dense, bn1, _, last, _ = model.layers
     assert [type(layer).__name__ for layer in model._inference.layers] == \
-        ["Conv2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "ReLU", "Dense", "Softmax"]
+        ["Conv2D", "ReLU", "MaxPool2D", "Flatten", "DenseStack", "ReLU", "Dense", "Softmax"]
     x = rng.normal(size=(5, 2, 6, 6)).astype(np.float32)
 
     def numpy_inference():

@@ -158,6 +158,34 @@ def test_dense_in_row_chunks_matches_numpy(relu, rng):
 
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, chunk", [(1, 4), (7, 4), (37, 4), (37, 8), (37, 100)])
+def test_dense_layers_stacked_at_inference_match_numpy(n, chunk, dtype, rng, monkeypatch):
+    """predict runs consecutive Dense layers (ReLUs fused, a Dropout between two
+    runs) as stacks: one kernel call, ``chunk`` rows at a time through every layer,
+    split between threads; against plain numpy in float64."""
+    from nnjit import Dropout, Sequential
+    from nnjit.layers.dense import DenseStack
+
+    monkeypatch.setattr(Dense, "_chunk_rows", lambda self, rows: chunk)
+    layers = [Flatten(), Dense(30, 17, dtype), ReLU(), Dense(17, 9, dtype), Dense(9, 12, dtype),
+              ReLU(), Dropout(0.5), Dense(12, 6, dtype), ReLU(), Dense(6, 5, dtype), Softmax()]
+    model = Sequential(layers, seed=int(rng.integers(1000)))
+    stacks = [layer for layer in model._inference.layers if isinstance(layer, DenseStack)]
+    assert [len(stack.layers) for stack in stacks] == [3, 2]
+    x = rng.normal(size=(n, 3, 10)).astype(dtype)
+    z = x.reshape(n, -1).astype(np.float64)
+    for layer in layers[1:-1]:
+        if isinstance(layer, Dense):
+            z = z @ layer.weight.value.T.astype(np.float64) + layer.bias.value
+        elif isinstance(layer, ReLU):
+            z = np.maximum(z, 0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(model.predict(x, batch_size=n), ref.softmax(z), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match=r"\(30,\)"):
+        model.predict(np.zeros((2, 3, 9), dtype))  # the first Dense's message
+
+
 @pytest.mark.parametrize("kernel", [1, 3, 5, (3, 5)])
 def test_same_padding_keeps_the_size_and_matches_reference(kernel, rng):
     layer = Conv2D(2, 3, kernel, padding="same")

@@ -1,4 +1,5 @@
-"""Dense layer forward and backward, each one compiled call with its GEMMs inside.
+"""Dense layer forward (of one layer, or of a stack of them at inference) and
+backward, each one compiled call with its GEMMs inside.
 
 Parallel over ``parts`` (the layer picks how many, from the work): each
 ``prange`` iteration runs a single-threaded BLAS GEMM on its rows (see
@@ -9,27 +10,44 @@ from .blas import NO_TRANS, TRANS, gemm
 
 
 @kernel(blas=True)
-def dense_forward(x, weight, bias, N, IN, F, relu, parts, chunk, out, blas):
-    """out = x @ weight^T + bias, then max(0, .) when ``relu`` (a fused ReLU).
+def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out, blas):
+    """out = a stack of L dense layers applied to x, each y = h @ weight^T + bias,
+    then max(0, .) where bit l of ``relus`` is set (a fused ReLU).
 
-    x: float (N*IN,) as (N, IN); weight: (F*IN,) as (F, IN); bias: (F,). Writes
-    out: (N*F,) as (N, F). Part p computes rows [p*N//parts, (p+1)*N//parts),
-    in GEMMs of at most ``chunk`` rows.
+    x: float (N*dims[0],) as (N, dims[0]); weights, biases: tuples of L float
+    arrays, (dims[l+1]*dims[l],) as (dims[l+1], dims[l]) and (dims[l+1],);
+    dims: tuple of L+1 ints. Writes out: (N*dims[L],) as (N, dims[L]). Part p
+    computes rows [p*N//parts, (p+1)*N//parts), ``chunk`` rows at a time
+    through every layer, so with L > 1 the intermediate rows stay in cache:
+    scratch: float (parts*2*chunk*max(dims[1:L]),), two buffers per part
+    (unused when L == 1).
     """
+    L = len(weights)
+    width = scratch.size // (2 * parts) if parts > 0 else 0
     for p in prange(parts):
         n0, n1 = p * N // parts, (p + 1) * N // parts
         for r in range(n0, n1, chunk):
             rows = min(chunk, n1 - r)
-            gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, x[r * IN:], IN, weight, IN, 0.0,
-                 out[r * F:], F)
-        for n in range(n0, n1):
-            row = out[n * F:(n + 1) * F]
-            for f in range(F):
-                v = row[f] + bias[f]
-                if relu and v < 0:
-                    row[f] = 0
+            src = x[r * dims[0]:]
+            for l in range(L):
+                IN, F = dims[l], dims[l + 1]
+                if l == L - 1:
+                    dst = out[r * F:]
                 else:
-                    row[f] = v
+                    dst = scratch[(2 * p + l % 2) * width:]
+                gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
+                     dst, F)
+                bias = biases[l]
+                relu = (relus >> l) & 1
+                for i in range(rows):
+                    row = dst[i * F:(i + 1) * F]
+                    for f in range(F):
+                        v = row[f] + bias[f]
+                        if relu and v < 0:
+                            row[f] = 0
+                        else:
+                            row[f] = v
+                src = dst
 
 
 @kernel(blas=True)
