@@ -45,7 +45,7 @@ class Sequential:
         # output pass) stay in `layers` for description and export, but are not run.
         self._fused = fuse_layers(self.layers)
         self._inference = InferenceLayers(self.layers)
-        self._replayed = ReplayedInference(self._run_inference, self.dtype)
+        self._replayed = ReplayedInference(self._run_inference, self.dtype, self._bindings)
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
         self._first_trainable = next(
@@ -115,6 +115,14 @@ class Sequential:
 
     def _run_inference(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, training=False)
+
+    def _bindings(self) -> list[tuple[object, str]]:
+        """(owner, attribute) of every parameter and buffer inference reads, and of
+        each parameter's value (see ``ReplayedInference``)."""
+        layers = self.layers + [copy for _, _, copy in self._inference.pairs]
+        return [pair for layer in layers for name, p in layer.named_parameters()
+                for pair in ((layer, name), (p, "value"))] + \
+            [(layer, name) for layer in layers for name in layer.buffer_names]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Training forward pass; keeps what ``backward`` needs.

@@ -49,13 +49,7 @@ class FlatParameters:
     values, grads : (sum of parameter sizes,), dtype of the parameters.
     """
 
-    #: How many packings were ever made: each rebinds its parameters' arrays,
-    #: so a recording of kernel calls made before the last one may read stale
-    #: arrays (``nnjit.replay``).
-    packings = 0
-
     def __init__(self, params: list[Parameter]):
-        FlatParameters.packings += 1
         dtypes = {p.value.dtype for p in params}
         if len(dtypes) > 1:
             raise ValueError(f"parameters mix dtypes {sorted(map(str, dtypes))}")

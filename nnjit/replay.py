@@ -15,20 +15,19 @@ A recording is used only once it has proved itself: replayed on a random
 probe input it must give exactly what the layers give on that probe. A layer
 that computes anything outside its kernels at inference, or hands a kernel a
 freshly allocated array, fails this, and that shape keeps the layers' path. A
-recording is dropped when the thread count changes (it fixed each kernel's
-split) or when parameters are packed anew (``FlatParameters`` rebinds their
-arrays).
+recording is made anew when the thread count changes (it fixed each kernel's
+split) or when any array it read by reference has been rebound (a parameter
+packed anew by ``FlatParameters``, a buffer or parameter replaced).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
-import numba
 import numpy as np
 
 from .kernels import _jit
 from .kernels.blas import single_threaded_blas
-from .params import FlatParameters
+from .threads import get_num_threads
 
 #: Inputs of at most this many values are replayed (all of 83 MNIST images);
 #: larger ones run the layers: their Python costs ~1% of the kernels' time
@@ -41,11 +40,19 @@ KEPT_RECORDINGS = 4
 
 
 class _Recording:
-    """The kernel calls of one forward pass on ``x``, ending in ``out``."""
+    """The kernel calls of one forward pass on ``x``, ending in ``out``;
+    ``bound``: (owner, attribute, object) for each array the model holds."""
 
-    def __init__(self, x, calls, out, uses_blas):
+    def __init__(self, x, calls, out, uses_blas, bound):
         self.x, self.calls, self.out, self.uses_blas = x, calls, out, uses_blas
-        self.packings = FlatParameters.packings
+        self.bound = bound
+
+    def current(self) -> bool:
+        """False once an array the calls were recorded with has been rebound."""
+        for owner, attribute, value in self.bound:
+            if getattr(owner, attribute) is not value:
+                return False
+        return True
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The output for ``x`` (a new array): the recorded calls on a copy of it."""
@@ -64,12 +71,16 @@ class ReplayedInference:
     """``forward`` (x -> the output array, a buffer it reuses) made cheaper for
     small inputs by replaying its recorded kernel calls (see the module docstring).
 
-    Calling it returns a new array, exactly ``forward(x).copy()``.
+    ``bindings()`` lists (owner, attribute) for every array the layers hold
+    (parameters' values, buffers) and every attribute holding a Parameter: a
+    recording is used only while each still holds the object it held when
+    recorded. Calling this returns a new array, exactly ``forward(x).copy()``.
     """
 
-    def __init__(self, forward, dtype):
+    def __init__(self, forward, dtype, bindings):
         self._forward = forward
         self._dtype = np.dtype(dtype)
+        self._bindings = bindings
         #: (shape, threads, parallel allowed) -> _Recording, or None: not replayable
         self._recordings: OrderedDict = OrderedDict()
 
@@ -80,9 +91,9 @@ class ReplayedInference:
         if not isinstance(x, np.ndarray) or x.dtype != self._dtype \
                 or x.size > REPLAY_ELEMENTS or _jit.intercepting():
             return self._forward(x).copy()
-        key = (x.shape, numba.get_num_threads(), _jit.parallel_allowed)
+        key = (x.shape, get_num_threads(), _jit.parallel_allowed)
         recording = self._recordings.get(key)
-        if recording is not None and recording.packings == FlatParameters.packings:
+        if recording is not None and recording.current():
             self._recordings.move_to_end(key)
             return recording.run(x)
         if recording is None and key in self._recordings:
@@ -100,13 +111,17 @@ class ReplayedInference:
             return kernel._execute(dispatcher, args)
 
         x_copy = np.array(x, order="C")
+        bound = [(owner, name, getattr(owner, name)) for owner, name in self._bindings()]
         with _jit.intercepted_calls(record):
             out = self._forward(x_copy)
         result = out.copy()
-        recording = _Recording(x_copy, calls, out, any(blas))
+        recording = _Recording(x_copy, calls, out, any(blas), bound)
         probe = np.random.default_rng(0).standard_normal(x.shape).astype(self._dtype)
-        replayed = recording.run(probe)  # first: stale values from x would show
-        proved = np.array_equal(replayed, self._forward(probe), equal_nan=True)
+        try:
+            replayed = recording.run(probe)  # first: stale values from x would show
+            proved = np.array_equal(replayed, self._forward(probe), equal_nan=True)
+        except Exception:  # noqa: BLE001  (a probe the layers refuse: keep the layers' path)
+            proved = False
         self._recordings[key] = recording if proved else None
         while len(self._recordings) > KEPT_RECORDINGS:
             self._recordings.popitem(last=False)

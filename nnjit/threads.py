@@ -7,6 +7,7 @@ pool is the only one nnjit uses and its size is the one setting.
 from __future__ import annotations
 
 import numba
+from numba.np.ufunc import parallel as _numba_parallel
 
 #: Work (multiply-adds, roughly) that pays for one more thread in a layer's
 #: kernel: handing work to a thread that has gone to sleep costs ~40 us on
@@ -27,8 +28,12 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads nnjit's parallel kernels use now."""
-    return numba.get_num_threads()
+    """Threads nnjit's parallel kernels use now (Numba's count for the calling thread)."""
+    # Once Numba's pool has started, its C getter answers directly: 0.09 us
+    # against 0.68 us for numba.get_num_threads(), which checks the pool first
+    # (a small predict asks once per call).
+    count = getattr(_numba_parallel, "_get_num_threads", None)
+    return count() if count is not None else numba.get_num_threads()
 
 
 def parts_for(work: int, most: int) -> int:

@@ -66,6 +66,26 @@ def test_replay_follows_parameters_packed_anew(rng):
     np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
 
 
+def test_replay_follows_buffers_and_parameters_replaced(rng):
+    """A norm not folded (first layer) reads its running statistics in its kernel:
+    replacing the arrays, or a whole Parameter, must reach the next predict."""
+    model = Sequential([BatchNorm2D(1), Conv2D(1, 3, 3), ReLU(), Flatten(), Dense(3 * 4 * 4, 4),
+                        Softmax()], seed=0)
+    norm, dense = model.layers[0], model.layers[4]
+    x = rng.random((1, 1, 6, 6), dtype=np.float32)
+    before = [model.predict(x) for _ in range(2)][-1]
+    norm.running_mean = rng.standard_normal(1).astype(np.float32)
+    norm.running_var = rng.uniform(0.1, 0.5, 1).astype(np.float32)
+    after_norm = model.predict(x)
+    np.testing.assert_array_equal(after_norm, layers_path(model, x))
+    assert not np.array_equal(after_norm, before)
+    dense.weight = nnjit.Parameter("weight",
+                                   (rng.standard_normal(dense.weight.shape) * 3).astype(np.float32))
+    got = model.predict(x)
+    np.testing.assert_array_equal(got, layers_path(model, x))
+    assert not np.array_equal(got, after_norm)
+
+
 class Doubling(Layer):
     """Computes outside any kernel: a recording of its model's kernels alone is not the model."""
 
