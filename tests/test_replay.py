@@ -41,6 +41,16 @@ def test_repeated_predict_gives_the_layers_bits_for_each_new_input(name, n, rng)
     assert any(r is not None for r in model._replayed._recordings.values())
 
 
+def test_shapes_called_once_are_not_recorded(rng):
+    """Recording runs the layers three times: inputs whose shape keeps changing
+    must not pay that on every call."""
+    model = build_model("mlp", (1, 8, 8), seed=0, num_classes=4)
+    for n in range(1, 12):
+        x = rng.random((n, 1, 8, 8), dtype=np.float32)
+        np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+    assert not model._replayed._recordings
+
+
 def test_replay_follows_training_steps_and_batch_norm_statistics(rng):
     model = small_cnn_bn(0)
     opt = nnjit.SGD(model.parameters(), lr=0.5)
