@@ -165,18 +165,21 @@ class Sequential:
         x: float (N, C, H, W). Returns a new float array (N, K) of outputs
         (probabilities for a model ending in Softmax).
         """
-        if len(x) <= batch_size:
-            self._inference.refresh()
-            out = self._replayed(x)
+        # Held throughout: passes from several threads take turns (the layers'
+        # buffers are shared), and each copies its results out before the next.
+        with single_threaded_blas:
+            if len(x) <= batch_size:
+                self._inference.refresh()
+                out = self._replayed(x)
+                self._logits = None
+                return out
+            out = None
+            for start, y in self._batches(x, batch_size):
+                if out is None:
+                    out = np.empty((len(x),) + y.shape[1:], dtype=y.dtype)
+                out[start:start + len(y)] = y
             self._logits = None
             return out
-        out = None
-        for start, y in self._batches(x, batch_size):
-            if out is None:
-                out = np.empty((len(x),) + y.shape[1:], dtype=y.dtype)
-            out[start:start + len(y)] = y
-        self._logits = None
-        return out
 
     def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of the model on (x, labels).
@@ -185,13 +188,14 @@ class Sequential:
         """
         labels = np.asarray(labels)
         loss_sum, correct = 0.0, 0
-        for start, _ in self._batches(x, batch_size):
-            logits = self._logits
-            batch_labels = labels[start:start + len(logits)]
-            loss, _ = softmax_cross_entropy(logits, batch_labels)
-            loss_sum += loss * len(logits)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == batch_labels))
-        self._logits = None
+        with single_threaded_blas:  # as in predict
+            for start, _ in self._batches(x, batch_size):
+                logits = self._logits
+                batch_labels = labels[start:start + len(logits)]
+                loss, _ = softmax_cross_entropy(logits, batch_labels)
+                loss_sum += loss * len(logits)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == batch_labels))
+            self._logits = None
         return loss_sum / max(len(x), 1), correct / max(len(x), 1)
 
     # -- description -------------------------------------------------------

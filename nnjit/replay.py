@@ -48,9 +48,8 @@ class _Recording:
     """The kernel calls of one forward pass on ``x``, ending in ``out``;
     ``bound``: (owner, attribute, object) for each array the model holds."""
 
-    def __init__(self, x, calls, out, uses_blas, bound):
-        self.x, self.calls, self.out, self.uses_blas = x, calls, out, uses_blas
-        self.bound = bound
+    def __init__(self, x, calls, out, bound):
+        self.x, self.calls, self.out, self.bound = x, calls, out, bound
 
     def current(self) -> bool:
         """False once an array the calls were recorded with has been rebound."""
@@ -60,16 +59,16 @@ class _Recording:
         return True
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The output for ``x`` (a new array): the recorded calls on a copy of it."""
-        self.x[...] = x
-        if self.uses_blas:
-            with single_threaded_blas:
-                for dispatcher, args in self.calls:
-                    dispatcher(*args)
-        else:
+        """The output for ``x`` (a new array): the recorded calls on a copy of it.
+
+        Holds ``single_threaded_blas`` from copying in to copying out: it is
+        also what makes model passes from several threads take turns, and the
+        recorded arrays are shared."""
+        with single_threaded_blas:
+            self.x[...] = x
             for dispatcher, args in self.calls:
                 dispatcher(*args)
-        return self.out.copy()
+            return self.out.copy()
 
 
 class ReplayedInference:
@@ -109,11 +108,10 @@ class ReplayedInference:
     def _record(self, key, x):
         """Run ``forward`` on a copy of ``x`` with its kernel calls recorded; keep the
         recording if replaying it on a probe matches ``forward`` on the probe."""
-        calls, blas = [], []
+        calls = []
 
         def record(kernel, dispatcher, args):
             calls.append((dispatcher, args))
-            blas.append(kernel.blas)
             return kernel._execute(dispatcher, args)
 
         x_copy = np.array(x, order="C")
@@ -121,7 +119,7 @@ class ReplayedInference:
         with _jit.intercepted_calls(record):
             out = self._forward(x_copy)
         result = out.copy()
-        recording = _Recording(x_copy, calls, out, any(blas), bound)
+        recording = _Recording(x_copy, calls, out, bound)
         probe = np.random.default_rng(0).standard_normal(x.shape).astype(self._dtype)
         try:
             replayed = recording.run(probe)  # first: stale values from x would show

@@ -169,3 +169,36 @@ def test_models_recording_in_threads_at_once_each_replay_their_own(rng):
         assert any(r is not None for r in model._replayed._recordings.values())
         for x, got in zip(inputs, results[id(model)]):
             np.testing.assert_array_equal(got, layers_path(model, x))
+
+
+def test_threads_sharing_one_model_each_get_their_own_output(rng):
+    """A model served from several threads: each call's output is its own input's,
+    replayed (one image) or through the layers in batches (eight images, three at
+    a time): model passes take turns."""
+    import threading
+
+    model = build_model("mlp", (1, 12, 12), seed=0, num_classes=10)
+    inputs = [rng.random((1, 1, 12, 12), dtype=np.float32) for _ in range(6)]
+    batches = [rng.random((8, 1, 12, 12), dtype=np.float32) for _ in range(6)]
+    expected = [layers_path(model, x) for x in inputs]
+    batch_expected = [model.predict(b, batch_size=3) for b in batches]
+    for x in inputs[:2]:
+        model.predict(x)  # recorded: the threads below replay
+    wrong, errors = [], []
+
+    def predict_many(i):
+        try:
+            for _ in range(200):
+                if not np.array_equal(model.predict(inputs[i]), expected[i]):
+                    wrong.append(("one image", i))
+                if not np.array_equal(model.predict(batches[i], batch_size=3), batch_expected[i]):
+                    wrong.append(("batches", i))
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=predict_many, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not wrong, wrong[:5]
