@@ -97,6 +97,9 @@ def test_bad_input_raises_clear_value_error(make, x, match):
     (lambda: Conv2D(1, 4, (3, 3, 3)), "kernel_size"),
     (lambda: Dense(3, 0), "out_features"),
     (lambda: MaxPool2D(2, stride=0), "stride"),
+    (lambda: Dense(3, 2, dtype=np.float16), "float32 or float64"),
+    (lambda: Conv2D(1, 4, 3, dtype="int32"), "float32 or float64"),
+    (lambda: Dense(3, 2, dtype="bogus"), "float32 or float64"),
 ])
 def test_bad_constructor_arguments_name_the_value(make, match):
     with pytest.raises(ValueError, match=match):

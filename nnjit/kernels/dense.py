@@ -19,8 +19,9 @@ def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out
     dims: tuple of L+1 ints. Writes out: (N*dims[L],) as (N, dims[L]). Part p
     computes rows [p*N//parts, (p+1)*N//parts), ``chunk`` rows at a time
     through every layer, so with L > 1 the intermediate rows stay in cache:
-    scratch: float (parts*2*chunk*max(dims[1:L]),), two buffers per part
-    (unused when L == 1).
+    scratch: float (parts*2*R*max(dims[1:L]),), two buffers per part, R the
+    most rows a chunk holds (min(chunk, rows of the largest part); unused
+    when L == 1).
     """
     L = len(weights)
     width = scratch.size // (2 * parts) if parts > 0 else 0

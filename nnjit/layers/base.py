@@ -208,6 +208,18 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     return hw
 
 
+def float_dtype(dtype) -> np.dtype:
+    """``dtype`` as a numpy dtype, raising ValueError unless float32 or float64
+    (the dtypes the kernels are compiled for)."""
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None  # np.dtype(None) is float64
+    except TypeError:
+        dt = None
+    if dt is None or dt.char not in "fd":
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
 def positive_int(value, name: str) -> int:
     """Return ``value`` as int, raising ValueError unless it is an int >= 1."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:

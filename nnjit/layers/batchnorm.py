@@ -9,7 +9,7 @@ from ..kernels.batchnorm import (affine_pool_forward, batchnorm_backward, batchn
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import FusesReLU, ReLU
-from .base import Layer, PooledNormGrad, positive_int
+from .base import Layer, PooledNormGrad, float_dtype, positive_int
 from .pool import MaxPool2D
 
 
@@ -56,7 +56,7 @@ class BatchNorm1D(FusesReLU, Layer):
                 or not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         self.eps, self.momentum = float(eps), float(momentum)
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype(dtype)
         self.weight = Parameter("weight", np.ones(num_features, self.dtype))
         self.bias = Parameter("bias", np.zeros(num_features, self.dtype))
         self.running_mean = np.zeros(num_features, self.dtype)

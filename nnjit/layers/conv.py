@@ -8,7 +8,7 @@ from ..kernels.conv import conv_backward, conv_forward
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import ReLU
-from .base import Layer, PooledNormGrad, he_uniform, pair, positive_int
+from .base import Layer, PooledNormGrad, float_dtype, he_uniform, pair, positive_int
 from .pool import MaxPool2D
 
 #: Most bytes of im2col columns plus GEMM output per block. Each thread
@@ -64,7 +64,7 @@ class Conv2D(Layer):
                                  f"kernel_size {kernel_size!r}, stride {stride!r}")
             padding = tuple(k // 2 for k in self.kernel_size)
         self.padding = pair(padding, "padding", 0)
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype(dtype)
         self.weight = Parameter("weight", np.zeros(shapes["weight"], self.dtype))
         self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())

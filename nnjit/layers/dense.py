@@ -8,7 +8,7 @@ from ..kernels.dense import dense_backward, dense_forward
 from ..params import Parameter
 from ..threads import parts_for
 from .activation import FusesReLU
-from .base import Layer, he_uniform, positive_int
+from .base import Layer, float_dtype, he_uniform, positive_int
 
 
 #: An empty scratch buffer per dtype, for a stack of one layer (which needs none).
@@ -28,7 +28,7 @@ class Dense(FusesReLU, Layer):
         super().__init__()
         shapes = self.array_shapes(in_features=in_features, out_features=out_features)
         self.out_features, self.in_features = shapes["weight"]
-        self.dtype = np.dtype(dtype)
+        self.dtype = float_dtype(dtype)
         self.weight = Parameter("weight", np.zeros(shapes["weight"], self.dtype))
         self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())
