@@ -5,8 +5,8 @@ with scale = weight / sqrt(running_var + eps), shift = bias - running_mean *
 scale. After a Conv2D or Dense (whose weight has the output channel on axis 0)
 it folds into that layer's weight and bias, so ``predict`` runs the layer
 once, with any ReLU and max-pool after the norm fused into its output pass,
-and the norm not at all. Consecutive Dense layers then run as one
-``DenseStack``.
+and the norm not at all. Dropout is skipped, and consecutive Dense layers
+then run as one ``DenseStack``.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def fuse_layers(layers: list[Layer]) -> set[int]:
 class InferenceLayers:
     """The layer list ``predict`` runs: every Conv2D/Dense followed by a
     BatchNorm replaced by a copy of it (its own parameters and buffers) that
-    computes both, the BatchNorm dropped; then each run of Dense layers (with
-    only fused layers between them) replaced by one ``DenseStack``.
+    computes both, the BatchNorm dropped; layers that are the identity at
+    inference (Dropout) skipped; then each run of Dense layers (with only
+    fused or skipped layers between them) replaced by one ``DenseStack``.
 
     ``layers`` and ``skipped`` (fused indices) are what the container runs;
     :meth:`refresh` recomputes the copies' weights from the originals and the
@@ -67,6 +68,7 @@ class InferenceLayers:
         # (only a Conv2D/Dense's successor changes, and those are copies), so
         # fusing this list leaves their fusion state as the training list set it.
         self.skipped = fuse_layers(self.layers)
+        self.skipped.update(i for i, layer in enumerate(self.layers) if layer.identity_at_inference())
         self._stack_dense_runs()
 
     def _stack_dense_runs(self) -> None:

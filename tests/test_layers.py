@@ -164,18 +164,19 @@ def test_dense_in_row_chunks_matches_numpy(relu, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, chunk", [(1, 4), (7, 4), (37, 4), (37, 8), (37, 100)])
 def test_dense_layers_stacked_at_inference_match_numpy(n, chunk, dtype, rng, monkeypatch):
-    """predict runs consecutive Dense layers (ReLUs fused, a Dropout between two
-    runs) as stacks: one kernel call, ``chunk`` rows at a time through every layer,
-    split between threads; against plain numpy in float64."""
+    """predict runs consecutive Dense layers (ReLUs fused, a Dropout skipped, a
+    Flatten between two runs) as stacks: one kernel call, ``chunk`` rows at a time
+    through every layer, split between threads; against plain numpy in float64."""
     from nnjit import Dropout, Sequential
     from nnjit.layers.dense import DenseStack
 
     monkeypatch.setattr(Dense, "_chunk_rows", lambda self, rows: chunk)
     layers = [Flatten(), Dense(30, 17, dtype), ReLU(), Dense(17, 9, dtype), Dense(9, 12, dtype),
-              ReLU(), Dropout(0.5), Dense(12, 6, dtype), ReLU(), Dense(6, 5, dtype), Softmax()]
+              ReLU(), Dropout(0.5), Dense(12, 6, dtype), ReLU(), Flatten(), Dense(6, 5, dtype),
+              Softmax()]
     model = Sequential(layers, seed=int(rng.integers(1000)))
     stacks = [layer for layer in model._inference.layers if isinstance(layer, DenseStack)]
-    assert [len(stack.layers) for stack in stacks] == [3, 2]
+    assert [len(stack.layers) for stack in stacks] == [4]  # Flatten ends a run, Dropout not
     x = rng.normal(size=(n, 3, 10)).astype(dtype)
     z = x.reshape(n, -1).astype(np.float64)
     for layer in layers[1:-1]:

@@ -82,6 +82,11 @@ class Layer:
     def unfuse(self) -> None:
         """Forget what ``fuse_next`` took over (a container re-fuses from scratch)."""
 
+    def identity_at_inference(self) -> bool:
+        """True when ``forward(x, training=False)`` returns ``x`` itself, so that
+        inference may skip the layer. Default: no."""
+        return False
+
     def takes_pooled_norm_grad(self) -> bool:
         """True when ``backward`` accepts a :class:`PooledNormGrad` for dy. Default: no."""
         return False

@@ -55,6 +55,9 @@ class Dropout(Layer):
         """p * 2**32: a 32-bit draw below it drops the element."""
         return np.uint64(round(self.p * 2 ** 32))
 
+    def identity_at_inference(self):
+        return True
+
     def forward(self, x, training=True):
         x = self._check_input(x, None)
         if not training:
