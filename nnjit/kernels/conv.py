@@ -29,6 +29,7 @@ from ._jit import helper, kernel, prange
 from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
+from .tiles import tiled_gemm
 from .runs import copy_run, zero_run
 
 U = np.uint64
@@ -389,13 +390,17 @@ def pool_major_to_block(dy, out, argmax, OC, PKH, PKW, Q, PP, n0, n1, lo, relu, 
 
 
 @helper
-def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols):
-    """c (M, L) = op(a) (M, K) @ b (K, L) as GEMMs over column slices of about
-    ``slice_cols`` columns, of near-equal width (no narrow, slow last one).
+def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols, tiles):
+    """c (M, L) = op(a) (M, K) @ b (K, L): with ``tiles`` in register tiles
+    (``nnjit.kernels.tiles``), otherwise as BLAS GEMMs over column slices of
+    about ``slice_cols`` columns, of near-equal width (no narrow, slow last one).
 
     a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
     writes c: (M*L,).
     """
+    if tiles:
+        tiled_gemm(blas, trans_a, M, K, a, b, L, c)
+        return
     slices = -(-L // slice_cols)
     step = -(-L // slices)
     lda = M if trans_a == TRANS else K
@@ -418,7 +423,7 @@ def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
 @kernel(blas=True)
 def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
                  pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, cols, yblock, out, argmax,
-                 slice_cols, blas):
+                 slice_cols, tiles, blas):
     """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
 
     bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
@@ -431,21 +436,23 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
     ``pool_major`` (non-overlapping windows only) the blocks are unfolded in
     pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
-    holds each window's winning member. GEMMs run in column slices of about
-    ``slice_cols`` (see ``gemm_in_slices``).
+    holds each window's winning member. GEMMs run in register tiles with
+    ``tiles``, otherwise in column slices of about ``slice_cols`` (see
+    ``gemm_in_slices``).
     """
     # A part's work is a helper call: the parallel and serial twins share its
     # one compilation, and Numba's parallel lowering only sees this loop.
     for part in prange(bounds.size - 1):
         conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W, KH,
                           KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, PSH,
-                          PSW, POH, POW, cols[part], yblock[part], out, argmax, slice_cols, blas)
+                          PSW, POH, POW, cols[part], yblock[part], out, argmax, slice_cols, tiles,
+                          blas)
 
 
 @helper
 def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH,
                       OW, relu, pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, cbuf, ybuf, out,
-                      argmax, slice_cols, blas):
+                      argmax, slice_cols, tiles, blas):
     """``conv_forward`` over blocks[first:last], with one part's workspaces cbuf and ybuf."""
     OC = bias.size
     K = C * KH * KW
@@ -456,7 +463,7 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
                                         POW)
         L = (n1 - n0) * G * R * width
         im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, cbuf)
-        gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols)
+        gemm_in_slices(blas, NO_TRANS, OC, K, weight, cbuf, L, ybuf, slice_cols, tiles)
         if pooled and pool_major:
             block_to_pool_major(ybuf, bias, OC, PKH, PKW, R * POW, POH * POW, n0, n1, pr0 * POW,
                                 relu, out, argmax)
@@ -471,7 +478,7 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
                   OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH, norm_out, coef,
                   cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight, dbias, slice_cols,
-                  blas):
+                  tiles, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
@@ -484,13 +491,14 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,)
     and dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: dW
     transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
-    Parts own whole images, so col2im's overlapping adds never race.
+    Parts own whole images, so col2im's overlapping adds never race. The
+    input gradient's GEMM runs in register tiles with ``tiles`` (as forward's).
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
                            PKW, POW, PP, norm, PSH, norm_out, coef, cols[part], dyblock[part],
-                           dw_parts[part], db_parts[part], need_dx, dx, slice_cols, blas)
+                           dw_parts[part], db_parts[part], need_dx, dx, slice_cols, tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC
@@ -508,7 +516,7 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 @helper
 def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
                        PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH,
-                       norm_out, coef, cbuf, dyb, dwp, dbp, need_dx, dx, slice_cols, blas):
+                       norm_out, coef, cbuf, dyb, dwp, dbp, need_dx, dx, slice_cols, tiles, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
     dbp (OC,)."""
@@ -542,5 +550,5 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         gemm(blas, NO_TRANS, TRANS, K, OC, L, 1.0, cbuf, L, dyb, L, 1.0, dwp, OC)
         if need_dx:
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
-            gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols)
+            gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols, tiles)
             col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, dx)
