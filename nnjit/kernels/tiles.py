@@ -16,6 +16,7 @@ columns past a multiple of 32) to BLAS.
 Used only where the host has AVX-512 (``TILES_AVAILABLE``): with narrower
 vectors the 16 accumulators would not fit in registers.
 """
+import numba
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
@@ -27,6 +28,10 @@ TILE_ROWS, TILE_COLS = 8, 32
 
 
 def _host_has_avx512() -> bool:
+    """True when the kernels are compiled for this CPU (Numba's default; not
+    when NUMBA_CPU_NAME names another target) and it has AVX-512F."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
     try:
         return bool(llvm.get_host_cpu_features().get("avx512f", False))
     except Exception:  # noqa: BLE001  (no feature list: stay with BLAS)
