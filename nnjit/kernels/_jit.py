@@ -18,7 +18,7 @@ forked child every kernel runs its serial twin (correct, on one thread).
 
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
 calls a helper from another module (``pool_plane``, ``row_shifted_exp``,
-``gemm``) is not recompiled when only the helper changes. After editing such
+``gemm``, ``tiled_gemm``) is not recompiled when only the helper changes. After editing such
 a helper, delete ``nnjit/kernels/__pycache__``.
 """
 import contextlib
