@@ -24,7 +24,7 @@ def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out
     when L == 1).
     """
     L = len(weights)
-    width = scratch.size // (2 * parts) if parts > 0 else 0
+    width = scratch.size // (2 * parts)  # parts >= 1: the layers never pass 0
     for p in prange(parts):
         n0, n1 = p * N // parts, (p + 1) * N // parts
         for r in range(n0, n1, chunk):
