@@ -1,12 +1,13 @@
-"""The register-tile GEMM (``nnjit.kernels.tiles``) against numpy, and the convolution
-run on it against the same convolution on BLAS."""
+"""The register-tile GEMMs (``nnjit.kernels.tiles``) against numpy, and the convolution
+and the Dense stack run on them against the same layers on BLAS."""
 import numpy as np
 import pytest
 
 import nnjit.layers.conv as conv_module
-from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
+import nnjit.layers.dense as dense_module
+from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
-from nnjit.kernels.tiles import tiled_gemm
+from nnjit.kernels.tiles import NT_REDUCTION_STEP, refresh_transpose, tiled_gemm, tiled_gemm_nt
 
 
 @pytest.mark.parametrize("trans", [NO_TRANS, TRANS])
@@ -33,10 +34,57 @@ def test_tiled_gemm_in_float64_is_blas(rng):
     np.testing.assert_allclose(c.reshape(16, 40), a @ b, rtol=1e-12)
 
 
+@pytest.mark.parametrize("m, k, n", [(8, 1, 32), (16, 300, 64), (7, 40, 31), (27, 2 * NT_REDUCTION_STEP + 5, 33),
+                                     (72, 90, 64), (9, 600, 70)])
+def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
+    """c += a b^T: whole tiles, ragged rows and columns (BLAS), sums over several
+    passes of NT_REDUCTION_STEP; c's previous contents are kept and added to."""
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    c = c0.reshape(-1).copy()
+    workspace = np.full(NT_REDUCTION_STEP * n, np.nan, np.float32)
+    with single_threaded_blas:
+        tiled_gemm_nt(blas_handle(), m, k, a.reshape(-1), b.reshape(-1), n, workspace, c)
+    np.testing.assert_allclose(c.reshape(m, n), c0 + a.astype(np.float64) @ b.T, rtol=1e-5,
+                               atol=1e-5 * np.sqrt(k))
+
+
+def test_tiled_gemm_nt_in_float64_is_blas(rng):
+    a, b, c0 = rng.standard_normal((16, 70)), rng.standard_normal((40, 70)), rng.standard_normal((16, 40))
+    c = c0.reshape(-1).copy()
+    with single_threaded_blas:
+        tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c)
+    np.testing.assert_allclose(c.reshape(16, 40), c0 + a @ b.T, rtol=1e-12)
+
+
+def test_refresh_transpose_follows_every_change_of_its_rows(rng):
+    """The kept transpose is rebuilt for exactly the rows that changed, including a
+    change of sign of a zero and a NaN; rows outside [n0, n1) are left alone."""
+    n, k = 6, 5
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    b[2, 3] = 0.0
+    packed = np.full(2 * n * k, np.nan, np.float32)
+    refresh_transpose(b.reshape(-1), k, 0, n, n, packed)
+    np.testing.assert_array_equal(packed[:n * k].reshape(k, n), b.T)
+    for row, col, value in ((1, 4, 7.5), (2, 3, -0.0), (4, 0, np.nan)):
+        b[row, col] = value
+        refresh_transpose(b.reshape(-1), k, 0, n, n, packed)
+        seen = packed[:n * k].reshape(k, n)
+        np.testing.assert_array_equal(seen, b.T)
+        assert np.signbit(seen[col, row]) == np.signbit(b[row, col])
+    b[0, 0] = 9.0  # outside the refreshed rows [1, 6): not seen
+    refresh_transpose(b.reshape(-1), k, 1, n, n, packed)
+    assert packed[0] != 9.0
+    refresh_transpose(b.reshape(-1), k, 0, 1, n, packed)
+    assert packed[0] == 9.0
+
+
 @pytest.mark.parametrize("pool", [False, True])
 def test_conv_on_tiles_matches_conv_on_blas(pool, rng, monkeypatch):
-    """A conv whose forward GEMM (64 channels over K = 72) and input-gradient GEMM
-    (72 rows over 64 channels) both run in tiles: output, dx, dW and db equal the
+    """A conv whose forward GEMM (64 channels over K = 72), input-gradient GEMM
+    (72 rows over 64 channels) and weight-gradient GEMM (72 x 64 over the block's
+    columns) run in tiles: output, dx, dW and db equal the
     float64 layer's (BLAS) within float32 rounding. TILES_AVAILABLE is forced on,
     so this runs the tiles on any host."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
@@ -61,3 +109,41 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, rng, monkeypatch):
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
     for g32, g64 in zip(*grads):
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-3)
+
+
+def test_dense_stack_on_tiles_follows_its_weights(rng, monkeypatch):
+    """A Dense stack on enough rows runs its wide layer in tiles over a kept
+    transposed weight: predict equals the float64 model's, and still does after
+    the weight and bias are changed in place (no rebinding), and after a
+    training step. TILES_AVAILABLE is forced on, so this runs on any host."""
+    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
+    rows = dense_module.TILED_DENSE_MIN_ROWS + 3
+
+    def build(dtype):
+        return Sequential([Flatten(), Dense(70, 40, dtype=dtype), ReLU(), Dense(40, 10, dtype=dtype),
+                           Softmax()], seed=5)
+
+    m32, m64 = build(np.float32), build(np.float64)
+    stack_first = m32.layers[1]
+    assert dense_module.DenseStack._tiles(stack_first, rows)
+    assert not dense_module.DenseStack._tiles(stack_first, rows - 4)
+    x = rng.standard_normal((rows, 70))
+
+    def agree():
+        np.testing.assert_allclose(m32.predict(x.astype(np.float32), batch_size=rows),
+                                   m64.predict(x, batch_size=rows), rtol=1e-4, atol=1e-5)
+
+    agree()
+    assert "stack/packed" in stack_first._buffers
+    for model in (m32, m64):
+        model.layers[1].weight.value[3, :] *= -2.0
+        model.layers[1].weight.value[:, 7] = 0.5
+        model.layers[1].bias.value[1] += 1.0
+    agree()
+    labels = rng.integers(0, 10, 32)
+    for model in (m32, m64):
+        model.forward(x[:32].astype(model.dtype))
+        model.backward(labels)
+        for p in model.parameters():
+            p.value -= 0.5 * p.grad
+    agree()

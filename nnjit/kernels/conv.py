@@ -29,7 +29,7 @@ from ._jit import helper, kernel, prange
 from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
-from .tiles import tiled_gemm
+from .tiles import tiled_gemm, tiled_gemm_nt
 from .runs import copy_run, zero_run
 
 U = np.uint64
@@ -477,8 +477,8 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
 @kernel(blas=True)
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
                   OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH, norm_out, coef,
-                  cols, dyblock, dw_parts, db_parts, need_dx, dx, dweight, dbias, slice_cols,
-                  tiles, blas):
+                  cols, dyblock, dyblock_t, dw_parts, db_parts, need_dx, dx, dweight, dbias,
+                  slice_cols, tiles, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
@@ -491,14 +491,17 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,)
     and dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: dW
     transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
-    Parts own whole images, so col2im's overlapping adds never race. The
-    input gradient's GEMM runs in register tiles with ``tiles`` (as forward's).
+    Parts own whole images, so col2im's overlapping adds never race. With
+    ``tiles`` the input gradient's GEMM runs in register tiles (as forward's),
+    and so does the weight gradient's, over dyblock transposed a slice at a
+    time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
                            PKW, POW, PP, norm, PSH, norm_out, coef, cols[part], dyblock[part],
-                           dw_parts[part], db_parts[part], need_dx, dx, slice_cols, tiles, blas)
+                           dyblock_t[part], dw_parts[part], db_parts[part], need_dx, dx,
+                           slice_cols, tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC
@@ -516,7 +519,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 @helper
 def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
                        PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH,
-                       norm_out, coef, cbuf, dyb, dwp, dbp, need_dx, dx, slice_cols, tiles, blas):
+                       norm_out, coef, cbuf, dyb, dyt, dwp, dbp, need_dx, dx, slice_cols, tiles,
+                       blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
     dbp (OC,)."""
@@ -547,7 +551,10 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         # dW^T (K, OC) += cols (K, L) @ dyblock^T (L, OC): OpenBLAS runs this
         # orientation 1.0-1.6x faster than dW = dyblock @ cols^T (OC 64, K 288:
         # 87 vs 67 GFLOP/s; OC 20, K 250: 66 vs 40).
-        gemm(blas, NO_TRANS, TRANS, K, OC, L, 1.0, cbuf, L, dyb, L, 1.0, dwp, OC)
+        if tiles:
+            tiled_gemm_nt(blas, K, L, cbuf, dyb, OC, dyt, dwp)
+        else:
+            gemm(blas, NO_TRANS, TRANS, K, OC, L, 1.0, cbuf, L, dyb, L, 1.0, dwp, OC)
         if need_dx:
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
             gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols, tiles)

@@ -7,10 +7,11 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 """
 from ._jit import kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
+from .tiles import refresh_transpose, tiled_gemm
 
 
 @kernel(blas=True)
-def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out, blas):
+def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, scratch, out, blas):
     """out = a stack of L dense layers applied to x, each y = h @ weight^T + bias,
     then max(0, .) where bit l of ``relus`` is set (a fused ReLU).
 
@@ -21,9 +22,18 @@ def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out
     through every layer, so with L > 1 the intermediate rows stay in cache:
     scratch: float (parts*2*R*max(dims[1:L]),), two buffers per part, R the
     most rows a chunk holds (min(chunk, rows of the largest part); unused
-    when L == 1).
+    when L == 1). packed: tuple of L float arrays; where packed[l] is not
+    empty (it then holds 2*dims[l]*dims[l+1] values, kept between calls),
+    layer l runs in register tiles (``tiled_gemm``) over its weight held
+    transposed there (``refresh_transpose``: transposed again where it changed).
     """
     L = len(weights)
+    for p in prange(parts):  # each part refreshes a slice of each transposed weight
+        for l in range(L):
+            if packed[l].size > 0:
+                IN, F = dims[l], dims[l + 1]
+                refresh_transpose(weights[l], IN, p * F // parts, (p + 1) * F // parts, F,
+                                  packed[l])
     width = scratch.size // (2 * parts)  # parts >= 1: the layers never pass 0
     for p in prange(parts):
         n0, n1 = p * N // parts, (p + 1) * N // parts
@@ -36,8 +46,11 @@ def dense_forward(x, weights, biases, dims, relus, N, parts, chunk, scratch, out
                     dst = out[r * F:]
                 else:
                     dst = scratch[(2 * p + l % 2) * width:]
-                gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
-                     dst, F)
+                if packed[l].size > 0:
+                    tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst)
+                else:
+                    gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
+                         dst, F)
                 bias = biases[l]
                 relu = (relus >> l) & 1
                 for i in range(rows):

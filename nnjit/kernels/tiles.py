@@ -17,14 +17,16 @@ Used only where the host has AVX-512 (``TILES_AVAILABLE``): with narrower
 vectors the 16 accumulators would not fit in registers.
 """
 import numba
+import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .blas import NO_TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm
 
 TILE_ROWS, TILE_COLS = 8, 32
+U = np.uint64
 
 
 def _host_has_avx512() -> bool:
@@ -40,22 +42,27 @@ def _host_has_avx512() -> bool:
 
 #: True when the tiles run at full speed here (AVX-512); the layers use them only then.
 TILES_AVAILABLE = _host_has_avx512()
+#: Shortest sum a layer runs in tiles (K for a conv's forward GEMM, its output
+#: channels for the input gradient, in_features for a Dense): shorter sums
+#: (9-48) gained nothing at the step level over BLAS.
+TILES_MIN_REDUCTION = 64
 
 
 @intrinsic
-def tile_8x32(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc):
-    """c[c_off + i*ldc + j] = sum_k a[a_off + i*a_row + k*a_col] * b[b_off + k*ldb + j]
-    for i < 8, j < 32: one output tile, accumulated in registers over k < K.
+def tile_8x32(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
+    """c[c_off + i*ldc + j] (+)= sum_k a[a_off + i*a_row + k*a_col] * b[b_off + k*ldb + j]
+    for i < 8, j < 32: one output tile, accumulated in registers over k < K,
+    added to c's tile when ``accumulate`` (bool), otherwise written over it.
 
     a, b, c: 1-D float32 arrays; offsets and strides in elements (int64). For
     any other dtype the call does nothing (callers branch on the dtype, and
     Numba compiles both branches)."""
-    sig = types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc)
+    sig = types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
 
     def codegen(context, builder, signature, args):
         if signature.args[0].dtype != types.float32:
             return context.get_dummy_value()
-        a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc = args
+        a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate = args
         f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
         v16 = ir.VectorType(f32, 16)
 
@@ -73,19 +80,33 @@ def tile_8x32(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc
             builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
         zero = ir.Constant(v16, [0.0] * 16)
         splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+        def c_half(i, h):  # pointer to the 16 floats of half h of tile row i in c
+            row = builder.gep(C, [builder.mul(const(i), ldc)])
+            return builder.bitcast(builder.gep(row, [const(16 * h)]), v16.as_pointer())
+
         entry = builder.block
+        load = builder.append_basic_block("tile.load")
         head = builder.append_basic_block("tile.head")
         body = builder.append_basic_block("tile.body")
         done = builder.append_basic_block("tile.done")
+        flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
+        builder.cbranch(flag, load, head)
+
+        builder.position_at_end(load)
+        loaded = [builder.load(c_half(i, h), align=4)
+                  for i in range(TILE_ROWS) for h in range(2)]
         builder.branch(head)
 
         builder.position_at_end(head)
         k = builder.phi(i64)
         k.add_incoming(const(0), entry)
+        k.add_incoming(const(0), load)
         accs = []
-        for _ in range(2 * TILE_ROWS):
+        for start in loaded:
             acc = builder.phi(v16)
             acc.add_incoming(zero, entry)
+            acc.add_incoming(start, load)
             accs.append(acc)
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
 
@@ -109,11 +130,8 @@ def tile_8x32(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc
 
         builder.position_at_end(done)
         for i in range(TILE_ROWS):
-            row = builder.gep(C, [builder.mul(const(i), ldc)])
             for h in range(2):
-                builder.store(accs[2 * i + h],
-                              builder.bitcast(builder.gep(row, [const(16 * h)]), v16.as_pointer()),
-                              align=4)
+                builder.store(accs[2 * i + h], c_half(i, h), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -136,9 +154,73 @@ def tiled_gemm(blas, trans_a, M, K, a, b, L, c):
     L32 = L // TILE_COLS * TILE_COLS
     for l0 in range(0, L32, TILE_COLS):
         for m0 in range(0, M8, TILE_ROWS):
-            tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L)
+            tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, False)
     if L32 < L and M8 > 0:
         gemm(blas, trans_a, NO_TRANS, M8, L - L32, K, 1.0, a, lda, b[L32:], L, 0.0, c[L32:], L)
     if M8 < M:
         a_rest = a[M8 * K:] if trans_a == NO_TRANS else a[M8:]
         gemm(blas, trans_a, NO_TRANS, M - M8, L, K, 1.0, a_rest, lda, b, L, 0.0, c[M8 * L:], L)
+
+
+#: Reduction steps per pass of ``tiled_gemm_nt``: the pass's slice of the
+#: transposed operand (256 x 32 floats per column tile, 32 KB) stays in L1
+#: across the pass's row tiles.
+NT_REDUCTION_STEP = 256
+
+
+@njit(cache=True)
+def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
+    """c (M, N) += a (M, K) @ b (N, K)^T in 8x32 register tiles, the edges (rows
+    from M//8*8, columns from N//32*32) by BLAS; float64 all by BLAS.
+
+    a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
+    bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction
+    steps first transposes b's slice into it (the tiles read their right-hand
+    operand by rows of 32).
+    """
+    if a.itemsize != 4:
+        gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
+        return
+    M8 = M // TILE_ROWS * TILE_ROWS
+    N32 = N // TILE_COLS * TILE_COLS
+    if M8 > 0 and N32 > 0:
+        for k0 in range(0, K, NT_REDUCTION_STEP):
+            steps = min(NT_REDUCTION_STEP, K - k0)
+            transpose_slice(b, K, k0, steps, 0, N32, N32, bt)
+            for n0 in range(0, N32, TILE_COLS):
+                for m0 in range(0, M8, TILE_ROWS):
+                    tile_8x32(a, m0 * K + k0, K, 1, bt, n0, N32, steps, c, m0 * N + n0, N, True)
+    if N32 < N and M8 > 0:
+        gemm(blas, NO_TRANS, TRANS, M8, N - N32, K, 1.0, a, K, b[N32 * K:], K, 1.0, c[N32:], N)
+    if M8 < M:
+        gemm(blas, NO_TRANS, TRANS, M - M8, N, K, 1.0, a[M8 * K:], K, b, K, 1.0, c[M8 * N:], N)
+
+
+@njit(cache=True, inline="always")
+def transpose_slice(b, K, k0, steps, n0, n1, N, bt):
+    """bt[j*N + n] = b[n*K + k0 + j] for j < steps, n in [n0, n1): rows [n0, n1)
+    of b: float (>= n1*K,) as (N, K), columns [k0, k0+steps), transposed into
+    bt (steps, N); 8 columns at a time (a plain transpose loop ran 2-3x slower)."""
+    for j0 in range(0, steps, 8):
+        width = U(min(8, steps - j0))
+        for n in range(n0, n1):
+            s = U(n * K + k0 + j0)
+            d = U(j0 * N + n)
+            for j in range(width):
+                bt[d + j * U(N)] = b[s + j]
+
+
+@njit(cache=True)
+def refresh_transpose(b, K, n0, n1, N, packed):
+    """Keep packed[:K*N] = b^T for rows [n0, n1) of b: float (N*K,) as (N, K),
+    transposing them again only when they changed: packed[K*N:2*K*N] keeps
+    b as it was transposed, compared value and sign bit for bit (NaN rows are
+    always transposed again). Lets an inference layer hold its weight
+    transposed for the tiles without trusting anyone to say when it changes."""
+    kept = packed[K * N:]
+    changed = False
+    for i in range(U(n0 * K), U(n1 * K)):
+        changed |= not (b[i] == kept[i]) or np.signbit(b[i]) != np.signbit(kept[i])
+    if changed:
+        kept[n0 * K:n1 * K] = b[n0 * K:n1 * K]
+        transpose_slice(b, K, 0, K, n0, n1, N, packed)

@@ -121,11 +121,12 @@ class Layer:
         """(attribute name, array) for each buffer, in ``buffer_names`` order."""
         return [(name, getattr(self, name)) for name in self.buffer_names]
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        """A reusable uninitialised array, reallocated only when shape or dtype change."""
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype, fill=None) -> np.ndarray:
+        """A reusable array, reallocated only when shape or dtype change: uninitialised,
+        or ``fill`` in every element when (re)allocated."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.empty(shape, dtype=dtype)
+            buf = np.empty(shape, dtype=dtype) if fill is None else np.full(shape, fill, dtype)
             self._buffers[name] = buf
         return buf
 

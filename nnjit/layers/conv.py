@@ -5,7 +5,7 @@ import numpy as np
 
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward
-from ..kernels.tiles import TILE_ROWS, TILES_AVAILABLE
+from ..kernels.tiles import NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE, TILES_MIN_REDUCTION
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import ReLU
@@ -27,9 +27,6 @@ MIN_SLICE_COLS = 64
 #: GEMMs unsliced (see ``Conv2D._slice_cols``).
 WHOLE_GEMM_CHANNELS = 64
 WHOLE_GEMM_COLS = 256
-#: Smallest sum length (K forward, output channels for the input gradient) run
-#: in register tiles (see ``Conv2D._tiles``).
-TILES_MIN_REDUCTION = 64
 
 
 
@@ -311,6 +308,7 @@ class Conv2D(Layer):
             dy[0, 0].size, norm, psh, pooled_out.reshape(-1), coef,
             self._buffer("cols", (parts, k * most), self.dtype),
             self._buffer("dyblock", (parts, oc * most), self.dtype),
+            self._buffer("dyblock_t", (parts, NT_REDUCTION_STEP * oc), self.dtype),
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,

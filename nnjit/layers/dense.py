@@ -5,6 +5,7 @@ import numpy as np
 
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.dense import dense_backward, dense_forward
+from ..kernels.tiles import TILE_COLS, TILES_AVAILABLE, TILES_MIN_REDUCTION
 from ..params import Parameter
 from ..threads import parts_for
 from .activation import FusesReLU
@@ -13,6 +14,9 @@ from .base import Layer, float_dtype, he_uniform, positive_int
 
 #: An empty scratch buffer per dtype, for a stack of one layer (which needs none).
 _NO_SCRATCH = {np.dtype(t).char: np.empty(0, t) for t in (np.float32, np.float64)}
+
+#: Rows from which a DenseStack runs its wide layers in register tiles.
+TILED_DENSE_MIN_ROWS = 256
 
 
 class Dense(FusesReLU, Layer):
@@ -74,9 +78,10 @@ class Dense(FusesReLU, Layer):
         out = self._buffer("out/train" if training else "out/eval", (n, f), self.dtype)
         parts = parts_for(n * self.in_features * f, n)
         dense_forward.run(parts > 1, x.reshape(-1), (self.weight.value.reshape(-1),),
-                          (self.bias.value,), (self.in_features, f), int(self.fused_relu), n,
-                          parts, self._chunk_rows(n), _NO_SCRATCH[self.dtype.char],
-                          out.reshape(-1), blas_handle())
+                          (self.bias.value,), (_NO_SCRATCH[self.dtype.char],),
+                          (self.in_features, f), int(self.fused_relu), n, parts,
+                          self._chunk_rows(n), _NO_SCRATCH[self.dtype.char], out.reshape(-1),
+                          blas_handle())
         self._cache = (x, out) if training else None
         return out
 
@@ -131,11 +136,28 @@ class DenseStack:
         rows = min(chunk, -(-n // parts))  # most rows a part has in flight
         scratch = first._buffer("stack/scratch", (parts * 2 * rows * max(dims[1:-1]),), first.dtype)
         relus = sum(int(layer.fused_relu) << i for i, layer in enumerate(self.layers))
+        # NaN: the kept copy of the weight matches nothing, so the first call transposes.
+        packed = tuple(layer._buffer("stack/packed", (2 * layer.weight.value.size,), layer.dtype,
+                                     fill=np.nan)
+                       if self._tiles(layer, n) else _NO_SCRATCH[layer.dtype.char]
+                       for layer in self.layers)
         dense_forward.run(parts > 1, x.reshape(-1),
                           tuple(layer.weight.value.reshape(-1) for layer in self.layers),
-                          tuple(layer.bias.value for layer in self.layers), dims, relus, n,
-                          parts, chunk, scratch, out.reshape(-1), blas_handle())
+                          tuple(layer.bias.value for layer in self.layers), packed, dims, relus,
+                          n, parts, chunk, scratch, out.reshape(-1), blas_handle())
         return out
+
+    @staticmethod
+    def _tiles(layer, n):
+        """True when ``layer`` runs on ``n`` rows in register tiles over its weight
+        transposed at each call (``dense_forward``'s ``packed``). Measured on the
+        784->128 GEMM of 1000 rows, one core: tiles 116 GFLOP/s, OpenBLAS 106
+        (8-row chunks). The transposed weight is kept between calls (checking it
+        is current costs a pass over the weight), so it pays only over
+        TILED_DENSE_MIN_ROWS rows or more."""
+        return (TILES_AVAILABLE and layer.dtype == np.float32 and n >= TILED_DENSE_MIN_ROWS
+                and layer.out_features >= TILE_COLS
+                and layer.in_features >= TILES_MIN_REDUCTION)
 
     def __repr__(self):
         return f"DenseStack({self.layers!r})"
