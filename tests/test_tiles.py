@@ -7,15 +7,18 @@ import nnjit.layers.conv as conv_module
 import nnjit.layers.dense as dense_module
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
-from nnjit.kernels.tiles import NT_REDUCTION_STEP, refresh_transpose, tiled_gemm, tiled_gemm_nt
+from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_REDUCTION_STEP, refresh_transpose, tiled_gemm,
+                                 tiled_gemm_nt)
 
 
 @pytest.mark.parametrize("trans", [NO_TRANS, TRANS])
 @pytest.mark.parametrize("m, k, n", [(8, 1, 32), (8, 5, 32), (16, 72, 64), (7, 3, 31),
-                                     (33, 17, 65), (20, 250, 100), (64, 288, 97)])
+                                     (33, 17, 65), (20, 250, 100), (64, 288, 97), (13, 40, 64),
+                                     (4, 9, 40)])
 def test_tiled_gemm_matches_numpy(m, k, n, trans, rng):
-    """Whole tiles, rows past a multiple of 8 and columns past a multiple of 32
-    (left to BLAS), the weight as (M, K) or transposed (K, M)."""
+    """Whole tiles, 4-row tiles for 4 of the rows past a multiple of 8, the rows
+    and columns (past a multiple of 32) left to BLAS, the weight as (M, K) or
+    transposed (K, M)."""
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     flat_a = (a if trans == NO_TRANS else np.ascontiguousarray(a.T)).reshape(-1)
@@ -34,11 +37,14 @@ def test_tiled_gemm_in_float64_is_blas(rng):
     np.testing.assert_allclose(c.reshape(16, 40), a @ b, rtol=1e-12)
 
 
-@pytest.mark.parametrize("m, k, n", [(8, 1, 32), (16, 300, 64), (7, 40, 31), (27, 2 * NT_REDUCTION_STEP + 5, 33),
-                                     (72, 90, 64), (9, 600, 70)])
+@pytest.mark.parametrize("m, k, n", [(256, 1, 32), (256, 300, 64), (263, 40, 31), (269, 70, 32),
+                                     (259, 2 * NT_REDUCTION_STEP + 5, 33), (300, 90, 64),
+                                     (257, 600, 70), (72, 90, 64)])
 def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
-    """c += a b^T: whole tiles, ragged rows and columns (BLAS), sums over several
-    passes of NT_REDUCTION_STEP; c's previous contents are kept and added to."""
+    """c += a b^T: whole tiles, a 4-row tile, ragged rows and columns (BLAS), sums
+    over several passes of NT_REDUCTION_STEP; c's previous contents are kept and
+    added to; fewer rows than NT_MIN_ROWS (72) all on BLAS."""
+    assert 72 < NT_MIN_ROWS <= 256
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((n, k)).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
@@ -51,7 +57,8 @@ def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
 
 
 def test_tiled_gemm_nt_in_float64_is_blas(rng):
-    a, b, c0 = rng.standard_normal((16, 70)), rng.standard_normal((40, 70)), rng.standard_normal((16, 40))
+    a, b = rng.standard_normal((16, 70)), rng.standard_normal((40, 70))
+    c0 = rng.standard_normal((16, 40))
     c = c0.reshape(-1).copy()
     with single_threaded_blas:
         tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c)
@@ -80,23 +87,26 @@ def test_refresh_transpose_follows_every_change_of_its_rows(rng):
     assert packed[0] == 9.0
 
 
-@pytest.mark.parametrize("pool", [False, True])
-def test_conv_on_tiles_matches_conv_on_blas(pool, rng, monkeypatch):
-    """A conv whose forward GEMM (64 channels over K = 72), input-gradient GEMM
-    (72 rows over 64 channels) and weight-gradient GEMM (72 x 64 over the block's
-    columns) run in tiles: output, dx, dW and db equal the
-    float64 layer's (BLAS) within float32 rounding. TILES_AVAILABLE is forced on,
-    so this runs the tiles on any host."""
+@pytest.mark.parametrize("pool, channels", [(False, 64), (True, 64), (True, 20)])
+def test_conv_on_tiles_matches_conv_on_blas(pool, channels, rng, monkeypatch):
+    """A conv whose forward GEMM (64 or 20 channels over K = 288: 8-row tiles, and
+    a 4-row one for 20), and with 64 channels its input-gradient GEMM (288 rows
+    over 64 channels) and weight-gradient GEMM (288 x 64 over the block's
+    columns), run in tiles: output, dx, dW and db equal the float64 layer's
+    (BLAS) within float32 rounding. TILES_AVAILABLE is forced on, so this runs
+    the tiles on any host."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
 
     def build(dtype):
-        layers = [Conv2D(8, 64, 3, padding=1, dtype=dtype)] + ([ReLU(), MaxPool2D(2)] if pool else [])
-        model = Sequential([Conv2D(2, 8, 1, dtype=dtype)] + layers, seed=3)
+        layers = [Conv2D(32, channels, 3, padding=1, dtype=dtype)] + \
+            ([ReLU(), MaxPool2D(2)] if pool else [])
+        model = Sequential([Conv2D(2, 32, 1, dtype=dtype)] + layers, seed=3)
         return model, model.layers[1]
 
     model32, conv32 = build(np.float32)
     model64, conv64 = build(np.float64)
-    assert conv32._tiles(64, 72) and conv32._tiles(72, 64) and not conv64._tiles(64, 72)
+    assert conv32._tiles(channels, 288) and not conv64._tiles(channels, 288)
+    assert conv32._tiles(288, channels) == (channels == 64)
     x = rng.standard_normal((3, 2, 9, 10))
     outs, grads = [], []
     for model, conv, dtype in ((model32, conv32, np.float32), (model64, conv64, np.float64)):
@@ -120,8 +130,8 @@ def test_dense_stack_on_tiles_follows_its_weights(rng, monkeypatch):
     rows = dense_module.TILED_DENSE_MIN_ROWS + 3
 
     def build(dtype):
-        return Sequential([Flatten(), Dense(70, 40, dtype=dtype), ReLU(), Dense(40, 10, dtype=dtype),
-                           Softmax()], seed=5)
+        return Sequential([Flatten(), Dense(70, 40, dtype=dtype), ReLU(),
+                           Dense(40, 10, dtype=dtype), Softmax()], seed=5)
 
     m32, m64 = build(np.float32), build(np.float64)
     stack_first = m32.layers[1]

@@ -48,99 +48,113 @@ TILES_AVAILABLE = _host_has_avx512()
 TILES_MIN_REDUCTION = 64
 
 
-@intrinsic
-def tile_8x32(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
-    """c[c_off + i*ldc + j] (+)= sum_k a[a_off + i*a_row + k*a_col] * b[b_off + k*ldb + j]
-    for i < 8, j < 32: one output tile, accumulated in registers over k < K,
-    added to c's tile when ``accumulate`` (bool), otherwise written over it.
+def _row_tile(rows):
+    """An intrinsic computing one output tile of ``rows`` rows x 32 columns:
 
-    a, b, c: 1-D float32 arrays; offsets and strides in elements (int64). For
-    any other dtype the call does nothing (callers branch on the dtype, and
-    Numba compiles both branches)."""
-    sig = types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
+    tile(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
+    c[c_off + i*ldc + j] (+)= sum_k a[a_off + i*a_row + k*a_col] * b[b_off + k*ldb + j]
+    for i < rows, j < 32, accumulated in registers (2 * rows vectors of 16
+    floats) over k < K, added to c's tile when ``accumulate`` (bool), otherwise
+    written over it. a, b, c: 1-D float32 arrays; offsets and strides in
+    elements (int64). For any other dtype the call does nothing (callers branch
+    on the dtype, and Numba compiles both branches)."""
 
-    def codegen(context, builder, signature, args):
-        if signature.args[0].dtype != types.float32:
+    @intrinsic
+    def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
+        sig = types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
+
+        def codegen(context, builder, signature, args):
+            if signature.args[0].dtype != types.float32:
+                return context.get_dummy_value()
+            a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate = args
+            f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+            v16 = ir.VectorType(f32, 16)
+
+            def data(i, value):
+                return context.make_array(signature.args[i])(context, builder, value).data
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            A = builder.gep(data(0, a), [a_off])
+            B = builder.gep(data(4, b), [b_off])
+            C = builder.gep(data(8, c), [c_off])
+            a_rows = [builder.gep(A, [builder.mul(const(i), a_row)]) for i in range(rows)]
+            fmuladd = builder.module.globals.get("llvm.fmuladd.v16f32") or ir.Function(
+                builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
+            zero = ir.Constant(v16, [0.0] * 16)
+            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+            def c_half(i, h):  # pointer to the 16 floats of half h of tile row i in c
+                row = builder.gep(C, [builder.mul(const(i), ldc)])
+                return builder.bitcast(builder.gep(row, [const(16 * h)]), v16.as_pointer())
+
+            entry = builder.block
+            load = builder.append_basic_block("tile.load")
+            head = builder.append_basic_block("tile.head")
+            body = builder.append_basic_block("tile.body")
+            done = builder.append_basic_block("tile.done")
+            flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
+            builder.cbranch(flag, load, head)
+
+            builder.position_at_end(load)
+            loaded = [builder.load(c_half(i, h), align=4)
+                      for i in range(rows) for h in range(2)]
+            builder.branch(head)
+
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), entry)
+            k.add_incoming(const(0), load)
+            accs = []
+            for start in loaded:
+                acc = builder.phi(v16)
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(start, load)
+                accs.append(acc)
+            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+
+            builder.position_at_end(body)
+            brow = builder.gep(B, [builder.mul(k, ldb)])
+            halves = [builder.load(builder.bitcast(builder.gep(brow, [const(16 * h)]),
+                                                   v16.as_pointer()), align=4) for h in range(2)]
+            step = builder.mul(k, a_col)
+            updated = []
+            for i in range(rows):
+                value = builder.load(builder.gep(a_rows[i], [step]))
+                undefined = ir.Constant(v16, ir.Undefined)
+                lanes = builder.shuffle_vector(
+                    builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined, splat)
+                for h in range(2):
+                    updated.append(builder.call(fmuladd, [lanes, halves[h], accs[2 * i + h]]))
+            k.add_incoming(builder.add(k, const(1)), builder.block)
+            for acc, new in zip(accs, updated):
+                acc.add_incoming(new, builder.block)
+            builder.branch(head)
+
+            builder.position_at_end(done)
+            for i in range(rows):
+                for h in range(2):
+                    builder.store(accs[2 * i + h], c_half(i, h), align=4)
             return context.get_dummy_value()
-        a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate = args
-        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-        v16 = ir.VectorType(f32, 16)
 
-        def data(i, value):
-            return context.make_array(signature.args[i])(context, builder, value).data
+        return sig, codegen
 
-        def const(v):
-            return ir.Constant(i64, v)
+    return tile
 
-        A = builder.gep(data(0, a), [a_off])
-        B = builder.gep(data(4, b), [b_off])
-        C = builder.gep(data(8, c), [c_off])
-        rows = [builder.gep(A, [builder.mul(const(i), a_row)]) for i in range(TILE_ROWS)]
-        fmuladd = builder.module.globals.get("llvm.fmuladd.v16f32") or ir.Function(
-            builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
-        zero = ir.Constant(v16, [0.0] * 16)
-        splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
 
-        def c_half(i, h):  # pointer to the 16 floats of half h of tile row i in c
-            row = builder.gep(C, [builder.mul(const(i), ldc)])
-            return builder.bitcast(builder.gep(row, [const(16 * h)]), v16.as_pointer())
-
-        entry = builder.block
-        load = builder.append_basic_block("tile.load")
-        head = builder.append_basic_block("tile.head")
-        body = builder.append_basic_block("tile.body")
-        done = builder.append_basic_block("tile.done")
-        flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
-        builder.cbranch(flag, load, head)
-
-        builder.position_at_end(load)
-        loaded = [builder.load(c_half(i, h), align=4)
-                  for i in range(TILE_ROWS) for h in range(2)]
-        builder.branch(head)
-
-        builder.position_at_end(head)
-        k = builder.phi(i64)
-        k.add_incoming(const(0), entry)
-        k.add_incoming(const(0), load)
-        accs = []
-        for start in loaded:
-            acc = builder.phi(v16)
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(start, load)
-            accs.append(acc)
-        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-
-        builder.position_at_end(body)
-        brow = builder.gep(B, [builder.mul(k, ldb)])
-        halves = [builder.load(builder.bitcast(builder.gep(brow, [const(16 * h)]),
-                                               v16.as_pointer()), align=4) for h in range(2)]
-        step = builder.mul(k, a_col)
-        updated = []
-        for i in range(TILE_ROWS):
-            value = builder.load(builder.gep(rows[i], [step]))
-            lanes = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(v16, ir.Undefined), value, ir.Constant(i32, 0)),
-                ir.Constant(v16, ir.Undefined), splat)
-            for h in range(2):
-                updated.append(builder.call(fmuladd, [lanes, halves[h], accs[2 * i + h]]))
-        k.add_incoming(builder.add(k, const(1)), builder.block)
-        for acc, new in zip(accs, updated):
-            acc.add_incoming(new, builder.block)
-        builder.branch(head)
-
-        builder.position_at_end(done)
-        for i in range(TILE_ROWS):
-            for h in range(2):
-                builder.store(accs[2 * i + h], c_half(i, h), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
+#: The 8 x 32 tile (16 accumulators: all the vector registers the loop can spare).
+tile_8x32 = _row_tile(TILE_ROWS)
+#: A 4 x 32 tile, for the last rows of a product whose row count is not a multiple of 8
+#: (20 rows over 250: 81 GFLOP/s with those 4 rows on BLAS, see ``tiled_gemm``).
+tile_4x32 = _row_tile(4)
 
 
 @njit(cache=True)
 def tiled_gemm(blas, trans_a, M, K, a, b, L, c):
-    """c (M, L) = op(a) (M, K) @ b (K, L) in 8x32 register tiles, the edges (rows
-    from M//8*8, columns from L//32*32) by BLAS; float64 all by BLAS.
+    """c (M, L) = op(a) (M, K) @ b (K, L) in register tiles (8x32, and 4x32 for 4
+    of the last M % 8 rows), the edges (the rows left, columns from L//32*32)
+    by BLAS; float64 all by BLAS.
 
     a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
     writes c: (M*L,). Row strides: K or M for a, L for b and c.
@@ -150,50 +164,68 @@ def tiled_gemm(blas, trans_a, M, K, a, b, L, c):
         gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, 0.0, c, L)
         return
     a_row, a_col = (K, 1) if trans_a == NO_TRANS else (1, M)
-    M8 = M // TILE_ROWS * TILE_ROWS
+    M8, M4 = tiled_rows(M)
     L32 = L // TILE_COLS * TILE_COLS
     for l0 in range(0, L32, TILE_COLS):
         for m0 in range(0, M8, TILE_ROWS):
             tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, False)
-    if L32 < L and M8 > 0:
-        gemm(blas, trans_a, NO_TRANS, M8, L - L32, K, 1.0, a, lda, b[L32:], L, 0.0, c[L32:], L)
-    if M8 < M:
-        a_rest = a[M8 * K:] if trans_a == NO_TRANS else a[M8:]
-        gemm(blas, trans_a, NO_TRANS, M - M8, L, K, 1.0, a_rest, lda, b, L, 0.0, c[M8 * L:], L)
+        if M4 > M8:
+            tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, False)
+    if L32 < L and M4 > 0:
+        gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, 0.0, c[L32:], L)
+    if M4 < M:
+        a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
+        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, 0.0, c[M4 * L:], L)
+
+
+@njit(cache=True, inline="always")
+def tiled_rows(M):
+    """(M8, M4): rows [0, M8) of a product run in 8-row tiles, [M8, M4) in one
+    4-row tile (when 4 or more rows are left), the rest on BLAS."""
+    M8 = M // TILE_ROWS * TILE_ROWS
+    return M8, M8 + 4 if M - M8 >= 4 else M8
 
 
 #: Reduction steps per pass of ``tiled_gemm_nt``: the pass's slice of the
 #: transposed operand (256 x 32 floats per column tile, 32 KB) stays in L1
 #: across the pass's row tiles.
 NT_REDUCTION_STEP = 256
+#: Fewest rows ``tiled_gemm_nt`` runs in tiles: the transposes cost the same
+#: whatever the row count, and below this they cost more than the tiles gain
+#: (one core, 64 columns over 512: 96 rows 74 vs OpenBLAS's 82 GFLOP/s, 288
+#: rows 97 vs 94, 800 rows over 576 107 vs 99).
+NT_MIN_ROWS = 256
 
 
 @njit(cache=True)
 def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
-    """c (M, N) += a (M, K) @ b (N, K)^T in 8x32 register tiles, the edges (rows
-    from M//8*8, columns from N//32*32) by BLAS; float64 all by BLAS.
+    """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s),
+    the edges (the rows left, columns from N//32*32) by BLAS; float64, and
+    fewer than NT_MIN_ROWS rows, all by BLAS.
 
     a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
     bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction
     steps first transposes b's slice into it (the tiles read their right-hand
     operand by rows of 32).
     """
-    if a.itemsize != 4:
+    if a.itemsize != 4 or M < NT_MIN_ROWS:
         gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
         return
-    M8 = M // TILE_ROWS * TILE_ROWS
+    M8, M4 = tiled_rows(M)
     N32 = N // TILE_COLS * TILE_COLS
-    if M8 > 0 and N32 > 0:
+    if M4 > 0 and N32 > 0:
         for k0 in range(0, K, NT_REDUCTION_STEP):
             steps = min(NT_REDUCTION_STEP, K - k0)
             transpose_slice(b, K, k0, steps, 0, N32, N32, bt)
             for n0 in range(0, N32, TILE_COLS):
                 for m0 in range(0, M8, TILE_ROWS):
                     tile_8x32(a, m0 * K + k0, K, 1, bt, n0, N32, steps, c, m0 * N + n0, N, True)
-    if N32 < N and M8 > 0:
-        gemm(blas, NO_TRANS, TRANS, M8, N - N32, K, 1.0, a, K, b[N32 * K:], K, 1.0, c[N32:], N)
-    if M8 < M:
-        gemm(blas, NO_TRANS, TRANS, M - M8, N, K, 1.0, a[M8 * K:], K, b, K, 1.0, c[M8 * N:], N)
+                if M4 > M8:
+                    tile_4x32(a, M8 * K + k0, K, 1, bt, n0, N32, steps, c, M8 * N + n0, N, True)
+    if N32 < N and M4 > 0:
+        gemm(blas, NO_TRANS, TRANS, M4, N - N32, K, 1.0, a, K, b[N32 * K:], K, 1.0, c[N32:], N)
+    if M4 < M:
+        gemm(blas, NO_TRANS, TRANS, M - M4, N, K, 1.0, a[M4 * K:], K, b, K, 1.0, c[M4 * N:], N)
 
 
 @njit(cache=True, inline="always")
