@@ -238,9 +238,11 @@ class Conv2D(Layer):
         """True when a GEMM of ``rows`` output rows summing over ``reduction`` runs
         in register tiles (``nnjit.kernels.tiles``: float32 on AVX-512). Measured
         on one core against OpenBLAS's slices or whole blocks: 115-117 vs 97-108
-        GFLOP/s for 64-128 rows over 288-800; equal at 20 rows (250) and for
-        reductions of 9-27 (91.7 vs 86.5 at 32 rows over 27), so those stay with BLAS."""
-        return (TILES_AVAILABLE and self.dtype == np.float32 and rows >= 2 * TILE_ROWS
+        GFLOP/s for 64-128 rows over 288-800; equal for reductions of 9-27 (91.7
+        vs 86.5 at 32 rows over 27), and slower at 20 rows (the lone 10->20 5x5
+        conv's forward, 16 and 64 images: 7-9% behind OpenBLAS's column slices,
+        with a 4-row tile for the last rows), so those stay with BLAS."""
+        return (TILES_AVAILABLE and self.dtype == np.float32 and rows >= 4 * TILE_ROWS
                 and reduction >= TILES_MIN_REDUCTION)
 
     def _geometry(self, x):
