@@ -63,6 +63,53 @@ def test_dense_relu_softmax_flatten_forward(rng):
     np.testing.assert_allclose(probs, ref.softmax(y.astype(np.float64)), rtol=1e-5, atol=1e-7)
 
 
+def test_exp_float32_is_within_one_ulp_of_exp():
+    """The vectorising float32 exp of the softmax and loss kernels against exp in
+    float64, rounded: within 1 ulp everywhere, denormal results included; the
+    same zeros, infinities and NaNs."""
+    from numba import njit
+
+    from nnjit.kernels.activation import exp_float32
+
+    @njit
+    def apply(x, out):
+        for i in range(x.size):
+            out[i] = exp_float32(x[i])
+
+    x = np.concatenate([np.linspace(-106, 90, 400_001), [0.0, -0.0, np.inf, -np.inf, np.nan,
+                                                          88.7228, 88.7229, -103.97, -103.98,
+                                                          1e30, -1e30]]).astype(np.float32)
+    got = np.empty_like(x)
+    apply(x, got)
+    with np.errstate(over="ignore"):
+        exact = np.exp(x.astype(np.float64))
+        want = exact.astype(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got == 0, want == 0) and np.array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want) & (want > 0)
+    ulps = np.abs(got[finite] - exact[finite]) / np.spacing(want[finite])
+    assert ulps.max() <= 1.0
+
+
+def test_softmax_of_extreme_logits_matches_reference():
+    """Rows far apart in scale (probabilities down to denormals and 0), a row of
+    equal logits, and more rows than one block of the kernel (ROWS_PER_BLOCK).
+    The reference shifts by the row maximum in the input's precision, as the
+    kernel does (that rounding alone moves exp(-66) by up to 4e-6 in float32),
+    and takes the exps and sums in float64."""
+    from nnjit.kernels.activation import ROWS_PER_BLOCK
+
+    rng = np.random.default_rng(11)
+    z = rng.normal(scale=30.0, size=(ROWS_PER_BLOCK * 2 + 5, 13))
+    z[0] = np.linspace(-120, 0, 13)
+    z[1] = 4.0
+    for dtype, tol in ((np.float32, 1e-6), (np.float64, 1e-13)):
+        zt = z.astype(dtype)
+        got = Softmax().forward(zt, training=False)
+        e = np.exp((zt - zt.max(axis=1, keepdims=True)).astype(np.float64))
+        np.testing.assert_allclose(got, e / e.sum(axis=1, keepdims=True), rtol=tol, atol=1e-44)
+
+
 def test_parameters_have_pytorch_shapes():
     conv, dense = Conv2D(3, 8, (3, 5)), Dense(20, 7)
     assert [(p.name, p.shape) for p in conv.parameters()] == [("weight", (8, 3, 3, 5)), ("bias", (8,))]

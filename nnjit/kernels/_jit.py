@@ -17,7 +17,7 @@ region in a process forked from one that already ran one: it aborts. So in a
 forked child every kernel runs its serial twin (correct, on one thread).
 
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
-calls a helper from another module (``pool_plane``, ``row_shifted_exp``,
+calls a helper from another module (``pool_plane``, ``shifted_exp_rows``,
 ``gemm``, ``tiled_gemm``) is not recompiled when only the helper changes. After editing such
 a helper, delete ``nnjit/kernels/__pycache__``.
 """

@@ -1,6 +1,7 @@
 """Elementwise ReLU and dropout, row-wise softmax, over flat buffers."""
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import viewer
 
 from ._jit import kernel, prange
 
@@ -27,20 +28,93 @@ def relu_backward(y, dy, dx):
             dx[i] = 0
 
 
+_F32 = np.float32
+# Cephes' expf constants: log2(e); ln 2 in two parts (the first exact in a few
+# bits, so n * _LN2_HI is exact); the polynomial for exp(r) - 1 - r on
+# |r| <= ln(2)/2; the largest x whose exp is finite; the x below which exp
+# rounds to 0 (half the smallest denormal).
+_LOG2E, _LN2_HI, _LN2_LO = _F32(1.4426950408889634), _F32(0.693359375), _F32(-2.12194440e-4)
+_P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
+_P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
+_EXP_MAX, _EXP_MIN = _F32(88.72283), _F32(-103.97208)
+_TWO_TO_MINUS_64 = _F32(2.0 ** -64)
+
+
 @njit(cache=True, inline="always")
-def row_shifted_exp(z, r, K, out):
-    """Writes out[r:r+K] = exp(z[r:r+K] - m) for the row's maximum m; returns
-    (m, s) with s = their sum (float64): the stable pieces of softmax and
-    log-sum-exp (no exp can overflow), one exp per element."""
+def exp_float32(x):
+    """exp(x) for a float32 x, in float32 operations that vectorise (libm's expf
+    does not: 23 vs 7 us for 10,000 values).
+
+    Cephes' expf: x = n ln 2 + r with n = round(x / ln 2), exp(r) by a
+    polynomial, times 2**n built in the exponent bits (with an extra factor for
+    results below 2**-126 or at 2**128). Measured within 0.95 ulp of the exact
+    value over [-110, 89] (libm 0.50), with the same zeros, infinities and NaNs.
+    """
+    xc = x if x > _EXP_MIN else _EXP_MIN  # NaN too: clamped here, returned below
+    xc = xc if xc < _EXP_MAX else _EXP_MAX
+    n = np.floor(xc * _LOG2E + _F32(0.5))
+    r = xc - n * _LN2_HI - n * _LN2_LO
+    p = _P0
+    p = p * r + _P1
+    p = p * r + _P2
+    p = p * r + _P3
+    p = p * r + _P4
+    p = p * r + _P5
+    p = p * r * r + r + _F32(1)
+    low, high = n < _F32(-125), n > _F32(127)  # 2**n is denormal or overflows
+    e = n + _F32(64) if low else (n - _F32(1) if high else n)
+    v = p * viewer(np.int32((np.int32(e) + 127) << 23), np.float32)
+    v = v * _TWO_TO_MINUS_64 if low else (v * _F32(2) if high else v)
+    if x != x:
+        return x
+    if x > _EXP_MAX:
+        return _F32(np.inf)
+    if x < _EXP_MIN:
+        return _F32(0)
+    return v
+
+
+#: Rows per block of the row-wise kernels (softmax, cross-entropy): a block's
+#: exps run as one loop over all its values, which vectorises across rows (a
+#: row of 10 classes alone does not).
+ROWS_PER_BLOCK = 64
+
+
+@njit(cache=True, inline="always")
+def row_max(z, r, K):
+    """The largest of z[r:r+K] (r: uint64)."""
     m = z[r]
-    for k in range(1, K):
+    for k in range(np.uint64(1), np.uint64(K)):
         m = max(m, z[r + k])
+    return m
+
+
+@njit(cache=True)
+def shifted_exp_rows(z, n0, n1, K, out):
+    """out[r:r+K] = exp(z[r:r+K] - max(z[r:r+K])) for the rows r = n*K, n in
+    [n0, n1): the stable exps of softmax and log-sum-exp (none overflows).
+    z, out: float (>= n1*K,); float32 through ``exp_float32``, float64 np.exp."""
+    for n in range(n0, n1):
+        r = np.uint64(n * K)
+        m = row_max(z, r, K)
+        for k in range(np.uint64(K)):
+            out[r + k] = z[r + k] - m
+    # Unsigned indices: a signed one keeps a negative-index check that stops vectorisation.
+    if out.itemsize == 4:
+        for i in range(np.uint64(n0 * K), np.uint64(n1 * K)):
+            out[i] = exp_float32(out[i])
+    else:
+        for i in range(np.uint64(n0 * K), np.uint64(n1 * K)):
+            out[i] = np.exp(out[i])
+
+
+@njit(cache=True, inline="always")
+def row_sum(x, r, K):
+    """sum(x[r:r+K]) (r: uint64), accumulated in float64."""
     s = 0.0
-    for k in range(K):
-        e = np.exp(z[r + k] - m)
-        out[r + k] = e
-        s += e
-    return m, s
+    for k in range(np.uint64(K)):
+        s += x[r + k]
+    return s
 
 
 @kernel
@@ -48,12 +122,14 @@ def softmax_forward(z, N, K, out):
     """z: float (N*K,) as (N, K) logits. Writes out: row-wise softmax.
 
     Subtracts each row's maximum first, so no exp overflows."""
-    for n in prange(N):
-        r = n * K
-        _, s = row_shifted_exp(z, r, K, out)
-        inv = 1.0 / s
-        for k in range(K):
-            out[r + k] *= inv
+    for b in prange((N + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK):
+        n0, n1 = b * ROWS_PER_BLOCK, min(N, (b + 1) * ROWS_PER_BLOCK)
+        shifted_exp_rows(z, n0, n1, K, out)
+        for n in range(n0, n1):
+            r = np.uint64(n * K)
+            inv = 1.0 / row_sum(out, r, K)
+            for k in range(np.uint64(K)):
+                out[r + k] *= inv
 
 
 @kernel

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ._jit import kernel, prange
-from .activation import row_shifted_exp
+from .activation import ROWS_PER_BLOCK, row_max, row_sum, shifted_exp_rows
 
 
 @kernel
@@ -15,12 +15,15 @@ def softmax_cross_entropy(z, labels, N, K, losses, dz):
     *mean* loss. Log-sum-exp with the row max subtracted: finite for any
     finite logits.
     """
-    for n in prange(N):
-        r = n * K
-        m, s = row_shifted_exp(z, r, K, dz)
-        lab = labels[n]
-        losses[n] = m + np.log(s) - z[r + lab]
-        scale = 1.0 / (s * N)
-        for k in range(K):
-            dz[r + k] *= scale
-        dz[r + lab] -= 1.0 / N
+    for b in prange((N + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK):
+        n0, n1 = b * ROWS_PER_BLOCK, min(N, (b + 1) * ROWS_PER_BLOCK)
+        shifted_exp_rows(z, n0, n1, K, dz)
+        for n in range(n0, n1):
+            r = np.uint64(n * K)  # unsigned, as the row helpers take it
+            s = row_sum(dz, r, K)
+            at = r + np.uint64(labels[n])
+            losses[n] = row_max(z, r, K) + np.log(s) - z[at]
+            scale = 1.0 / (s * N)
+            for k in range(np.uint64(K)):
+                dz[r + k] *= scale
+            dz[at] -= 1.0 / N
