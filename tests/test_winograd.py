@@ -1,0 +1,82 @@
+"""Winograd F(2x2, 3x3) inference of conv + max-pool (``nnjit.kernels.winograd``)
+against the same layers' unfold-and-GEMM path and against the NumPy reference."""
+import numpy as np
+import pytest
+
+import nnjit.layers.conv as conv_module
+import reference as ref
+from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
+from nnjit.spec import build_model
+
+
+def pooled_reference(x, conv, relu):
+    """float64 conv (+ ReLU) + 2x2 max-pool of x by the NumPy reference."""
+    y = ref.conv2d(x.astype(np.float64), conv.weight.value.astype(np.float64),
+                   conv.bias.value.astype(np.float64), conv.stride, conv.padding)
+    if relu:
+        y = np.maximum(y, 0)
+    n, oc, oh, ow = y.shape
+    y = y[:, :, :oh // 2 * 2, :ow // 2 * 2]
+    return y.reshape(n, oc, oh // 2, 2, ow // 2, 2).max(axis=(3, 5))
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
+    (1, 32, 13, 13, 64, 0, True),    # the cnn's second conv, one image
+    (7, 8, 9, 10, 36, 1, True),      # odd output sizes (the last row/column unpooled)
+    (3, 12, 8, 8, 20, 1, False),     # no ReLU: negative outputs pooled as they are
+    (40, 16, 6, 7, 32, 0, True),     # chunks of several images, both threads
+])
+def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, rng):
+    layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
+    model = Sequential(layers, seed=2)
+    conv = model.layers[0]
+    conv.bias.value[...] = rng.normal(size=oc)
+    assert conv._winograd()
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    got = conv.forward(x, training=False).copy()
+    unfolded = conv.forward(x, training=True)
+    np.testing.assert_allclose(got, pooled_reference(x, conv, relu), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, unfolded, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_follows_in_place_weight_changes(rng):
+    """The transformed filters are kept between calls: changing the weight in
+    place (a filter, a sign of zero, a NaN) or training a step must show in the
+    next predict, replayed calls included."""
+    model = build_model("cnn", (1, 28, 28), seed=4)
+    conv = model.layers[3]
+    assert isinstance(conv, Conv2D) and conv._winograd()
+    x = rng.random((1, 1, 28, 28), dtype=np.float32)
+    reference = build_model("cnn", (1, 28, 28), seed=4)
+
+    def same_as_unfold():
+        want = reference.forward(x)  # training mode: the unfold path
+        for _ in range(3):  # the second call records a replay, the third replays it
+            np.testing.assert_allclose(model.predict(x), want, rtol=1e-4, atol=1e-6)
+
+    same_as_unfold()
+    for m in (model, reference):
+        m.layers[3].weight.value[5, 2] *= -3.0
+        m.layers[3].weight.value[7, 0, 1, 1] = -0.0
+    same_as_unfold()
+    labels = np.array([3])
+    for m in (model, reference):
+        m.forward(x)
+        m.backward(labels)
+        for p in m.parameters():
+            p.value -= 0.1 * p.grad
+    same_as_unfold()
+    model.layers[3].weight.value[0, 0, 0, 0] = np.nan
+    assert np.isnan(model.predict(x)).any()
+
+
+def test_winograd_is_used_only_where_it_applies():
+    assert Sequential([Conv2D(8, 16, 3), ReLU(), MaxPool2D(2)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(4, 16, 3), MaxPool2D(2)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(8, 16, 5), MaxPool2D(2)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(8, 16, 3, stride=2), MaxPool2D(2)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(8, 16, 3), MaxPool2D(3)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(8, 16, 3)], seed=0).layers[0]._winograd()
+    assert not Sequential([Conv2D(8, 16, 3, dtype=np.float64), MaxPool2D(2)],
+                          seed=0).layers[0]._winograd()
+    assert conv_module.WINOGRAD_MIN_CHANNELS == 8
