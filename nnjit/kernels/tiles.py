@@ -243,16 +243,25 @@ def transpose_slice(b, K, k0, steps, n0, n1, N, bt):
 
 
 @njit(cache=True)
+def refresh_kept(values, kept, lo, hi):
+    """True when values[lo:hi] differ from kept[lo:hi] (in value or sign bit; a
+    NaN always differs), which then takes them; False when they are the same.
+
+    How an inference layer keeps something derived from its weight (a
+    transpose, a transform) between calls without trusting anyone to say when
+    the weight changes: in place, by an optimizer step or by the user."""
+    changed = False
+    for i in range(U(lo), U(hi)):
+        changed |= not (values[i] == kept[i]) or np.signbit(values[i]) != np.signbit(kept[i])
+    if changed:
+        kept[lo:hi] = values[lo:hi]
+    return changed
+
+
+@njit(cache=True)
 def refresh_transpose(b, K, n0, n1, N, packed):
     """Keep packed[:K*N] = b^T for rows [n0, n1) of b: float (N*K,) as (N, K),
-    transposing them again only when they changed: packed[K*N:2*K*N] keeps
-    b as it was transposed, compared value and sign bit for bit (NaN rows are
-    always transposed again). Lets an inference layer hold its weight
-    transposed for the tiles without trusting anyone to say when it changes."""
-    kept = packed[K * N:]
-    changed = False
-    for i in range(U(n0 * K), U(n1 * K)):
-        changed |= not (b[i] == kept[i]) or np.signbit(b[i]) != np.signbit(kept[i])
-    if changed:
-        kept[n0 * K:n1 * K] = b[n0 * K:n1 * K]
+    transposing them again only when they changed (``refresh_kept``, against
+    packed[K*N:2*K*N], b as it was transposed)."""
+    if refresh_kept(b, packed[K * N:], n0 * K, n1 * K):
         transpose_slice(b, K, 0, K, n0, n1, N, packed)

@@ -28,9 +28,9 @@ from numba import njit
 
 from ._jit import helper, kernel, prange
 from .blas import NO_TRANS
-from .tiles import tiled_gemm, transpose_slice
+from .tiles import refresh_kept, tiled_gemm, transpose_slice
 
-U64 = np.uint64
+U = np.uint64
 _HALF = np.float32(0.5)  # float32: a float64 literal would widen float32 code
 
 
@@ -72,13 +72,9 @@ def transform_filters(weight, C, oc0, oc1, OC, Ut):
 @helper
 def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
     """Keep Ut the transform of the filters of output channels [oc0, oc1), redone
-    only when they changed: kept (OC*C*9,) holds them as last transformed,
-    compared value and sign bit (filters with a NaN are always redone)."""
-    changed = False
-    for i in range(U64(oc0 * C * 9), U64(oc1 * C * 9)):
-        changed |= not (weight[i] == kept[i]) or np.signbit(weight[i]) != np.signbit(kept[i])
-    if changed:
-        kept[oc0 * C * 9:oc1 * C * 9] = weight[oc0 * C * 9:oc1 * C * 9]
+    only when they changed (``refresh_kept``: kept (OC*C*9,) holds them as
+    last transformed)."""
+    if refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9):
         transform_filters(weight, C, oc0, oc1, OC, Ut)
 
 
@@ -97,14 +93,14 @@ def channels_last(x, n, C, H, W, PH, PW, image):
 @njit(cache=True, inline="always")
 def _input_column(image, s, row):
     """B^T times the 4 values image[s + a*row], a < 4 (a tile's column, one channel)."""
-    return _input_rows(image[s], image[s + row], image[s + U64(2) * row], image[s + U64(3) * row])
+    return _input_rows(image[s], image[s + row], image[s + U(2) * row], image[s + U(3) * row])
 
 
 @njit(cache=True, inline="always")
 def _output_column(Mt, s, q, step):
     """A^T times column q of a window's 4x4 M, element xi at Mt[s + xi*step]."""
-    return _output_rows(Mt[s + U64(q) * step], Mt[s + U64(4 + q) * step],
-                        Mt[s + U64(8 + q) * step], Mt[s + U64(12 + q) * step])
+    return _output_rows(Mt[s + U(q) * step], Mt[s + U(4 + q) * step],
+                        Mt[s + U(8 + q) * step], Mt[s + U(12 + q) * step])
 
 
 @helper
@@ -113,20 +109,20 @@ def transform_tiles(image, C, Wp, POH, POW, row0, Vt, Lp):
     of image (channels-last, zero-bordered, Wp columns) under each pooling
     window t = i*POW + j: input rows 2i .. 2i+3, columns 2j .. 2j+3."""
     for t in range(POH * POW):
-        base = U64(((2 * (t // POW)) * Wp + 2 * (t % POW)) * C)
-        dst = U64((row0 + t) * C)
-        step = U64(Lp * C)  # from Vt[xi] to Vt[xi+1]
-        row, col = U64(Wp * C), U64(C)
-        for c in range(U64(C)):
+        base = U(((2 * (t // POW)) * Wp + 2 * (t % POW)) * C)
+        dst = U((row0 + t) * C)
+        step = U(Lp * C)  # from Vt[xi] to Vt[xi+1]
+        row, col = U(Wp * C), U(C)
+        for c in range(U(C)):
             s = base + c
             e0 = _input_column(image, s, row)
             e1 = _input_column(image, s + col, row)
-            e2 = _input_column(image, s + U64(2) * col, row)
-            e3 = _input_column(image, s + U64(3) * col, row)
+            e2 = _input_column(image, s + U(2) * col, row)
+            e3 = _input_column(image, s + U(3) * col, row)
             for r in range(4):
                 v = _input_rows(e0[r], e1[r], e2[r], e3[r])
                 for q in range(4):
-                    Vt[U64(r * 4 + q) * step + dst + c] = v[q]
+                    Vt[U(r * 4 + q) * step + dst + c] = v[q]
 
 
 @helper
@@ -135,11 +131,11 @@ def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled):
     row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``: the first
     maximum in row-major order wins and a NaN propagates, as in
     ``block_to_pool_major``."""
-    step = U64(Lp * OC)
+    step = U(Lp * OC)
     for t in range(T):
-        src = U64((row0 + t) * OC)
-        dst = U64(t * OC)
-        for oc in range(U64(OC)):
+        src = U((row0 + t) * OC)
+        dst = U(t * OC)
+        for oc in range(U(OC)):
             s = src + oc
             f0 = _output_column(Mt, s, 0, step)
             f1 = _output_column(Mt, s, 1, step)
