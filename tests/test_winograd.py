@@ -20,13 +20,17 @@ def pooled_reference(x, conv, relu):
     return y.reshape(n, oc, oh // 2, 2, ow // 2, 2).max(axis=(3, 5))
 
 
+@pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
     (1, 32, 13, 13, 64, 0, True),    # the cnn's second conv, one image
     (7, 8, 9, 10, 36, 1, True),      # odd output sizes (the last row/column unpooled)
     (3, 12, 8, 8, 20, 1, False),     # no ReLU: negative outputs pooled as they are
     (40, 16, 6, 7, 32, 0, True),     # chunks of several images, both threads
 ])
-def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, rng):
+def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, tiles,
+                                                              rng, monkeypatch):
+    """With its GEMMs in register tiles (forced on, so on any host) and on BLAS."""
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     model = Sequential(layers, seed=2)
     conv = model.layers[0]

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
-from .blas import NO_TRANS
+from .blas import NO_TRANS, gemm
 from .tiles import refresh_kept, tiled_gemm, transpose_slice
 
 U = np.uint64
@@ -169,7 +169,7 @@ def padded_rows(windows):
 
 @kernel(blas=True)
 def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
-                       image, Vt, Mt, pooled, out, blas):
+                       image, Vt, Mt, pooled, out, tiles, blas):
     """Inference of Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2)
     by F(2x2, 3x3) (module docstring).
 
@@ -179,7 +179,8 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
     workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
-    Writes out: (N*OC*POH*POW,).
+    Writes out: (N*OC*POH*POW,). The GEMMs run in register tiles with
+    ``tiles`` (``nnjit.kernels.tiles``), otherwise on BLAS.
     """
     OC = bias.size
     for p in prange(parts):
@@ -198,8 +199,12 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
             for xi in range(16):  # rows past the chunk's windows: zero
                 vt[(xi * Lp + (n1 - n0) * T) * C:(xi + 1) * Lp * C] = 0
             for xi in range(16):
-                tiled_gemm(blas, NO_TRANS, Lp, C, vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
-                           mt[xi * Lp * OC:])
+                if tiles:
+                    tiled_gemm(blas, NO_TRANS, Lp, C, vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
+                               mt[xi * Lp * OC:])
+                else:
+                    gemm(blas, NO_TRANS, NO_TRANS, Lp, OC, C, 1.0, vt[xi * Lp * C:], C,
+                         Ut[xi * C * OC:], OC, 0.0, mt[xi * Lp * OC:], OC)
             for n in range(n0, n1):
                 pool_windows(mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled[p])
                 # pooled (T, OC) -> out[n] (OC, T)

@@ -291,7 +291,7 @@ class Conv2D(Layer):
             self._buffer("winograd/Vt", (parts, 16 * rows * c), dtype),
             self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (parts, windows * oc), dtype),
-            out.reshape(-1), blas_handle())
+            out.reshape(-1), TILES_AVAILABLE, blas_handle())
         self._cache = None
         return out
 
