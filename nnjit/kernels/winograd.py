@@ -80,11 +80,10 @@ def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
 
 @helper
 def channels_last(x, n, C, H, W, PH, PW, image):
-    """image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,) channels-last, with a
-    zero border PH rows and PW columns wide."""
+    """The interior of image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,)
+    channels-last. The border, PH rows and PW columns wide, is never written:
+    the caller allocates image zeroed and it stays zero."""
     Wp = W + 2 * PW
-    if PH > 0 or PW > 0:
-        image[:] = 0
     plane = x[n * C * H * W:]
     for h in range(H):  # row h of every channel, (C, W), into (W, C)
         transpose_slice(plane, H * W, h * W, W, 0, C, C, image[((h + PH) * Wp + PW) * C:])
@@ -177,7 +176,7 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     Ut (16*C*OC,) persist between calls: the filters as last transformed and
     their transform (``refresh_filters``; kept starts as NaN). Part p takes
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
-    workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
+    workspaces image[p] ((H+2PH)*(W+2PW)*C,; zeroed when allocated), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
     Writes out: (N*OC*POH*POW,). The GEMMs run in register tiles with
     ``tiles`` (``nnjit.kernels.tiles``), otherwise on BLAS.

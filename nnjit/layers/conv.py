@@ -5,8 +5,8 @@ import numpy as np
 
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward
-from ..kernels.winograd import padded_rows, winograd_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE, TILES_MIN_REDUCTION
+from ..kernels.winograd import padded_rows, winograd_conv_pool
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import ReLU
@@ -287,7 +287,9 @@ class Conv2D(Layer):
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
-            self._buffer("winograd/image", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
+            # Zero once: only the interior is ever written, so the padding border stays 0.
+            self._buffer("winograd/image", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype,
+                         fill=0),
             self._buffer("winograd/Vt", (parts, 16 * rows * c), dtype),
             self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (parts, windows * oc), dtype),

@@ -150,7 +150,7 @@ class DenseStack:
     @staticmethod
     def _tiles(layer, n):
         """True when ``layer`` runs on ``n`` rows in register tiles over its weight
-        transposed at each call (``dense_forward``'s ``packed``). Measured on the
+        held transposed between calls (``dense_forward``'s ``packed``). Measured on the
         784->128 GEMM of 1000 rows, one core: tiles 116 GFLOP/s, OpenBLAS 106
         (8-row chunks). The transposed weight is kept between calls (checking it
         is current costs a pass over the weight), so it pays only over
