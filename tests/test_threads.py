@@ -47,6 +47,7 @@ def serial_everywhere(monkeypatch, serial: bool):
     (lambda: Conv2D(4, 8, 3, padding=1), (6, 4, 20, 24)),
     (lambda: fused(Conv2D(4, 8, 3, padding=1), ReLU(), MaxPool2D(2)), (6, 4, 20, 24)),
     (lambda: fused(Conv2D(4, 8, 3), MaxPool2D(3)), (6, 4, 21, 24)),
+    (lambda: fused(Conv2D(8, 32, 3, padding=1), ReLU(), MaxPool2D(2)), (6, 8, 20, 24)),  # Winograd
     (lambda: MaxPool2D(3, 2), (16, 4, 64, 64)),
     (lambda: AvgPool2D(3, 2), (16, 4, 64, 64)),
     (GlobalAvgPool2D, (16, 4, 64, 64)),

@@ -11,29 +11,32 @@ from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_REDUCTION_STEP, refresh_transpo
                                  tiled_gemm_nt)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("trans", [NO_TRANS, TRANS])
 @pytest.mark.parametrize("m, k, n", [(8, 1, 32), (8, 5, 32), (16, 72, 64), (7, 3, 31),
                                      (33, 17, 65), (20, 250, 100), (64, 288, 97), (13, 40, 64),
                                      (4, 9, 40)])
-def test_tiled_gemm_matches_numpy(m, k, n, trans, rng):
+def test_tiled_gemm_matches_numpy(m, k, n, trans, accumulate, rng):
     """Whole tiles, 4-row tiles for 4 of the rows past a multiple of 8, the rows
     and columns (past a multiple of 32) left to BLAS, the weight as (M, K) or
-    transposed (K, M)."""
+    transposed (K, M); written over c (NaN before) or added to it."""
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     flat_a = (a if trans == NO_TRANS else np.ascontiguousarray(a.T)).reshape(-1)
-    c = np.full(m * n, np.nan, np.float32)
+    before = rng.standard_normal(m * n).astype(np.float32) if accumulate else \
+        np.full(m * n, np.nan, np.float32)
+    c = before.copy()
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), trans, m, k, flat_a, b.reshape(-1), n, c)
-    np.testing.assert_allclose(c.reshape(m, n), a.astype(np.float64) @ b, rtol=1e-5,
-                               atol=1e-5 * np.sqrt(k))
+        tiled_gemm(blas_handle(), trans, m, k, flat_a, b.reshape(-1), n, c, accumulate)
+    want = a.astype(np.float64) @ b + (before.reshape(m, n) if accumulate else 0)
+    np.testing.assert_allclose(c.reshape(m, n), want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
 def test_tiled_gemm_in_float64_is_blas(rng):
     a, b = rng.standard_normal((16, 70)), rng.standard_normal((70, 40))
     c = np.zeros(16 * 40)
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), b.reshape(-1), 40, c)
+        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), b.reshape(-1), 40, c, False)
     np.testing.assert_allclose(c.reshape(16, 40), a @ b, rtol=1e-12)
 
 

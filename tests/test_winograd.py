@@ -1,10 +1,12 @@
-"""Winograd F(2x2, 3x3) inference of conv + max-pool (``nnjit.kernels.winograd``)
-against the same layers' unfold-and-GEMM path and against the NumPy reference."""
+"""Winograd F(2x2, 3x3) conv + max-pool (``nnjit.kernels.winograd``), inference and
+training, against the same layers' unfold-and-GEMM path, the NumPy reference and
+finite differences."""
 import numpy as np
 import pytest
 
 import nnjit.layers.conv as conv_module
 import reference as ref
+from test_gradients import check_layer_gradients
 from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
 from nnjit.spec import build_model
 
@@ -31,6 +33,7 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
                                                               rng, monkeypatch):
     """With its GEMMs in register tiles (forced on, so on any host) and on BLAS."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
+    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     model = Sequential(layers, seed=2)
     conv = model.layers[0]
@@ -43,10 +46,11 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     np.testing.assert_allclose(got, unfolded, rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_follows_in_place_weight_changes(rng):
+def test_winograd_follows_in_place_weight_changes(rng, monkeypatch):
     """The transformed filters are kept between calls: changing the weight in
     place (a filter, a sign of zero, a NaN) or training a step must show in the
     next predict, replayed calls included."""
+    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
     model = build_model("cnn", (1, 28, 28), seed=4)
     conv = model.layers[3]
     assert isinstance(conv, Conv2D) and conv._winograd()
@@ -84,3 +88,60 @@ def test_winograd_is_used_only_where_it_applies():
     assert not Sequential([Conv2D(8, 16, 3, dtype=np.float64), MaxPool2D(2)],
                           seed=0).layers[0]._winograd()
     assert conv_module.WINOGRAD_MIN_CHANNELS == 8
+
+
+def winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch):
+    """(out, dx, dweight, dbias) of a training forward and backward of the first
+    of ``layers`` (a Conv2D taking the rest), by Winograd and by the unfold path."""
+    conv = Sequential(layers, seed=3).layers[0]
+    assert conv._winograd()
+    results = []
+    for winograd in (True, False):
+        monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", winograd)
+        out = conv.forward(x).copy()
+        dx = conv.backward(dy, need_input_grad=need_input_grad)
+        results.append((out, None if dx is None else dx.copy(), conv.weight.grad.copy(),
+                        conv.bias.grad.copy()))
+    return results
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu, need_input_grad", [
+    (5, 32, 16, 16, 64, 1, True, True),    # the cifar network's second conv
+    (7, 8, 9, 10, 36, 1, True, True),      # odd output sizes (the last row/column unpooled)
+    (3, 12, 8, 8, 20, 1, False, True),     # no ReLU: negative outputs pooled as they are
+    (40, 16, 6, 7, 32, 0, True, False),    # chunks of several images, no input gradient
+])
+def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, need_input_grad,
+                                               tiles, rng, monkeypatch):
+    """Forward (the same winners kept for backward), the input, weight and bias
+    gradients, with the GEMMs in register tiles and on BLAS."""
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
+    layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    pooled_shape = (n, oc, (h + 2 * padding - 2) // 2, (w + 2 * padding - 2) // 2)
+    dy = rng.normal(size=pooled_shape).astype(np.float32)
+    got, want = winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch)
+    for a, b, name in zip(got, want, ("out", "dx", "dweight", "dbias"), strict=True):
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
+    (2, 3, 6, 7, 4, 1, True),
+    (3, 2, 5, 5, 3, 0, False),
+])
+def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, relu, rng,
+                                                     monkeypatch):
+    """The Winograd forward and backward in float64 (the path is float32-only in
+    use: forced on here) against central differences of its own forward."""
+    layers = [Conv2D(c, oc, 3, padding=padding, dtype=np.float64)] + \
+        ([ReLU()] if relu else []) + [MaxPool2D(2)]
+    conv = Sequential(layers, seed=5).layers[0]
+    assert not conv._winograd()
+    monkeypatch.setattr(conv, "_winograd", lambda: True)
+    conv.bias.value[...] = rng.normal(size=oc)
+    check_layer_gradients(conv, rng.normal(size=(n, c, h, w)), rng)
+    assert conv._buffers["winograd/dU"].dtype == np.float64  # it ran the Winograd kernels

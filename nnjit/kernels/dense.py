@@ -47,7 +47,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, scra
                 else:
                     dst = scratch[(2 * p + l % 2) * width:]
                 if packed[l].size > 0:
-                    tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst)
+                    tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst, False)
                 else:
                     gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
                          dst, F)

@@ -151,31 +151,32 @@ tile_4x32 = _row_tile(4)
 
 
 @njit(cache=True)
-def tiled_gemm(blas, trans_a, M, K, a, b, L, c):
-    """c (M, L) = op(a) (M, K) @ b (K, L) in register tiles (8x32, and 4x32 for 4
-    of the last M % 8 rows), the edges (the rows left, columns from L//32*32)
-    by BLAS; float64 all by BLAS.
+def tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate):
+    """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool), in
+    register tiles (8x32, and 4x32 for 4 of the last M % 8 rows), the edges (the
+    rows left, columns from L//32*32) by BLAS; float64 all by BLAS.
 
     a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
-    writes c: (M*L,). Row strides: K or M for a, L for b and c.
+    c: (M*L,). Row strides: K or M for a, L for b and c.
     """
     lda = K if trans_a == NO_TRANS else M
+    beta = 1.0 if accumulate else 0.0
     if a.itemsize != 4:  # the tiles are float32 only
-        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, 0.0, c, L)
+        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, beta, c, L)
         return
     a_row, a_col = (K, 1) if trans_a == NO_TRANS else (1, M)
     M8, M4 = tiled_rows(M)
     L32 = L // TILE_COLS * TILE_COLS
     for l0 in range(0, L32, TILE_COLS):
         for m0 in range(0, M8, TILE_ROWS):
-            tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, False)
+            tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, accumulate)
         if M4 > M8:
-            tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, False)
+            tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, accumulate)
     if L32 < L and M4 > 0:
-        gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, 0.0, c[L32:], L)
+        gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, beta, c[L32:], L)
     if M4 < M:
         a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
-        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, 0.0, c[M4 * L:], L)
+        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
 
 
 @njit(cache=True, inline="always")

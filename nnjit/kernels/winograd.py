@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
-from .blas import NO_TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm
 from .tiles import refresh_kept, tiled_gemm, transpose_slice
 
 U = np.uint64
@@ -47,15 +47,36 @@ def _filter_rows(g0, g1, g2):
 
 
 @njit(cache=True, inline="always")
+def _filter_adjoint(a0, a1, a2, a3):
+    """G^T times a column of 4 values: the adjoint of ``_filter_rows``."""
+    return a0 + (a1 + a2) * _HALF, (a1 - a2) * _HALF, (a1 + a2) * _HALF + a3
+
+
+@njit(cache=True, inline="always")
+def _filter_row_adjoint(dUt, s, step, r):
+    """G^T times row r of a 4x4 gradient, element xi at dUt[s + xi*step]."""
+    return _filter_adjoint(dUt[s + (4 * r) * step], dUt[s + (4 * r + 1) * step],
+                           dUt[s + (4 * r + 2) * step], dUt[s + (4 * r + 3) * step])
+
+
+@njit(cache=True, inline="always")
+def _input_adjoint(a0, a1, a2, a3):
+    """B times a column of 4 values: the adjoint of ``_input_rows``."""
+    return a0, a1 - a2 + a3, a1 + a2 - a0, -a3
+
+
+@njit(cache=True, inline="always")
 def _output_rows(m0, m1, m2, m3):
     """A^T times a column of 4 values (A^T = [[1,1,1,0],[0,1,-1,-1]])."""
     return m0 + m1 + m2, m1 - m2 - m3
 
 
 @helper
-def transform_filters(weight, C, oc0, oc1, OC, Ut):
-    """Ut[xi, c, oc] = (G g G^T)[xi] for the filters g = weight[oc, c] (3x3) of
-    output channels [oc0, oc1). weight: float (OC*C*9,); Ut: (16*C*OC,)."""
+def transform_filters(weight, C, oc0, oc1, OC, c_step, oc_step, Ut):
+    """Ut[xi*C*OC + c*c_step + oc*oc_step] = (G g G^T)[xi] for the filters
+    g = weight[oc, c] (3x3) of output channels [oc0, oc1): Ut as (16, C, OC)
+    with (c_step, oc_step) = (OC, 1), as (16, OC, C) with (1, C).
+    weight: float (OC*C*9,); Ut: (16*C*OC,)."""
     for oc in range(oc0, oc1):
         for c in range(C):
             g = (oc * C + c) * 9
@@ -66,7 +87,27 @@ def transform_filters(weight, C, oc0, oc1, OC, Ut):
             for r in range(4):
                 u = _filter_rows(h0[r], h1[r], h2[r])
                 for q in range(4):
-                    Ut[((r * 4 + q) * C + c) * OC + oc] = u[q]
+                    Ut[(r * 4 + q) * C * OC + c * c_step + oc * oc_step] = u[q]
+
+
+@helper
+def filter_gradients(dUt, C, oc0, oc1, OC, dweight):
+    """The adjoint of ``transform_filters``: dweight[oc, c] = G^T dU G for the
+    4x4 gradients dU = dUt[:, c, oc] of output channels [oc0, oc1).
+    dUt: float (16*C*OC,) as (16, C, OC); writes dweight: (OC*C*9,)."""
+    for oc in range(oc0, oc1):
+        for c in range(C):
+            s = c * OC + oc
+            # G^T along each row of dU (a tuple of 3 columns), then down the columns.
+            h0 = _filter_row_adjoint(dUt, s, C * OC, 0)
+            h1 = _filter_row_adjoint(dUt, s, C * OC, 1)
+            h2 = _filter_row_adjoint(dUt, s, C * OC, 2)
+            h3 = _filter_row_adjoint(dUt, s, C * OC, 3)
+            g = (oc * C + c) * 9
+            for q in range(3):
+                col = _filter_adjoint(h0[q], h1[q], h2[q], h3[q])
+                for r in range(3):
+                    dweight[g + r * 3 + q] = col[r]
 
 
 @helper
@@ -75,7 +116,7 @@ def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
     only when they changed (``refresh_kept``: kept (OC*C*9,) holds them as
     last transformed)."""
     if refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9):
-        transform_filters(weight, C, oc0, oc1, OC, Ut)
+        transform_filters(weight, C, oc0, oc1, OC, OC, 1, Ut)
 
 
 @helper
@@ -125,11 +166,13 @@ def transform_tiles(image, C, Wp, POH, POW, row0, Vt, Lp):
 
 
 @helper
-def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled):
+def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
     """pooled[t, oc] = max of window t's 2x2 conv outputs (A^T M A, from rows
     row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``: the first
     maximum in row-major order wins and a NaN propagates, as in
-    ``block_to_pool_major``."""
+    ``block_to_pool_major``. With ``train``, argmax[t, oc] (int32 (T*OC,))
+    = the winner's member a*2 + b (row a, column b of the window), or -1
+    where the ReLU passes no gradient (pooled output not > 0)."""
     step = U(Lp * OC)
     for t in range(T):
         src = U((row0 + t) * OC)
@@ -143,17 +186,91 @@ def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled):
             y00, y01 = _output_rows(f0[0], f1[0], f2[0], f3[0])
             y10, y11 = _output_rows(f0[1], f1[1], f2[1], f3[1])
             best = y00
+            at = 0
             if not (y01 <= best):
                 best = y01
+                at = 1
             if not (y10 <= best):
                 best = y10
+                at = 2
             if not (y11 <= best):
                 best = y11
+                at = 3
             v = best + bias[oc]
-            if relu and v < 0:
-                pooled[dst + oc] = 0
-            else:
-                pooled[dst + oc] = v
+            if relu and not (v > 0):
+                at = -1
+                if v < 0:
+                    v = 0
+            pooled[dst + oc] = v
+            if train:
+                argmax[dst + oc] = at
+
+
+@njit(cache=True, inline="always")
+def _store_gradient_row(dMt, d, step, g, low_col, zero):
+    """Row r of a window's dM = g_r A[:, b]^T, element q at dMt[d + q*step]
+    (A's column b is (1, 1, 1, 0) with ``low_col``, otherwise (0, 1, -1, -1))."""
+    dMt[d] = g if low_col else zero
+    dMt[d + step] = g
+    dMt[d + U(2) * step] = g if low_col else -g
+    dMt[d + U(3) * step] = zero if low_col else -g
+
+
+@helper
+def window_gradients(dy, argmax, n, OC, T, row0, Lp, dyt, dMt, dbias):
+    """The adjoint of ``pool_windows`` for image n: dM = A dY A^T for each
+    window, dY (2x2) zero but for the winner's gradient, into rows
+    row0 + t of dMt (16, Lp, OC); adds the gradients passed to dbias (OC,).
+
+    dy: float (N*OC*T,) at the pooled output, (N, OC, T); argmax: int32
+    (N*T*OC,) from ``pool_windows``; dyt: workspace (T*OC,)."""
+    transpose_slice(dy[n * OC * T:], T, 0, T, 0, OC, OC, dyt)  # dy[n] (OC, T) -> (T, OC)
+    zero = np.float32(0)  # float32: a float64 literal would widen float32 code
+    step = U(Lp * OC)
+    for t in range(T):
+        src = U(t * OC)
+        win = U((n * T + t) * OC)
+        dst = U((row0 + t) * OC)
+        for oc in range(U(OC)):
+            m = argmax[win + oc]
+            g = dyt[src + oc] if m >= 0 else zero
+            dbias[oc] += g
+            # The winner is in row a = m // 2, column b = m % 2: dM = g A[:, a] A[:, b]^T.
+            low_row, low_col = m < 2, (m & 1) == 0
+            d = dst + oc
+            _store_gradient_row(dMt, d, step, g if low_row else zero, low_col, zero)
+            _store_gradient_row(dMt, d + U(4) * step, step, g, low_col, zero)
+            _store_gradient_row(dMt, d + U(8) * step, step, g if low_row else -g, low_col, zero)
+            _store_gradient_row(dMt, d + U(12) * step, step, zero if low_row else -g, low_col,
+                                zero)
+
+
+@helper
+def scatter_tiles(dVt, C, Wp, POH, POW, row0, Lp, dimage):
+    """The adjoint of ``transform_tiles``: adds B dV B^T of each window t's
+    tile gradient dV (rows row0 + t of dVt (16, Lp, C)) onto its 4x4 tile of
+    dimage (channels-last, Wp columns; tiles overlap by 2 rows/columns)."""
+    step = U(Lp * C)
+    row, col = U(Wp * C), U(C)
+    for t in range(POH * POW):
+        base = U(((2 * (t // POW)) * Wp + 2 * (t % POW)) * C)
+        src = U((row0 + t) * C)
+        for c in range(U(C)):
+            s = src + c
+            h0 = _input_adjoint(dVt[s], dVt[s + step], dVt[s + U(2) * step], dVt[s + U(3) * step])
+            h1 = _input_adjoint(dVt[s + U(4) * step], dVt[s + U(5) * step],
+                                dVt[s + U(6) * step], dVt[s + U(7) * step])
+            h2 = _input_adjoint(dVt[s + U(8) * step], dVt[s + U(9) * step],
+                                dVt[s + U(10) * step], dVt[s + U(11) * step])
+            h3 = _input_adjoint(dVt[s + U(12) * step], dVt[s + U(13) * step],
+                                dVt[s + U(14) * step], dVt[s + U(15) * step])
+            d = base + c
+            for q in range(4):
+                e = _input_adjoint(h0[q], h1[q], h2[q], h3[q])
+                dimage[d + U(q) * col] += e[0]
+                dimage[d + row + U(q) * col] += e[1]
+                dimage[d + U(2) * row + U(q) * col] += e[2]
+                dimage[d + U(3) * row + U(q) * col] += e[3]
 
 
 @njit(cache=True)
@@ -166,11 +283,36 @@ def padded_rows(windows):
     return rows + 4 if rows % 16 == 0 else rows
 
 
+@helper
+def transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image, Vt, Lp):
+    """Vt (16, Lp, C) = the transformed input tiles of images [n0, n1)'s pooling
+    windows (``transform_tiles``), rows past them zero. image: workspace
+    ((H+2PH)*(W+2PW)*C,), zero-bordered (``channels_last``)."""
+    T = POH * POW
+    for n in range(n0, n1):
+        channels_last(x, n, C, H, W, PH, PW, image)
+        transform_tiles(image, C, W + 2 * PW, POH, POW, (n - n0) * T, Vt, Lp)
+    for xi in range(16):
+        Vt[(xi * Lp + (n1 - n0) * T) * C:(xi + 1) * Lp * C] = 0
+
+
+@helper
+def product(blas, tiles, trans_a, M, K, a, b, L, c, accumulate):
+    """c (M, L) = op(a) (M, K) @ b (K, L) (+ c with ``accumulate``): in register
+    tiles with ``tiles`` (``tiled_gemm``), otherwise by BLAS. a: float (M*K,) as
+    (M, K), or (K, M) with trans_a == TRANS; b (K*L,); c (M*L,)."""
+    if tiles:
+        tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate)
+    else:
+        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, K if trans_a == NO_TRANS else M, b, L,
+             1.0 if accumulate else 0.0, c, L)
+
+
 @kernel(blas=True)
 def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
-                       image, Vt, Mt, pooled, out, tiles, blas):
-    """Inference of Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2)
-    by F(2x2, 3x3) (module docstring).
+                       image, Vt, Mt, pooled, out, train, argmax, tiles, blas):
+    """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
+    F(2x2, 3x3) (module docstring).
 
     x: float (N*C*H*W,); weight (OC*C*9,); bias (OC,). kept (OC*C*9,) and
     Ut (16*C*OC,) persist between calls: the filters as last transformed and
@@ -178,33 +320,84 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
     workspaces image[p] ((H+2PH)*(W+2PW)*C,; zeroed when allocated), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
-    Writes out: (N*OC*POH*POW,). The GEMMs run in register tiles with
-    ``tiles`` (``nnjit.kernels.tiles``), otherwise on BLAS.
+    Writes out: (N*OC*POH*POW,) and, with ``train``, argmax: int32
+    (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).
+    The GEMMs run in register tiles with ``tiles`` (``nnjit.kernels.tiles``),
+    otherwise on BLAS.
     """
     OC = bias.size
     for p in prange(parts):
         refresh_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, kept, Ut)
     T = POH * POW
     Lp = padded_rows(per * T)
-    Wp = W + 2 * PW
     for p in prange(parts):
         first, last = p * N // parts, (p + 1) * N // parts
         vt, mt = Vt[p], Mt[p]
         for n0 in range(first, last, per):
             n1 = min(n0 + per, last)
-            for n in range(n0, n1):
-                channels_last(x, n, C, H, W, PH, PW, image[p])
-                transform_tiles(image[p], C, Wp, POH, POW, (n - n0) * T, vt, Lp)
-            for xi in range(16):  # rows past the chunk's windows: zero
-                vt[(xi * Lp + (n1 - n0) * T) * C:(xi + 1) * Lp * C] = 0
+            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], vt, Lp)
             for xi in range(16):
-                if tiles:
-                    tiled_gemm(blas, NO_TRANS, Lp, C, vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
-                               mt[xi * Lp * OC:])
-                else:
-                    gemm(blas, NO_TRANS, NO_TRANS, Lp, OC, C, 1.0, vt[xi * Lp * C:], C,
-                         Ut[xi * C * OC:], OC, 0.0, mt[xi * Lp * OC:], OC)
+                product(blas, tiles, NO_TRANS, Lp, C, vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
+                        mt[xi * Lp * OC:], False)
             for n in range(n0, n1):
-                pool_windows(mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled[p])
+                pool_windows(mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled[p], train,
+                             argmax[n * T * OC:])
                 # pooled (T, OC) -> out[n] (OC, T)
                 transpose_slice(pooled[p], OC, 0, OC, 0, T, T, out[n * OC * T:])
+
+
+@kernel(blas=True)
+def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
+                                UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                                need_dx, dx, dweight, dbias, tiles, blas):
+    """Backward of ``winograd_conv_pool`` (``train``), over the same parts and chunks.
+
+    dy: float (N*OC*POH*POW,), the gradient at the pooled output; argmax from
+    forward. Per chunk: Vt (16, Lp, C) of the input tiles again
+    (``transform_chunk``), dMt (16, Lp, OC) from dy (``window_gradients``),
+    then 16 GEMMs dU[xi] (C, OC) += Vt[xi]^T dMt[xi] and, with ``need_dx``,
+    16 dVt[xi] (Lp, C) = dMt[xi] UtT[xi] (UtT: (16*OC*C,), the filters'
+    transform as (16, OC, C), made here) scattered back onto the image
+    (``scatter_tiles``) and written to dx: (N*C*H*W,). Writes dweight
+    (OC*C*9,) = G^T dU G summed over the parts' dU_parts (parts, 16*C*OC),
+    and dbias (OC,) over db_parts (parts, OC). Workspaces per part as in
+    forward, plus dimage[p] ((H+2PH)*(W+2PW)*C,) and dyt[p] (POH*POW*OC,).
+    """
+    OC = dbias.size
+    if need_dx:
+        for p in prange(parts):
+            transform_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, 1, C, UtT)
+    T = POH * POW
+    Lp = padded_rows(per * T)
+    Wp = W + 2 * PW
+    for p in prange(parts):
+        first, last = p * N // parts, (p + 1) * N // parts
+        vt, dmt, dvt, dU, db = Vt[p], dMt[p], dVt[p], dU_parts[p], db_parts[p]
+        dU[:] = 0
+        db[:] = 0
+        for n0 in range(first, last, per):
+            n1 = min(n0 + per, last)
+            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], vt, Lp)
+            for n in range(n0, n1):
+                window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[p], dmt, db)
+            for xi in range(16):
+                dmt[(xi * Lp + (n1 - n0) * T) * OC:(xi + 1) * Lp * OC] = 0
+                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], dmt[xi * Lp * OC:], OC,
+                        dU[xi * C * OC:], True)
+            if not need_dx:
+                continue
+            for xi in range(16):
+                product(blas, tiles, NO_TRANS, Lp, OC, dmt[xi * Lp * OC:], UtT[xi * OC * C:], C,
+                        dvt[xi * Lp * C:], False)
+            for n in range(n0, n1):
+                dimage[p][:] = 0
+                scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p])
+                for h in range(H):  # the interior's row h, (W, C), into dx[n, :, h] (C, W)
+                    transpose_slice(dimage[p][((h + PH) * Wp + PW) * C:], C, 0, C, 0, W, H * W,
+                                    dx[n * C * H * W + h * W:])
+    for p in range(1, parts):
+        dU_parts[0] += dU_parts[p]
+        db_parts[0] += db_parts[p]
+    dbias[:] = db_parts[0]
+    for p in prange(parts):
+        filter_gradients(dU_parts[0], C, p * OC // parts, (p + 1) * OC // parts, OC, dweight)

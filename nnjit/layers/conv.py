@@ -6,7 +6,7 @@ import numpy as np
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward
 from ..kernels.tiles import NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE, TILES_MIN_REDUCTION
-from ..kernels.winograd import padded_rows, winograd_conv_pool
+from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
 from ..threads import parts_for, split
 from .activation import ReLU
@@ -29,6 +29,9 @@ WINOGRAD_MIN_CHANNELS = 8
 #: second conv (25 windows each) took 16.9 / 16.1 / 15.4 / 15.7 ms in chunks
 #: of 3 / 5 / 10 / 20 images (two threads).
 WINOGRAD_CHUNK_WINDOWS = 250
+#: Training runs those convs by Winograd too (``Conv2D._winograd``); tests turn
+#: it off to compare against the unfold path.
+WINOGRAD_IN_TRAINING = True
 #: Fewest columns per GEMM slice (see ``Conv2D._slice_cols``).
 MIN_SLICE_COLS = 64
 #: From this many output channels, blocks of at least WHOLE_GEMM_COLS columns run their
@@ -268,9 +271,10 @@ class Conv2D(Layer):
                 and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
                 and self.dtype == np.float32 and self.in_channels >= WINOGRAD_MIN_CHANNELS)
 
-    def _winograd_forward(self, x):
-        """Inference by ``winograd_conv_pool``: x float32 (N, C, H, W) -> the pooled
-        output (N, OC, POH, POW), in the layer's eval buffer."""
+    def _winograd_plan(self, x):
+        """(parts, per, rows, geometry) of a Winograd call on x (N, C, H, W): the
+        threads' parts, images per chunk, Lp (``padded_rows``), and (C, H, W, PH,
+        PW, POH, POW). The same for forward and backward on the same batch."""
         n, c, h, w = x.shape
         oc = self.out_channels
         _, oh, ow = self.output_shape((c, h, w))
@@ -278,29 +282,64 @@ class Conv2D(Layer):
         windows = poh * pow_
         parts = parts_for(n * windows * 16 * c * oc, n)
         per = max(1, min(WINOGRAD_CHUNK_WINDOWS // windows, -(-n // parts)))
-        rows = padded_rows(per * windows)
-        (ph, pw), dtype = self.padding, self.dtype
-        out = self._buffer("out/eval", (n, oc, poh, pow_), dtype)
+        return parts, per, padded_rows(per * windows), (c, h, w, *self.padding, poh, pow_)
+
+    def _winograd_workspaces(self, parts, rows, c, h, w, ph, pw, poh, pow_):
+        """The per-part image (zero-bordered) and Vt workspaces forward and backward share."""
+        return (self._buffer("winograd/image", (parts, (h + 2 * ph) * (w + 2 * pw) * c),
+                             self.dtype, fill=0),  # only the interior is ever written
+                self._buffer("winograd/Vt", (parts, 16 * rows * c), self.dtype))
+
+    def _winograd_forward(self, x, training):
+        """Forward by ``winograd_conv_pool``: x float32 (N, C, H, W) -> the pooled
+        output (N, OC, POH, POW); in training, with the windows' winners
+        (``pool_windows``) kept for ``_winograd_backward``."""
+        n, oc, dtype = x.shape[0], self.out_channels, self.dtype
+        parts, per, rows, geometry = self._winograd_plan(x)
+        c, h, w, ph, pw, poh, pow_ = geometry
+        mode = "train" if training else "eval"
+        out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), dtype)
+        argmax = self._buffer("argmax/winograd" if training else "argmax/none",
+                              (n * poh * pow_ * oc if training else 1,), np.int32)
         winograd_conv_pool.run(
             parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value, c, h, w,
             ph, pw, poh, pow_, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
-            # Zero once: only the interior is ever written, so the padding border stays 0.
-            self._buffer("winograd/image", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype,
-                         fill=0),
-            self._buffer("winograd/Vt", (parts, 16 * rows * c), dtype),
+            *self._winograd_workspaces(parts, rows, *geometry),
             self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
-            self._buffer("winograd/pooled", (parts, windows * oc), dtype),
-            out.reshape(-1), TILES_AVAILABLE, blas_handle())
-        self._cache = None
+            self._buffer("winograd/pooled", (parts, poh * pow_ * oc), dtype),
+            out.reshape(-1), training, argmax, TILES_AVAILABLE, blas_handle())
+        self._cache = (x, out, argmax, True) if training else None
         return out
+
+    def _winograd_backward(self, x, dy, argmax, need_input_grad):
+        """Backward of a training ``_winograd_forward`` by ``winograd_conv_pool_backward``:
+        dy float32 (N, OC, POH, POW) -> dx (N, C, H, W) or None; fills the gradients."""
+        oc, dtype = self.out_channels, self.dtype
+        parts, per, rows, geometry = self._winograd_plan(x)
+        c, h, w, ph, pw, poh, pow_ = geometry
+        dx = self._buffer("dx", x.shape, dtype) if need_input_grad else x  # x: never written
+        winograd_conv_pool_backward.run(
+            parts > 1, x.reshape(-1), dy.reshape(-1), argmax, self.weight.value.reshape(-1),
+            c, h, w, ph, pw, poh, pow_, x.shape[0], parts, per,
+            self._buffer("winograd/UtT", (16 * oc * c,), dtype),
+            *self._winograd_workspaces(parts, rows, *geometry),
+            self._buffer("winograd/dMt", (parts, 16 * rows * oc), dtype),
+            self._buffer("winograd/dVt", (parts, 16 * rows * c), dtype),
+            self._buffer("winograd/dimage", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
+            self._buffer("winograd/dyt", (parts, poh * pow_ * oc), dtype),
+            self._buffer("winograd/dU", (parts, 16 * c * oc), dtype),
+            self._buffer("db", (parts, oc), dtype),
+            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
+            TILES_AVAILABLE, blas_handle())
+        return dx if need_input_grad else None
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
-        if not training and self._winograd():
-            return self._winograd_forward(x)
+        if self._winograd() and (WINOGRAD_IN_TRAINING or not training):
+            return self._winograd_forward(x, training)
         n = x.shape[0]
         geometry = self._geometry(x)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
@@ -324,7 +363,7 @@ class Conv2D(Layer):
                          self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
                          cols, yblock, out.reshape(-1), argmax.reshape(-1),
                          self._slice_cols(k, most), self._tiles(oc, k), blas_handle())
-        self._cache = (x, out, argmax) if training else None
+        self._cache = (x, out, argmax, False) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
@@ -332,7 +371,12 @@ class Conv2D(Layer):
         :class:`PooledNormGrad` standing for it when ``takes_pooled_norm_grad``."""
         if self._cache is None:
             raise self._no_cache()
-        x, out, argmax = self._cache
+        x, out, argmax, winograd = self._cache
+        if winograd:
+            dx = self._winograd_backward(x, self._check_grad(dy, out.shape, self.dtype), argmax,
+                                         need_input_grad)
+            self._cache = None
+            return dx
         norm = isinstance(dy, PooledNormGrad)
         if norm and not (self.takes_pooled_norm_grad() and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
