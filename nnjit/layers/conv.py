@@ -25,10 +25,13 @@ BLOCK_BYTES = 1 << 20
 #: Fewest input channels for Winograd inference (``Conv2D._winograd``): its 16
 #: GEMMs sum over the input channels, too short a sum below this.
 WINOGRAD_MIN_CHANNELS = 8
-#: Pooling windows per chunk of Winograd inference: 1000 images of the cnn's
-#: second conv (25 windows each) took 16.9 / 16.1 / 15.4 / 15.7 ms in chunks
-#: of 3 / 5 / 10 / 20 images (two threads).
-WINOGRAD_CHUNK_WINDOWS = 250
+#: Bytes of a Winograd chunk's transformed tiles and products (16 * windows *
+#: (C + OC) floats): chunks of whole images up to this size (at least one).
+#: Training at batch 64, two threads, forward / backward ms for chunks of 64 /
+#: 128 / 250 / 500 windows: 64->128 on 8x8 0.76 / 1.89, 0.83 / 2.17, 1.02 /
+#: 2.39, 1.35 / 3.30; 32->64 on 16x16 0.92 / 2.16, 0.89 / 2.08, 0.89 / 2.18,
+#: 0.98 / 2.30: best at 0.4-0.8 MB, in the cores' 1 MB L2.
+WINOGRAD_CHUNK_BYTES = 768 << 10
 #: Training runs those convs by Winograd too (``Conv2D._winograd``); tests turn
 #: it off to compare against the unfold path.
 WINOGRAD_IN_TRAINING = True
@@ -281,7 +284,8 @@ class Conv2D(Layer):
         _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
         windows = poh * pow_
         parts = parts_for(n * windows * 16 * c * oc, n)
-        per = max(1, min(WINOGRAD_CHUNK_WINDOWS // windows, -(-n // parts)))
+        per = max(1, min(WINOGRAD_CHUNK_BYTES // (windows * 16 * (c + oc) * self.dtype.itemsize),
+                         -(-n // parts)))
         return parts, per, padded_rows(per * windows), (c, h, w, *self.padding, poh, pow_)
 
     def _winograd_workspaces(self, parts, rows, c, h, w, ph, pw, poh, pow_):
