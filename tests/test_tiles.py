@@ -43,10 +43,11 @@ def test_tiled_gemm_in_float64_is_blas(rng):
 @pytest.mark.parametrize("m, k, n", [(256, 1, 32), (256, 300, 64), (263, 40, 31), (269, 70, 32),
                                      (259, 2 * NT_REDUCTION_STEP + 5, 33), (300, 90, 64),
                                      (257, 600, 70), (72, 90, 64)])
-def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
+@pytest.mark.parametrize("min_rows", [NT_MIN_ROWS, 0])
+def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, min_rows, rng):
     """c += a b^T: whole tiles, a 4-row tile, ragged rows and columns (BLAS), sums
     over several passes of NT_REDUCTION_STEP; c's previous contents are kept and
-    added to; fewer rows than NT_MIN_ROWS (72) all on BLAS."""
+    added to; fewer rows than min_rows (72 < NT_MIN_ROWS) all on BLAS."""
     assert 72 < NT_MIN_ROWS <= 256
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((n, k)).astype(np.float32)
@@ -54,7 +55,8 @@ def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
     c = c0.reshape(-1).copy()
     workspace = np.full(NT_REDUCTION_STEP * n, np.nan, np.float32)
     with single_threaded_blas:
-        tiled_gemm_nt(blas_handle(), m, k, a.reshape(-1), b.reshape(-1), n, workspace, c)
+        tiled_gemm_nt(blas_handle(), m, k, a.reshape(-1), b.reshape(-1), n, workspace, c,
+                      min_rows)
     np.testing.assert_allclose(c.reshape(m, n), c0 + a.astype(np.float64) @ b.T, rtol=1e-5,
                                atol=1e-5 * np.sqrt(k))
 
@@ -64,7 +66,7 @@ def test_tiled_gemm_nt_in_float64_is_blas(rng):
     c0 = rng.standard_normal((16, 40))
     c = c0.reshape(-1).copy()
     with single_threaded_blas:
-        tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c)
+        tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c, 0)
     np.testing.assert_allclose(c.reshape(16, 40), c0 + a @ b.T, rtol=1e-12)
 
 
@@ -90,15 +92,19 @@ def test_refresh_transpose_follows_every_change_of_its_rows(rng):
     assert packed[0] == 9.0
 
 
+@pytest.mark.parametrize("everywhere", [False, True])
 @pytest.mark.parametrize("pool, channels", [(False, 64), (True, 64), (True, 36)])
-def test_conv_on_tiles_matches_conv_on_blas(pool, channels, rng, monkeypatch):
+def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, monkeypatch):
     """A conv whose forward GEMM (64 or 36 channels over K = 288: 8-row tiles, and
-    a 4-row one for 36), and with 64 channels its input-gradient GEMM (288 rows
-    over 64 channels) and weight-gradient GEMM (288 x 64 over the block's
-    columns), run in tiles: output, dx, dW and db equal the float64 layer's
-    (BLAS) within float32 rounding. TILES_AVAILABLE is forced on, so this runs
-    the tiles on any host."""
+    a 4-row one for 36), and with 64 channels (or ``tiles_everywhere``) its
+    input-gradient GEMM (288 rows over the channels) and weight-gradient GEMM
+    (288 x channels over the block's columns), run in tiles (the unfold path:
+    Winograd off): output, dx, dW and db equal the float64 layer's (BLAS)
+    within float32 rounding. TILES_AVAILABLE is forced on, so this runs the
+    tiles on any host."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: everywhere)
 
     def build(dtype):
         layers = [Conv2D(32, channels, 3, padding=1, dtype=dtype)] + \
@@ -109,7 +115,7 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, rng, monkeypatch):
     model32, conv32 = build(np.float32)
     model64, conv64 = build(np.float64)
     assert conv32._tiles(channels, 288) and not conv64._tiles(channels, 288)
-    assert conv32._tiles(288, channels) == (channels == 64)
+    assert conv32._tiles(288, channels) == (channels == 64 or everywhere)
     x = rng.standard_normal((3, 2, 9, 10))
     outs, grads = [], []
     for model, conv, dtype in ((model32, conv32, np.float32), (model64, conv64, np.float64)):
@@ -124,13 +130,16 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, rng, monkeypatch):
         np.testing.assert_allclose(g32, g64, rtol=1e-4, atol=1e-3)
 
 
-def test_dense_stack_on_tiles_follows_its_weights(rng, monkeypatch):
-    """A Dense stack on enough rows runs its wide layer in tiles over a kept
-    transposed weight: predict equals the float64 model's, and still does after
-    the weight and bias are changed in place (no rebinding), and after a
-    training step. TILES_AVAILABLE is forced on, so this runs on any host."""
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch):
+    """A Dense stack on enough rows (TILED_DENSE_MIN_ROWS, or 4 with
+    ``tiles_everywhere``) runs its wide layer in tiles over a kept transposed
+    weight: predict equals the float64 model's, and still does after the
+    weight and bias are changed in place (no rebinding), and after a training
+    step. TILES_AVAILABLE is forced on, so this runs on any host."""
     monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
-    rows = dense_module.TILED_DENSE_MIN_ROWS + 3
+    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: everywhere)
+    rows = 6 if everywhere else dense_module.TILED_DENSE_MIN_ROWS + 3
 
     def build(dtype):
         return Sequential([Flatten(), Dense(70, 40, dtype=dtype), ReLU(),
@@ -153,10 +162,31 @@ def test_dense_stack_on_tiles_follows_its_weights(rng, monkeypatch):
         model.layers[1].weight.value[:, 7] = 0.5
         model.layers[1].bias.value[1] += 1.0
     agree()
-    labels = rng.integers(0, 10, 32)
+    labels = rng.integers(0, 10, min(rows, 32))
     for model in (m32, m64):
         model.forward(x[:32].astype(model.dtype))
         model.backward(labels)
         for p in model.parameters():
             p.value -= 0.5 * p.grad
     agree()
+
+
+@pytest.mark.parametrize("dot", [True, False])
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_dense_on_few_rows_matches_float64(rows, dot, rng, monkeypatch):
+    """Fewer than DOT_ROWS_BELOW rows run as dot products where BLAS has no
+    AVX-512 kernels (forced either way here): a training forward of one Dense,
+    and a predict through a Dense stack, equal the float64 model's."""
+    monkeypatch.setattr(dense_module, "blas_has_avx512_kernels", lambda: not dot)
+    assert dense_module.dot_below() == (dense_module.DOT_ROWS_BELOW if dot else 0)
+
+    def build(dtype):
+        return Sequential([Flatten(), Dense(300, 40, dtype=dtype), ReLU(),
+                           Dense(40, 10, dtype=dtype), Softmax()], seed=6)
+
+    m32, m64 = build(np.float32), build(np.float64)
+    x = rng.standard_normal((rows, 300))
+    np.testing.assert_allclose(m32.predict(x.astype(np.float32)), m64.predict(x), rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(m32.forward(x.astype(np.float32)), m64.forward(x), rtol=1e-4,
+                               atol=1e-6)

@@ -69,12 +69,10 @@ def _symbols(lib):
 
 
 @functools.lru_cache(maxsize=None)
-def blas_handle() -> np.ndarray:
-    """int64 (5,): the BLAS entry points the kernels call (see the module docstring).
-
-    Looked up once per process among the loaded BLAS libraries, numpy's own
-    first (Numba also loads SciPy's, when SciPy is installed).
-    """
+def _numpy_blas() -> tuple[np.ndarray, str]:
+    """(handle, architecture) of the BLAS the kernels call: see ``blas_handle``;
+    architecture as the library reports its kernels (OpenBLAS's core name,
+    e.g. "SkylakeX", "Haswell"; "" when unknown)."""
     from threadpoolctl import threadpool_info
 
     libraries = [i for i in threadpool_info() if i.get("user_api") == "blas"]
@@ -84,11 +82,38 @@ def blas_handle() -> np.ndarray:
         except OSError:
             continue
         if found[SGEMM]:
-            return np.array(found, dtype=np.int64)
+            return np.array(found, dtype=np.int64), str(info.get("architecture") or "")
     warnings.warn("nnjit found no CBLAS gemm in the BLAS libraries numpy loaded; its matrix "
                   "products fall back to a plain loop, which is much slower", RuntimeWarning,
-                  stacklevel=2)
-    return np.zeros(5, dtype=np.int64)
+                  stacklevel=3)
+    return np.zeros(5, dtype=np.int64), ""
+
+
+def blas_handle() -> np.ndarray:
+    """int64 (5,): the BLAS entry points the kernels call (see the module docstring).
+
+    Looked up once per process among the loaded BLAS libraries, numpy's own
+    first (Numba also loads SciPy's, when SciPy is installed).
+    """
+    return _numpy_blas()[0]
+
+
+#: OpenBLAS core names whose kernels use AVX-512.
+_AVX512_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def blas_has_avx512_kernels() -> bool:
+    """True when numpy's BLAS runs AVX-512 kernels (OpenBLAS's SkylakeX family).
+
+    The layers' choices between BLAS and nnjit's register tiles
+    (``nnjit.kernels.tiles``) were measured against such kernels. Otherwise
+    the tiles run everywhere: OpenBLAS 0.3.31 takes an AVX-512 Zen 5 for a
+    Haswell (AVX2), where, one core, the tiles ran 2.1-2.4x its speed (32 rows
+    over 9 or 250: 220 vs 93, 233 vs 104 GFLOP/s) and a product of 1 to 4 rows
+    packed the whole weight at every call (1 x 784 by 784 x 128: 18.7 us,
+    3.1 us as dot products, see ``dense_forward``).
+    """
+    return _numpy_blas()[1].lower() in _AVX512_KERNELS
 
 
 def blas_description() -> str:
@@ -97,7 +122,9 @@ def blas_description() -> str:
     if not handle[SGEMM]:
         return "no BLAS found: plain-loop GEMM (slow)"
     threads = "single-threaded per call" if handle[SET_THREADS] else "thread count not controlled"
-    return f"{'ILP64' if handle[ILP64] else 'LP64'} cblas_?gemm of numpy's BLAS, {threads}"
+    kernels = _numpy_blas()[1] or "unknown"
+    return (f"{'ILP64' if handle[ILP64] else 'LP64'} cblas_?gemm of numpy's BLAS ({kernels} "
+            f"kernels), {threads}")
 
 
 def _cblas_gemm_intrinsic(int_bits):

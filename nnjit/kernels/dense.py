@@ -5,13 +5,33 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 ``prange`` iteration runs a single-threaded BLAS GEMM on its rows (see
 ``nnjit.kernels.blas``).
 """
-from ._jit import kernel, prange
+import numpy as np
+
+from ._jit import helper, kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
 from .tiles import refresh_transpose, tiled_gemm
 
+U = np.uint64
+
+
+@helper(reassociate=True)
+def dot_rows(rows, IN, x, weight, F, out):
+    """out (rows, F) = x (rows, IN) @ weight (F, IN)^T as rows*F dot products
+    (vectorised along IN): for the few rows of a single-image predict, where a
+    BLAS without small-matrix kernels packs the whole weight at every call."""
+    for i in range(rows):
+        s = U(i * IN)
+        for f in range(F):
+            t = U(f * IN)
+            acc = np.float32(0)  # float32: a float64 zero would widen float32 code
+            for k in range(U(IN)):
+                acc += x[s + k] * weight[t + k]
+            out[i * F + f] = acc
+
 
 @kernel(blas=True)
-def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, scratch, out, blas):
+def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_below, scratch,
+                  out, blas):
     """out = a stack of L dense layers applied to x, each y = h @ weight^T + bias,
     then max(0, .) where bit l of ``relus`` is set (a fused ReLU).
 
@@ -25,7 +45,9 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, scra
     when L == 1). packed: tuple of L float arrays; where packed[l] is not
     empty (it then holds 2*dims[l]*dims[l+1] values, kept between calls),
     layer l runs in register tiles (``tiled_gemm``) over its weight held
-    transposed there (``refresh_transpose``: transposed again where it changed).
+    transposed there (``refresh_transpose``: transposed again where it changed);
+    otherwise chunks of fewer than ``dot_below`` rows run as dot products
+    (``dot_rows``), larger ones on BLAS.
     """
     L = len(weights)
     for p in prange(parts):  # each part refreshes a slice of each transposed weight
@@ -48,6 +70,8 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, scra
                     dst = scratch[(2 * p + l % 2) * width:]
                 if packed[l].size > 0:
                     tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst, False)
+                elif rows < dot_below:
+                    dot_rows(rows, IN, src, weights[l], F, dst)
                 else:
                     gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
                          dst, F)

@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .blas import NO_TRANS, TRANS, gemm
+from .blas import NO_TRANS, TRANS, blas_has_avx512_kernels, gemm
 
 TILE_ROWS, TILE_COLS = 8, 32
 U = np.uint64
@@ -46,6 +46,14 @@ TILES_AVAILABLE = _host_has_avx512()
 #: channels for the input gradient, in_features for a Dense): shorter sums
 #: (9-48) gained nothing at the step level over BLAS.
 TILES_MIN_REDUCTION = 64
+
+
+def tiles_everywhere() -> bool:
+    """True when the tiles run and beat BLAS on every float32 product: numpy's BLAS
+    has no AVX-512 kernels here (``blas_has_avx512_kernels``). The layers'
+    thresholds (TILES_MIN_REDUCTION, NT_MIN_ROWS, 32 rows for a conv) hold
+    only against AVX-512 kernels."""
+    return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
 def _row_tile(rows):
@@ -199,17 +207,18 @@ NT_MIN_ROWS = 256
 
 
 @njit(cache=True)
-def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
+def tiled_gemm_nt(blas, M, K, a, b, N, bt, c, min_rows):
     """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s),
     the edges (the rows left, columns from N//32*32) by BLAS; float64, and
-    fewer than NT_MIN_ROWS rows, all by BLAS.
+    fewer than ``min_rows`` rows (NT_MIN_ROWS, or 0 with ``tiles_everywhere``),
+    all by BLAS.
 
     a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
     bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction
     steps first transposes b's slice into it (the tiles read their right-hand
     operand by rows of 32).
     """
-    if a.itemsize != 4 or M < NT_MIN_ROWS:
+    if a.itemsize != 4 or M < min_rows:
         gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
         return
     M8, M4 = tiled_rows(M)

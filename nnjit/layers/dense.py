@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
+from ..kernels.blas import SMALL_GEMM_MACS, blas_handle, blas_has_avx512_kernels
 from ..kernels.dense import dense_backward, dense_forward
-from ..kernels.tiles import TILE_COLS, TILES_AVAILABLE, TILES_MIN_REDUCTION
+from ..kernels.tiles import TILE_COLS, TILES_AVAILABLE, TILES_MIN_REDUCTION, tiles_everywhere
 from ..params import Parameter
 from ..threads import parts_for
 from .activation import FusesReLU
@@ -15,8 +15,20 @@ from .base import Layer, float_dtype, he_uniform, positive_int
 #: An empty scratch buffer per dtype, for a stack of one layer (which needs none).
 _NO_SCRATCH = {np.dtype(t).char: np.empty(0, t) for t in (np.float32, np.float64)}
 
-#: Rows from which a DenseStack runs its wide layers in register tiles.
+#: Rows from which a DenseStack runs its wide layers in register tiles (from 4,
+#: the smallest tile, with ``tiles_everywhere``).
 TILED_DENSE_MIN_ROWS = 256
+#: Products of fewer rows run as dot products (``dot_rows``) where BLAS has no
+#: AVX-512 kernels (``blas_has_avx512_kernels``). One core, 784->128: 1 row
+#: 3.1 vs 18.7 us on BLAS's Haswell kernels, 4 rows 12.5 vs 16.2, 8 rows 19.6
+#: vs 23.6 (the register tiles over the kept transposed weight: 6.1).
+DOT_ROWS_BELOW = 4
+
+
+def dot_below() -> int:
+    """``dense_forward``'s ``dot_below``: DOT_ROWS_BELOW, or 0 where BLAS's own
+    small-matrix kernels are the faster (AVX-512 ones)."""
+    return 0 if blas_has_avx512_kernels() else DOT_ROWS_BELOW
 
 
 class Dense(FusesReLU, Layer):
@@ -80,8 +92,8 @@ class Dense(FusesReLU, Layer):
         dense_forward.run(parts > 1, x.reshape(-1), (self.weight.value.reshape(-1),),
                           (self.bias.value,), (_NO_SCRATCH[self.dtype.char],),
                           (self.in_features, f), int(self.fused_relu), n, parts,
-                          self._chunk_rows(n), _NO_SCRATCH[self.dtype.char], out.reshape(-1),
-                          blas_handle())
+                          self._chunk_rows(n), dot_below(), _NO_SCRATCH[self.dtype.char],
+                          out.reshape(-1), blas_handle())
         self._cache = (x, out) if training else None
         return out
 
@@ -144,7 +156,7 @@ class DenseStack:
         dense_forward.run(parts > 1, x.reshape(-1),
                           tuple(layer.weight.value.reshape(-1) for layer in self.layers),
                           tuple(layer.bias.value for layer in self.layers), packed, dims, relus,
-                          n, parts, chunk, scratch, out.reshape(-1), blas_handle())
+                          n, parts, chunk, dot_below(), scratch, out.reshape(-1), blas_handle())
         return out
 
     @staticmethod
@@ -154,10 +166,13 @@ class DenseStack:
         784->128 GEMM of 1000 rows, one core: tiles 116 GFLOP/s, OpenBLAS 106
         (8-row chunks). The transposed weight is kept between calls (checking it
         is current costs a pass over the weight), so it pays only over
-        TILED_DENSE_MIN_ROWS rows or more."""
-        return (TILES_AVAILABLE and layer.dtype == np.float32 and n >= TILED_DENSE_MIN_ROWS
-                and layer.out_features >= TILE_COLS
-                and layer.in_features >= TILES_MIN_REDUCTION)
+        TILED_DENSE_MIN_ROWS rows or more; with ``tiles_everywhere`` from 4 rows
+        (fewer run as dot products, see DOT_ROWS_BELOW)."""
+        if not (TILES_AVAILABLE and layer.dtype == np.float32 and layer.out_features >= TILE_COLS):
+            return False
+        if tiles_everywhere():
+            return n >= DOT_ROWS_BELOW
+        return n >= TILED_DENSE_MIN_ROWS and layer.in_features >= TILES_MIN_REDUCTION
 
     def __repr__(self):
         return f"DenseStack({self.layers!r})"
