@@ -43,11 +43,11 @@ def test_tiled_gemm_in_float64_is_blas(rng):
 @pytest.mark.parametrize("m, k, n", [(256, 1, 32), (256, 300, 64), (263, 40, 31), (269, 70, 32),
                                      (259, 2 * NT_REDUCTION_STEP + 5, 33), (300, 90, 64),
                                      (257, 600, 70), (72, 90, 64)])
-@pytest.mark.parametrize("min_rows", [NT_MIN_ROWS, 0])
-def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, min_rows, rng):
-    """c += a b^T: whole tiles, a 4-row tile, ragged rows and columns (BLAS), sums
-    over several passes of NT_REDUCTION_STEP; c's previous contents are kept and
-    added to; fewer rows than min_rows (72 < NT_MIN_ROWS) all on BLAS."""
+def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
+    """c += a b^T: whole tiles, a 4-row tile, the last 1-3 rows (dot products),
+    ragged columns (BLAS), sums over several passes of NT_REDUCTION_STEP; c's
+    previous contents are kept and added to; fewer rows than NT_MIN_ROWS (72)
+    all on BLAS."""
     assert 72 < NT_MIN_ROWS <= 256
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((n, k)).astype(np.float32)
@@ -55,8 +55,7 @@ def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, min_rows, rng):
     c = c0.reshape(-1).copy()
     workspace = np.full(NT_REDUCTION_STEP * n, np.nan, np.float32)
     with single_threaded_blas:
-        tiled_gemm_nt(blas_handle(), m, k, a.reshape(-1), b.reshape(-1), n, workspace, c,
-                      min_rows)
+        tiled_gemm_nt(blas_handle(), m, k, a.reshape(-1), b.reshape(-1), n, workspace, c)
     np.testing.assert_allclose(c.reshape(m, n), c0 + a.astype(np.float64) @ b.T, rtol=1e-5,
                                atol=1e-5 * np.sqrt(k))
 
@@ -66,7 +65,7 @@ def test_tiled_gemm_nt_in_float64_is_blas(rng):
     c0 = rng.standard_normal((16, 40))
     c = c0.reshape(-1).copy()
     with single_threaded_blas:
-        tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c, 0)
+        tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c)
     np.testing.assert_allclose(c.reshape(16, 40), c0 + a @ b.T, rtol=1e-12)
 
 

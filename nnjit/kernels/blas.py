@@ -111,7 +111,7 @@ def blas_has_avx512_kernels() -> bool:
     Haswell (AVX2), where, one core, the tiles ran 2.1-2.4x its speed (32 rows
     over 9 or 250: 220 vs 93, 233 vs 104 GFLOP/s) and a product of 1 to 4 rows
     packed the whole weight at every call (1 x 784 by 784 x 128: 18.7 us,
-    3.1 us as dot products, see ``dense_forward``).
+    3.1 us as dot products, ``nnjit.kernels.tiles.dot_rows_nt``).
     """
     return _numpy_blas()[1].lower() in _AVX512_KERNELS
 

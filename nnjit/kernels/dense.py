@@ -5,28 +5,9 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 ``prange`` iteration runs a single-threaded BLAS GEMM on its rows (see
 ``nnjit.kernels.blas``).
 """
-import numpy as np
-
-from ._jit import helper, kernel, prange
+from ._jit import kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
-from .tiles import refresh_transpose, tiled_gemm
-
-U = np.uint64
-
-
-@helper(reassociate=True)
-def dot_rows(rows, IN, x, weight, F, out):
-    """out (rows, F) = x (rows, IN) @ weight (F, IN)^T as rows*F dot products
-    (vectorised along IN): for the few rows of a single-image predict, where a
-    BLAS without small-matrix kernels packs the whole weight at every call."""
-    for i in range(rows):
-        s = U(i * IN)
-        for f in range(F):
-            t = U(f * IN)
-            acc = np.float32(0)  # float32: a float64 zero would widen float32 code
-            for k in range(U(IN)):
-                acc += x[s + k] * weight[t + k]
-            out[i * F + f] = acc
+from .tiles import dot_rows_nt, refresh_transpose, tiled_gemm
 
 
 @kernel(blas=True)
@@ -47,7 +28,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
     layer l runs in register tiles (``tiled_gemm``) over its weight held
     transposed there (``refresh_transpose``: transposed again where it changed);
     otherwise chunks of fewer than ``dot_below`` rows run as dot products
-    (``dot_rows``), larger ones on BLAS.
+    (``dot_rows_nt``), larger ones on BLAS.
     """
     L = len(weights)
     for p in prange(parts):  # each part refreshes a slice of each transposed weight
@@ -71,7 +52,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
                 if packed[l].size > 0:
                     tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst, False)
                 elif rows < dot_below:
-                    dot_rows(rows, IN, src, weights[l], F, dst)
+                    dot_rows_nt(0, rows, IN, src, weights[l], F, dst, False)
                 else:
                     gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
                          dst, F)

@@ -51,8 +51,10 @@ TILES_MIN_REDUCTION = 64
 def tiles_everywhere() -> bool:
     """True when the tiles run and beat BLAS on every float32 product: numpy's BLAS
     has no AVX-512 kernels here (``blas_has_avx512_kernels``). The layers'
-    thresholds (TILES_MIN_REDUCTION, NT_MIN_ROWS, 32 rows for a conv) hold
-    only against AVX-512 kernels."""
+    thresholds (TILES_MIN_REDUCTION, 32 rows for a conv) hold only against
+    AVX-512 kernels; NT_MIN_ROWS, a cost of the transposes, holds throughout
+    (the cnn's 1->32 conv, 9 rows, trained 16% slower with its weight
+    gradient in tiles)."""
     return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
@@ -182,9 +184,38 @@ def tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate):
             tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, accumulate)
     if L32 < L and M4 > 0:
         gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, beta, c[L32:], L)
-    if M4 < M:
+    if M4 < M and M >= 4 and not accumulate:
+        # The last rows as a 4-row tile over rows M-4 .. M-1, rewriting some with
+        # the same values: BLAS without small-matrix kernels packs all of b for them.
+        for l0 in range(0, L32, TILE_COLS):
+            tile_4x32(a, (M - 4) * a_row, a_row, a_col, b, l0, L, K, c, (M - 4) * L + l0, L,
+                      False)
+        if L32 < L:
+            a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
+            gemm(blas, trans_a, NO_TRANS, M - M4, L - L32, K, 1.0, a_rest, lda, b[L32:], L, 0.0,
+                 c[M4 * L + L32:], L)
+    elif M4 < M:
         a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
         gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def dot_rows_nt(r0, r1, K, a, b, N, c, accumulate):
+    """c[i, n] = a[i] . b[n] (added to c with ``accumulate``) for rows i in [r0, r1)
+    of a (M, K), every row n of b (N, K); c (M, N): dot products along K,
+    vectorised. For a few rows, where BLAS without small-matrix kernels
+    packs all of b at every call."""
+    for i in range(r0, r1):
+        s = U(i * K)
+        for n in range(N):
+            t = U(n * K)
+            acc = np.float32(0)  # float32: a float64 zero would widen float32 code
+            for k in range(U(K)):
+                acc += a[s + k] * b[t + k]
+            if accumulate:
+                c[i * N + n] += acc
+            else:
+                c[i * N + n] = acc
 
 
 @njit(cache=True, inline="always")
@@ -207,18 +238,17 @@ NT_MIN_ROWS = 256
 
 
 @njit(cache=True)
-def tiled_gemm_nt(blas, M, K, a, b, N, bt, c, min_rows):
+def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
     """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s),
-    the edges (the rows left, columns from N//32*32) by BLAS; float64, and
-    fewer than ``min_rows`` rows (NT_MIN_ROWS, or 0 with ``tiles_everywhere``),
-    all by BLAS.
+    the columns from N//32*32 by BLAS, the last M % 4 rows as dot products
+    (``dot_rows_nt``); float64, and fewer than NT_MIN_ROWS rows, all by BLAS.
 
     a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
     bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction
     steps first transposes b's slice into it (the tiles read their right-hand
     operand by rows of 32).
     """
-    if a.itemsize != 4 or M < min_rows:
+    if a.itemsize != 4 or M < NT_MIN_ROWS:
         gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
         return
     M8, M4 = tiled_rows(M)
@@ -234,8 +264,7 @@ def tiled_gemm_nt(blas, M, K, a, b, N, bt, c, min_rows):
                     tile_4x32(a, M8 * K + k0, K, 1, bt, n0, N32, steps, c, M8 * N + n0, N, True)
     if N32 < N and M4 > 0:
         gemm(blas, NO_TRANS, TRANS, M4, N - N32, K, 1.0, a, K, b[N32 * K:], K, 1.0, c[N32:], N)
-    if M4 < M:
-        gemm(blas, NO_TRANS, TRANS, M - M4, N, K, 1.0, a[M4 * K:], K, b, K, 1.0, c[M4 * N:], N)
+    dot_rows_nt(M4, M, K, a, b, N, c, True)  # the last 0-3 rows
 
 
 @njit(cache=True, inline="always")

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward
-from ..kernels.tiles import (NT_MIN_ROWS, NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
+from ..kernels.tiles import (NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
                              TILES_MIN_REDUCTION, tiles_everywhere)
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
@@ -257,11 +257,10 @@ class Conv2D(Layer):
         vs 86.5 at 32 rows over 27), and slower at 20 rows (the lone 10->20 5x5
         conv's forward, 16 and 64 images: 7-9% behind OpenBLAS's column slices,
         with a 4-row tile for the last rows), so those stay with BLAS, unless BLAS
-        has no AVX-512 kernels here (``tiles_everywhere``: the lone conv 20%
-        faster forward, 25% fwd+bwd in tiles; its short sums stay on BLAS, the
-        cifar network's 3->32 conv (K 27) ran 0.9 -> 1.6 ms forward in tiles)."""
-        return (TILES_AVAILABLE and self.dtype == np.float32 and reduction >= TILES_MIN_REDUCTION
-                and (tiles_everywhere() or rows >= 4 * TILE_ROWS))
+        has no AVX-512 kernels here (``tiles_everywhere``)."""
+        return (TILES_AVAILABLE and self.dtype == np.float32
+                and (tiles_everywhere() or rows >= 4 * TILE_ROWS
+                     and reduction >= TILES_MIN_REDUCTION))
 
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
@@ -414,7 +413,6 @@ class Conv2D(Layer):
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            self._slice_cols(k, most), self._tiles(k, oc),
-            0 if tiles_everywhere() else NT_MIN_ROWS, blas_handle())
+            self._slice_cols(k, most), self._tiles(k, oc), blas_handle())
         self._cache = None
         return dx if need_input_grad else None

@@ -18,7 +18,7 @@ _NO_SCRATCH = {np.dtype(t).char: np.empty(0, t) for t in (np.float32, np.float64
 #: Rows from which a DenseStack runs its wide layers in register tiles (from 4,
 #: the smallest tile, with ``tiles_everywhere``).
 TILED_DENSE_MIN_ROWS = 256
-#: Products of fewer rows run as dot products (``dot_rows``) where BLAS has no
+#: Products of fewer rows run as dot products (``dot_rows_nt``) where BLAS has no
 #: AVX-512 kernels (``blas_has_avx512_kernels``). One core, 784->128: 1 row
 #: 3.1 vs 18.7 us on BLAS's Haswell kernels, 4 rows 12.5 vs 16.2, 8 rows 19.6
 #: vs 23.6 (the register tiles over the kept transposed weight: 6.1).
