@@ -337,7 +337,7 @@ def product(blas, tiles, trans_a, M, K, a, b, L, c, accumulate):
 
 @kernel(blas=True)
 def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
-                       image, Vt, Mt, pooled, out, train, argmax, tiles, blas):
+                       image, Vt, Mt, pooled, out, train, argmax, gemm_parts, tiles, blas):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
     F(2x2, 3x3) (module docstring).
 
@@ -350,13 +350,27 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     Writes out: (N*OC*POH*POW,) and, with ``train``, argmax: int32
     (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).
     The GEMMs run in register tiles with ``tiles`` (``nnjit.kernels.tiles``),
-    otherwise on BLAS.
+    otherwise on BLAS. With gemm_parts > 1 (one part, one chunk: a small batch)
+    its 16 GEMMs are split among that many threads instead.
     """
     OC = bias.size
-    for p in prange(parts):
-        refresh_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, kept, Ut)
+    P = max(parts, gemm_parts)
+    for p in prange(P):
+        refresh_filters(weight, C, p * OC // P, (p + 1) * OC // P, OC, kept, Ut)
     T = POH * POW
     Lp = padded_rows(per * T)
+    if gemm_parts > 1:
+        stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
+        transform_chunk(x, 0, N, C, H, W, PH, PW, POH, POW, image[0], Vt[0], Lp, stage)
+        for g in prange(gemm_parts):
+            for xi in range(g * 16 // gemm_parts, (g + 1) * 16 // gemm_parts):
+                product(blas, tiles, NO_TRANS, Lp, C, Vt[0][xi * Lp * C:], Ut[xi * C * OC:], OC,
+                        Mt[0][xi * Lp * OC:], False)
+        for n in range(N):
+            pool_windows(Mt[0], bias, OC, T, n * T, Lp, relu, pooled[0], train,
+                         argmax[n * T * OC:])
+            transpose_slice(pooled[0], OC, 0, OC, 0, T, T, out[n * OC * T:])
+        return
     for p in prange(parts):
         first, last = p * N // parts, (p + 1) * N // parts
         vt, mt = Vt[p], Mt[p]

@@ -9,7 +9,7 @@ from ..kernels.tiles import (NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
                              TILES_MIN_REDUCTION, tiles_everywhere)
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
-from ..threads import parts_for, split
+from ..threads import get_num_threads, parts_for, split
 from .activation import ReLU
 from .base import Layer, PooledNormGrad, float_dtype, he_uniform, pair, positive_int
 from .pool import MaxPool2D
@@ -308,8 +308,10 @@ class Conv2D(Layer):
         out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), dtype)
         argmax = self._buffer("argmax/winograd" if training else "argmax/none",
                               (n * poh * pow_ * oc if training else 1,), np.int32)
+        # A batch in one chunk on one thread (one image, say): its 16 GEMMs split among two.
+        gemm_parts = min(2, get_num_threads()) if parts == 1 and per >= n else 1
         winograd_conv_pool.run(
-            parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value, c, h, w,
+            parts > 1 or gemm_parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value, c, h, w,
             ph, pw, poh, pow_, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
@@ -317,7 +319,7 @@ class Conv2D(Layer):
             *self._winograd_workspaces(parts, rows, *geometry),
             self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (parts, poh * pow_ * oc), dtype),
-            out.reshape(-1), training, argmax, TILES_AVAILABLE, blas_handle())
+            out.reshape(-1), training, argmax, gemm_parts, TILES_AVAILABLE, blas_handle())
         self._cache = (x, out, argmax, True) if training else None
         return out
 
