@@ -27,7 +27,8 @@ def test_tiled_gemm_matches_numpy(m, k, n, trans, accumulate, rng):
         np.full(m * n, np.nan, np.float32)
     c = before.copy()
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), trans, m, k, flat_a, b.reshape(-1), n, c, accumulate)
+        tiled_gemm(blas_handle(), trans, m, k, flat_a, k if trans == NO_TRANS else m,
+                   b.reshape(-1), n, c, accumulate)
     want = a.astype(np.float64) @ b + (before.reshape(m, n) if accumulate else 0)
     np.testing.assert_allclose(c.reshape(m, n), want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
@@ -36,7 +37,8 @@ def test_tiled_gemm_in_float64_is_blas(rng):
     a, b = rng.standard_normal((16, 70)), rng.standard_normal((70, 40))
     c = np.zeros(16 * 40)
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), b.reshape(-1), 40, c, False)
+        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), 70, b.reshape(-1), 40, c,
+                   False)
     np.testing.assert_allclose(c.reshape(16, 40), a @ b, rtol=1e-12)
 
 
@@ -146,8 +148,8 @@ def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch):
 
     m32, m64 = build(np.float32), build(np.float64)
     stack_first = m32.layers[1]
-    assert dense_module.DenseStack._tiles(stack_first, rows)
-    assert not dense_module.DenseStack._tiles(stack_first, rows - 4)
+    assert dense_module.tiled(stack_first, rows)
+    assert not dense_module.tiled(stack_first, rows - 4)
     x = rng.standard_normal((rows, 70))
 
     def agree():
@@ -185,3 +187,28 @@ def test_dense_on_few_rows_matches_numpy(rows, dot, rng, monkeypatch):
     want = hidden @ second.weight.value.T + second.bias.value
     np.testing.assert_allclose(model.predict(x), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.forward(x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("everywhere", [True, False])
+@pytest.mark.parametrize("rows", [6, 70])
+def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypatch):
+    """With ``tiles_everywhere`` (forced either way, tiles forced available) a
+    Dense layer's training forward, input and weight gradients run in register
+    tiles: they equal the float64 model's (BLAS) within float32 rounding."""
+    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: everywhere)
+
+    def build(dtype):
+        return Sequential([Flatten(), Dense(300, 40, dtype=dtype), ReLU(),
+                           Dense(40, 36, dtype=dtype), Softmax()], seed=7)
+
+    m32, m64 = build(np.float32), build(np.float64)
+    assert dense_module.tiled(m32.layers[1], rows) == everywhere
+    assert m32.layers[3]._tiled_backward() == everywhere
+    x = rng.standard_normal((rows, 300))
+    labels = rng.integers(0, 36, rows)
+    for model in (m32, m64):
+        model.forward(x.astype(model.dtype))
+        model.backward(labels)
+    for p32, p64 in zip(m32.parameters(), m64.parameters(), strict=True):
+        np.testing.assert_allclose(p32.grad, p64.grad, rtol=1e-4, atol=1e-6, err_msg=p32.name)

@@ -50,7 +50,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
                 else:
                     dst = scratch[(2 * p + l % 2) * width:]
                 if packed[l].size > 0:
-                    tiled_gemm(blas, NO_TRANS, rows, IN, src, packed[l], F, dst, False)
+                    tiled_gemm(blas, NO_TRANS, rows, IN, src, IN, packed[l], F, dst, False)
                 elif rows < dot_below:
                     dot_rows_nt(0, rows, IN, src, weights[l], F, dst, False)
                 else:
@@ -71,7 +71,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
 
 @kernel(blas=True)
 def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, masked, dweight,
-                   dbias, dx, blas):
+                   dbias, dx, tiles, blas):
     """Gradients of ``dense_forward``.
 
     x: float (N*IN,) the forward input; out: (N*F,) its output; dy: (N*F,)
@@ -79,7 +79,8 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
     into masked: (N*F,), a workspace). Writes dweight: (F*IN,) = dy^T x,
     dbias: (F,) = column sums of dy and, with ``need_dx``, dx: (N*IN,) = dy W,
     in GEMMs of at most ``chunk`` rows. Parts own features (for dweight,
-    dbias) and rows (for dx).
+    dbias) and rows (for dx). With ``tiles`` both products run in register
+    tiles (``tiled_gemm``), dx unchunked.
     """
     g = dy
     if relu:
@@ -94,15 +95,20 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
         f0, f1 = p * F // parts, (p + 1) * F // parts
         if f1 > f0:
             # dweight rows [f0, f1): (f1-f0, IN) = g[:, f0:f1]^T @ x
-            gemm(blas, TRANS, NO_TRANS, f1 - f0, IN, N, 1.0, g[f0:], F, x, IN, 0.0,
-                 dweight[f0 * IN:], IN)
+            if tiles:
+                tiled_gemm(blas, TRANS, f1 - f0, N, g[f0:], F, x, IN, dweight[f0 * IN:], False)
+            else:
+                gemm(blas, TRANS, NO_TRANS, f1 - f0, IN, N, 1.0, g[f0:], F, x, IN, 0.0,
+                     dweight[f0 * IN:], IN)
             for f in range(f0, f1):
                 acc = 0.0
                 for n in range(N):
                     acc += g[n * F + f]
                 dbias[f] = acc
         n0, n1 = p * N // parts, (p + 1) * N // parts
-        if need_dx:
+        if need_dx and tiles:
+            tiled_gemm(blas, NO_TRANS, n1 - n0, F, g[n0 * F:], F, weight, IN, dx[n0 * IN:], False)
+        elif need_dx:
             for r in range(n0, n1, chunk):
                 rows = min(chunk, n1 - r)
                 gemm(blas, NO_TRANS, NO_TRANS, rows, IN, F, 1.0, g[r * F:], F, weight, IN, 0.0,

@@ -161,20 +161,19 @@ tile_4x32 = _row_tile(4)
 
 
 @njit(cache=True)
-def tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate):
+def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
     """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool), in
     register tiles (8x32, and 4x32 for 4 of the last M % 8 rows), the edges (the
     rows left, columns from L//32*32) by BLAS; float64 all by BLAS.
 
-    a: float (M*K,) as (M, K), or as (K, M) with trans_a == TRANS; b: (K*L,);
-    c: (M*L,). Row strides: K or M for a, L for b and c.
+    a: float, (M, K), or (K, M) with trans_a == TRANS, rows ``lda`` apart (K or
+    M when contiguous); b: (K*L,); c: (M*L,), rows L apart.
     """
-    lda = K if trans_a == NO_TRANS else M
     beta = 1.0 if accumulate else 0.0
     if a.itemsize != 4:  # the tiles are float32 only
         gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, beta, c, L)
         return
-    a_row, a_col = (K, 1) if trans_a == NO_TRANS else (1, M)
+    a_row, a_col = (lda, 1) if trans_a == NO_TRANS else (1, lda)
     M8, M4 = tiled_rows(M)
     L32 = L // TILE_COLS * TILE_COLS
     for l0 in range(0, L32, TILE_COLS):
@@ -191,11 +190,11 @@ def tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate):
             tile_4x32(a, (M - 4) * a_row, a_row, a_col, b, l0, L, K, c, (M - 4) * L + l0, L,
                       False)
         if L32 < L:
-            a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
+            a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
             gemm(blas, trans_a, NO_TRANS, M - M4, L - L32, K, 1.0, a_rest, lda, b[L32:], L, 0.0,
                  c[M4 * L + L32:], L)
     elif M4 < M:
-        a_rest = a[M4 * K:] if trans_a == NO_TRANS else a[M4:]
+        a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
         gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
 
 

@@ -329,7 +329,7 @@ def product(blas, tiles, trans_a, M, K, a, b, L, c, accumulate):
     tiles with ``tiles`` (``tiled_gemm``), otherwise by BLAS. a: float (M*K,) as
     (M, K), or (K, M) with trans_a == TRANS; b (K*L,); c (M*L,)."""
     if tiles:
-        tiled_gemm(blas, trans_a, M, K, a, b, L, c, accumulate)
+        tiled_gemm(blas, trans_a, M, K, a, K if trans_a == NO_TRANS else M, b, L, c, accumulate)
     else:
         gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, K if trans_a == NO_TRANS else M, b, L,
              1.0 if accumulate else 0.0, c, L)
