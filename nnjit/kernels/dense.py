@@ -7,7 +7,7 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 """
 from ._jit import kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
-from .tiles import dot_rows_nt, refresh_transpose, tiled_gemm
+from .tiles import TILE_COLS, dot_rows_nt, refresh_transpose, tiled_gemm
 
 
 @kernel(blas=True)
@@ -28,7 +28,8 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
     layer l runs in register tiles (``tiled_gemm``) over its weight held
     transposed there (``refresh_transpose``: transposed again where it changed);
     otherwise chunks of fewer than ``dot_below`` rows run as dot products
-    (``dot_rows_nt``), larger ones on BLAS.
+    (``dot_rows_nt``), and so does a layer of fewer than TILE_COLS outputs
+    (no column tile) when dot_below > 0; the rest on BLAS.
     """
     L = len(weights)
     for p in prange(parts):  # each part refreshes a slice of each transposed weight
@@ -51,7 +52,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
                     dst = scratch[(2 * p + l % 2) * width:]
                 if packed[l].size > 0:
                     tiled_gemm(blas, NO_TRANS, rows, IN, src, IN, packed[l], F, dst, False)
-                elif rows < dot_below:
+                elif rows < dot_below or dot_below > 0 and F < TILE_COLS:
                     dot_rows_nt(0, rows, IN, src, weights[l], F, dst, False)
                 else:
                     gemm(blas, NO_TRANS, TRANS, rows, F, IN, 1.0, src, IN, weights[l], IN, 0.0,
