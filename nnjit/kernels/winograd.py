@@ -1,6 +1,6 @@
-"""Inference of a 3x3 convolution followed by a 2x2 max-pool, by Winograd's
-minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for
-Convolutional Neural Networks", 2016).
+"""A 3x3 convolution followed by a 2x2 max-pool, forward and backward, by
+Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms
+for Convolutional Neural Networks", 2016).
 
 The 2x2 conv outputs under one pooling window come from a 4x4 input tile d:
 Y = A^T [(G g G^T) . (B^T d B)] A for a 3x3 filter g, with . the element-wise
@@ -11,6 +11,11 @@ L pooling windows and Ut the transformed filters: 16*C*OC multiply-adds per
 window instead of 36*C*OC (2.25x fewer). Each window's 2x2 outputs are
 pooled at once (max, then bias, then the optional ReLU, as
 ``block_to_pool_major`` does): the conv output is never stored.
+
+Backward is the exact adjoint, per chunk of windows: dM = A dY A^T from
+each window's winner (kept by forward), dU[xi] (C, OC) += Vt[xi]^T dM[xi]
+for the weight (dW = G^T dU G), and dV[xi] = dM[xi] U[xi]^T, whose tiles'
+B dV B^T are added back onto the image for the input gradient.
 
 Channels are the contiguous axis of every transform (the image is first
 copied channels-last), so the transforms run as vector loops over channels:

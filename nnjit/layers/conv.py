@@ -23,8 +23,9 @@ from .pool import MaxPool2D
 #: 32->64 5x5 pad 1 on 13x13 117 vs 94; 512 KB within noise of 1 MB, 128 KB
 #: and 256 KB slower. Tests lower it to force row blocks.
 BLOCK_BYTES = 1 << 20
-#: Fewest input channels for Winograd inference (``Conv2D._winograd``): its 16
-#: GEMMs sum over the input channels, too short a sum below this.
+#: Fewest input channels for Winograd (``Conv2D._winograd``): its 16 GEMMs sum
+#: over the input channels, too short a sum below this (the cifar network's
+#: 3-channel first conv trained slower by Winograd: backward 1.7 -> 4.1 ms).
 WINOGRAD_MIN_CHANNELS = 8
 #: Bytes of a Winograd chunk's transformed tiles and products (16 * windows *
 #: (C + OC) floats): chunks of whole images up to this size (at least one).
@@ -269,8 +270,9 @@ class Conv2D(Layer):
         return (c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
     def _winograd(self) -> bool:
-        """True when inference runs by Winograd's F(2x2, 3x3) with the pooling fused
-        (``nnjit.kernels.winograd``): a 3x3 stride-1 float32 conv of at least
+        """True when inference, and training with WINOGRAD_IN_TRAINING, run by
+        Winograd's F(2x2, 3x3) with the pooling fused (``nnjit.kernels.winograd``):
+        a 3x3 stride-1 float32 conv of at least
         WINOGRAD_MIN_CHANNELS input channels followed by a 2x2, stride-2 max-pool."""
         pool = self.fused_pool
         return (self.kernel_size == (3, 3) and self.stride == (1, 1) and pool is not None
@@ -311,8 +313,8 @@ class Conv2D(Layer):
         # A batch in one chunk on one thread (one image, say): its 16 GEMMs split among two.
         gemm_parts = min(2, get_num_threads()) if parts == 1 and per >= n else 1
         winograd_conv_pool.run(
-            parts > 1 or gemm_parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value, c, h, w,
-            ph, pw, poh, pow_, self.fused_relu, n, parts, per,
+            parts > 1 or gemm_parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
+            self.bias.value, c, h, w, ph, pw, poh, pow_, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),

@@ -123,7 +123,7 @@ class Dense(FusesReLU, Layer):
         where the product runs in tiles (``tiled``), otherwise empty."""
         if not tiled(self, n):
             return _NO_SCRATCH[self.dtype.char]
-        return self._buffer("stack/packed", (2 * self.weight.value.size,), self.dtype,
+        return self._buffer("packed", (2 * self.weight.value.size,), self.dtype,
                             fill=np.nan)
 
     def _tiled_backward(self) -> bool:
