@@ -183,19 +183,20 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
             tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, accumulate)
     if L32 < L and M4 > 0:
         gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, beta, c[L32:], L)
-    if M4 < M and M >= 4 and not accumulate:
-        # The last rows as a 4-row tile over rows M-4 .. M-1, rewriting some with
-        # the same values: BLAS without small-matrix kernels packs all of b for them.
-        for l0 in range(0, L32, TILE_COLS):
-            tile_4x32(a, (M - 4) * a_row, a_row, a_col, b, l0, L, K, c, (M - 4) * L + l0, L,
-                      False)
-        if L32 < L:
-            a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
-            gemm(blas, trans_a, NO_TRANS, M - M4, L - L32, K, 1.0, a_rest, lda, b[L32:], L, 0.0,
-                 c[M4 * L + L32:], L)
-    elif M4 < M:
+    if M4 < M:
         a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
-        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
+        if M >= 4 and not accumulate:
+            # The last rows as a 4-row tile over rows M-4 .. M-1, rewriting some with
+            # the same values: BLAS without small-matrix kernels packs all of b for them.
+            for l0 in range(0, L32, TILE_COLS):
+                tile_4x32(a, (M - 4) * a_row, a_row, a_col, b, l0, L, K, c, (M - 4) * L + l0,
+                          L, False)
+            if L32 < L:
+                gemm(blas, trans_a, NO_TRANS, M - M4, L - L32, K, 1.0, a_rest, lda, b[L32:], L,
+                     0.0, c[M4 * L + L32:], L)
+        else:
+            gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:],
+                 L)
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})

@@ -368,29 +368,37 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
         stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
         transform_chunk(x, 0, N, C, H, W, PH, PW, POH, POW, image[0], Vt[0], Lp, stage)
         for g in prange(gemm_parts):
-            for xi in range(g * 16 // gemm_parts, (g + 1) * 16 // gemm_parts):
-                product(blas, tiles, NO_TRANS, Lp, C, Vt[0][xi * Lp * C:], Ut[xi * C * OC:], OC,
-                        Mt[0][xi * Lp * OC:], False)
-        for n in range(N):
-            pool_windows(Mt[0], bias, OC, T, n * T, Lp, relu, pooled[0], train,
-                         argmax[n * T * OC:])
-            transpose_slice(pooled[0], OC, 0, OC, 0, T, T, out[n * OC * T:])
+            chunk_products(blas, tiles, g * 16 // gemm_parts, (g + 1) * 16 // gemm_parts, Lp, C,
+                           OC, Vt[0], Ut, Mt[0])
+        pool_chunk(Mt[0], bias, OC, T, 0, N, Lp, relu, pooled[0], train, argmax, out)
         return
     for p in prange(parts):
         first, last = p * N // parts, (p + 1) * N // parts
-        vt, mt = Vt[p], Mt[p]
         stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
         for n0 in range(first, last, per):
             n1 = min(n0 + per, last)
-            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], vt, Lp, stage)
-            for xi in range(16):
-                product(blas, tiles, NO_TRANS, Lp, C, vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
-                        mt[xi * Lp * OC:], False)
-            for n in range(n0, n1):
-                pool_windows(mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled[p], train,
-                             argmax[n * T * OC:])
-                # pooled (T, OC) -> out[n] (OC, T)
-                transpose_slice(pooled[p], OC, 0, OC, 0, T, T, out[n * OC * T:])
+            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], Vt[p], Lp, stage)
+            chunk_products(blas, tiles, 0, 16, Lp, C, OC, Vt[p], Ut, Mt[p])
+            pool_chunk(Mt[p], bias, OC, T, n0, n1, Lp, relu, pooled[p], train, argmax, out)
+
+
+@helper
+def chunk_products(blas, tiles, xi0, xi1, Lp, C, OC, Vt, Ut, Mt):
+    """Mt[xi] (Lp, OC) = Vt[xi] (Lp, C) @ Ut[xi] (C, OC) for xi in [xi0, xi1)
+    (``product``)."""
+    for xi in range(xi0, xi1):
+        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
+                Mt[xi * Lp * OC:], False)
+
+
+@helper
+def pool_chunk(Mt, bias, OC, T, n0, n1, Lp, relu, pooled, train, argmax, out):
+    """Images [n0, n1) of a chunk (rows (n - n0)*T.. of Mt) pooled (``pool_windows``)
+    into out (N*OC*T,) as (N, OC, T), through pooled (T*OC,); with ``train``
+    their winners into argmax (N*T*OC,)."""
+    for n in range(n0, n1):
+        pool_windows(Mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled, train, argmax[n * T * OC:])
+        transpose_slice(pooled, OC, 0, OC, 0, T, T, out[n * OC * T:])  # (T, OC) -> (OC, T)
 
 
 @kernel(blas=True)
