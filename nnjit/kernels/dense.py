@@ -7,7 +7,7 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 """
 from ._jit import kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
-from .tiles import TILE_COLS, dot_rows_nt, refresh_transpose, tiled_gemm
+from .tiles import TILE_COLS, dot_rows_nt, product, refresh_transpose, tiled_gemm
 
 
 @kernel(blas=True)
@@ -96,11 +96,7 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
         f0, f1 = p * F // parts, (p + 1) * F // parts
         if f1 > f0:
             # dweight rows [f0, f1): (f1-f0, IN) = g[:, f0:f1]^T @ x
-            if tiles:
-                tiled_gemm(blas, TRANS, f1 - f0, N, g[f0:], F, x, IN, dweight[f0 * IN:], False)
-            else:
-                gemm(blas, TRANS, NO_TRANS, f1 - f0, IN, N, 1.0, g[f0:], F, x, IN, 0.0,
-                     dweight[f0 * IN:], IN)
+            product(blas, tiles, TRANS, f1 - f0, N, g[f0:], F, x, IN, dweight[f0 * IN:], False)
             for f in range(f0, f1):
                 acc = 0.0
                 for n in range(N):

@@ -199,6 +199,17 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
                  L)
 
 
+@njit(cache=True)
+def product(blas, tiles, trans_a, M, K, a, lda, b, L, c, accumulate):
+    """``tiled_gemm``'s product (same arguments) in register tiles with ``tiles``,
+    otherwise all by BLAS: for callers that pick the tiles per layer."""
+    if tiles:
+        tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate)
+    else:
+        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, 1.0 if accumulate else 0.0, c,
+             L)
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def dot_rows_nt(r0, r1, K, a, b, N, c, accumulate):
     """c[i, n] = a[i] . b[n] (added to c with ``accumulate``) for rows i in [r0, r1)

@@ -32,9 +32,9 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
-from .blas import NO_TRANS, TRANS, gemm
+from .blas import NO_TRANS, TRANS
 from .runs import copy_run
-from .tiles import refresh_kept, tiled_gemm, transpose_slice
+from .tiles import product, refresh_kept, transpose_slice
 
 U = np.uint64
 #: Channels per block of the transforms: each writes its 16 outputs for a
@@ -328,18 +328,6 @@ def transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage):
         Vt[(xi * Lp + (n1 - n0) * T) * C:(xi + 1) * Lp * C] = 0
 
 
-@helper
-def product(blas, tiles, trans_a, M, K, a, b, L, c, accumulate):
-    """c (M, L) = op(a) (M, K) @ b (K, L) (+ c with ``accumulate``): in register
-    tiles with ``tiles`` (``tiled_gemm``), otherwise by BLAS. a: float (M*K,) as
-    (M, K), or (K, M) with trans_a == TRANS; b (K*L,); c (M*L,)."""
-    if tiles:
-        tiled_gemm(blas, trans_a, M, K, a, K if trans_a == NO_TRANS else M, b, L, c, accumulate)
-    else:
-        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, K if trans_a == NO_TRANS else M, b, L,
-             1.0 if accumulate else 0.0, c, L)
-
-
 @kernel(blas=True)
 def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
                        image, Vt, Mt, pooled, out, train, argmax, gemm_parts, tiles, blas):
@@ -387,7 +375,7 @@ def chunk_products(blas, tiles, xi0, xi1, Lp, C, OC, Vt, Ut, Mt):
     """Mt[xi] (Lp, OC) = Vt[xi] (Lp, C) @ Ut[xi] (C, OC) for xi in [xi0, xi1)
     (``product``)."""
     for xi in range(xi0, xi1):
-        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], Ut[xi * C * OC:], OC,
+        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], C, Ut[xi * C * OC:], OC,
                 Mt[xi * Lp * OC:], False)
 
 
@@ -439,13 +427,13 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
                                  stage)
             for xi in range(16):
                 dmt[(xi * Lp + (n1 - n0) * T) * OC:(xi + 1) * Lp * OC] = 0
-                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], dmt[xi * Lp * OC:], OC,
+                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
                         dU[xi * C * OC:], True)
             if not need_dx:
                 continue
             for xi in range(16):
-                product(blas, tiles, NO_TRANS, Lp, OC, dmt[xi * Lp * OC:], UtT[xi * OC * C:], C,
-                        dvt[xi * Lp * C:], False)
+                product(blas, tiles, NO_TRANS, Lp, OC, dmt[xi * Lp * OC:], OC, UtT[xi * OC * C:],
+                        C, dvt[xi * Lp * C:], False)
             for n in range(n0, n1):
                 dimage[p][:] = 0
                 scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p], stage)
