@@ -15,11 +15,13 @@ from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_REDUCTION_STEP, refresh_transpo
 @pytest.mark.parametrize("trans", [NO_TRANS, TRANS])
 @pytest.mark.parametrize("m, k, n", [(8, 1, 32), (8, 5, 32), (16, 72, 64), (7, 3, 31),
                                      (33, 17, 65), (20, 250, 100), (64, 288, 97), (13, 40, 64),
-                                     (4, 9, 40)])
+                                     (4, 9, 40), (13, 64, 10), (8, 128, 16), (12, 20, 17),
+                                     (5, 30, 10), (3, 7, 10)])
 def test_tiled_gemm_matches_numpy(m, k, n, trans, accumulate, rng):
-    """Whole tiles, 4-row tiles for 4 of the rows past a multiple of 8, the rows
-    and columns (past a multiple of 32) left to BLAS, the weight as (M, K) or
-    transposed (K, M); written over c (NaN before) or added to it."""
+    """Whole tiles, 4-row tiles for 4 of the rows past a multiple of 8, the
+    columns past a multiple of 32 in masked tiles (16 or 32 wide), the last
+    rows by an overlapping tile or BLAS, the weight as (M, K) or transposed
+    (K, M); written over c (NaN before) or added to it."""
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
     flat_a = (a if trans == NO_TRANS else np.ascontiguousarray(a.T)).reshape(-1)
@@ -31,6 +33,26 @@ def test_tiled_gemm_matches_numpy(m, k, n, trans, accumulate, rng):
                    b.reshape(-1), n, c, accumulate)
     want = a.astype(np.float64) @ b + (before.reshape(m, n) if accumulate else 0)
     np.testing.assert_allclose(c.reshape(m, n), want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("m, n", [(8, 10), (12, 17), (13, 40), (4, 3)])
+def test_tiled_gemm_masked_columns_stay_inside_c(m, n, accumulate, rng):
+    """The masked tiles of the last columns read and write only c's own columns:
+    values placed after c's last row come out unchanged (an unmasked 16- or
+    32-wide store there would overwrite them), and NaN in them never reaches c."""
+    k = 24
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b_values = rng.standard_normal(k * n).astype(np.float32)
+    b = np.concatenate([b_values, np.full(32, np.nan, np.float32)])
+    before = rng.standard_normal(m * n).astype(np.float32)
+    c = np.concatenate([before, np.full(32, 7.0, np.float32)])
+    with single_threaded_blas:
+        tiled_gemm(blas_handle(), NO_TRANS, m, k, a.reshape(-1), k, b, n, c, accumulate)
+    want = a.astype(np.float64) @ b_values.reshape(k, n) + \
+        (before.reshape(m, n) if accumulate else 0)
+    np.testing.assert_allclose(c[:m * n].reshape(m, n), want, rtol=1e-5, atol=1e-4)
+    assert (c[m * n:] == 7.0).all()
 
 
 def test_tiled_gemm_in_float64_is_blas(rng):
@@ -147,9 +169,10 @@ def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch):
                            Dense(40, 10, dtype=dtype), Softmax()], seed=5)
 
     m32, m64 = build(np.float32), build(np.float64)
-    stack_first = m32.layers[1]
+    stack_first, narrow = m32.layers[1], m32.layers[3]
     assert dense_module.tiled(stack_first, rows)
     assert not dense_module.tiled(stack_first, rows - 4)
+    assert dense_module.tiled(narrow, rows) == everywhere  # 10 outputs: masked tiles
     x = rng.standard_normal((rows, 70))
 
     def agree():

@@ -58,98 +58,134 @@ def tiles_everywhere() -> bool:
     return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
-def _row_tile(rows):
-    """An intrinsic computing one output tile of ``rows`` rows x 32 columns:
+def _row_tile(rows, vectors=2, masked=False):
+    """An intrinsic computing one output tile of ``rows`` rows x 16*``vectors`` columns:
 
     tile(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
     c[c_off + i*ldc + j] (+)= sum_k a[a_off + i*a_row + k*a_col] * b[b_off + k*ldb + j]
-    for i < rows, j < 32, accumulated in registers (2 * rows vectors of 16
-    floats) over k < K, added to c's tile when ``accumulate`` (bool), otherwise
-    written over it. a, b, c: 1-D float32 arrays; offsets and strides in
-    elements (int64). For any other dtype the call does nothing (callers branch
-    on the dtype, and Numba compiles both branches)."""
+    for i < rows, j < 16*vectors, accumulated in registers (rows * vectors
+    vectors of 16 floats) over k < K, added to c's tile when ``accumulate``
+    (bool), otherwise written over it. a, b, c: 1-D float32 arrays; offsets
+    and strides in elements (int64). For any other dtype the call does
+    nothing (callers branch on the dtype, and Numba compiles both branches).
 
-    @intrinsic
-    def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
-        sig = types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
+    ``masked`` adds a last argument ``cols`` (int64, at most 16*vectors): only
+    columns j < cols of b are read and of c read and written (masked vector
+    loads and stores), for the last columns of a product."""
 
-        def codegen(context, builder, signature, args):
-            if signature.args[0].dtype != types.float32:
-                return context.get_dummy_value()
-            a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate = args
-            f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-            v16 = ir.VectorType(f32, 16)
-
-            def data(i, value):
-                return context.make_array(signature.args[i])(context, builder, value).data
-
-            def const(v):
-                return ir.Constant(i64, v)
-
-            A = builder.gep(data(0, a), [a_off])
-            B = builder.gep(data(4, b), [b_off])
-            C = builder.gep(data(8, c), [c_off])
-            a_rows = [builder.gep(A, [builder.mul(const(i), a_row)]) for i in range(rows)]
-            fmuladd = builder.module.globals.get("llvm.fmuladd.v16f32") or ir.Function(
-                builder.module, ir.FunctionType(v16, [v16, v16, v16]), "llvm.fmuladd.v16f32")
-            zero = ir.Constant(v16, [0.0] * 16)
-            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-
-            def c_half(i, h):  # pointer to the 16 floats of half h of tile row i in c
-                row = builder.gep(C, [builder.mul(const(i), ldc)])
-                return builder.bitcast(builder.gep(row, [const(16 * h)]), v16.as_pointer())
-
-            entry = builder.block
-            load = builder.append_basic_block("tile.load")
-            head = builder.append_basic_block("tile.head")
-            body = builder.append_basic_block("tile.body")
-            done = builder.append_basic_block("tile.done")
-            flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
-            builder.cbranch(flag, load, head)
-
-            builder.position_at_end(load)
-            loaded = [builder.load(c_half(i, h), align=4)
-                      for i in range(rows) for h in range(2)]
-            builder.branch(head)
-
-            builder.position_at_end(head)
-            k = builder.phi(i64)
-            k.add_incoming(const(0), entry)
-            k.add_incoming(const(0), load)
-            accs = []
-            for start in loaded:
-                acc = builder.phi(v16)
-                acc.add_incoming(zero, entry)
-                acc.add_incoming(start, load)
-                accs.append(acc)
-            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-
-            builder.position_at_end(body)
-            brow = builder.gep(B, [builder.mul(k, ldb)])
-            halves = [builder.load(builder.bitcast(builder.gep(brow, [const(16 * h)]),
-                                                   v16.as_pointer()), align=4) for h in range(2)]
-            step = builder.mul(k, a_col)
-            updated = []
-            for i in range(rows):
-                value = builder.load(builder.gep(a_rows[i], [step]))
-                undefined = ir.Constant(v16, ir.Undefined)
-                lanes = builder.shuffle_vector(
-                    builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined, splat)
-                for h in range(2):
-                    updated.append(builder.call(fmuladd, [lanes, halves[h], accs[2 * i + h]]))
-            k.add_incoming(builder.add(k, const(1)), builder.block)
-            for acc, new in zip(accs, updated):
-                acc.add_incoming(new, builder.block)
-            builder.branch(head)
-
-            builder.position_at_end(done)
-            for i in range(rows):
-                for h in range(2):
-                    builder.store(accs[2 * i + h], c_half(i, h), align=4)
+    def codegen(context, builder, signature, args):
+        if signature.args[0].dtype != types.float32:
             return context.get_dummy_value()
+        a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate = args[:12]
+        f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
+        v16 = ir.VectorType(f32, 16)
+        module = builder.module
 
-        return sig, codegen
+        def data(i, value):
+            return context.make_array(signature.args[i])(context, builder, value).data
 
+        def const(v):
+            return ir.Constant(i64, v)
+
+        def declared(name, result, operands):
+            return module.globals.get(name) or ir.Function(
+                module, ir.FunctionType(result, operands), name)
+
+        A = builder.gep(data(0, a), [a_off])
+        B = builder.gep(data(4, b), [b_off])
+        C = builder.gep(data(8, c), [c_off])
+        a_rows = [builder.gep(A, [builder.mul(const(i), a_row)]) for i in range(rows)]
+        fmuladd = declared("llvm.fmuladd.v16f32", v16, [v16, v16, v16])
+        zero = ir.Constant(v16, [0.0] * 16)
+        splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+        if masked:  # lane j of vector h is column 16*h + j: kept while < cols
+            ptr = B.type
+            mask_type = ir.VectorType(ir.IntType(1), 16)
+            masked_load = declared("llvm.masked.load.v16f32.p0", v16,
+                                   [ptr, i32, mask_type, v16])
+            masked_store = declared("llvm.masked.store.v16f32.p0", ir.VoidType(),
+                                    [v16, ptr, i32, mask_type])
+            i64x16 = ir.VectorType(i64, 16)
+            width = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(i64x16, ir.Undefined), args[12],
+                                       ir.Constant(i32, 0)),
+                ir.Constant(i64x16, ir.Undefined), splat)
+            masks = [builder.icmp_signed("<", ir.Constant(i64x16, list(range(16 * h, 16 * h + 16))),
+                                         width) for h in range(vectors)]
+
+        def load16(pointer, h):
+            if masked:
+                return builder.call(masked_load, [pointer, ir.Constant(i32, 4), masks[h], zero])
+            return builder.load(builder.bitcast(pointer, v16.as_pointer()), align=4)
+
+        def store16(value, pointer, h):
+            if masked:
+                builder.call(masked_store, [value, pointer, ir.Constant(i32, 4), masks[h]])
+            else:
+                builder.store(value, builder.bitcast(pointer, v16.as_pointer()), align=4)
+
+        def c_vector(i, h):  # pointer to the 16 floats of vector h of tile row i in c
+            row = builder.gep(C, [builder.mul(const(i), ldc)])
+            return builder.gep(row, [const(16 * h)])
+
+        entry = builder.block
+        load = builder.append_basic_block("tile.load")
+        head = builder.append_basic_block("tile.head")
+        body = builder.append_basic_block("tile.body")
+        done = builder.append_basic_block("tile.done")
+        flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
+        builder.cbranch(flag, load, head)
+
+        builder.position_at_end(load)
+        loaded = [load16(c_vector(i, h), h) for i in range(rows) for h in range(vectors)]
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        k = builder.phi(i64)
+        k.add_incoming(const(0), entry)
+        k.add_incoming(const(0), load)
+        accs = []
+        for start in loaded:
+            acc = builder.phi(v16)
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(start, load)
+            accs.append(acc)
+        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+
+        builder.position_at_end(body)
+        brow = builder.gep(B, [builder.mul(k, ldb)])
+        halves = [load16(builder.gep(brow, [const(16 * h)]), h) for h in range(vectors)]
+        step = builder.mul(k, a_col)
+        updated = []
+        for i in range(rows):
+            value = builder.load(builder.gep(a_rows[i], [step]))
+            undefined = ir.Constant(v16, ir.Undefined)
+            lanes = builder.shuffle_vector(
+                builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined, splat)
+            for h in range(vectors):
+                updated.append(builder.call(fmuladd, [lanes, halves[h], accs[vectors * i + h]]))
+        k.add_incoming(builder.add(k, const(1)), builder.block)
+        for acc, new in zip(accs, updated):
+            acc.add_incoming(new, builder.block)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        for i in range(rows):
+            for h in range(vectors):
+                store16(accs[vectors * i + h], c_vector(i, h), h)
+        return context.get_dummy_value()
+
+    if masked:
+        @intrinsic
+        def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
+                 cols):
+            return types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
+                              cols), codegen
+    else:
+        @intrinsic
+        def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
+            return types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc,
+                              accumulate), codegen
     return tile
 
 
@@ -158,13 +194,31 @@ tile_8x32 = _row_tile(TILE_ROWS)
 #: A 4 x 32 tile, for the last rows of a product whose row count is not a multiple of 8
 #: (20 rows over 250: 81 GFLOP/s with those 4 rows on BLAS, see ``tiled_gemm``).
 tile_4x32 = _row_tile(4)
+#: Masked tiles for a product's last L % 32 columns, 16 wide where 16 cover them.
+masked_8x32, masked_8x16 = _row_tile(TILE_ROWS, 2, True), _row_tile(TILE_ROWS, 1, True)
+masked_4x32, masked_4x16 = _row_tile(4, 2, True), _row_tile(4, 1, True)
+
+
+@njit(cache=True, inline="always")
+def edge_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols):
+    """A masked tile of ``rows`` (8 or 4) rows over ``cols`` < 32 columns (``_row_tile``'s
+    arguments): the 16-wide one when it covers them (half the FMAs)."""
+    if rows == TILE_ROWS and cols <= 16:
+        masked_8x16(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
+    elif rows == TILE_ROWS:
+        masked_8x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
+    elif cols <= 16:
+        masked_4x16(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
+    else:
+        masked_4x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
 
 
 @njit(cache=True)
 def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
     """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool), in
-    register tiles (8x32, and 4x32 for 4 of the last M % 8 rows), the edges (the
-    rows left, columns from L//32*32) by BLAS; float64 all by BLAS.
+    register tiles (8x32, and 4x32 for 4 of the last M % 8 rows; the last L % 32
+    columns in masked tiles), the last M % 4 rows by an overlapping 4-row tile
+    (not accumulating, M >= 4) or BLAS; float64 all by BLAS.
 
     a: float, (M, K), or (K, M) with trans_a == TRANS, rows ``lda`` apart (K or
     M when contiguous); b: (K*L,); c: (M*L,), rows L apart.
@@ -181,20 +235,25 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
             tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, accumulate)
         if M4 > M8:
             tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, accumulate)
-    if L32 < L and M4 > 0:
-        gemm(blas, trans_a, NO_TRANS, M4, L - L32, K, 1.0, a, lda, b[L32:], L, beta, c[L32:], L)
+    if L32 < L:
+        for m0 in range(0, M8, TILE_ROWS):
+            edge_tile(TILE_ROWS, a, m0 * a_row, a_row, a_col, b, L32, L, K, c, m0 * L + L32, L,
+                      accumulate, L - L32)
+        if M4 > M8:
+            edge_tile(4, a, M8 * a_row, a_row, a_col, b, L32, L, K, c, M8 * L + L32, L,
+                      accumulate, L - L32)
     if M4 < M:
-        a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
         if M >= 4 and not accumulate:
             # The last rows as a 4-row tile over rows M-4 .. M-1, rewriting some with
             # the same values: BLAS without small-matrix kernels packs all of b for them.
+            m0 = M - 4
             for l0 in range(0, L32, TILE_COLS):
-                tile_4x32(a, (M - 4) * a_row, a_row, a_col, b, l0, L, K, c, (M - 4) * L + l0,
-                          L, False)
+                tile_4x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, False)
             if L32 < L:
-                gemm(blas, trans_a, NO_TRANS, M - M4, L - L32, K, 1.0, a_rest, lda, b[L32:], L,
-                     0.0, c[M4 * L + L32:], L)
+                edge_tile(4, a, m0 * a_row, a_row, a_col, b, L32, L, K, c, m0 * L + L32, L,
+                          False, L - L32)
         else:
+            a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
             gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:],
                  L)
 
