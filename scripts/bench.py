@@ -130,12 +130,15 @@ def model_for(name):
     return build_model(spec, input_shape=shape, seed=0), shape
 CONV_SHAPES = ((16, 28), (64, 28), (16, 128))
 TRAIN_IMAGES = 2048  # per timed block of training steps
-CONV_PIXELS = 200_000  # input pixels per timed block of conv calls (at least one call)
+CONV_PIXELS = 1_000_000  # input pixels per timed block of conv calls (at least one call)
 #: Pause before each timed block, so the other side's threads have gone to
 #: sleep (OpenMP's default wait spins for ~10 ms after each parallel region,
-#: nnjit's included). The pause busy-waits: after 50 ms of sleep, the next
-#: 12 ms block of nnjit convs ran 1.8x slower on these VMs (cores idled
-#: down), after 50 ms of busy-waiting as fast as back-to-back.
+#: nnjit's included). The pause busy-waits, in the process about to time its
+#: block (each side alike): after 50 ms of sleep, the next 12 ms block of
+#: nnjit convs ran 1.8x slower on these VMs (cores idled down), after 50 ms
+#: of busy-waiting as fast as back-to-back. (Until 2026-12 only nnjit's
+#: process busy-waited, and PyTorch's conv blocks, woken cold, ran at 12,800
+#: instead of 47,000 img/s in some runs: the lone-conv ratios were inflated.)
 SETTLE_SECONDS = 0.2
 
 
@@ -286,8 +289,11 @@ def torch_case(case):
     return infer
 
 
-def time_case(fn, case, calls: int) -> float:
-    """Seconds of one block of ``case`` (for "latency": the median of ``calls`` single calls)."""
+def time_case(fn, case, calls: int, settled: bool = False) -> float:
+    """Seconds of one block of ``case`` (for "latency": the median of ``calls`` single
+    calls), after ``settle()`` when ``settled``."""
+    if settled:
+        settle()
     if case[0] != "latency":
         return _time(fn)
     for _ in range(20):
@@ -336,8 +342,8 @@ class Peer:
                                f"(exit code {self.proc.wait()})")
         return json.loads(line)
 
-    def time(self, case, calls: int) -> float:
-        return self._ask({"op": "time", "case": case, "calls": calls})
+    def time(self, case, calls: int, settled: bool = False) -> float:
+        return self._ask({"op": "time", "case": case, "calls": calls, "settled": settled})
 
     def close(self):
         self.proc.stdin.close()
@@ -359,7 +365,8 @@ def serve_peer(name: str, threads: int) -> None:
             if key not in built:
                 built[key] = (torch_case(request["case"]) if name == "torch"
                               else ort_case(request["case"], threads))
-            answer = time_case(built[key], request["case"], request["calls"])
+            answer = time_case(built[key], request["case"], request["calls"],
+                               request.get("settled", False))
         print(json.dumps(answer), flush=True)
 
 
@@ -370,7 +377,7 @@ def interleaved(case, peers, args) -> dict:
     every case, ONNX Runtime for inference only.
     """
     own = nnjit_case(case)
-    sides = {"nnjit": lambda: time_case(own, case, args.latency_calls)}
+    sides = {"nnjit": functools.partial(time_case, own, case, args.latency_calls)}
     for name, peer in peers.items():
         if name == "torch" or case[0] in ("infer", "latency"):
             sides[name] = functools.partial(peer.time, case, args.latency_calls)
@@ -380,9 +387,7 @@ def interleaved(case, peers, args) -> dict:
     times = {k: [] for k in sides}
     for _ in range(repeats):
         for k, side in sides.items():
-            if len(sides) > 1:
-                settle()
-            times[k].append(side())
+            times[k].append(side(settled=len(sides) > 1))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import memory
 from ..params import Parameter
 
 #: Every Layer subclass by class name, so checkpoints can rebuild a model.
@@ -126,7 +127,9 @@ class Layer:
         or ``fill`` in every element when (re)allocated."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = np.empty(shape, dtype=dtype) if fill is None else np.full(shape, fill, dtype)
+            buf = memory.empty(shape, dtype)
+            if fill is not None:
+                buf[...] = fill
             self._buffers[name] = buf
         return buf
 
