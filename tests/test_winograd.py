@@ -145,3 +145,21 @@ def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, re
     conv.bias.value[...] = rng.normal(size=oc)
     check_layer_gradients(conv, rng.normal(size=(n, c, h, w)), rng)
     assert conv._buffers["winograd/dU"].dtype == np.float64  # it ran the Winograd kernels
+
+
+def test_winograd_after_an_input_of_another_shape_and_the_same_size(rng):
+    """10x10 and 7x14 inputs padded by 1 fill the same 144 positions per channel of
+    the channels-last image: the second must find zeros, not the first's values,
+    in its border, replayed (one image) or not."""
+    def build():
+        return Sequential([Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2)], seed=1)
+
+    for n in (1, 2):
+        model = build()
+        assert model.layers[0]._winograd()
+        for _ in range(3):  # a replay recording of the first shape too
+            model.predict(rng.standard_normal((n, 8, 10, 10)).astype(np.float32) + 5)
+        x = rng.standard_normal((n, 8, 7, 14)).astype(np.float32)
+        want = build().predict(x)
+        for _ in range(3):
+            np.testing.assert_array_equal(model.predict(x), want)

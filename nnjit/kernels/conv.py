@@ -29,7 +29,7 @@ from ._jit import helper, kernel, prange
 from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
-from .tiles import tiled_gemm, tiled_gemm_nt
+from .tiles import shifted_rows_gemm, tiled_gemm, tiled_gemm_nt
 from .runs import copy_run, zero_run
 
 U = np.uint64
@@ -472,6 +472,76 @@ def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH,
                             PKH, PKW, PSH, PSW, POH, POW, out, argmax)
         else:
             block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
+
+
+@helper
+def padded_image(x, n, C, H, W, PH, PW, image):
+    """image[:C*Hp*Wp] = image n of x (N*C*H*W,) with PH rows and PW columns of
+    zeros around each channel, (C, Hp, Wp) = (C, H+2PH, W+2PW). Every value is
+    written, so a buffer of the same size from another geometry is safe."""
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    for c in range(C):
+        for hp in range(Hp):
+            d = U((c * Hp + hp) * Wp)
+            h = hp - PH
+            if h < 0 or h >= H:
+                zero_run(image, d, U(Wp))
+                continue
+            zero_run(image, d, U(PW))
+            copy_run(image, d + U(PW), x, U(((n * C + c) * H + h) * W), U(W))
+            zero_run(image, d + U(PW + W), U(PW))
+
+
+@kernel
+def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW, relu, offsets,
+                        image, ybuf, out):
+    """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
+    then ReLU with ``relu`` (no fused pool).
+
+    Each image is copied into image[part] (C, Hp, Wp) = (C, H+2PH, W+2PW),
+    zero-bordered (``padded_image``; KW-1 or more values of slack after it,
+    read only for dropped columns). On rows of Wp values, the conv output at (oh, ow)
+    is sum_k weight[oc, k] * image[oh*Wp + ow + offsets[k]], offsets[k] =
+    (c*Hp + kh)*Wp + kw for k = (c, kh, kw): row k of the GEMM's right-hand
+    side is the image itself, shifted (``shifted_rows_gemm``). The product
+    covers Wp columns per output row, of which the last Wp - OW (KW - 1 when
+    unpadded) are dropped: (KW-1)/Wp more multiply-adds than the unfolded
+    GEMM, and no unfolding (10->20 5x5 on 28x28, one core: 25 vs 31 us per
+    image, unfolding included).
+
+    bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
+    x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); offsets:
+    int64 (K,); image: (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts,
+    >= OC*OH*Wp). Writes out: (N*OC*OH*OW,).
+    """
+    for part in prange(bounds.size - 1):
+        conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W,
+                                 PH, PW, OH, OW, relu, offsets, image[part], ybuf[part], out)
+
+
+@helper
+def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW, relu,
+                             offsets, image, ybuf, out):
+    """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
+    OC = bias.size
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    for b in range(first, last):
+        n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+        L = (r1 - r0) * Wp
+        for n in range(n0, n1):
+            padded_image(x, n, C, H, W, PH, PW, image)
+            shifted_rows_gemm(OC, offsets.size, weight, image, r0 * Wp, offsets, L, ybuf)
+            for oc in range(OC):
+                bo = bias[oc]
+                for r in range(r1 - r0):
+                    s = U(oc * L + r * Wp)
+                    d = U(((n * OC + oc) * OH + r0 + r) * OW)
+                    if relu:
+                        for j in range(U(OW)):
+                            out[d + j] = max(ybuf[s + j] + bo, 0)
+                    else:
+                        for j in range(U(OW)):
+                            out[d + j] = ybuf[s + j] + bo
 
 
 @kernel(blas=True)

@@ -71,7 +71,11 @@ def _row_tile(rows, vectors=2, masked=False):
 
     ``masked`` adds a last argument ``cols`` (int64, at most 16*vectors): only
     columns j < cols of b are read and of c read and written (masked vector
-    loads and stores), for the last columns of a product."""
+    loads and stores), for the last columns of a product.
+
+    ``ldb`` may be an int64 array of K row offsets instead of a stride: row k
+    of b then starts at b[b_off + ldb[k]] (rows of any spacing, overlapping
+    too: see ``shifted_rows_gemm``)."""
 
     def codegen(context, builder, signature, args):
         if signature.args[0].dtype != types.float32:
@@ -153,7 +157,10 @@ def _row_tile(rows, vectors=2, masked=False):
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
 
         builder.position_at_end(body)
-        brow = builder.gep(B, [builder.mul(k, ldb)])
+        if isinstance(signature.args[6], types.Array):  # row offsets, one per k
+            brow = builder.gep(B, [builder.load(builder.gep(data(6, ldb), [k]))])
+        else:
+            brow = builder.gep(B, [builder.mul(k, ldb)])
         halves = [load16(builder.gep(brow, [const(16 * h)]), h) for h in range(vectors)]
         step = builder.mul(k, a_col)
         updated = []
@@ -256,6 +263,39 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
             a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
             gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:],
                  L)
+
+
+@njit(cache=True)
+def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
+    """c (M, L) = a (M, K) @ B (K, L) in register tiles, where row k of B is the L
+    values from b[b_off + offsets[k]]: rows read in place wherever they lie,
+    overlapping too (a convolution's rows of input at each kernel offset, so
+    that nothing is unfolded). float32, M >= 4: the last M % 4 rows by an
+    overlapping 4-row tile, the last L % 32 columns by masked tiles.
+
+    a: float32 (M*K,); b: float32, every b[b_off + offsets[k] + j] (j < L) in
+    bounds; offsets: int64 (K,); writes c: (M*L,), rows L apart.
+    """
+    M8, M4 = tiled_rows(M)
+    L32 = L // TILE_COLS * TILE_COLS
+    for l0 in range(0, L32, TILE_COLS):  # the column panel stays in L1 across the row tiles
+        for m0 in range(0, M8, TILE_ROWS):
+            tile_8x32(a, m0 * K, K, 1, b, b_off + l0, offsets, K, c, m0 * L + l0, L, False)
+        if M4 > M8:
+            tile_4x32(a, M8 * K, K, 1, b, b_off + l0, offsets, K, c, M8 * L + l0, L, False)
+        if M4 < M:
+            tile_4x32(a, (M - 4) * K, K, 1, b, b_off + l0, offsets, K, c, (M - 4) * L + l0, L,
+                      False)
+    if L32 < L:
+        for m0 in range(0, M8, TILE_ROWS):
+            edge_tile(TILE_ROWS, a, m0 * K, K, 1, b, b_off + L32, offsets, K, c, m0 * L + L32,
+                      L, False, L - L32)
+        if M4 > M8:
+            edge_tile(4, a, M8 * K, K, 1, b, b_off + L32, offsets, K, c, M8 * L + L32, L, False,
+                      L - L32)
+        if M4 < M:
+            edge_tile(4, a, (M - 4) * K, K, 1, b, b_off + L32, offsets, K, c, (M - 4) * L + L32,
+                      L, False, L - L32)
 
 
 @njit(cache=True)

@@ -33,7 +33,7 @@ from numba import njit
 
 from ._jit import helper, kernel, prange
 from .blas import NO_TRANS, TRANS
-from .runs import copy_run
+from .runs import copy_run, zero_run
 from .tiles import product, refresh_kept, transpose_slice
 
 U = np.uint64
@@ -133,13 +133,20 @@ def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
 
 @helper
 def channels_last(x, n, C, H, W, PH, PW, image):
-    """The interior of image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,)
-    channels-last. The border, PH rows and PW columns wide, is never written:
-    the caller allocates image zeroed and it stays zero."""
-    Wp = W + 2 * PW
+    """image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,) channels-last, in a
+    border of zeros PH rows and PW columns wide. The border is written at
+    every call: a buffer of the same size may have held an image of another
+    shape (10x10 and 7x14 padded by 1 are both 144 positions)."""
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    for hp in range(PH):
+        zero_run(image, U(hp * Wp * C), U(Wp * C))
+        zero_run(image, U((Hp - 1 - hp) * Wp * C), U(Wp * C))
     plane = x[n * C * H * W:]
     for h in range(H):  # row h of every channel, (C, W), into (W, C)
-        transpose_slice(plane, H * W, h * W, W, 0, C, C, image[((h + PH) * Wp + PW) * C:])
+        row = (h + PH) * Wp * C
+        zero_run(image, U(row), U(PW * C))
+        zero_run(image, U(row + (PW + W) * C), U(PW * C))
+        transpose_slice(plane, H * W, h * W, W, 0, C, C, image[row + PW * C:])
 
 
 @njit(cache=True, inline="always")
@@ -338,7 +345,7 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     Ut (16*C*OC,) persist between calls: the filters as last transformed and
     their transform (``refresh_filters``; kept starts as NaN). Part p takes
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
-    workspaces image[p] ((H+2PH)*(W+2PW)*C,; zeroed when allocated), Vt[p] (16*Lp*C,), Mt[p]
+    workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
     Writes out: (N*OC*POH*POW,) and, with ``train``, argmax: int32
     (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).

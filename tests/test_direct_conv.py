@@ -1,0 +1,104 @@
+"""The unpooled stride-1 conv without unfolding (``conv_forward_direct``) against the
+unfold path and the float64 layer, and ``shifted_rows_gemm`` against numpy."""
+import numpy as np
+import pytest
+
+import nnjit.kernels._jit as jit
+import nnjit.layers.conv as conv_module
+import nnjit.threads
+from nnjit import Conv2D, ReLU, Sequential
+from nnjit.kernels.tiles import shifted_rows_gemm
+
+
+@pytest.mark.parametrize("m, c, h, w, kh, kw", [(20, 10, 28, 28, 5, 5), (4, 1, 9, 9, 3, 3),
+                                                (13, 3, 10, 12, 3, 2), (6, 5, 7, 40, 5, 5),
+                                                (37, 2, 6, 6, 1, 1)])
+def test_shifted_rows_gemm_matches_numpy(m, c, h, w, kh, kw, rng):
+    """Rows of the right-hand side read in place at K offsets into one image
+    (overlapping), all row tiles (8, 4, the overlapping last 4) and masked
+    last columns; nothing written past c."""
+    oh = h - kh + 1
+    length, k = oh * w, c * kh * kw
+    image = np.concatenate([rng.standard_normal(c * h * w), np.zeros(kw)]).astype(np.float32)
+    offsets = np.array([(ci * h + i) * w + j for ci in range(c) for i in range(kh)
+                        for j in range(kw)], np.int64)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    out = np.full(m * length + 16, 7.0, np.float32)
+    shifted_rows_gemm(m, k, a.reshape(-1), image, 0, offsets, length, out)
+    rows = np.stack([image[o:o + length] for o in offsets]).astype(np.float64)
+    np.testing.assert_allclose(out[:m * length].reshape(m, length), a @ rows, rtol=1e-5,
+                               atol=1e-5 * np.sqrt(k))
+    assert (out[m * length:] == 7.0).all()
+
+
+def _tiles_forced(monkeypatch):
+    """Tiles on any host (``TILES_AVAILABLE`` and ``tiles_everywhere`` forced), Winograd
+    off: every float32 unpooled stride-1 conv here can take the direct path."""
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: True)
+    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+
+
+CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12, 3, "same", False),
+         (2, 5, 20, 17, 5, 2, True), (16, 36, 30, 30, 3, 1, False)]
+
+
+@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("c, oc, h, w, k, padding, relu", CASES)
+def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, n, rng,
+                                                         monkeypatch):
+    """predict (one image: its rows split among the threads) and the training
+    forward by the direct path equal the unfold path's (DIRECT_MAX_DROPPED 0)
+    and the float64 layer's; backward after a direct forward gives the
+    unfold path's gradients."""
+    _tiles_forced(monkeypatch)
+
+    def build(dtype):
+        return Sequential([Conv2D(c, oc, k, padding=padding, dtype=dtype)]
+                          + ([ReLU()] if relu else []), seed=4)
+
+    x = rng.standard_normal((n, c, h, w))
+    reference = build(np.float64).predict(x)
+    results = []
+    for dropped in (conv_module.DIRECT_MAX_DROPPED, 0.0):
+        monkeypatch.setattr(conv_module, "DIRECT_MAX_DROPPED", dropped)
+        model = build(np.float32)
+        x32 = x.astype(np.float32)
+        predicted = model.predict(x32)
+        trained = model.forward(x32)
+        dy = np.random.default_rng(5).standard_normal(trained.shape).astype(np.float32)
+        dx = model.layers[0].backward(dy) if not relu else \
+            model.layers[0].backward(dy * (trained > 0))
+        grads = [p.grad.copy() for p in model.parameters()]
+        assert ("direct/y" in model.layers[0]._buffers) == (dropped > 0)
+        results.append([predicted, trained, dx.copy()] + grads)
+    for direct, unfolded in zip(*results, strict=True):
+        np.testing.assert_allclose(direct, unfolded, rtol=1e-5, atol=1e-5 * np.abs(unfolded).max())
+    np.testing.assert_allclose(results[0][0], reference, rtol=1e-4, atol=1e-5)
+
+
+def test_direct_conv_agrees_with_its_serial_twin(rng, monkeypatch):
+    _tiles_forced(monkeypatch)
+    x = rng.standard_normal((9, 6, 26, 30)).astype(np.float32)
+    outputs = []
+    for serial in (False, True):
+        monkeypatch.setattr(jit, "SERIAL_BELOW", 1 << 62 if serial else jit.SERIAL_BELOW)
+        monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62 if serial else 1)
+        model = Sequential([Conv2D(6, 12, 5, padding=2), ReLU()], seed=2)
+        outputs.append(model.predict(x))
+        assert "direct/y" in model.layers[0]._buffers
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_direct_conv_after_an_input_of_another_shape_and_the_same_size(rng, monkeypatch):
+    """10x10 and 7x14 inputs padded by 1 fill the same 144 positions per channel:
+    the second must not see the first's values where its border is."""
+    _tiles_forced(monkeypatch)
+
+    def build():
+        return Sequential([Conv2D(3, 8, 3, padding=1)], seed=6)
+
+    model = build()
+    model.predict(rng.standard_normal((2, 3, 10, 10)).astype(np.float32) + 5)
+    x = rng.standard_normal((2, 3, 7, 14)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), build().predict(x))
