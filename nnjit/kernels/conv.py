@@ -524,7 +524,7 @@ def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, 
                              offsets, image, ybuf, out):
     """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
     OC = bias.size
-    Hp, Wp = H + 2 * PH, W + 2 * PW
+    Wp = W + 2 * PW
     for b in range(first, last):
         n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
         L = (r1 - r0) * Wp
