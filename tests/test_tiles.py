@@ -7,7 +7,8 @@ import nnjit.layers.conv as conv_module
 import nnjit.layers.dense as dense_module
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
-from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_REDUCTION_STEP, refresh_transpose, tiled_gemm,
+from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, NT_REDUCTION_STEP,
+                                 refresh_transpose, tiled_gemm,
                                  tiled_gemm_nt)
 
 
@@ -66,13 +67,12 @@ def test_tiled_gemm_in_float64_is_blas(rng):
 
 @pytest.mark.parametrize("m, k, n", [(256, 1, 32), (256, 300, 64), (263, 40, 31), (269, 70, 32),
                                      (259, 2 * NT_REDUCTION_STEP + 5, 33), (300, 90, 64),
-                                     (257, 600, 70), (72, 90, 64)])
+                                     (257, 600, 70), (72, 90, 64), (250, 576, 20),
+                                     (66, 40, 10)])
 def test_tiled_gemm_nt_adds_a_times_b_transposed(m, k, n, rng):
     """c += a b^T: whole tiles, a 4-row tile, the last 1-3 rows (dot products),
-    ragged columns (BLAS), sums over several passes of NT_REDUCTION_STEP; c's
-    previous contents are kept and added to; fewer rows than NT_MIN_ROWS (72)
-    all on BLAS."""
-    assert 72 < NT_MIN_ROWS <= 256
+    ragged columns (masked tiles, 10 or 20 columns alone), sums over several
+    passes of NT_REDUCTION_STEP; c's previous contents are kept and added to."""
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((n, k)).astype(np.float32)
     c0 = rng.standard_normal((m, n)).astype(np.float32)
@@ -91,6 +91,19 @@ def test_tiled_gemm_nt_in_float64_is_blas(rng):
     with single_threaded_blas:
         tiled_gemm_nt(blas_handle(), 16, 70, a.reshape(-1), b.reshape(-1), 40, np.zeros(1), c)
     np.testing.assert_allclose(c.reshape(16, 40), c0 + a @ b.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_conv_weight_gradient_in_tiles_from_its_row_threshold(everywhere, monkeypatch):
+    """A conv's weight gradient (K rows) runs in tiles from NT_MIN_ROWS rows, or
+    NT_MIN_ROWS_EVERYWHERE with ``tiles_everywhere``; never for float64."""
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: everywhere)
+    least = NT_MIN_ROWS_EVERYWHERE if everywhere else NT_MIN_ROWS
+    assert NT_MIN_ROWS_EVERYWHERE < NT_MIN_ROWS
+    conv = Conv2D(8, 64, 3)
+    assert conv._nt_tiles(least, 64) and not conv._nt_tiles(least - 1, 64)
+    assert not Conv2D(8, 64, 3, dtype=np.float64)._nt_tiles(least, 64)
 
 
 def test_refresh_transpose_follows_every_change_of_its_rows(rng):

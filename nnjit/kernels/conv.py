@@ -548,7 +548,7 @@ def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, 
 def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
                   OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH, norm_out, coef,
                   cols, dyblock, dyblock_t, dw_parts, db_parts, need_dx, dx, dweight, dbias,
-                  slice_cols, tiles, blas):
+                  slice_cols, tiles, nt_tiles, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
     dy: float, the gradient at ``out`` (the layer's output: pooled when
@@ -563,15 +563,15 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
     Parts own whole images, so col2im's overlapping adds never race. With
     ``tiles`` the input gradient's GEMM runs in register tiles (as forward's),
-    and so does the weight gradient's, over dyblock transposed a slice at a
-    time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
+    and with ``nt_tiles`` the weight gradient's, over dyblock transposed a slice
+    at a time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
     """
     for part in prange(bounds.size - 1):
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
                            PKW, POW, PP, norm, PSH, norm_out, coef, cols[part], dyblock[part],
                            dyblock_t[part], dw_parts[part], db_parts[part], need_dx, dx,
-                           slice_cols, tiles, blas)
+                           slice_cols, tiles, nt_tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC
@@ -590,7 +590,7 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
                        PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH,
                        norm_out, coef, cbuf, dyb, dyt, dwp, dbp, need_dx, dx, slice_cols, tiles,
-                       blas):
+                       nt_tiles, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
     dbp (OC,)."""
@@ -621,7 +621,7 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W,
         # dW^T (K, OC) += cols (K, L) @ dyblock^T (L, OC): OpenBLAS runs this
         # orientation 1.0-1.6x faster than dW = dyblock @ cols^T (OC 64, K 288:
         # 87 vs 67 GFLOP/s; OC 20, K 250: 66 vs 40).
-        if tiles:
+        if nt_tiles:
             tiled_gemm_nt(blas, K, L, cbuf, dyb, OC, dyt, dwp)
         else:
             gemm(blas, NO_TRANS, TRANS, K, OC, L, 1.0, cbuf, L, dyb, L, 1.0, dwp, OC)

@@ -52,9 +52,7 @@ def tiles_everywhere() -> bool:
     """True when the tiles run and beat BLAS on every float32 product: numpy's BLAS
     has no AVX-512 kernels here (``blas_has_avx512_kernels``). The layers'
     thresholds (TILES_MIN_REDUCTION, 32 rows for a conv) hold only against
-    AVX-512 kernels; NT_MIN_ROWS, a cost of the transposes, holds throughout
-    (the cnn's 1->32 conv, 9 rows, trained 16% slower with its weight
-    gradient in tiles)."""
+    AVX-512 kernels; the weight gradients' NT_MIN_ROWS is lower here."""
     return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
@@ -340,40 +338,50 @@ def tiled_rows(M):
 #: transposed operand (256 x 32 floats per column tile, 32 KB) stays in L1
 #: across the pass's row tiles.
 NT_REDUCTION_STEP = 256
-#: Fewest rows ``tiled_gemm_nt`` runs in tiles: the transposes cost the same
-#: whatever the row count, and below this they cost more than the tiles gain
-#: (one core, 64 columns over 512: 96 rows 74 vs OpenBLAS's 82 GFLOP/s, 288
-#: rows 97 vs 94, 800 rows over 576 107 vs 99).
-NT_MIN_ROWS = 256
+#: Fewest rows a conv runs ``tiled_gemm_nt`` on (``Conv2D._nt_tiles``): its transposes
+#: cost the same whatever the row count. Against OpenBLAS's AVX-512 kernels
+#: they cost more than the tiles gained below NT_MIN_ROWS (one core, 64
+#: columns over 512: 96 rows 74 vs 82 GFLOP/s, 288 rows 97 vs 94, 800 rows
+#: over 576 107 vs 99); against its Haswell kernels (``tiles_everywhere``)
+#: from NT_MIN_ROWS_EVERYWHERE (one core, a conv's weight gradient over one
+#: image: 250 rows x 20 columns over 576 42.6 vs 65.0 us, 72 x 32 over 256
+#: 6.3 vs 10.9, 216 x 48 over 144 13.8 vs 25.7), not below (the cnn's 9-row
+#: first conv trained 16% slower).
+NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE = 256, 64
 
 
 @njit(cache=True)
 def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
-    """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s),
-    the columns from N//32*32 by BLAS, the last M % 4 rows as dot products
-    (``dot_rows_nt``); float64, and fewer than NT_MIN_ROWS rows, all by BLAS.
+    """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s,
+    the columns from N//32*32 in masked tiles), the last M % 4 rows as dot
+    products (``dot_rows_nt``); float64 by BLAS. Callers pick it by NT_MIN_ROWS.
 
     a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
     bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction
     steps first transposes b's slice into it (the tiles read their right-hand
     operand by rows of 32).
     """
-    if a.itemsize != 4 or M < NT_MIN_ROWS:
+    if a.itemsize != 4:
         gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
         return
     M8, M4 = tiled_rows(M)
     N32 = N // TILE_COLS * TILE_COLS
-    if M4 > 0 and N32 > 0:
+    if M4 > 0:
         for k0 in range(0, K, NT_REDUCTION_STEP):
             steps = min(NT_REDUCTION_STEP, K - k0)
-            transpose_slice(b, K, k0, steps, 0, N32, N32, bt)
+            transpose_slice(b, K, k0, steps, 0, N, N, bt)
             for n0 in range(0, N32, TILE_COLS):
                 for m0 in range(0, M8, TILE_ROWS):
-                    tile_8x32(a, m0 * K + k0, K, 1, bt, n0, N32, steps, c, m0 * N + n0, N, True)
+                    tile_8x32(a, m0 * K + k0, K, 1, bt, n0, N, steps, c, m0 * N + n0, N, True)
                 if M4 > M8:
-                    tile_4x32(a, M8 * K + k0, K, 1, bt, n0, N32, steps, c, M8 * N + n0, N, True)
-    if N32 < N and M4 > 0:
-        gemm(blas, NO_TRANS, TRANS, M4, N - N32, K, 1.0, a, K, b[N32 * K:], K, 1.0, c[N32:], N)
+                    tile_4x32(a, M8 * K + k0, K, 1, bt, n0, N, steps, c, M8 * N + n0, N, True)
+            if N32 < N:
+                for m0 in range(0, M8, TILE_ROWS):
+                    edge_tile(TILE_ROWS, a, m0 * K + k0, K, 1, bt, N32, N, steps, c,
+                              m0 * N + N32, N, True, N - N32)
+                if M4 > M8:
+                    edge_tile(4, a, M8 * K + k0, K, 1, bt, N32, N, steps, c, M8 * N + N32, N,
+                              True, N - N32)
     dot_rows_nt(M4, M, K, a, b, N, c, True)  # the last 0-3 rows
 
 

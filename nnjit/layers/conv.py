@@ -6,7 +6,8 @@ import numpy as np
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward, conv_forward_direct
 from ..kernels.tiles import (NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
-                             TILES_MIN_REDUCTION, tiles_everywhere)
+                             NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, TILES_MIN_REDUCTION,
+                             tiles_everywhere)
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
 from ..threads import get_num_threads, parts_for, split
@@ -267,6 +268,13 @@ class Conv2D(Layer):
                 and (tiles_everywhere() or rows >= 4 * TILE_ROWS
                      and reduction >= TILES_MIN_REDUCTION))
 
+    def _nt_tiles(self, k, oc) -> bool:
+        """True when backward's weight gradient, (K, OC) summed over a block's
+        columns, runs in tiles (``tiled_gemm_nt``): as ``_tiles`` for its K rows,
+        and K at least NT_MIN_ROWS (NT_MIN_ROWS_EVERYWHERE with ``tiles_everywhere``)."""
+        least = NT_MIN_ROWS_EVERYWHERE if tiles_everywhere() else NT_MIN_ROWS
+        return self._tiles(k, oc) and k >= least
+
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
         _, c, h, w = x.shape
@@ -455,6 +463,6 @@ class Conv2D(Layer):
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            self._slice_cols(k, most), self._tiles(k, oc), blas_handle())
+            self._slice_cols(k, most), self._tiles(k, oc), self._nt_tiles(k, oc), blas_handle())
         self._cache = None
         return dx if need_input_grad else None
