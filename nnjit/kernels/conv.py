@@ -507,7 +507,8 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW
     covers Wp columns per output row, of which the last Wp - OW (KW - 1 when
     unpadded) are dropped: (KW-1)/Wp more multiply-adds than the unfolded
     GEMM, and no unfolding (10->20 5x5 on 28x28, one core: 25 vs 31 us per
-    image, unfolding included).
+    image, unfolding included; 16 128x128 images on two threads 18.6 vs 25.7 ms
+    per block, each image copied once for all its blocks of rows).
 
     bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
     x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); offsets:
@@ -525,11 +526,14 @@ def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, 
     """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
     OC = bias.size
     Wp = W + 2 * PW
+    copied = -1  # the image in image: a large one comes in several blocks of rows
     for b in range(first, last):
         n0, n1, r0, r1 = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
         L = (r1 - r0) * Wp
         for n in range(n0, n1):
-            padded_image(x, n, C, H, W, PH, PW, image)
+            if n != copied:
+                padded_image(x, n, C, H, W, PH, PW, image)
+                copied = n
             shifted_rows_gemm(OC, offsets.size, weight, image, r0 * Wp, offsets, L, ybuf)
             for oc in range(OC):
                 bo = bias[oc]
