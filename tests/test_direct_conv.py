@@ -43,15 +43,18 @@ CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12
          (2, 5, 20, 17, 5, 2, True), (16, 36, 30, 30, 3, 1, False)]
 
 
-@pytest.mark.parametrize("n", [1, 7])
+@pytest.mark.parametrize("n, block_bytes", [(1, None), (7, None), (3, 1 << 13)])
 @pytest.mark.parametrize("c, oc, h, w, k, padding, relu", CASES)
-def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, n, rng,
-                                                         monkeypatch):
+def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, n,
+                                                         block_bytes, rng, monkeypatch):
     """predict (one image: its rows split among the threads) and the training
     forward by the direct path equal the unfold path's (DIRECT_MAX_DROPPED 0)
     and the float64 layer's; backward after a direct forward gives the
-    unfold path's gradients."""
+    unfold path's gradients. Small blocks (BLOCK_BYTES lowered) cut each
+    image into several blocks of rows."""
     _tiles_forced(monkeypatch)
+    if block_bytes:
+        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
 
     def build(dtype):
         return Sequential([Conv2D(c, oc, k, padding=padding, dtype=dtype)]
