@@ -493,8 +493,8 @@ def padded_image(x, n, C, H, W, PH, PW, image):
 
 
 @kernel
-def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW, relu, offsets,
-                        image, ybuf, out):
+def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW, OH, OW, relu,
+                        offsets, image, ybuf, out):
     """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
     then ReLU with ``relu`` (no fused pool).
 
@@ -511,10 +511,16 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW
     per block, each image copied once for all its blocks of rows).
 
     bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
-    x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); offsets:
-    int64 (K,); image: (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts,
-    >= OC*OH*Wp). Writes out: (N*OC*OH*OW,).
+    x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
+    (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts, >= OC*OH*Wp). Writes
+    offsets: int64 (K,) (here, not by the caller: a replayed call of another
+    input shape finds them right) and out: (N*OC*OH*OW,).
     """
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                offsets[(c * KH + kh) * KW + kw] = (c * Hp + kh) * Wp + kw
     for part in prange(bounds.size - 1):
         conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W,
                                  PH, PW, OH, OW, relu, offsets, image[part], ybuf[part], out)

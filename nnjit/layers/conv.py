@@ -378,13 +378,11 @@ class Conv2D(Layer):
         bounds, blocks, _ = self._plan(n, oh, ow, c * kh * kw, share_images=not training)
         parts = len(bounds) - 1
         rows = int((blocks[:, 3] - blocks[:, 2]).max())
-        offsets = self._buffer("direct/offsets", (c * kh * kw,), np.int64)
-        offsets[...] = ((np.arange(c)[:, None, None] * hp + np.arange(kh)[None, :, None]) * wp
-                        + np.arange(kw)).reshape(-1)
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-            self.bias.value, c, h, w, ph, pw, oh, ow, self.fused_relu, offsets,
+            self.bias.value, c, h, w, kh, kw, ph, pw, oh, ow, self.fused_relu,
+            self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
             self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
         self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), False) \

@@ -21,10 +21,10 @@ TILED_DENSE_MIN_ROWS = 256
 #: Products of fewer rows run as dot products (``dot_rows_nt``) where BLAS has no
 #: AVX-512 kernels (``blas_has_avx512_kernels``). One core, 784->128: 1 row
 #: 3.1 vs 18.7 us on BLAS's Haswell kernels, 4 rows 12.5 vs 16.2, 8 rows 19.6
-#: vs 23.6 (the register tiles over the kept transposed weight: 6.1). There
-#: a layer of fewer than 32 outputs (no column tile) runs as dot products on
-#: any rows: mlp inference (1000 images, its 128->10 in 8-row chunks) 8-10%
-#: faster, the cnn's training 1-2%.
+#: vs 23.6 (the register tiles over the kept transposed weight: 6.1). There,
+#: where the tiles do not run (no AVX-512), a layer of fewer than 32 outputs
+#: runs as dot products on any rows (on the Zen 5 before its masked tiles:
+#: mlp inference, its 128->10 in 8-row chunks, 8-10% faster).
 DOT_ROWS_BELOW = 4
 
 
