@@ -40,7 +40,7 @@ def _tiles_forced(monkeypatch):
 
 
 CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12, 3, "same", False),
-         (2, 5, 20, 17, 5, 2, True), (16, 36, 30, 30, 3, 1, False)]
+         (2, 5, 20, 17, 5, 2, True), (16, 36, 30, 30, 3, 1, False), (6, 8, 9, 9, 1, 0, False)]
 
 
 @pytest.mark.parametrize("n, block_bytes", [(1, None), (7, None), (3, 1 << 13)])

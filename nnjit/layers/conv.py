@@ -39,7 +39,7 @@ WINOGRAD_CHUNK_BYTES = 768 << 10
 #: it off to compare against the unfold path.
 WINOGRAD_IN_TRAINING = True
 #: Unpooled stride-1 float32 convs run without unfolding (``Conv2D._direct``,
-#: ``conv_forward_direct``) where their rows hold at most this share of
+#: ``conv_forward_direct``) where their rows hold less than this share of
 #: dropped columns ((KW-1) of every W+2PW); tests turn it off (0) to compare.
 DIRECT_MAX_DROPPED = 0.25
 #: Fewest columns per GEMM slice (see ``Conv2D._slice_cols``).
@@ -362,13 +362,13 @@ class Conv2D(Layer):
     def _direct(self, geometry) -> bool:
         """True when forward runs without unfolding (``conv_forward_direct``): stride
         1, no fused pool, float32 in register tiles, at least 4 output channels,
-        and at most DIRECT_MAX_DROPPED of each product row dropped. The lone
+        and less than DIRECT_MAX_DROPPED of each product row dropped. The lone
         10->20 5x5 conv on 28x28 (4 of 28 columns dropped): one core 25 vs 31
         us per image."""
         c, _, w, kh, kw, _, _, _, pw, _, _ = geometry
         return (self.stride == (1, 1) and self.fused_pool is None and self.out_channels >= 4
                 and self._tiles(self.out_channels, c * kh * kw)
-                and kw - 1 <= DIRECT_MAX_DROPPED * (w + 2 * pw))
+                and kw - 1 < DIRECT_MAX_DROPPED * (w + 2 * pw))
 
     def _direct_forward(self, x, geometry, training):
         """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW)."""
