@@ -205,10 +205,15 @@ masked_4x32, masked_4x16 = _row_tile(4, 2, True), _row_tile(4, 1, True)
 
 
 @njit(cache=True, inline="always")
-def edge_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols):
-    """A masked tile of ``rows`` (8 or 4) rows over ``cols`` < 32 columns (``_row_tile``'s
-    arguments): the 16-wide one when it covers them (half the FMAs)."""
-    if rows == TILE_ROWS and cols <= 16:
+def row_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols):
+    """One tile of ``rows`` (8 or 4) rows over ``cols`` <= 32 columns (``_row_tile``'s
+    arguments): a whole tile, or a masked one for fewer columns (16 wide when
+    16 cover them: half the FMAs)."""
+    if cols == TILE_COLS and rows == TILE_ROWS:
+        tile_8x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
+    elif cols == TILE_COLS:
+        tile_4x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate)
+    elif rows == TILE_ROWS and cols <= 16:
         masked_8x16(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
     elif rows == TILE_ROWS:
         masked_8x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
@@ -218,12 +223,34 @@ def edge_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, acc
         masked_4x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
 
 
+@njit(cache=True, inline="always")
+def panel_tiles(M, overlap_last, a, a_off, a_row, a_col, b, b_off, ldb, K, c, ldc, l0, cols,
+                accumulate):
+    """Columns [l0, l0 + cols) (cols <= 32) of c = a @ b over rows [0, M4) in
+    tiles (``tiled_rows``: 8-row tiles, a 4-row one for 4 of the last M % 8
+    rows) and, with ``overlap_last``, rows M-4 .. M-1 again as one 4-row tile
+    (rewriting some with the same values; never when accumulating). Row i of
+    a from a_off + i*a_row (steps a_col), b's columns from b_off + l0 (rows by
+    ``ldb``, a stride or offsets), c's rows ``ldc`` apart. The panel of b
+    stays in L1 across its row tiles."""
+    M8, M4 = tiled_rows(M)
+    for m0 in range(0, M8, TILE_ROWS):
+        row_tile(TILE_ROWS, a, a_off + m0 * a_row, a_row, a_col, b, b_off + l0, ldb, K, c,
+                 m0 * ldc + l0, ldc, accumulate, cols)
+    if M4 > M8:
+        row_tile(4, a, a_off + M8 * a_row, a_row, a_col, b, b_off + l0, ldb, K, c,
+                 M8 * ldc + l0, ldc, accumulate, cols)
+    if overlap_last:
+        row_tile(4, a, a_off + (M - 4) * a_row, a_row, a_col, b, b_off + l0, ldb, K, c,
+                 (M - 4) * ldc + l0, ldc, accumulate, cols)
+
+
 @njit(cache=True)
 def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
     """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool), in
-    register tiles (8x32, and 4x32 for 4 of the last M % 8 rows; the last L % 32
-    columns in masked tiles), the last M % 4 rows by an overlapping 4-row tile
-    (not accumulating, M >= 4) or BLAS; float64 all by BLAS.
+    register tiles (``panel_tiles``: 8x32, 4x32 for 4 of the last M % 8 rows, the
+    last L % 32 columns in masked tiles), the last M % 4 rows by an overlapping
+    4-row tile (not accumulating, M >= 4) or BLAS; float64 all by BLAS.
 
     a: float, (M, K), or (K, M) with trans_a == TRANS, rows ``lda`` apart (K or
     M when contiguous); b: (K*L,); c: (M*L,), rows L apart.
@@ -233,34 +260,16 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
         gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, beta, c, L)
         return
     a_row, a_col = (lda, 1) if trans_a == NO_TRANS else (1, lda)
-    M8, M4 = tiled_rows(M)
-    L32 = L // TILE_COLS * TILE_COLS
-    for l0 in range(0, L32, TILE_COLS):
-        for m0 in range(0, M8, TILE_ROWS):
-            tile_8x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, accumulate)
-        if M4 > M8:
-            tile_4x32(a, M8 * a_row, a_row, a_col, b, l0, L, K, c, M8 * L + l0, L, accumulate)
-    if L32 < L:
-        for m0 in range(0, M8, TILE_ROWS):
-            edge_tile(TILE_ROWS, a, m0 * a_row, a_row, a_col, b, L32, L, K, c, m0 * L + L32, L,
-                      accumulate, L - L32)
-        if M4 > M8:
-            edge_tile(4, a, M8 * a_row, a_row, a_col, b, L32, L, K, c, M8 * L + L32, L,
-                      accumulate, L - L32)
-    if M4 < M:
-        if M >= 4 and not accumulate:
-            # The last rows as a 4-row tile over rows M-4 .. M-1, rewriting some with
-            # the same values: BLAS without small-matrix kernels packs all of b for them.
-            m0 = M - 4
-            for l0 in range(0, L32, TILE_COLS):
-                tile_4x32(a, m0 * a_row, a_row, a_col, b, l0, L, K, c, m0 * L + l0, L, False)
-            if L32 < L:
-                edge_tile(4, a, m0 * a_row, a_row, a_col, b, L32, L, K, c, m0 * L + L32, L,
-                          False, L - L32)
-        else:
-            a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
-            gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:],
-                 L)
+    _, M4 = tiled_rows(M)
+    # The last rows as a 4-row tile over rows M-4 .. M-1 where it may rewrite:
+    # BLAS without small-matrix kernels packs all of b for them.
+    overlap = M4 < M and M >= 4 and not accumulate
+    for l0 in range(0, L, TILE_COLS):
+        panel_tiles(M, overlap, a, 0, a_row, a_col, b, 0, L, K, c, L, l0, min(TILE_COLS, L - l0),
+                    accumulate)
+    if M4 < M and not overlap:
+        a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
+        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
 
 
 @njit(cache=True)
@@ -269,31 +278,16 @@ def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
     values from b[b_off + offsets[k]]: rows read in place wherever they lie,
     overlapping too (a convolution's rows of input at each kernel offset, so
     that nothing is unfolded). float32, M >= 4: the last M % 4 rows by an
-    overlapping 4-row tile, the last L % 32 columns by masked tiles.
+    overlapping 4-row tile, the last L % 32 columns by masked tiles
+    (``panel_tiles``).
 
     a: float32 (M*K,); b: float32, every b[b_off + offsets[k] + j] (j < L) in
     bounds; offsets: int64 (K,); writes c: (M*L,), rows L apart.
     """
-    M8, M4 = tiled_rows(M)
-    L32 = L // TILE_COLS * TILE_COLS
-    for l0 in range(0, L32, TILE_COLS):  # the column panel stays in L1 across the row tiles
-        for m0 in range(0, M8, TILE_ROWS):
-            tile_8x32(a, m0 * K, K, 1, b, b_off + l0, offsets, K, c, m0 * L + l0, L, False)
-        if M4 > M8:
-            tile_4x32(a, M8 * K, K, 1, b, b_off + l0, offsets, K, c, M8 * L + l0, L, False)
-        if M4 < M:
-            tile_4x32(a, (M - 4) * K, K, 1, b, b_off + l0, offsets, K, c, (M - 4) * L + l0, L,
-                      False)
-    if L32 < L:
-        for m0 in range(0, M8, TILE_ROWS):
-            edge_tile(TILE_ROWS, a, m0 * K, K, 1, b, b_off + L32, offsets, K, c, m0 * L + L32,
-                      L, False, L - L32)
-        if M4 > M8:
-            edge_tile(4, a, M8 * K, K, 1, b, b_off + L32, offsets, K, c, M8 * L + L32, L, False,
-                      L - L32)
-        if M4 < M:
-            edge_tile(4, a, (M - 4) * K, K, 1, b, b_off + L32, offsets, K, c, (M - 4) * L + L32,
-                      L, False, L - L32)
+    _, M4 = tiled_rows(M)
+    for l0 in range(0, L, TILE_COLS):
+        panel_tiles(M, M4 < M, a, 0, K, 1, b, b_off, offsets, K, c, L, l0,
+                    min(TILE_COLS, L - l0), False)
 
 
 @njit(cache=True)
@@ -364,24 +358,14 @@ def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
     if a.itemsize != 4:
         gemm(blas, NO_TRANS, TRANS, M, N, K, 1.0, a, K, b, K, 1.0, c, N)
         return
-    M8, M4 = tiled_rows(M)
-    N32 = N // TILE_COLS * TILE_COLS
+    _, M4 = tiled_rows(M)
     if M4 > 0:
         for k0 in range(0, K, NT_REDUCTION_STEP):
             steps = min(NT_REDUCTION_STEP, K - k0)
             transpose_slice(b, K, k0, steps, 0, N, N, bt)
-            for n0 in range(0, N32, TILE_COLS):
-                for m0 in range(0, M8, TILE_ROWS):
-                    tile_8x32(a, m0 * K + k0, K, 1, bt, n0, N, steps, c, m0 * N + n0, N, True)
-                if M4 > M8:
-                    tile_4x32(a, M8 * K + k0, K, 1, bt, n0, N, steps, c, M8 * N + n0, N, True)
-            if N32 < N:
-                for m0 in range(0, M8, TILE_ROWS):
-                    edge_tile(TILE_ROWS, a, m0 * K + k0, K, 1, bt, N32, N, steps, c,
-                              m0 * N + N32, N, True, N - N32)
-                if M4 > M8:
-                    edge_tile(4, a, M8 * K + k0, K, 1, bt, N32, N, steps, c, M8 * N + N32, N,
-                              True, N - N32)
+            for n0 in range(0, N, TILE_COLS):
+                panel_tiles(M, False, a, k0, K, 1, bt, 0, N, steps, c, N, n0,
+                            min(TILE_COLS, N - n0), True)
     dot_rows_nt(M4, M, K, a, b, N, c, True)  # the last 0-3 rows
 
 
