@@ -24,9 +24,10 @@ def pooled_reference(x, conv, relu):
 
 @pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
-    (1, 32, 13, 13, 64, 0, True),    # the cnn's second conv, one image
+    (1, 32, 13, 13, 64, 0, True),    # the cnn's second conv, one image (two threads share it)
     (7, 8, 9, 10, 36, 1, True),      # odd output sizes (the last row/column unpooled)
     (3, 12, 8, 8, 20, 1, False),     # no ReLU: negative outputs pooled as they are
+    (2, 16, 9, 11, 1, 0, True),      # one output channel: a thread sharing the batch has none
     (40, 16, 6, 7, 32, 0, True),     # chunks of several images, both threads
 ])
 def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, tiles,

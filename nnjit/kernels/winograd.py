@@ -190,18 +190,19 @@ def transform_tiles(image, C, Wp, POH, POW, row0, Vt, Lp, stage):
 
 
 @helper
-def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
+def pool_windows(Mt, bias, OC, oc0, oc1, T, row0, Lp, relu, pooled, train, argmax):
     """pooled[t, oc] = max of window t's 2x2 conv outputs (A^T M A, from rows
-    row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``: the first
-    maximum in row-major order wins and a NaN propagates, as in
-    ``block_to_pool_major``. With ``train``, argmax[t, oc] (int32 (T*OC,))
-    = the winner's member a*2 + b (row a, column b of the window), or -1
-    where the ReLU passes no gradient (pooled output not > 0)."""
+    row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``, for the
+    output channels oc in [oc0, oc1): the first maximum in row-major order
+    wins and a NaN propagates, as in ``block_to_pool_major``. With ``train``,
+    argmax[t, oc] (int32 (T*OC,)) = the winner's member a*2 + b (row a,
+    column b of the window), or -1 where the ReLU passes no gradient (pooled
+    output not > 0)."""
     step = U(Lp * OC)
     for t in range(T):
         src = U((row0 + t) * OC)
         dst = U(t * OC)
-        for oc in range(U(OC)):
+        for oc in range(U(oc0), U(oc1)):
             s = src + oc
             f0 = _output_column(Mt, s, 0, step)
             f1 = _output_column(Mt, s, 1, step)
@@ -337,7 +338,7 @@ def transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage):
 
 @kernel(blas=True)
 def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
-                       image, Vt, Mt, pooled, out, train, argmax, gemm_parts, tiles, blas):
+                       image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
     F(2x2, 3x3) (module docstring).
 
@@ -350,50 +351,58 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     Writes out: (N*OC*POH*POW,) and, with ``train``, argmax: int32
     (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).
     The GEMMs run in register tiles with ``tiles`` (``nnjit.kernels.tiles``),
-    otherwise on BLAS. With gemm_parts > 1 (one part, one chunk: a small batch)
-    its 16 GEMMs are split among that many threads instead.
+    otherwise on BLAS. With split > 1 (one part, one chunk of per = N images), that
+    many threads share the chunk instead, each with the output channels
+    [g*OC//split, (g+1)*OC//split): it transforms the whole chunk's input in
+    its own image[g] and Vt[g] (cheaper than the fork and join one more
+    parallel region would cost), and refreshes, multiplies and pools its
+    output channels into Mt[0] and pooled[0].
     """
     OC = bias.size
-    P = max(parts, gemm_parts)
-    for p in prange(P):
-        refresh_filters(weight, C, p * OC // P, (p + 1) * OC // P, OC, kept, Ut)
     T = POH * POW
     Lp = padded_rows(per * T)
-    if gemm_parts > 1:
-        stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
-        transform_chunk(x, 0, N, C, H, W, PH, PW, POH, POW, image[0], Vt[0], Lp, stage)
-        for g in prange(gemm_parts):
-            chunk_products(blas, tiles, g * 16 // gemm_parts, (g + 1) * 16 // gemm_parts, Lp, C,
-                           OC, Vt[0], Ut, Mt[0])
-        pool_chunk(Mt[0], bias, OC, T, 0, N, Lp, relu, pooled[0], train, argmax, out)
+    if split > 1:
+        for g in prange(split):
+            oc0, oc1 = g * OC // split, (g + 1) * OC // split
+            refresh_filters(weight, C, oc0, oc1, OC, kept, Ut)
+            stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
+            transform_chunk(x, 0, N, C, H, W, PH, PW, POH, POW, image[g], Vt[g], Lp, stage)
+            chunk_products(blas, tiles, Lp, C, OC, oc0, oc1, Vt[g], Ut, Mt[0])
+            pool_chunk(Mt[0], bias, OC, oc0, oc1, T, 0, N, Lp, relu, pooled[0], train, argmax,
+                       out)
         return
+    for p in prange(parts):
+        refresh_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, kept, Ut)
     for p in prange(parts):
         first, last = p * N // parts, (p + 1) * N // parts
         stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
         for n0 in range(first, last, per):
             n1 = min(n0 + per, last)
             transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], Vt[p], Lp, stage)
-            chunk_products(blas, tiles, 0, 16, Lp, C, OC, Vt[p], Ut, Mt[p])
-            pool_chunk(Mt[p], bias, OC, T, n0, n1, Lp, relu, pooled[p], train, argmax, out)
+            chunk_products(blas, tiles, Lp, C, OC, 0, OC, Vt[p], Ut, Mt[p])
+            pool_chunk(Mt[p], bias, OC, 0, OC, T, n0, n1, Lp, relu, pooled[p], train, argmax,
+                       out)
 
 
 @helper
-def chunk_products(blas, tiles, xi0, xi1, Lp, C, OC, Vt, Ut, Mt):
-    """Mt[xi] (Lp, OC) = Vt[xi] (Lp, C) @ Ut[xi] (C, OC) for xi in [xi0, xi1)
-    (``product``)."""
-    for xi in range(xi0, xi1):
-        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], C, Ut[xi * C * OC:], OC,
+def chunk_products(blas, tiles, Lp, C, OC, oc0, oc1, Vt, Ut, Mt):
+    """Columns [oc0, oc1) of Mt[xi] (Lp, OC) = Vt[xi] (Lp, C) @ Ut[xi] (C, OC)
+    for the 16 xi (``product``)."""
+    for xi in range(16):
+        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], C, Ut[xi * C * OC:], OC, oc0, oc1,
                 Mt[xi * Lp * OC:], False)
 
 
 @helper
-def pool_chunk(Mt, bias, OC, T, n0, n1, Lp, relu, pooled, train, argmax, out):
-    """Images [n0, n1) of a chunk (rows (n - n0)*T.. of Mt) pooled (``pool_windows``)
-    into out (N*OC*T,) as (N, OC, T), through pooled (T*OC,); with ``train``
-    their winners into argmax (N*T*OC,)."""
+def pool_chunk(Mt, bias, OC, oc0, oc1, T, n0, n1, Lp, relu, pooled, train, argmax, out):
+    """Output channels [oc0, oc1) of images [n0, n1) of a chunk (rows (n - n0)*T..
+    of Mt) pooled (``pool_windows``) into out (N*OC*T,) as (N, OC, T), through
+    pooled (T*OC,); with ``train`` their winners into argmax (N*T*OC,)."""
     for n in range(n0, n1):
-        pool_windows(Mt, bias, OC, T, (n - n0) * T, Lp, relu, pooled, train, argmax[n * T * OC:])
-        transpose_slice(pooled, OC, 0, OC, 0, T, T, out[n * OC * T:])  # (T, OC) -> (OC, T)
+        pool_windows(Mt, bias, OC, oc0, oc1, T, (n - n0) * T, Lp, relu, pooled, train,
+                     argmax[n * T * OC:])
+        # (T, channels [oc0, oc1)) -> out[n, oc0:oc1] (oc1 - oc0, T)
+        transpose_slice(pooled, OC, oc0, oc1 - oc0, 0, T, T, out[(n * OC + oc0) * T:])
 
 
 @kernel(blas=True)
@@ -434,13 +443,13 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
                                  stage)
             for xi in range(16):
                 dmt[(xi * Lp + (n1 - n0) * T) * OC:(xi + 1) * Lp * OC] = 0
-                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
-                        dU[xi * C * OC:], True)
+                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC, 0,
+                        OC, dU[xi * C * OC:], True)
             if not need_dx:
                 continue
             for xi in range(16):
                 product(blas, tiles, NO_TRANS, Lp, OC, dmt[xi * Lp * OC:], OC, UtT[xi * OC * C:],
-                        C, dvt[xi * Lp * C:], False)
+                        C, 0, C, dvt[xi * Lp * C:], False)
             for n in range(n0, n1):
                 dimage[p][:] = 0
                 scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p], stage)

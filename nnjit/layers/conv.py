@@ -292,9 +292,11 @@ class Conv2D(Layer):
                 and self.dtype == np.float32 and self.in_channels >= WINOGRAD_MIN_CHANNELS)
 
     def _winograd_plan(self, x):
-        """(parts, per, rows, geometry) of a Winograd call on x (N, C, H, W): the
-        threads' parts, images per chunk, Lp (``padded_rows``), and (C, H, W, PH,
-        PW, POH, POW). The same for forward and backward on the same batch."""
+        """(parts, per, chunk_threads, rows, geometry) of a Winograd call on x (N, C, H,
+        W): the threads' parts, images per chunk, the threads that share a
+        batch in one chunk on one part (one image, say; forward only, 1: none),
+        Lp (``padded_rows``), and (C, H, W, PH, PW, POH, POW). The same for
+        forward and backward on the same batch."""
         n, c, h, w = x.shape
         oc = self.out_channels
         _, oh, ow = self.output_shape((c, h, w))
@@ -303,7 +305,9 @@ class Conv2D(Layer):
         parts = parts_for(n * windows * 16 * c * oc, n)
         per = max(1, min(WINOGRAD_CHUNK_BYTES // (windows * 16 * (c + oc) * self.dtype.itemsize),
                          -(-n // parts)))
-        return parts, per, padded_rows(per * windows), (c, h, w, *self.padding, poh, pow_)
+        chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
+        return (parts, per, chunk_threads, padded_rows(per * windows),
+                (c, h, w, *self.padding, poh, pow_))
 
     def _winograd_workspaces(self, parts, rows, c, h, w, ph, pw, poh, pow_):
         """The per-part image (zero-bordered) and Vt workspaces forward and backward share."""
@@ -316,24 +320,23 @@ class Conv2D(Layer):
         output (N, OC, POH, POW); in training, with the windows' winners
         (``pool_windows``) kept for ``_winograd_backward``."""
         n, oc, dtype = x.shape[0], self.out_channels, self.dtype
-        parts, per, rows, geometry = self._winograd_plan(x)
+        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x)
         c, h, w, ph, pw, poh, pow_ = geometry
         mode = "train" if training else "eval"
         out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), dtype)
         argmax = self._buffer("argmax/winograd" if training else "argmax/none",
                               (n * poh * pow_ * oc if training else 1,), np.int32)
-        # A batch in one chunk on one thread (one image, say): its 16 GEMMs split among two.
-        gemm_parts = min(2, get_num_threads()) if parts == 1 and per >= n else 1
+        spaces = max(parts, chunk_threads)
         winograd_conv_pool.run(
-            parts > 1 or gemm_parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
+            spaces > 1, x.reshape(-1), self.weight.value.reshape(-1),
             self.bias.value, c, h, w, ph, pw, poh, pow_, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
-            *self._winograd_workspaces(parts, rows, *geometry),
+            *self._winograd_workspaces(spaces, rows, *geometry),
             self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (parts, poh * pow_ * oc), dtype),
-            out.reshape(-1), training, argmax, gemm_parts, TILES_AVAILABLE, blas_handle())
+            out.reshape(-1), training, argmax, chunk_threads, TILES_AVAILABLE, blas_handle())
         self._cache = (x, out, argmax, True) if training else None
         return out
 
@@ -341,14 +344,15 @@ class Conv2D(Layer):
         """Backward of a training ``_winograd_forward`` by ``winograd_conv_pool_backward``:
         dy float32 (N, OC, POH, POW) -> dx (N, C, H, W) or None; fills the gradients."""
         oc, dtype = self.out_channels, self.dtype
-        parts, per, rows, geometry = self._winograd_plan(x)
+        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x)
         c, h, w, ph, pw, poh, pow_ = geometry
         dx = self._buffer("dx", x.shape, dtype) if need_input_grad else x  # x: never written
         winograd_conv_pool_backward.run(
             parts > 1, x.reshape(-1), dy.reshape(-1), argmax, self.weight.value.reshape(-1),
             c, h, w, ph, pw, poh, pow_, x.shape[0], parts, per,
             self._buffer("winograd/UtT", (16 * oc * c,), dtype),
-            *self._winograd_workspaces(parts, rows, *geometry),
+            # as many as forward's (its first `parts` used): the same buffers
+            *self._winograd_workspaces(max(parts, chunk_threads), rows, *geometry),
             self._buffer("winograd/dMt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/dVt", (parts, 16 * rows * c), dtype),
             self._buffer("winograd/dimage", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
