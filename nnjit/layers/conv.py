@@ -275,6 +275,15 @@ class Conv2D(Layer):
         least = NT_MIN_ROWS_EVERYWHERE if tiles_everywhere() else NT_MIN_ROWS
         return self._tiles(k, oc) and k >= least
 
+    def _unfold_image(self, parts, blocks, geometry):
+        """The per-part workspace ``unfold_block`` copies a padded block's input
+        rows into: the most images in a block, whole and padded (a stand-in of
+        one value without padding)."""
+        c, h, w, _, _, _, _, ph, pw, _, _ = geometry
+        size = int((blocks[:, 1] - blocks[:, 0]).max()) * c * (h + 2 * ph) * (w + 2 * pw) \
+            if ph or pw else 1
+        return self._buffer("unfold/image", (parts, size), self.dtype)
+
     def _geometry(self, x):
         """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
         _, c, h, w = x.shape
@@ -420,7 +429,8 @@ class Conv2D(Layer):
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
         conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
                          self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
-                         cols, yblock, out.reshape(-1), argmax.reshape(-1),
+                         self._unfold_image(parts, blocks, geometry), cols, yblock,
+                         out.reshape(-1), argmax.reshape(-1),
                          self._slice_cols(k, most), self._tiles(oc, k), blas_handle())
         self._cache = (x, out, argmax, False) if training else None
         return out
@@ -459,6 +469,7 @@ class Conv2D(Layer):
             argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, relu,
             self.fused_pool is not None, self._pool_major(), pkh, pkw, dy.shape[3],
             dy[0, 0].size, norm, psh, pooled_out.reshape(-1), coef,
+            self._unfold_image(parts, blocks, geometry),
             self._buffer("cols", (parts, k * most), self.dtype),
             self._buffer("dyblock", (parts, oc * most), self.dtype),
             self._buffer("dyblock_t", (parts, NT_REDUCTION_STEP * oc), self.dtype),
