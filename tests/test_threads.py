@@ -76,6 +76,21 @@ def test_parallel_kernels_agree_with_their_serial_twins(make, shape, rng, monkey
         np.testing.assert_allclose(parallel, serial, rtol=1e-5, atol=1e-6 * np.abs(serial).max())
 
 
+def test_a_costly_kernel_goes_parallel_on_fewer_elements():
+    """A kernel's ``cost`` (work per element) scales the size below which it runs
+    serially: softmax (an exp per value) on 1000 rows of 10 uses both threads,
+    ReLU on as many values stays serial."""
+    from nnjit.kernels.activation import relu_forward, softmax_forward
+
+    chosen = []
+    z = np.zeros(10_000, np.float32)
+    with jit.intercepted_calls(lambda kernel, dispatcher, args: chosen.append(dispatcher)):
+        softmax_forward(z, 1000, 10, np.empty_like(z))
+        relu_forward(z, np.empty_like(z))
+    assert z.size < jit.SERIAL_BELOW <= z.size * softmax_forward.cost
+    assert chosen == [softmax_forward.dispatchers[0], relu_forward.dispatchers[1]]
+
+
 def test_conv_evaluating_a_norm_gradient_agrees_with_its_serial_twin(rng, monkeypatch):
     """Conv2D -> BatchNorm2D -> ReLU -> MaxPool2D, the norm handing its input gradient
     back to the conv (as in a Sequential): parallel and serial twins agree."""

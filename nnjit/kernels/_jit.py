@@ -58,21 +58,22 @@ class Kernel:
     ``.dispatchers`` holds the compiled dispatchers (parallel, serial).
     Calling the kernel calls the serial one when the first argument (by
     convention the array that measures the work) is smaller than
-    ``SERIAL_BELOW``; ``run`` lets the caller choose. A second compilation,
+    ``SERIAL_BELOW`` / ``cost``; ``run`` lets the caller choose. A second compilation,
     not a thread-count switch around the call: switching cost ~3 us per
     call, as much as a small kernel's work.
     """
 
-    def __init__(self, fn, blas=False, reassociate=False):
+    def __init__(self, fn, blas=False, reassociate=False, cost=1):
         options = dict(_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)
         self.dispatchers = (njit(parallel=True, **options)(fn),
                             njit(**options)(_renamed(fn, "_serial")))
         self._parallel, self._serial = self.dispatchers
         self.blas = blas
+        self.cost = cost
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
-        return self.run(args[0].size >= SERIAL_BELOW, *args)
+        return self.run(args[0].size * self.cost >= SERIAL_BELOW, *args)
 
     def run(self, parallel: bool, *args):
         """Call the parallel compilation or the serial twin, as the caller decided."""
@@ -189,14 +190,16 @@ def helper(fn=None, *, reassociate=False):
     return njit(**_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)(fn)
 
 
-def kernel(fn=None, *, blas=False, reassociate=False):
+def kernel(fn=None, *, blas=False, reassociate=False, cost=1):
     """Compile ``fn`` as a parallel nnjit kernel with a serial twin (lazily, on
     first call; cached on disk). ``@kernel(blas=True)`` marks one that calls
     BLAS: it runs with BLAS at one thread (``nnjit.kernels.blas``).
-    ``reassociate=True`` lets its sums be reordered (see the module docstring)."""
+    ``reassociate=True`` lets its sums be reordered (see the module docstring).
+    ``cost``: the work per element of its first array, in units of a simple
+    loop's: it runs serially below SERIAL_BELOW / cost elements."""
     if fn is None:
-        return lambda f: Kernel(f, blas, reassociate)
-    return Kernel(fn, blas, reassociate)
+        return lambda f: Kernel(f, blas, reassociate, cost)
+    return Kernel(fn, blas, reassociate, cost)
 
 
 __all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW", "intercepted_calls",

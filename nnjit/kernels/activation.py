@@ -117,7 +117,9 @@ def row_sum(x, r, K):
     return s
 
 
-@kernel
+#: An exp per value, ~5 cycles: on 1000 rows of 10, two threads instead of one
+#: made the mlp's predict 1-1.5% faster (alternating in one process).
+@kernel(cost=16)
 def softmax_forward(z, N, K, out):
     """z: float (N*K,) as (N, K) logits. Writes out: row-wise softmax.
 
