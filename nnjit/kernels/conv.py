@@ -504,16 +504,18 @@ def unfold_block(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, image
     checks and zeroed ends (one core, one image, 32->64 5x5 padding 1 on
     13x13: 24.2 -> 7.7 us plus ~1 us of copy; 32x32 padding 1: 38.9 -> 15.9)."""
     if PH == 0 and PW == 0:
-        im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, cols)
-        return
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    hp0 = r0 * SH  # padded input rows [hp0, hp1) under conv rows r0 .. r0 + G*R - 1
-    hp1 = min(Hp, (r0 + G * R - 1) * SH + KH)
-    rows = hp1 - hp0
-    for n in range(n0, n1):
-        padded_image(x, n, C, H, W, PH, PW, hp0, hp1, image[(n - n0) * C * rows * Wp:])
-    # Padded row hp is row hp - hp0 here: im2col's "padding" hp0 shifts the rows read.
-    im2col(image, C, rows, Wp, KH, KW, SH, SW, hp0, 0, OW, 0, n1 - n0, r0, R, G, cols)
+        src, rows, Wp, skip, first, last = x, H, W, 0, n0, n1
+    else:
+        Hp, Wp = H + 2 * PH, W + 2 * PW
+        skip = r0 * SH  # padded input rows [skip, end) under conv rows r0 .. r0 + G*R - 1
+        rows = min(Hp, (r0 + G * R - 1) * SH + KH) - skip
+        for n in range(n0, n1):
+            padded_image(x, n, C, H, W, PH, PW, skip, skip + rows,
+                         image[(n - n0) * C * rows * Wp:])
+        src, first, last = image, 0, n1 - n0
+    # One call either way (each inlined copy costs compile time). In the padded
+    # copy, row hp is row hp - skip: im2col's "padding" skip shifts the rows read.
+    im2col(src, C, rows, Wp, KH, KW, SH, SW, skip, 0, OW, first, last, r0, R, G, cols)
 
 
 @kernel
