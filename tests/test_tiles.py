@@ -266,3 +266,36 @@ def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypa
         model.backward(labels)
     for p32, p64 in zip(m32.parameters(), m64.parameters(), strict=True):
         np.testing.assert_allclose(p32.grad, p64.grad, rtol=1e-4, atol=1e-6, err_msg=p32.name)
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+@pytest.mark.parametrize("rows, features", [(4, 37), (13, 40), (33, 128), (50, 51)])
+def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, rng, monkeypatch):
+    """From DOT_ROWS_BELOW rows to fewer than out_features (tiles everywhere,
+    forced here), forward runs as out^T = W x^T (``dense_forward_transposed``):
+    with a fused ReLU, in training and at inference, on one part or two (the
+    input's columns and the output features split), it equals numpy's float64
+    product; the gradients after it equal the float64 layer's."""
+    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: True)
+    monkeypatch.setattr(dense_module, "parts_for", lambda work, most: min(parts, most))
+
+    def build(dtype):
+        return Sequential([Dense(70, features, dtype=dtype), ReLU()], seed=3)
+
+    m32, m64 = build(np.float32), build(np.float64)
+    dense = m32.layers[0]
+    assert dense._transposed_product(rows)
+    dense.bias.value[...] = rng.normal(size=features)
+    m64.layers[0].bias.value[...] = dense.bias.value
+    x = rng.standard_normal((rows, 70))
+    want = np.maximum(x @ m64.layers[0].weight.value.T + dense.bias.value, 0)
+    np.testing.assert_allclose(dense.forward(x.astype(np.float32), training=False), want,
+                               rtol=1e-4, atol=1e-5)
+    dy = rng.standard_normal((rows, features))
+    for model, cast in ((m32, np.float32), (m64, np.float64)):
+        layer = model.layers[0]
+        np.testing.assert_allclose(layer.forward(x.astype(cast)), want, rtol=1e-4, atol=1e-5)
+        layer.backward(dy.astype(cast))
+    for p32, p64 in zip(m32.parameters(), m64.parameters(), strict=True):
+        np.testing.assert_allclose(p32.grad, p64.grad, rtol=1e-4, atol=1e-5, err_msg=p32.name)

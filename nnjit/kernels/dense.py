@@ -7,7 +7,8 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 """
 from ._jit import kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
-from .tiles import TILE_COLS, dot_rows_nt, product, refresh_transpose, tiled_gemm
+from .tiles import (TILE_COLS, dot_rows_nt, product, refresh_transpose, tiled_gemm,
+                    transpose_slice)
 
 
 @kernel(blas=True)
@@ -68,6 +69,35 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
                         else:
                             row[f] = v
                 src = dst
+
+
+@kernel(blas=True)
+def dense_forward_transposed(x, weight, bias, N, IN, F, relu, parts, xt, yt, out, blas):
+    """out = x @ weight^T + bias, then max(0, .) with ``relu``, computed as
+    out^T = weight @ x^T in register tiles: the input transposed (N*IN values
+    moved) instead of the weight (``dense_forward``'s kept transpose, redone
+    after every optimizer step: 2*F*IN values compared and moved).
+
+    x: float (N*IN,) as (N, IN); weight (F*IN,) as (F, IN); bias (F,).
+    Workspaces xt (IN*N,) and yt (F*N,). Writes out: (N*F,) as (N, F). Part
+    p transposes x's columns [p*IN//parts, (p+1)*IN//parts), then (after all
+    parts) computes the output features [p*F//parts, (p+1)*F//parts).
+    """
+    for p in prange(parts):
+        k0, k1 = p * IN // parts, (p + 1) * IN // parts
+        transpose_slice(x, IN, k0, k1 - k0, 0, N, N, xt[k0 * N:])
+    for p in prange(parts):
+        f0, f1 = p * F // parts, (p + 1) * F // parts
+        tiled_gemm(blas, NO_TRANS, f1 - f0, IN, weight[f0 * IN:], IN, xt, N, 0, N, yt[f0 * N:],
+                   False)
+        for f in range(f0, f1):
+            b = bias[f]
+            for n in range(N):
+                v = yt[f * N + n] + b
+                if relu and v < 0:
+                    out[n * F + f] = 0
+                else:
+                    out[n * F + f] = v
 
 
 @kernel(blas=True)
