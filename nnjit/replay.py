@@ -113,8 +113,9 @@ class ReplayedInference:
         calls = []
 
         def record(kernel, dispatcher, args):
+            result = kernel._execute(dispatcher, args)  # compiles it, if this is its first call
             calls.append((_compiled(dispatcher, args), args))
-            return kernel._execute(dispatcher, args)
+            return result
 
         x_copy = np.array(x, order="C")
         bound = [(owner, name, getattr(owner, name)) for owner, name in self._bindings()]

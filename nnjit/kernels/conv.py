@@ -606,9 +606,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
         conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
                            H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
                            PKW, POW, PP, norm, PSH, norm_out, coef, image[part], cols[part],
-                           dyblock[part],
-                           dyblock_t[part], dw_parts[part], db_parts[part], need_dx, dx,
-                           slice_cols, tiles, nt_tiles, blas)
+                           dyblock[part], dyblock_t[part], dw_parts[part], db_parts[part], need_dx,
+                           dx, slice_cols, tiles, nt_tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC

@@ -126,7 +126,8 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
         f0, f1 = p * F // parts, (p + 1) * F // parts
         if f1 > f0:
             # dweight rows [f0, f1): (f1-f0, IN) = g[:, f0:f1]^T @ x
-            product(blas, tiles, TRANS, f1 - f0, N, g[f0:], F, x, IN, 0, IN, dweight[f0 * IN:], False)
+            product(blas, tiles, TRANS, f1 - f0, N, g[f0:], F, x, IN, 0, IN, dweight[f0 * IN:],
+                    False)
             for f in range(f0, f1):
                 acc = 0.0
                 for n in range(N):
@@ -134,7 +135,8 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
                 dbias[f] = acc
         n0, n1 = p * N // parts, (p + 1) * N // parts
         if need_dx and tiles:
-            tiled_gemm(blas, NO_TRANS, n1 - n0, F, g[n0 * F:], F, weight, IN, 0, IN, dx[n0 * IN:], False)
+            tiled_gemm(blas, NO_TRANS, n1 - n0, F, g[n0 * F:], F, weight, IN, 0, IN, dx[n0 * IN:],
+                       False)
         elif need_dx:
             for r in range(n0, n1, chunk):
                 rows = min(chunk, n1 - r)

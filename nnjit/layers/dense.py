@@ -135,7 +135,8 @@ class Dense(FusesReLU, Layer):
         (``tiles_everywhere``), from DOT_ROWS_BELOW rows up to fewer than
         out_features, where transposing the input moves fewer values than
         keeping the weight transposed. The mlp's 784->128, 64 rows, the weight
-        changed (training), two threads: 63.8 -> 39.6 us; 32 rows 51.8 -> 20.6;
+        changed (training), two threads: 63.8 -> 39.6 us (101.8 on the one part
+        the work counted for before); 32 rows 51.8 -> 20.6;
         unchanged weight (inference) 37.4 -> 39.6 and 24.8 -> 20.6; at 128
         rows 92.5 -> 85.2 changed, 64.9 -> 85.2 not; 256 rows 145 -> 200."""
         return (TILES_AVAILABLE and self.dtype == np.float32 and tiles_everywhere()
