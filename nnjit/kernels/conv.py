@@ -4,7 +4,7 @@ Conv2D runs as blocks of a few MB (see ``nnjit.layers.conv``): each block is
 either a group of whole images [n0, n1), or output rows [r0, r1) of one
 image. ``conv_forward`` and ``conv_backward`` are the whole layer in one
 compiled call: each ``prange`` iteration (a part: a run of blocks covering
-whole images) walks its blocks; per block ``im2col`` unfolds the patches, a
+whole images) walks its blocks; per block ``unfold_block`` unfolds the patches, a
 single-threaded BLAS GEMM multiplies (``nnjit.kernels.blas``) and one helper
 moves the product to the output. Part p uses row p of every workspace.
 
@@ -47,65 +47,33 @@ def valid_range(k, S, P, W, OW):
 
 
 @helper
-def im2col(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, cols):
-    """Unfold the zero-padded patches of one block.
+def im2col(x, C, H, W, KH, KW, SH, SW, skip, OW, n0, n1, r0, R, G, cols):
+    """Unfold the patches of one block of unpadded images (``unfold_block`` pads
+    them first, into a copy).
 
     The block's conv output rows are oh = r0 + g + i*G for g in [0, G),
     i in [0, R), in that order, each OW columns wide: G = 1 is the plain run
     of rows [r0, r0+R); G = PKH with r0 = pr0*PKH and R = pr1-pr0 the
     pool-major order (see ``block_to_pool_major``). OW may be less than the
-    conv's output width: columns past it are not unfolded.
-    x: float (N*C*H*W,). Writes cols: float (C*KH*KW * L,),
-    L = (n1-n0) * G*R*OW, columns ordered (n, g, i, ow).
+    conv's output width: columns past it are not unfolded. Output row oh
+    reads input rows oh*SH + kh - skip (x may hold only the rows from skip on).
+    x: float (N*C*H*W,), every row read in [0, H). Writes cols: float
+    (C*KH*KW * L,), L = (n1-n0) * G*R*OW, columns ordered (n, g, i, ow).
     """
     d = U(0)
     for c in range(C):
         for kh in range(KH):
             for kw in range(KW):
-                lo, hi = valid_range(kw, SW, PW, W, OW)
-                first = r0 * SH + kh - PH  # input rows read: first .. last
-                last = (r0 + G - 1 + (R - 1) * G) * SH + kh - PH
-                if lo == 0 and hi == OW and SW == 1 and first >= 0 and last < H:
-                    # No padding in this row of cols: plain copies, the common
-                    # case, kept to the tightest loop (25% faster than the general one).
-                    for n in range(n0, n1):
-                        for g in range(G):
-                            s = U(((n * C + c) * H + first + g * SH) * W + kw - PW)
-                            for _ in range(R):
-                                copy_run(cols, d, x, s, U(OW))
-                                s += U(G * SH * W)
-                                d += U(OW)
-                    continue
                 for n in range(n0, n1):
-                    plane = (n * C + c) * H
                     for g in range(G):
-                        for i in range(R):
-                            ih = (r0 + g + i * G) * SH + kh - PH
-                            if ih < 0 or ih >= H or lo >= hi:  # the whole run is padding
-                                zero_run(cols, d, U(OW))
-                            elif SW == 1 and 0 <= (plane + ih) * W + kw - PW and \
-                                    (plane + ih) * W + kw - PW + OW <= x.size:
-                                # One copy of the whole run (its ends read the neighbouring
-                                # row), then the padded ends zeroed over it.
-                                copy_run(cols, d, x, U((plane + ih) * W + kw - PW), U(OW))
-                                for j in range(U(lo)):
-                                    cols[d + j] = 0
-                                for j in range(U(hi), U(OW)):
-                                    cols[d + j] = 0
+                        s = U(((n * C + c) * H + (r0 + g) * SH + kh - skip) * W + kw)
+                        for _ in range(R):
+                            if SW == 1:
+                                copy_run(cols, d, x, s, U(OW))
                             else:
-                                s = U((plane + ih) * W + lo * SW + kw - PW)
-                                # The padded ends (a column or two) element by element:
-                                # masked stores beside the run's cost more.
-                                for j in range(U(lo)):
-                                    cols[d + j] = 0
-                                dd = d + U(lo)
-                                if SW == 1:
-                                    copy_run(cols, dd, x, s, U(hi - lo))
-                                else:
-                                    for j in range(U(hi - lo)):
-                                        cols[dd + j] = x[s + j * U(SW)]
-                                for j in range(U(hi), U(OW)):
-                                    cols[d + j] = 0
+                                for j in range(U(OW)):
+                                    cols[d + j] = x[s + j * U(SW)]
+                            s += U(G * SH * W)
                             d += U(OW)
 
 
@@ -498,11 +466,12 @@ def padded_image(x, n, C, H, W, PH, PW, hp0, hp1, image):
 
 @helper
 def unfold_block(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, image, cols):
-    """``im2col`` of one block (same arguments); with padding, from a zero-padded
-    copy of the input rows the block reads, in image (>= (n1-n0)*C*Hp*Wp):
-    every row of cols is then one plain copy per run, without the padding's
-    checks and zeroed ends (one core, one image, 32->64 5x5 padding 1 on
-    13x13: 24.2 -> 7.7 us plus ~1 us of copy; 32x32 padding 1: 38.9 -> 15.9)."""
+    """``im2col`` of one block (its arguments, with the padding PH, PW); with
+    padding, from a zero-padded copy of the input rows the block reads, in
+    image (>= (n1-n0)*C*Hp*Wp): every row of cols is then one plain copy per
+    run, without padding checks and zeroed ends (one core, one image, 32->64
+    5x5 padding 1 on 13x13: 24.2 -> 7.7 us plus ~1 us of copy; 32x32 padding
+    1: 38.9 -> 15.9, against the unfold that handled the padding per run)."""
     if PH == 0 and PW == 0:
         src, rows, Wp, skip, first, last = x, H, W, 0, n0, n1
     else:
@@ -514,8 +483,8 @@ def unfold_block(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, image
                          image[(n - n0) * C * rows * Wp:])
         src, first, last = image, 0, n1 - n0
     # One call either way (each inlined copy costs compile time). In the padded
-    # copy, row hp is row hp - skip: im2col's "padding" skip shifts the rows read.
-    im2col(src, C, rows, Wp, KH, KW, SH, SW, skip, 0, OW, first, last, r0, R, G, cols)
+    # copy, row hp is row hp - skip.
+    im2col(src, C, rows, Wp, KH, KW, SH, SW, skip, OW, first, last, r0, R, G, cols)
 
 
 @kernel
