@@ -167,7 +167,9 @@ class Sequential:
         """
         # Held throughout: passes from several threads take turns (the layers'
         # buffers are shared), and each copies its results out before the next.
-        with single_threaded_blas:
+        # (BLAS is set to one thread by the parts that call it: ``_run``, a
+        # replay that calls BLAS.)
+        with single_threaded_blas.lock:
             if len(x) <= batch_size:
                 self._inference.refresh()
                 out = self._replayed(x)

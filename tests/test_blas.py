@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from nnjit.kernels.blas import NO_TRANS, SGEMM, TRANS, blas_handle, gemm
+from nnjit.kernels.blas import (CALLED, NO_TRANS, SGEMM, TRANS, blas_called, blas_handle, gemm,
+                               reset_blas_called)
 
 
 def test_numpys_blas_is_found():
@@ -21,8 +22,20 @@ def test_gemm_matches_numpy(dtype, trans_a, trans_b, handle, rng):
     expected = c.copy()
     expected[:, :n] = (2.0 * (a if trans_a == NO_TRANS else a.T) @ (b if trans_b == NO_TRANS else b.T)
                        + 0.5 * c[:, :n])
-    blas = blas_handle() if handle == "blas" else np.zeros(5, np.int64)
+    blas = blas_handle() if handle == "blas" else np.zeros(CALLED + 1, np.int64)
     out = c.reshape(-1).copy()
     gemm(blas, trans_a, trans_b, m, n, k, 2.0, a.reshape(-1), a.shape[1], b.reshape(-1),
          b.shape[1], 0.5, out, n + 2)
     np.testing.assert_allclose(out.reshape(m, n + 2), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("handle", ["blas", "loop"])
+def test_a_blas_call_leaves_its_mark(handle):
+    a = np.ones(6, np.float32)
+    out = np.zeros(4, np.float32)
+    reset_blas_called()
+    assert not blas_called()
+    blas = blas_handle() if handle == "blas" else np.zeros(CALLED + 1, np.int64)
+    gemm(blas, NO_TRANS, NO_TRANS, 2, 2, 3, 1.0, a, 3, a, 2, 0.0, out, 2)
+    np.testing.assert_array_equal(out, 3)
+    assert blas_called() == (handle == "blas")

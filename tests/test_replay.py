@@ -202,3 +202,47 @@ def test_threads_sharing_one_model_each_get_their_own_output(rng):
     for t in threads:
         t.join()
     assert not errors and not wrong, wrong[:5]
+
+
+def blas_threads_seen_by_replays(model, x, monkeypatch):
+    """BLAS's thread count inside each replay of model.predict(x) (several calls),
+    with BLAS set to two threads outside; and the recordings made."""
+    from threadpoolctl import threadpool_limits
+
+    from nnjit.kernels.blas import single_threaded_blas
+    from nnjit.replay import _Recording
+
+    get_threads, _ = single_threaded_blas._get_set()
+    seen, replay = [], _Recording._replay
+
+    def watched(recording, x):
+        seen.append(get_threads())
+        return replay(recording, x)
+
+    monkeypatch.setattr(_Recording, "_replay", watched)
+    with threadpool_limits(2, user_api="blas"):
+        for _ in range(4):
+            np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+    return seen, [r for r in model._replayed._recordings.values() if r is not None]
+
+
+def test_a_replay_that_calls_blas_runs_it_on_one_thread(rng, monkeypatch):
+    """float64 convolutions multiply on BLAS (the register tiles are float32 only):
+    their recording says so, and its replays hold BLAS at one thread."""
+    model = Sequential([Conv2D(1, 4, 3, dtype=np.float64), ReLU(), MaxPool2D(2), Flatten(),
+                        Dense(4 * 5 * 5, 3, dtype=np.float64)], seed=0)
+    seen, recordings = blas_threads_seen_by_replays(model, rng.standard_normal((1, 1, 12, 12)),
+                                                    monkeypatch)
+    assert [r.calls_blas for r in recordings] == [True]
+    assert seen and set(seen) == {1}
+
+
+def test_a_replay_without_blas_calls_leaves_blas_threads_alone(rng, monkeypatch):
+    """One image through Dense layers: dot products, no BLAS call, so no thread-count
+    switch (0.7 us) around the replays after the first (the recording's proof,
+    which finds that out)."""
+    model = build_model("mlp", (1, 12, 12), seed=0, num_classes=10)
+    seen, recordings = blas_threads_seen_by_replays(
+        model, rng.random((1, 1, 12, 12), dtype=np.float32), monkeypatch)
+    assert [r.calls_blas for r in recordings] == [False]
+    assert len(seen) > 1 and seen[0] == 1 and set(seen[1:]) == {2}
