@@ -9,7 +9,7 @@ from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
 from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, NT_REDUCTION_STEP,
                                  product, refresh_transpose, tiled_gemm,
-                                 tiled_gemm_nt)
+                                 tiled_gemm_nt, transpose_slice)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -122,6 +122,20 @@ def test_conv_weight_gradient_in_tiles_from_its_row_threshold(everywhere, monkey
     conv = Conv2D(8, 64, 3)
     assert conv._nt_tiles(least, 64) and not conv._nt_tiles(least - 1, 64)
     assert not Conv2D(8, 64, 3, dtype=np.float64)._nt_tiles(least, 64)
+
+
+@pytest.mark.parametrize("rows, cols, n0, n1, k0, steps", [
+    (32, 169, 0, 32, 0, 169),  # a 13x13 image of 32 channels, channels-last at once
+    (13, 29, 3, 12, 5, 19),    # a slice: ragged rows and columns inside and past 8x8 blocks
+    (8, 8, 0, 8, 0, 8), (7, 5, 0, 7, 0, 5), (20, 40, 4, 20, 16, 17), (25, 3, 0, 25, 1, 2),
+])
+def test_transpose_slice_writes_exactly_the_slice_transposed(rows, cols, n0, n1, k0, steps, rng):
+    b = rng.random((rows, cols), dtype=np.float32)
+    bt = np.full((steps, rows), -1.0, np.float32)
+    transpose_slice(b.reshape(-1), cols, k0, steps, n0, n1, rows, bt.reshape(-1))
+    expected = np.full((steps, rows), -1.0, np.float32)
+    expected[:, n0:n1] = b[n0:n1, k0:k0 + steps].T
+    np.testing.assert_array_equal(bt, expected)
 
 
 def test_refresh_transpose_follows_every_change_of_its_rows(rng):

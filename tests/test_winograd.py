@@ -29,6 +29,7 @@ def pooled_reference(x, conv, relu):
     (3, 12, 8, 8, 20, 1, False),     # no ReLU: negative outputs pooled as they are
     (2, 16, 9, 11, 1, 0, True),      # one output channel: a thread sharing the batch has none
     (40, 16, 6, 7, 32, 0, True),     # chunks of several images, both threads
+    (2, 8, 7, 9, 12, (1, 0), True),  # rows padded, columns not: copied channels-last at once
 ])
 def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, tiles,
                                                               rng, monkeypatch):
@@ -112,6 +113,7 @@ def winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch):
     (7, 8, 9, 10, 36, 1, True, True),      # odd output sizes (the last row/column unpooled)
     (3, 12, 8, 8, 20, 1, False, True),     # no ReLU: negative outputs pooled as they are
     (40, 16, 6, 7, 32, 0, True, False),    # chunks of several images, no input gradient
+    (3, 8, 7, 9, 12, (1, 0), True, True),  # rows padded, columns not
 ])
 def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, need_input_grad,
                                                tiles, rng, monkeypatch):
@@ -120,7 +122,8 @@ def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, ne
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
-    pooled_shape = (n, oc, (h + 2 * padding - 2) // 2, (w + 2 * padding - 2) // 2)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    pooled_shape = (n, oc, (h + 2 * ph - 2) // 2, (w + 2 * pw - 2) // 2)
     dy = rng.normal(size=pooled_shape).astype(np.float32)
     got, want = winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch)
     for a, b, name in zip(got, want, ("out", "dx", "dweight", "dbias"), strict=True):

@@ -375,14 +375,25 @@ def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
 def transpose_slice(b, K, k0, steps, n0, n1, N, bt):
     """bt[j*N + n] = b[n*K + k0 + j] for j < steps, n in [n0, n1): rows [n0, n1)
     of b: float (>= n1*K,) as (N, K), columns [k0, k0+steps), transposed into
-    bt (steps, N); 8 columns at a time (a plain transpose loop ran 2-3x slower)."""
-    for j0 in range(0, steps, 8):
-        width = U(min(8, steps - j0))
-        for n in range(n0, n1):
-            s = U(n * K + k0 + j0)
-            d = U(j0 * N + n)
-            for j in range(width):
-                bt[d + j * U(N)] = b[s + j]
+    bt (steps, N). In blocks of 8 rows by 8 columns, whose constant trip counts
+    LLVM turns into vector shuffles (1.2-2x faster than 8 columns by all rows,
+    itself 2-3x faster than a plain loop: (32, 169) 1.21 -> 0.75 us); the rows
+    and columns past the last full block one by one."""
+    rows_end = n0 + (n1 - n0) // 8 * 8
+    cols_end = steps // 8 * 8
+    for r in range(n0, rows_end, 8):
+        for j0 in range(0, cols_end, 8):
+            s = U(r * K + k0 + j0)
+            d = U(j0 * N + r)
+            for j in range(8):
+                for n in range(8):
+                    bt[d + U(j * N + n)] = b[s + U(n * K + j)]
+        for j in range(cols_end, steps):
+            for n in range(r, r + 8):
+                bt[U(j * N + n)] = b[U(n * K + k0 + j)]
+    for n in range(rows_end, n1):
+        for j in range(steps):
+            bt[U(j * N + n)] = b[U(n * K + k0 + j)]
 
 
 @njit(cache=True)

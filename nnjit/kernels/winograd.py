@@ -142,6 +142,9 @@ def channels_last(x, n, C, H, W, PH, PW, image):
         zero_run(image, U(hp * Wp * C), U(Wp * C))
         zero_run(image, U((Hp - 1 - hp) * Wp * C), U(Wp * C))
     plane = x[n * C * H * W:]
+    if PW == 0:  # the rows are contiguous: (C, H*W) into (H*W, C) at once
+        transpose_slice(plane, H * W, 0, H * W, 0, C, C, image[PH * Wp * C:])
+        return
     for h in range(H):  # row h of every channel, (C, W), into (W, C)
         row = (h + PH) * Wp * C
         zero_run(image, U(row), U(PW * C))
