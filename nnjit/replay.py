@@ -19,16 +19,25 @@ freshly allocated array, fails this, and that shape keeps the layers' path. A
 recording is made anew when the thread count changes (it fixed each kernel's
 split) or when any array it read by reference has been rebound (a parameter
 packed anew by ``FlatParameters``, a buffer or parameter replaced).
+
+With several threads, a shape whose recording runs a parallel kernel (the cnn's
+one image: its second conv split between two threads) also gets a recording
+made on one thread, and the two race: calls are served in windows from one
+of them, timed, and now and then a window tries the other; the faster
+serves. A parallel kernel waits for its slowest thread: while another
+process kept the second core busy, the split pass took 46-61 us against 24
+us on one thread (idle: 21 against 24; ONNX Runtime 22 idle, 35 busy).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from time import perf_counter
 
 import numpy as np
 
 from .kernels import _jit
 from .kernels.blas import blas_called, reset_blas_called, single_threaded_blas
-from .threads import get_num_threads
+from .threads import get_num_threads, threads_set_to
 
 #: Inputs of at most this many values are replayed (all of 83 MNIST images);
 #: larger ones run the layers: their Python costs ~1% of the kernels' time
@@ -42,6 +51,20 @@ REPLAY_ELEMENTS = 1 << 16
 KEPT_RECORDINGS = 8
 #: Shapes remembered as called once.
 SEEN_SHAPES = 64
+#: A raced shape (module docstring) serves its calls in windows of WINDOW
+#: calls from one recording, timing each call. A window's mean leaves out its
+#: first WARMUP calls (the first split call after single-threaded ones wakes
+#: the other thread: ~0.1 ms idle, ~1 ms with its core busy) and its slowest
+#: (one interruption). One window tries the other recording after
+#: EXPLORE_FIRST windows, then after twice as many each time that one stays
+#: the slower (up to EXPLORE_MOST), and at once when a window of the serving
+#: one is slower than the other's last. Windows, not single timings: each
+#: recording slows the other's next calls (a thread left spinning after split
+#: calls, or asleep before one).
+WINDOW = 16
+WARMUP = 4
+EXPLORE_FIRST = 16
+EXPLORE_MOST = 256
 
 
 class _Recording:
@@ -50,11 +73,13 @@ class _Recording:
     ``bound``: (owner, attribute, object) for each array the model holds.
     ``calls_blas``: False once a replay has shown that the calls make no BLAS
     call (the kernels' choice of BLAS or register tiles depends on shapes
-    only): ``run`` then needs no thread-count switch around them."""
+    only): ``run`` then needs no thread-count switch around them.
+    ``parallel``: a call runs a kernel's parallel compilation."""
 
-    def __init__(self, x, calls, out, bound):
+    def __init__(self, x, calls, out, bound, parallel):
         self.x, self.calls, self.out, self.bound = x, calls, out, bound
         self.calls_blas = True
+        self.parallel = parallel  # a call ran a kernel's parallel compilation
 
     def current(self) -> bool:
         """False once an array the calls were recorded with has been rebound."""
@@ -84,6 +109,43 @@ class _Recording:
         return self.out.copy()
 
 
+class _Race:
+    """The two recordings of one shape that race (module docstring): ``keys``,
+    (the parallel one's, the single-threaded one's); ``serving``, the index of
+    the one that serves the current window; ``times``, the seconds of the
+    window's calls so far (the caller appends, then calls ``window_done`` at
+    WINDOW: a method call per call cost ~0.2 us)."""
+
+    def __init__(self, keys):
+        self.keys = keys
+        self.serving = 0
+        self.times: list[float] = []
+        self._means = [None, None]  # each recording's last window mean (seconds)
+        self._trying = False  # the current window tries the recording that did not serve
+        self._interval = EXPLORE_FIRST  # windows between tries
+        self._until_try = EXPLORE_FIRST
+
+    def window_done(self) -> None:
+        """Take the mean of the window's calls; pick the recording that serves the next."""
+        counted = sorted(self.times[WARMUP:])[:-1]  # past the warm-up, but the slowest
+        self.times = []
+        current, other = self.serving, 1 - self.serving
+        mean = self._means[current] = sum(counted) / len(counted)
+        if self._trying:  # both measured: the faster serves
+            self._trying = False
+            if mean < self._means[other]:
+                self._interval = EXPLORE_FIRST
+            else:
+                self.serving = other
+                self._interval = min(2 * self._interval, EXPLORE_MOST)
+            self._until_try = self._interval
+            return
+        self._until_try -= 1
+        if self._until_try <= 0 or self._means[other] is not None and mean > self._means[other]:
+            self._trying = True
+            self.serving = other
+
+
 class ReplayedInference:
     """``forward`` (x -> the output array, a buffer it reuses) made cheaper for
     small inputs by replaying its recorded kernel calls (see the module docstring).
@@ -103,15 +165,21 @@ class ReplayedInference:
         self._recordings: OrderedDict = OrderedDict()
         self._seen: OrderedDict = OrderedDict()  # keys called once, not recorded yet
         self._latest = None  # the recording last used (the last in _recordings)
+        #: key of a parallel recording -> its _Race (module docstring)
+        self._races: OrderedDict = OrderedDict()
 
     def __getstate__(self):  # a pickled model (e.g. sent to a worker) records anew
-        return dict(vars(self), _recordings=OrderedDict(), _seen=OrderedDict(), _latest=None)
+        return dict(vars(self), _recordings=OrderedDict(), _seen=OrderedDict(), _latest=None,
+                    _races=OrderedDict())
 
     def __call__(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.dtype != self._dtype \
                 or x.size > REPLAY_ELEMENTS or _jit.intercepting():
             return self._forward(x).copy()
         key = (x.shape, get_num_threads(), _jit.parallel_allowed)
+        race = self._races.get(key)
+        if race is not None:
+            return self._raced_call(race, x)
         recording = self._recordings.get(key)
         if recording is not None and recording.current():
             if recording is not self._latest:  # ~0.08 us: a latency loop skips it
@@ -122,14 +190,43 @@ class ReplayedInference:
             return self._forward(x).copy()
         return self._record(key, x)
 
+    def _raced_call(self, race, x):
+        """Call ``x`` on the recording serving ``race``, timed; recorded first where
+        it is missing or stale (untimed)."""
+        key = race.keys[race.serving]
+        recording = self._recordings.get(key)
+        if recording is None or not recording.current():
+            if key in self._recordings and recording is None:  # not replayable: no race
+                self._races.pop(race.keys[0], None)
+                return self._forward(x).copy()
+            return self._record(key, x)
+        if recording is not self._latest:
+            self._recordings.move_to_end(key)
+            self._latest = recording
+        start = perf_counter()
+        out = recording.run(x)
+        times = race.times
+        times.append(perf_counter() - start)
+        if len(times) == WINDOW:
+            race.window_done()
+        return out
+
     def _record(self, key, x):
         """Run ``forward`` on a copy of ``x`` with its kernel calls recorded; keep the
-        recording if replaying it on a probe matches ``forward`` on the probe."""
+        recording if replaying it on a probe matches ``forward`` on the probe. A
+        recording that runs a parallel kernel on several threads starts a race
+        with one made on one thread (module docstring). Records on key's thread count."""
+        if key[1] != get_num_threads():
+            with threads_set_to(key[1]):
+                return self._record(key, x)
         calls = []
+        parallel = False
 
         def record(kernel, dispatcher, args):
+            nonlocal parallel
             result = kernel._execute(dispatcher, args)  # compiles it, if this is its first call
             calls.append((_compiled(dispatcher, args), args))
+            parallel |= dispatcher is kernel.dispatchers[0]
             return result
 
         x_copy = np.array(x, order="C")
@@ -137,7 +234,7 @@ class ReplayedInference:
         with _jit.intercepted_calls(record):
             out = self._forward(x_copy)
         result = out.copy()
-        recording = _Recording(x_copy, calls, out, bound)
+        recording = _Recording(x_copy, calls, out, bound, parallel)
         probe = np.random.default_rng(0).standard_normal(x.shape).astype(self._dtype)
         try:
             reset_blas_called()
@@ -150,7 +247,9 @@ class ReplayedInference:
         self._latest = None
         self._seen.pop(key, None)
         while len(self._recordings) > KEPT_RECORDINGS:
-            self._recordings.popitem(last=False)
+            self._races.pop(self._recordings.popitem(last=False)[0], None)
+        if proved and parallel and key[1] > 1 and key not in self._races:
+            self._races[key] = _Race((key, (key[0], 1, key[2])))
         return result
 
 

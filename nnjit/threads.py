@@ -6,6 +6,8 @@ pool is the only one nnjit uses and its size is the one setting.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numba
 from numba.np.ufunc import parallel as _numba_parallel
 
@@ -25,6 +27,18 @@ def set_num_threads(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"thread count must be a positive int, got {n!r}")
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def threads_set_to(n: int):
+    """``set_num_threads(n)`` for the calling thread while the block runs, then the
+    count it had."""
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
 
 
 def get_num_threads() -> int:

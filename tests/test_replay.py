@@ -233,7 +233,7 @@ def test_a_replay_that_calls_blas_runs_it_on_one_thread(rng, monkeypatch):
                         Dense(4 * 5 * 5, 3, dtype=np.float64)], seed=0)
     seen, recordings = blas_threads_seen_by_replays(model, rng.standard_normal((1, 1, 12, 12)),
                                                     monkeypatch)
-    assert [r.calls_blas for r in recordings] == [True]
+    assert recordings and all(r.calls_blas for r in recordings)
     assert seen and set(seen) == {1}
 
 
@@ -246,3 +246,81 @@ def test_a_replay_without_blas_calls_leaves_blas_threads_alone(rng, monkeypatch)
         model, rng.random((1, 1, 12, 12), dtype=np.float32), monkeypatch)
     assert [r.calls_blas for r in recordings] == [False]
     assert len(seen) > 1 and seen[0] == 1 and set(seen[1:]) == {2}
+
+
+def serve_windows(race, seconds_of, windows):
+    """Feed ``race`` ``windows`` windows of call timings: seconds_of(which, call in window)."""
+    from nnjit.replay import WINDOW
+
+    served = []
+    for _ in range(windows):
+        which = race.serving
+        served.append(which)
+        race.times.extend(seconds_of(which, call) for call in range(WINDOW))
+        race.window_done()
+    return served
+
+
+def test_a_race_serves_the_faster_recording_and_tries_the_other_less_often():
+    from nnjit.replay import EXPLORE_FIRST, WARMUP, _Race
+
+    race = _Race(("parallel", "serial"))
+    idle = {0: 20e-6, 1: 24e-6}
+    served = serve_windows(race, lambda which, call: idle[which], 4 * EXPLORE_FIRST)
+    assert served[EXPLORE_FIRST] == 1  # one window tries the single-threaded one...
+    assert served.count(1) == 2  # ...then again only after twice as many windows
+    assert race.serving == 0
+
+    # One slow call in a window (an interruption) changes nothing.
+    served = serve_windows(race, lambda which, call: 500e-6 if call == WARMUP + 3 else idle[which], 3)
+    assert served == [0, 0, 0] and race.serving == 0
+
+    # The other core turns busy: split calls slow; the next window tries the other, which stays.
+    busy = {0: 50e-6, 1: 24e-6}
+    served = serve_windows(race, lambda which, call: busy[which], 3)
+    assert served == [0, 1, 1] and race.serving == 1
+
+    # Idle again: a try of the parallel one (its first calls slow: waking the other
+    # thread, not counted) brings it back.
+    def waking(which, call):
+        return 2e-3 if which == 0 and call < WARMUP else idle[which]
+    served = serve_windows(race, waking, EXPLORE_FIRST + 2)
+    assert served[-2:] == [0, 0] and race.serving == 0
+
+
+def test_one_image_on_two_threads_races_a_single_threaded_recording(rng, monkeypatch):
+    """The cnn's one image splits its second conv between two threads; while split
+    calls are slow (a busy core, simulated by a clock), the recording made on
+    one thread serves, and the split one again once it is the faster. Every
+    output is the layers' own, whichever serves."""
+    import nnjit.replay as replay
+
+    threads = nnjit.get_num_threads()
+    nnjit.set_num_threads(2)  # at most Numba's pool size: this test needs two
+    assert nnjit.get_num_threads() == 2
+    model = build_model("cnn", (1, 16, 14), seed=0, num_classes=10)
+    clock, cost = [0.0], {True: 50e-6, False: 24e-6}
+    run = replay._Recording.run
+
+    def run_on_clock(recording, x):
+        clock[0] += cost[recording.parallel]
+        return run(recording, x)
+
+    monkeypatch.setattr(replay._Recording, "run", run_on_clock)
+    monkeypatch.setattr(replay, "perf_counter", lambda: clock[0])
+    try:
+        for _ in range(40 * replay.WINDOW):
+            x = rng.standard_normal((1, 1, 16, 14)).astype(np.float32)
+            np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+        race, = model._replayed._races.values()
+        assert race.serving == 1
+        serial = model._replayed._recordings[race.keys[1]]
+        assert race.keys[1][1] == 1 and not serial.parallel
+        assert model._replayed._recordings[race.keys[0]].parallel
+        cost[True] = 10e-6
+        for _ in range(40 * replay.WINDOW):
+            x = rng.standard_normal((1, 1, 16, 14)).astype(np.float32)
+            np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+        assert race.serving == 0
+    finally:
+        nnjit.set_num_threads(threads)
