@@ -164,10 +164,12 @@ def test_backward_without_forward_is_an_error():
 def test_inference_cuts_small_batches_into_row_runs_for_every_thread(pool, n, block_bytes, rng,
                                                                      monkeypatch):
     """predict on fewer images than threads splits each image's rows between threads
-    (also under a fused max-pool, whose runs follow its windows)."""
+    (also under a fused max-pool, whose runs follow its windows: the unfold path,
+    the 2x2 pool's window-by-window path turned off)."""
     import nnjit.layers.conv as conv_module
     from nnjit import Sequential, get_num_threads
 
+    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)
     if block_bytes is not None:
         monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
     conv = Conv2D(2, 3, 3, padding=1)

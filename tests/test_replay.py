@@ -272,7 +272,8 @@ def test_a_race_serves_the_faster_recording_and_tries_the_other_less_often():
     assert race.serving == 0
 
     # One slow call in a window (an interruption) changes nothing.
-    served = serve_windows(race, lambda which, call: 500e-6 if call == WARMUP + 3 else idle[which], 3)
+    spiked = lambda which, call: 500e-6 if call == WARMUP + 3 else idle[which]  # noqa: E731
+    served = serve_windows(race, spiked, 3)
     assert served == [0, 0, 0] and race.serving == 0
 
     # The other core turns busy: split calls slow; the next window tries the other, which stays.

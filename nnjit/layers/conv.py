@@ -5,6 +5,7 @@ import numpy as np
 
 from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
 from ..kernels.conv import conv_backward, conv_forward, conv_forward_direct
+from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import (NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
                              NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, TILES_MIN_REDUCTION,
                              tiles_everywhere)
@@ -38,6 +39,10 @@ WINOGRAD_CHUNK_BYTES = 768 << 10
 #: Training runs those convs by Winograd too (``Conv2D._winograd``); tests turn
 #: it off to compare against the unfold path.
 WINOGRAD_IN_TRAINING = True
+#: Most bytes of transposed weight for a conv followed by a 2x2 max-pool that
+#: inference runs window by window (``Conv2D._by_windows``): every pair of
+#: windows reads all of it, so it stays in the core's L2.
+WINDOW_CONV_WEIGHT_BYTES = 256 << 10
 #: Unpooled stride-1 float32 convs run without unfolding (``Conv2D._direct``,
 #: ``conv_forward_direct``) where their rows hold less than this share of
 #: dropped columns ((KW-1) of every W+2PW); tests turn it off (0) to compare.
@@ -383,6 +388,40 @@ class Conv2D(Layer):
                 and self._tiles(self.out_channels, c * kh * kw)
                 and kw - 1 < DIRECT_MAX_DROPPED * (w + 2 * pw))
 
+    def _by_windows(self, geometry) -> bool:
+        """True when inference runs window by window (``window_conv_pool``): a
+        float32 stride-1 conv followed by a 2x2, stride-2 max-pool, not run by
+        Winograd, whose transposed weight fits WINDOW_CONV_WEIGHT_BYTES, on a
+        host with the register tiles (AVX-512). The cnn's first conv: one
+        image 4.1 -> 2.3 us, 1000 images 1.79x faster."""
+        c, _, _, kh, kw, *_ = geometry
+        pool = self.fused_pool
+        lanes = -(-self.out_channels // LANES) * LANES
+        return (pool is not None and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
+                and self.stride == (1, 1) and self.dtype == np.float32 and TILES_AVAILABLE
+                and c * kh * kw * lanes * 4 <= WINDOW_CONV_WEIGHT_BYTES)
+
+    def _windows_forward(self, x, geometry):
+        """Inference by ``window_conv_pool``: x float32 (N, C, H, W) -> (N, OC, POH, POW)."""
+        n, oc = x.shape[0], self.out_channels
+        c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
+        _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
+        taps, lanes = c * kh * kw, -(-oc // LANES) * LANES
+        parts = parts_for(n * poh * pow_ * 4 * oc * taps, n)
+        out = self._buffer("out/eval", (n, oc, poh, pow_), self.dtype)
+        window_conv_pool.run(
+            parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value,
+            c, h, w, kh, kw, ph, pw, poh, pow_, self.fused_relu, n, parts,
+            self._buffer("windows/offsets", (taps,), np.int64),
+            self._buffer("windows/weight", (taps * lanes,), self.dtype),
+            self._buffer("windows/bias", (lanes,), self.dtype),
+            self._buffer("windows/image",
+                         (parts, c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 1), self.dtype),
+            self._buffer("windows/pooled", (parts, poh * pow_ * lanes), self.dtype),
+            out.reshape(-1))
+        self._cache = None
+        return out
+
     def _direct_forward(self, x, geometry, training):
         """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW)."""
         n, oc = x.shape[0], self.out_channels
@@ -408,6 +447,8 @@ class Conv2D(Layer):
             return self._winograd_forward(x, training)
         n = x.shape[0]
         geometry = self._geometry(x)
+        if not training and self._by_windows(geometry):
+            return self._windows_forward(x, geometry)
         if self._direct(geometry):
             return self._direct_forward(x, geometry, training)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
