@@ -107,3 +107,38 @@ def test_winograd_and_large_weights_keep_their_paths(monkeypatch):
     unfolded = pooled_conv(1, 32, 3, 0, True).layers[0]
     unfolded.forward(np.zeros((1, 1, 12, 12), np.float32), training=False)
     assert "windows/pooled" not in unfolded._buffers and "cols" in unfolded._buffers
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, k, padding, relu", [
+    (4, 1, 14, 14, 32, 3, 0, True),      # the cnn's first conv
+    (3, 3, 10, 9, 20, 3, 1, True),       # the cifar network's, 20 channels, odd pooled width
+    (2, 2, 11, 11, 16, 5, 1, False),     # 5x5 padding 1, no ReLU
+])
+def test_training_window_by_window_gives_the_unfold_paths_output_winners_and_gradients(
+        n, c, h, w, oc, k, padding, relu, rng, monkeypatch):
+    """Training forward keeps each window's winner in the unfold path's format, so
+    the conv's backward (unchanged) gives the same gradients: against the unfold
+    path's forward (register tiles: the same sums in the same order, the same
+    bits) and, for the output, the reference."""
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    x[-1] = 0  # every window a four-way tie: the first member wins
+    results = []
+    for window_bytes in (conv_module.WINDOW_CONV_WEIGHT_BYTES, 0):
+        monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", window_bytes)
+        model = pooled_conv(c, oc, k, padding, relu)
+        conv = model.layers[0]
+        conv.bias.value[...] = np.linspace(-0.5, 0.5, oc)
+        out = model.forward(x)
+        assert ("windows/pooled" in conv._buffers) == (window_bytes > 0)
+        argmax = conv._cache[2].copy()
+        dy = np.random.default_rng(7).normal(size=out.shape).astype(np.float32)
+        dx = conv.backward(dy)
+        results.append((out, argmax, dx, conv.weight.grad.copy(), conv.bias.grad.copy()))
+    (out, argmax, dx, dw, db), unfolded = results
+    np.testing.assert_allclose(out, pooled_reference(x, model.layers[0], relu), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_array_equal(out, unfolded[0])
+    np.testing.assert_array_equal(argmax, unfolded[1])
+    assert (argmax[-1] == 0).all()
+    for got, want in zip((dx, dw, db), unfolded[2:], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

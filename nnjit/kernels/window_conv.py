@@ -40,18 +40,23 @@ def _window_tile(vectors, windows):
     """An intrinsic finishing ``windows`` (1 or 2) adjacent pooling windows for
     16*``vectors`` output channels:
 
-    tile(x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off, relu)
+    tile(x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off, relu,
+         argmax, train)
 
     For window w and output channel j < 16*vectors: the max over its members
     (a, b) in {0, 1}^2 of sum_t x[x_off + offsets[t] + a*W + 2w + b] *
     wt[wt_off + t*ldw + j], plus bias[bias_off + j], then max(0, .) with
-    ``relu`` (bool), into out[out_off + w*ldw + j]. x, wt, out, bias: 1-D
-    float32 arrays; offsets: int64 (T,); the others int64."""
+    ``relu`` (bool), into out[out_off + w*ldw + j]; with ``train`` (bool),
+    the winning member 2a + b into argmax[out_off + w*ldw + j]. x, wt, out,
+    bias: 1-D float32 arrays; argmax: int32; offsets: int64 (T,); the others
+    int64."""
 
     def codegen(context, builder, signature, args):
-        x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off, relu = args
+        x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off, relu = args[:13]
+        argmax, train = args[13:]
         f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
         v16 = ir.VectorType(f32, LANES)
+        i32x16 = ir.VectorType(i32, LANES)
         module = builder.module
 
         def data(i, value):
@@ -78,6 +83,7 @@ def _window_tile(vectors, windows):
         WT = builder.gep(data(5, wt), [wt_off])
         OUT = builder.gep(data(8, out), [out_off])
         B = builder.gep(data(10, bias), [bias_off])
+        WINNER = builder.gep(data(13, argmax), [out_off])
 
         entry = builder.block
         head = builder.append_basic_block("window.head")
@@ -115,25 +121,40 @@ def _window_tile(vectors, windows):
 
         builder.position_at_end(done)
         rectify = context.cast(builder, relu, signature.args[12], types.boolean)
+        winners = []  # (offset into out and argmax, the winners' members)
         for w in range(windows):
             for v in range(vectors):
                 best = accs[4 * w * vectors + v]
+                at = ir.Constant(i32x16, [0] * LANES)
                 for member in range(1, 4):
                     value = accs[(4 * w + member) * vectors + v]
                     # not (value <= best): greater, or either is NaN
-                    best = builder.select(builder.fcmp_unordered(">", value, best), value, best)
+                    wins = builder.fcmp_unordered(">", value, best)
+                    best = builder.select(wins, value, best)
+                    at = builder.select(wins, ir.Constant(i32x16, [member] * LANES), at)
                 best = builder.fadd(best, load16(builder.gep(B, [const(LANES * v)])))
                 clipped = builder.select(builder.fcmp_ordered("<", best, zero), zero, best)
                 best = builder.select(rectify, clipped, best)
-                row = builder.gep(OUT, [builder.add(builder.mul(const(w), ldw), const(LANES * v))])
-                builder.store(best, builder.bitcast(row, v16.as_pointer()), align=4)
+                offset = builder.add(builder.mul(const(w), ldw), const(LANES * v))
+                builder.store(best, builder.bitcast(builder.gep(OUT, [offset]), v16.as_pointer()),
+                              align=4)
+                winners.append((offset, at))
+        keep = builder.append_basic_block("window.argmax")
+        end = builder.append_basic_block("window.end")
+        builder.cbranch(context.cast(builder, train, signature.args[14], types.boolean), keep, end)
+        builder.position_at_end(keep)
+        for offset, at in winners:
+            builder.store(at, builder.bitcast(builder.gep(WINNER, [offset]), i32x16.as_pointer()),
+                          align=4)
+        builder.branch(end)
+        builder.position_at_end(end)
         return context.get_dummy_value()
 
     @intrinsic
     def tile(typingctx, x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off,
-             relu):
+             relu, argmax, train):
         return types.void(x, x_off, W, offsets, T, wt, wt_off, ldw, out, out_off, bias, bias_off,
-                          relu), codegen
+                          relu, argmax, train), codegen
     return tile
 
 
@@ -142,9 +163,10 @@ window_tile_2x16, window_tile_2x32 = _window_tile(1, 2), _window_tile(2, 2)
 
 
 @helper
-def windows_of_image(x, x_off, W, offsets, wt, bias, relu, POH, POW, cl):
+def windows_of_image(x, x_off, W, offsets, wt, bias, relu, POH, POW, cl, train, winners):
     """cl (POH*POW, OCp) = the pooled windows of one image (``window_tile``s),
-    channels-last; wt (T*OCp,) and bias (OCp,) as ``window_conv_pool`` packs them."""
+    channels-last; with ``train``, winners (int32, the same shape) = their
+    winning members. wt (T*OCp,) and bias (OCp,) as ``window_conv_pool`` packs them."""
     T, OCp = offsets.size, bias.size
     for ph in range(POH):
         for pw in range(0, POW, 2):
@@ -155,29 +177,34 @@ def windows_of_image(x, x_off, W, offsets, wt, bias, relu, POH, POW, cl):
                 if g + 2 * LANES > OCp:  # the last 16 channels
                     if pair:
                         window_tile_2x16(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g,
-                                         relu)
+                                         relu, winners, train)
                     else:
                         window_tile_1x16(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g,
-                                         relu)
+                                         relu, winners, train)
                 elif pair:
-                    window_tile_2x32(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g, relu)
+                    window_tile_2x32(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g, relu,
+                                     winners, train)
                 else:
-                    window_tile_1x32(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g, relu)
+                    window_tile_1x32(x, x0, W, offsets, T, wt, g, OCp, cl, d + g, bias, g, relu,
+                                     winners, train)
 
 
 @kernel
 def window_conv_pool(x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N, parts,
-                    offsets, wt, bias_p, image, cl, out):
-    """Conv2D(stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) at inference,
-    window by window in registers (module docstring).
+                     offsets, wt, bias_p, image, cl, train, winners, argmax, out):
+    """Conv2D(stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2), window by
+    window in registers (module docstring).
 
     x: float32 (N*C*H*W,); weight (OC*T,), T = C*KH*KW taps; bias (OC,).
     Workspaces, rewritten at every call (so a replayed call follows changes
     of the weight): offsets int64 (T,); wt (T*OCp,), the weight transposed,
     its columns padded with zeros to OCp = OC rounded up to 16; bias_p
     (OCp,). Part p takes images [p*N//parts, (p+1)*N//parts) with image[p]
-    (C*(H+2PH)*(W+2PW),; with padding, the zero-bordered copy of an image)
-    and cl[p] (POH*POW*OCp,). Writes out (N*OC*POH*POW,) as (N, OC, POH, POW).
+    (C*(H+2PH)*(W+2PW),; with padding, the zero-bordered copy of an image),
+    cl[p] (POH*POW*OCp,) and, with ``train``, winners[p] (int32, the same).
+    Writes out (N*OC*POH*POW,) as (N, OC, POH, POW) and, with ``train``,
+    argmax (int32, the same): each window's winning member dy*2 + dx, as
+    ``block_to_pool_major`` (so ``conv_backward`` takes it).
     """
     OC, OCp, T = bias.size, bias_p.size, offsets.size
     Hp, Wp = H + 2 * PH, W + 2 * PW
@@ -195,7 +222,11 @@ def window_conv_pool(x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N
         for n in range(p * N // parts, (p + 1) * N // parts):
             if PH > 0 or PW > 0:
                 padded_image(x, n, C, H, W, PH, PW, 0, Hp, image[p])
-                windows_of_image(image[p], 0, Wp, offsets, wt, bias_p, relu, POH, POW, cl[p])
+                windows_of_image(image[p], 0, Wp, offsets, wt, bias_p, relu, POH, POW, cl[p],
+                                 train, winners[p])
             else:
-                windows_of_image(x, n * C * H * W, W, offsets, wt, bias_p, relu, POH, POW, cl[p])
+                windows_of_image(x, n * C * H * W, W, offsets, wt, bias_p, relu, POH, POW, cl[p],
+                                 train, winners[p])
             transpose_slice(cl[p], OCp, 0, OC, 0, P, P, out[n * OC * P:])
+            if train:
+                transpose_slice(winners[p], OCp, 0, OC, 0, P, P, argmax[n * OC * P:])

@@ -389,7 +389,7 @@ class Conv2D(Layer):
                 and kw - 1 < DIRECT_MAX_DROPPED * (w + 2 * pw))
 
     def _by_windows(self, geometry) -> bool:
-        """True when inference runs window by window (``window_conv_pool``): a
+        """True when forward runs window by window (``window_conv_pool``): a
         float32 stride-1 conv followed by a 2x2, stride-2 max-pool, not run by
         Winograd, whose transposed weight fits WINDOW_CONV_WEIGHT_BYTES, on a
         host with the register tiles (AVX-512). The cnn's first conv: one
@@ -401,14 +401,18 @@ class Conv2D(Layer):
                 and self.stride == (1, 1) and self.dtype == np.float32 and TILES_AVAILABLE
                 and c * kh * kw * lanes * 4 <= WINDOW_CONV_WEIGHT_BYTES)
 
-    def _windows_forward(self, x, geometry):
-        """Inference by ``window_conv_pool``: x float32 (N, C, H, W) -> (N, OC, POH, POW)."""
+    def _windows_forward(self, x, geometry, training):
+        """Forward by ``window_conv_pool``: x float32 (N, C, H, W) -> (N, OC, POH, POW);
+        in training with each window's winner, for ``conv_backward``'s pool-major path."""
         n, oc = x.shape[0], self.out_channels
         c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
         _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
         taps, lanes = c * kh * kw, -(-oc // LANES) * LANES
         parts = parts_for(n * poh * pow_ * 4 * oc * taps, n)
-        out = self._buffer("out/eval", (n, oc, poh, pow_), self.dtype)
+        mode = "train" if training else "eval"
+        out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
+        argmax = self._buffer("argmax/train", (n, oc, poh, pow_), np.int32) if training \
+            else self._buffer("argmax/none", (1,), np.int32)
         window_conv_pool.run(
             parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value,
             c, h, w, kh, kw, ph, pw, poh, pow_, self.fused_relu, n, parts,
@@ -418,8 +422,11 @@ class Conv2D(Layer):
             self._buffer("windows/image",
                          (parts, c * (h + 2 * ph) * (w + 2 * pw) if ph or pw else 1), self.dtype),
             self._buffer("windows/pooled", (parts, poh * pow_ * lanes), self.dtype),
-            out.reshape(-1))
-        self._cache = None
+            training,
+            self._buffer("windows/winners", (parts, poh * pow_ * lanes if training else 1),
+                         np.int32),
+            argmax.reshape(-1), out.reshape(-1))
+        self._cache = (x, out, argmax, False) if training else None
         return out
 
     def _direct_forward(self, x, geometry, training):
@@ -447,8 +454,8 @@ class Conv2D(Layer):
             return self._winograd_forward(x, training)
         n = x.shape[0]
         geometry = self._geometry(x)
-        if not training and self._by_windows(geometry):
-            return self._windows_forward(x, geometry)
+        if self._by_windows(geometry):
+            return self._windows_forward(x, geometry, training)
         if self._direct(geometry):
             return self._direct_forward(x, geometry, training)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
