@@ -8,12 +8,15 @@ reusable buffers, the parameters) every time for one input shape. So for
 inputs of up to ``REPLAY_ELEMENTS`` values, the second ``predict`` of a shape
 records the calls (the compiled function the dispatcher chose and its
 arguments, arrays by reference), and later calls of that shape copy the input
-into the recorded input array and call the same functions on the same
+into the recorded input array (or, for large inputs, pass the input itself
+where the recorded one was passed) and call the same functions on the same
 arguments: the same kernels on the same memory, so the same bits (one image:
-mlp 17 -> 9.5 us, cnn 76 -> 58 us).
+mlp 17 -> 9.5 us, cnn 76 -> 58 us; the mlp on 1000 images: 15 -> 4 us of
+Python around its kernels).
 
 A recording is used only once it has proved itself: replayed on a random
-probe input it must give exactly what the layers give on that probe. A layer
+probe input it must give exactly what the layers give on that probe, and
+leave the probe as it was. A layer
 that computes anything outside its kernels at inference, or hands a kernel a
 freshly allocated array, fails this, and that shape keeps the layers' path. A
 recording is made anew when the thread count changes (it fixed each kernel's
@@ -39,10 +42,17 @@ from .kernels import _jit
 from .kernels.blas import blas_called, reset_blas_called, single_threaded_blas
 from .threads import get_num_threads, threads_set_to
 
-#: Inputs of at most this many values are replayed (all of 83 MNIST images);
-#: larger ones run the layers: their Python costs ~1% of the kernels' time
-#: (cnn, 1000 images) and their recordings would keep large buffers alive.
-REPLAY_ELEMENTS = 1 << 16
+#: Inputs of at most this many values are replayed (1,337 MNIST images, 341 of
+#: CIFAR's); larger ones run the layers, whose Python is then a small part of
+#: the time (the mlp on 1000 images: ~15 of ~430 us). Replayed inputs of at
+#: least IN_PLACE_FROM values are read where they lie, not copied (see
+#: ``_input_slots``): copying the mlp's 1000 images cost more than the
+#: Python it saves.
+REPLAY_ELEMENTS = 1 << 20
+IN_PLACE_FROM = 1 << 14
+#: Only inputs of at most this many values race (module docstring): on larger
+#: ones a window on one thread costs milliseconds.
+RACE_ELEMENTS = 1 << 16
 
 #: Recordings kept per model (most recently used): a latency loop needs one,
 #: a loop over batches two (the last is shorter). A shape is recorded on its
@@ -80,6 +90,7 @@ class _Recording:
         self.x, self.calls, self.out, self.bound = x, calls, out, bound
         self.calls_blas = True
         self.parallel = parallel  # a call ran a kernel's parallel compilation
+        self.slots = _input_slots(calls, x)
 
     def current(self) -> bool:
         """False once an array the calls were recorded with has been rebound."""
@@ -103,8 +114,15 @@ class _Recording:
         return self._replay(x)
 
     def _replay(self, x):
-        self.x[...] = x
-        for function, args in self.calls:
+        calls = self.calls
+        if self.slots is not None and x.size >= IN_PLACE_FROM and x.flags.c_contiguous:
+            calls = list(calls)
+            for i, j, shape in self.slots:
+                function, args = calls[i]
+                calls[i] = (function, args[:j] + (x.reshape(shape),) + args[j + 1:])
+        else:
+            self.x[...] = x
+        for function, args in calls:
             function(*args)
         return self.out.copy()
 
@@ -236,11 +254,14 @@ class ReplayedInference:
         result = out.copy()
         recording = _Recording(x_copy, calls, out, bound, parallel)
         probe = np.random.default_rng(0).standard_normal(x.shape).astype(self._dtype)
+        unchanged = probe.copy()
         try:
             reset_blas_called()
             replayed = recording.run(probe)  # first: stale values from x would show
             recording.calls_blas = blas_called()
-            proved = np.array_equal(replayed, self._forward(probe), equal_nan=True)
+            # Read in place, the input must come out as it went in.
+            proved = np.array_equal(probe, unchanged, equal_nan=True) and \
+                np.array_equal(replayed, self._forward(probe), equal_nan=True)
         except Exception:  # noqa: BLE001  (a probe the layers refuse: keep the layers' path)
             proved = False
         self._recordings[key] = recording if proved else None
@@ -248,9 +269,29 @@ class ReplayedInference:
         self._seen.pop(key, None)
         while len(self._recordings) > KEPT_RECORDINGS:
             self._races.pop(self._recordings.popitem(last=False)[0], None)
-        if proved and parallel and key[1] > 1 and key not in self._races:
+        if proved and parallel and key[1] > 1 and x.size <= RACE_ELEMENTS \
+                and key not in self._races:
             self._races[key] = _Race((key, (key[0], 1, key[2])))
         return result
+
+
+def _input_slots(calls, x):
+    """[(call, argument, shape)] of every argument of ``calls`` that is all of x,
+    reshaped (the same memory, C order), or None if some argument holds part of
+    x or x inside a tuple: then a replay must copy its input into x."""
+    slots = []
+    start = x.__array_interface__["data"][0]
+    for i, (_, args) in enumerate(calls):
+        for j, arg in enumerate(args):
+            if isinstance(arg, tuple):
+                if any(isinstance(a, np.ndarray) and np.may_share_memory(a, x) for a in arg):
+                    return None
+            elif isinstance(arg, np.ndarray) and np.may_share_memory(arg, x):
+                if not (arg.__array_interface__["data"][0] == start and arg.nbytes == x.nbytes
+                        and arg.dtype == x.dtype and arg.flags.c_contiguous):
+                    return None
+                slots.append((i, j, arg.shape))
+    return slots
 
 
 def _compiled(dispatcher, args):

@@ -132,6 +132,54 @@ def test_each_thread_count_has_its_recording_and_large_inputs_none(rng):
     assert all(key[0] != big.shape for key in model._replayed._recordings)
 
 
+@pytest.mark.parametrize("preset", ["mlp", "cnn"])
+def test_large_inputs_are_read_in_place_and_left_as_they_were(preset, rng):
+    """From IN_PLACE_FROM values a replay reads its input where it lies instead of
+    copying it: each new input gives the layers' bits and is left unchanged; an
+    input that is not C-contiguous is copied, as below IN_PLACE_FROM."""
+    from nnjit.replay import IN_PLACE_FROM
+
+    model = build_model(preset, (1, 12, 12), seed=0, num_classes=10)
+    n = IN_PLACE_FROM // 144 + 1
+    for _ in range(4):
+        x = rng.standard_normal((n, 1, 12, 12)).astype(np.float32)
+        before = x.copy()
+        got = model.predict(x, batch_size=n)
+        np.testing.assert_array_equal(x, before)
+        np.testing.assert_array_equal(got, layers_path(model, x))
+    recordings = [r for r in model._replayed._recordings.values() if r is not None]
+    assert recordings and all(r.slots for r in recordings)
+    strided = rng.standard_normal((n, 1, 12, 24)).astype(np.float32)[..., ::2]
+    np.testing.assert_array_equal(model.predict(strided, batch_size=n),
+                                  layers_path(model, np.ascontiguousarray(strided)))
+
+
+class ReLUOverItsInput(Layer):
+    """Writes its output over its input, by a kernel: read in place, a replay would
+    write over the caller's array."""
+
+    def forward(self, x, training=True):
+        from nnjit.kernels.activation import relu_forward
+
+        relu_forward(x.reshape(-1), x.reshape(-1))
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        return dy
+
+
+def test_a_model_writing_over_its_input_is_not_replayed_in_place(rng):
+    from nnjit.replay import IN_PLACE_FROM
+
+    model = Sequential([ReLUOverItsInput(), Flatten(), Dense(144, 3)], seed=0)
+    n = IN_PLACE_FROM // 144 + 1
+    for _ in range(3):
+        x = rng.standard_normal((n, 1, 12, 12)).astype(np.float32)
+        expected = layers_path(model, x.copy())
+        np.testing.assert_array_equal(model.predict(x, batch_size=n), expected)
+    assert list(model._replayed._recordings.values()) == [None]
+
+
 def test_compile_ahead_over_predict_leaves_replay_correct(rng):
     model = build_model("mlp", (1, 8, 8), seed=0, num_classes=4)
     x = rng.random((1, 1, 8, 8), dtype=np.float32)
