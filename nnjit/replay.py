@@ -101,7 +101,9 @@ class _Recording:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The output for ``x`` (a new array): the recorded calls (``_compiled``) on a
-        copy of it.
+        copy of it, or on x itself where it can be read in place (``_input_slots``;
+        from IN_PLACE_FROM values, C-contiguous, aligned and writeable: the
+        types the recorded calls were compiled for).
 
         The caller holds ``single_threaded_blas.lock`` (``Sequential.predict``
         does, around the whole pass): passes from several threads take turns,
@@ -115,7 +117,9 @@ class _Recording:
 
     def _replay(self, x):
         calls = self.calls
-        if self.slots is not None and x.size >= IN_PLACE_FROM and x.flags.c_contiguous:
+        flags = x.flags
+        if self.slots is not None and x.size >= IN_PLACE_FROM and flags.c_contiguous \
+                and flags.aligned and flags.writeable:
             calls = list(calls)
             for i, j, shape in self.slots:
                 function, args = calls[i]

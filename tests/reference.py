@@ -34,6 +34,16 @@ def maxpool2d(x, kernel, stride):
     return pool2d(x, kernel, stride, np.max)
 
 
+def conv_relu_maxpool2x2(x, conv, relu):
+    """float64 conv of x by the Conv2D ``conv``'s parameters, max(0, .) with ``relu``,
+    then a 2x2, stride-2 max-pool (the last row/column of odd sizes unpooled)."""
+    y = conv2d(x.astype(np.float64), conv.weight.value.astype(np.float64),
+               conv.bias.value.astype(np.float64), conv.stride, conv.padding)
+    if relu:
+        y = np.maximum(y, 0)
+    return maxpool2d(y, (2, 2), (2, 2))
+
+
 def avgpool2d(x, kernel, stride):
     return pool2d(x, kernel, stride, np.mean)
 

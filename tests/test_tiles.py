@@ -172,6 +172,7 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, mon
     tiles on any host."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
     monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)
     monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: everywhere)
 
     def build(dtype):

@@ -9,17 +9,6 @@ import reference as ref
 from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
 
 
-def pooled_reference(x, conv, relu):
-    """float64 conv (+ ReLU) + 2x2 max-pool of x by the NumPy reference."""
-    y = ref.conv2d(x.astype(np.float64), conv.weight.value.astype(np.float64),
-                   conv.bias.value.astype(np.float64), conv.stride, conv.padding)
-    if relu:
-        y = np.maximum(y, 0)
-    n, oc, oh, ow = y.shape
-    y = y[:, :, :oh // 2 * 2, :ow // 2 * 2]
-    return y.reshape(n, oc, oh // 2, 2, ow // 2, 2).max(axis=(3, 5))
-
-
 def pooled_conv(c, oc, k, padding, relu, seed=3):
     layers = [Conv2D(c, oc, k, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     return Sequential(layers, seed=seed)
@@ -48,7 +37,7 @@ def test_inference_window_by_window_matches_reference_and_training_path(n, c, h,
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     got = conv.forward(x, training=False).copy()
     assert "windows/pooled" in conv._buffers  # this path ran
-    np.testing.assert_allclose(got, pooled_reference(x, conv, relu), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, ref.conv_relu_maxpool2x2(x, conv, relu), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got, conv.forward(x, training=True), rtol=1e-6, atol=1e-6)
 
 
@@ -93,7 +82,7 @@ def test_predict_follows_weight_changes(rng):
     conv = model.layers[0]
     conv.weight.value[5] *= -2
     conv.bias.value[7] += 1
-    np.testing.assert_allclose(model.predict(x), pooled_reference(x, conv, True), rtol=1e-5,
+    np.testing.assert_allclose(model.predict(x), ref.conv_relu_maxpool2x2(x, conv, True), rtol=1e-5,
                                atol=1e-5)
 
 
@@ -135,7 +124,7 @@ def test_training_window_by_window_gives_the_unfold_paths_output_winners_and_gra
         dx = conv.backward(dy)
         results.append((out, argmax, dx, conv.weight.grad.copy(), conv.bias.grad.copy()))
     (out, argmax, dx, dw, db), unfolded = results
-    np.testing.assert_allclose(out, pooled_reference(x, model.layers[0], relu), rtol=1e-5,
+    np.testing.assert_allclose(out, ref.conv_relu_maxpool2x2(x, model.layers[0], relu), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_array_equal(out, unfolded[0])
     np.testing.assert_array_equal(argmax, unfolded[1])

@@ -11,17 +11,6 @@ from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
 from nnjit.spec import build_model
 
 
-def pooled_reference(x, conv, relu):
-    """float64 conv (+ ReLU) + 2x2 max-pool of x by the NumPy reference."""
-    y = ref.conv2d(x.astype(np.float64), conv.weight.value.astype(np.float64),
-                   conv.bias.value.astype(np.float64), conv.stride, conv.padding)
-    if relu:
-        y = np.maximum(y, 0)
-    n, oc, oh, ow = y.shape
-    y = y[:, :, :oh // 2 * 2, :ow // 2 * 2]
-    return y.reshape(n, oc, oh // 2, 2, ow // 2, 2).max(axis=(3, 5))
-
-
 @pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
     (1, 32, 13, 13, 64, 0, True),    # the cnn's second conv, one image (two threads share it)
@@ -36,6 +25,7 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     """With its GEMMs in register tiles (forced on, so on any host) and on BLAS."""
     monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
     monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)  # training: the unfold path
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     model = Sequential(layers, seed=2)
     conv = model.layers[0]
@@ -44,7 +34,7 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     got = conv.forward(x, training=False).copy()
     unfolded = conv.forward(x, training=True)
-    np.testing.assert_allclose(got, pooled_reference(x, conv, relu), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got, ref.conv_relu_maxpool2x2(x, conv, relu), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got, unfolded, rtol=1e-4, atol=1e-4)
 
 
@@ -95,6 +85,7 @@ def test_winograd_is_used_only_where_it_applies():
 def winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch):
     """(out, dx, dweight, dbias) of a training forward and backward of the first
     of ``layers`` (a Conv2D taking the rest), by Winograd and by the unfold path."""
+    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)  # Winograd off: unfold
     conv = Sequential(layers, seed=3).layers[0]
     assert conv._winograd()
     results = []
