@@ -163,8 +163,11 @@ class Sequential:
         """Inference only (no caches kept for backward), in batches.
 
         x: float (N, C, H, W). Returns a new float array (N, K) of outputs
-        (probabilities for a model ending in Softmax).
+        (probabilities for a model ending in Softmax); (0, K) for no images.
         """
+        if len(x) == 0:  # the layers' kernels split work by images: none to split
+            rows = self.summary(np.shape(x)[1:])
+            return np.empty((0, *(rows[-1][1] if rows else np.shape(x)[1:])), self.dtype)
         # Held throughout: passes from several threads take turns (the layers'
         # buffers are shared), and each copies its results out before the next.
         # (BLAS is set to one thread by the parts that call it: ``_run``, a

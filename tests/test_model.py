@@ -40,6 +40,14 @@ def test_predict_keeps_no_cache_for_backward(rng):
         model.backward([0, 1])
 
 
+def test_predict_on_no_images_gives_an_empty_output_of_the_model_shape():
+    model = make_model()
+    out = model.predict(np.zeros((0, 1, 12, 12), np.float32))
+    assert out.shape == (0, 3) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="layer 0"):
+        model.predict(np.zeros((0, 2, 12, 12), np.float32))
+
+
 def test_evaluate_matches_probabilities(rng):
     model = make_model()
     x = rng.random((7, 1, 12, 12), dtype=np.float32)
