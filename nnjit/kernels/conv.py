@@ -487,6 +487,17 @@ def unfold_block(x, C, H, W, KH, KW, SH, SW, PH, PW, OW, n0, n1, r0, R, G, image
     im2col(src, C, rows, Wp, KH, KW, SH, SW, skip, OW, first, last, r0, R, G, cols)
 
 
+@helper
+def tap_offsets(C, KH, KW, Hp, Wp, offsets):
+    """offsets[k] = (c*Hp + kh)*Wp + kw for each tap k = (c, kh, kw) of a
+    (C, KH, KW) kernel: where in an image (C, Hp, Wp) the tap's input lies,
+    from the input under the output's first position. offsets: int64 (C*KH*KW,)."""
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                offsets[(c * KH + kh) * KW + kw] = (c * Hp + kh) * Wp + kw
+
+
 @kernel
 def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW, OH, OW, relu,
                         offsets, image, ybuf, out):
@@ -513,11 +524,7 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW
     offsets: int64 (K,) (here, not by the caller: a replayed call of another
     input shape finds them right) and out: (N*OC*OH*OW,).
     """
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    for c in range(C):
-        for kh in range(KH):
-            for kw in range(KW):
-                offsets[(c * KH + kh) * KW + kw] = (c * Hp + kh) * Wp + kw
+    tap_offsets(C, KH, KW, H + 2 * PH, W + 2 * PW, offsets)
     for part in prange(bounds.size - 1):
         conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W,
                                  PH, PW, OH, OW, relu, offsets, image[part], ybuf[part], out)

@@ -1,6 +1,7 @@
-"""A stride-1 convolution followed by a 2x2 max-pool, at inference, finished
-pooling window by pooling window in registers, the output channels on the
-vector lanes.
+"""A stride-1 convolution followed by a 2x2 max-pool, finished pooling window by
+pooling window in registers, the output channels on the vector lanes (at
+inference, and in training keeping each window's winner for the unfold
+path's backward).
 
 Unfolded and multiplied as a GEMM, such a conv computes its whole output,
 stores it, and the pooling reads it back; for the cnn's first conv (1 -> 32
@@ -16,9 +17,10 @@ then transposed to (OC, windows). No unfolding, no conv output in memory:
 the cnn's first conv on one image 2.3 us, on 1000 images 1.79x faster; on
 1000 images 1.23-1.95x faster than the unfold path for every few-channel
 shape measured, up to 32 -> 64 channels 5x5 (800 taps: 1.28x). Winograd
-(``nnjit.kernels.winograd``) stays ahead where it applies (3x3 over 32 or
-more channels: 6.5 against 8.9 ms for the cnn's second conv on 1000
-images).
+(``nnjit.kernels.winograd``) stays ahead where it applies, from 16 input
+channels (3x3: 6.5 against 8.9 ms for the cnn's second conv on 1000 images;
+with 8 channels the windows were faster, 9.9 against 13.1 ms, and Winograd
+still takes them).
 
 Sums run over the taps in order with fused multiply-adds, as the register
 tiles' do, and the pooling keeps ``block_to_pool_major``'s order of
@@ -29,7 +31,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._jit import helper, kernel, prange
-from .conv import padded_image
+from .conv import padded_image, tap_offsets
 from .tiles import transpose_slice
 
 #: Output channels per vector.
@@ -208,10 +210,7 @@ def window_conv_pool(x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N
     """
     OC, OCp, T = bias.size, bias_p.size, offsets.size
     Hp, Wp = H + 2 * PH, W + 2 * PW
-    for c in range(C):
-        for kh in range(KH):
-            for kw in range(KW):
-                offsets[(c * KH + kh) * KW + kw] = (c * Hp + kh) * Wp + kw
+    tap_offsets(C, KH, KW, Hp, Wp, offsets)
     for t in range(T):
         for oc in range(OCp):
             wt[t * OCp + oc] = weight[oc * T + t] if oc < OC else 0
