@@ -8,7 +8,7 @@ import nnjit.layers.dense as dense_module
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
 from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, NT_REDUCTION_STEP,
-                                 product, refresh_transpose, tiled_gemm,
+                                 batched_product, product, refresh_transpose, tiled_gemm,
                                  tiled_gemm_nt, transpose_slice)
 
 
@@ -72,6 +72,27 @@ def test_product_of_a_column_range_writes_only_those_columns(m, n, l0, l1, tiles
     np.testing.assert_allclose(c[:, l0:l1], a.astype(np.float64) @ b[:, l0:l1], rtol=1e-5,
                                atol=1e-4)
     assert np.isnan(np.delete(c, np.s_[l0:l1], axis=1)).all()
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("m, k, n", [(25, 32, 64), (9, 32, 64), (3, 16, 40), (4, 8, 33),
+                                     (13, 20, 17)])
+def test_batched_product_multiplies_each_pair_and_writes_only_its_rows(m, k, n, tiles, rng):
+    """c[i] = a[i] @ b[i] for matrices lying a stride apart (Winograd's 16 per
+    chunk), in tiles (8-row, 4-row, overlapping, masked) or by BLAS; what lies
+    between the c[i] (NaN) untouched."""
+    count, a_step, b_step, c_step = 3, (m + 3) * k, k * n + 5, (m + 2) * n
+    a = rng.standard_normal(count * a_step).astype(np.float32)
+    b = rng.standard_normal(count * b_step).astype(np.float32)
+    c = np.full(count * c_step, np.nan, np.float32)
+    with single_threaded_blas:
+        batched_product(blas_handle(), tiles, count, m, k, a, a_step, b, b_step, n, c, c_step)
+    for i in range(count):
+        ai = a[i * a_step:i * a_step + m * k].reshape(m, k).astype(np.float64)
+        bi = b[i * b_step:i * b_step + k * n].reshape(k, n)
+        np.testing.assert_allclose(c[i * c_step:i * c_step + m * n].reshape(m, n), ai @ bi,
+                                   rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        assert np.isnan(c[i * c_step + m * n:(i + 1) * c_step]).all()
 
 
 def test_tiled_gemm_in_float64_is_blas(rng):

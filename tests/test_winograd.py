@@ -38,6 +38,36 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     np.testing.assert_allclose(got, unfolded, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("n, c, h, w, oc, padding", [
+    (1, 32, 13, 13, 64, 0),      # one image: 25 windows, split 16 + 9
+    (2, 32, 13, 13, 64, 0),      # the threads' windows cross from one image into the next
+    (1, 8, 5, 5, 16, 1),         # 4 windows: one thread has none
+    (3, 12, 9, 10, 20, (1, 0)),  # rows padded: each thread copies only the rows it reads
+])
+def test_winograd_shared_by_two_threads_matches_one_thread_exactly(n, c, h, w, oc, padding, rng,
+                                                                   monkeypatch):
+    """A small batch split by pooling windows between two threads gives the same
+    bits as one thread doing all of it (the same tile sums, row by row)."""
+    import nnjit
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62)  # one part: a shared chunk
+    layers = [Conv2D(c, oc, 3, padding=padding), ReLU(), MaxPool2D(2)]
+    conv = Sequential(layers, seed=3).layers[0]
+    conv.bias.value[...] = rng.normal(size=oc)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    results = []
+    for threads in (2, 1):
+        nnjit.set_num_threads(threads)
+        try:
+            assert conv._winograd_plan(x)[2] == threads  # threads sharing the chunk
+            results.append(conv.forward(x, training=False).copy())
+        finally:
+            nnjit.set_num_threads(2)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], ref.conv_relu_maxpool2x2(x, conv, True), rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_winograd_follows_in_place_weight_changes(rng, monkeypatch):
     """The transformed filters are kept between calls: changing the weight in
     place (a filter, a sign of zero, a NaN) or training a step must show in the

@@ -303,6 +303,27 @@ def product(blas, tiles, trans_a, M, K, a, lda, b, L, l0, l1, c, accumulate):
              1.0 if accumulate else 0.0, c[l0:], L)
 
 
+@njit(cache=True)
+def batched_product(blas, tiles, count, M, K, a, a_step, b, b_step, L, c, c_step):
+    """c[i] (M, L) = a[i] (M, K) @ b[i] (K, L) for i < count, matrix i of each
+    at i*step (a_step, b_step, c_step) of its flat buffer, rows contiguous;
+    in register tiles (as ``tiled_gemm``) with ``tiles``, float32 and M >= 4,
+    otherwise one ``product`` each. Winograd's 16 small products per chunk:
+    through ``product`` each paid ~0.1 us of calls (16 of 25 x 32 x 64: 8.9
+    against 7.1 us)."""
+    if not (tiles and a.itemsize == 4 and M >= 4):
+        for i in range(count):
+            product(blas, tiles, NO_TRANS, M, K, a[i * a_step:], K, b[i * b_step:], L, 0, L,
+                    c[i * c_step:], False)
+        return
+    _, M4 = tiled_rows(M)
+    for i in range(count):
+        ci = c[i * c_step:]
+        for l0 in range(0, L, TILE_COLS):
+            panel_tiles(M, M4 < M, a, i * a_step, K, 1, b, i * b_step, L, K, ci, L, l0,
+                        min(TILE_COLS, L - l0), False)
+
+
 @njit(cache=True, fastmath={"reassoc", "contract"})
 def dot_rows_nt(r0, r1, K, a, b, N, c, accumulate):
     """c[i, n] = a[i] . b[n] (added to c with ``accumulate``) for rows i in [r0, r1)

@@ -32,9 +32,9 @@ import numpy as np
 from numba import njit
 
 from ._jit import helper, kernel, prange
-from .blas import NO_TRANS, TRANS
+from .blas import TRANS
 from .runs import copy_run, zero_run
-from .tiles import product, refresh_kept, transpose_slice
+from .tiles import batched_product, product, refresh_kept, transpose_slice
 
 U = np.uint64
 #: Channels per block of the transforms: each writes its 16 outputs for a
@@ -132,20 +132,23 @@ def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
 
 
 @helper
-def channels_last(x, n, C, H, W, PH, PW, image):
-    """image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,) channels-last, in a
-    border of zeros PH rows and PW columns wide. The border is written at
-    every call: a buffer of the same size may have held an image of another
-    shape (10x10 and 7x14 padded by 1 are both 144 positions)."""
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    for hp in range(PH):
-        zero_run(image, U(hp * Wp * C), U(Wp * C))
-        zero_run(image, U((Hp - 1 - hp) * Wp * C), U(Wp * C))
+def channels_last(x, n, C, H, W, PH, PW, r0, r1, image):
+    """Rows [r0, r1) of image (H+2PH, W+2PW, C) = image n of x (N*C*H*W,)
+    channels-last, in a border of zeros PH rows and PW columns wide. The
+    border is written at every call: a buffer of the same size may have held
+    an image of another shape (10x10 and 7x14 padded by 1 are both 144
+    positions)."""
+    Wp = W + 2 * PW
+    h0, h1 = min(max(r0 - PH, 0), H), max(min(r1 - PH, H), 0)  # the rows of x among them
+    for hp in range(r0, r1):
+        if hp < PH + h0 or hp >= PH + h1:
+            zero_run(image, U(hp * Wp * C), U(Wp * C))
     plane = x[n * C * H * W:]
-    if PW == 0:  # the rows are contiguous: (C, H*W) into (H*W, C) at once
-        transpose_slice(plane, H * W, 0, H * W, 0, C, C, image[PH * Wp * C:])
+    if PW == 0:  # the rows are contiguous: (C, rows*W) into (rows*W, C) at once
+        transpose_slice(plane, H * W, h0 * W, (h1 - h0) * W, 0, C, C,
+                        image[(PH + h0) * Wp * C:])
         return
-    for h in range(H):  # row h of every channel, (C, W), into (W, C)
+    for h in range(h0, h1):  # row h of every channel, (C, W), into (W, C)
         row = (h + PH) * Wp * C
         zero_run(image, U(row), U(PW * C))
         zero_run(image, U(row + (PW + W) * C), U(PW * C))
@@ -166,16 +169,16 @@ def _output_column(Mt, s, q, step):
 
 
 @helper
-def transform_tiles(image, C, Wp, POH, POW, row0, Vt, Lp, stage):
-    """Vt[xi, row0 + t, :] = (B^T d B)[xi] over the C channels, for the 4x4 tile d
-    of image (channels-last, zero-bordered, Wp columns) under each pooling
-    window t = i*POW + j: input rows 2i .. 2i+3, columns 2j .. 2j+3.
-    stage: workspace (>= 16*STAGE_CHANNELS,) (see STAGE_CHANNELS)."""
+def transform_tiles(image, C, Wp, POW, t0, t1, row0, Vt, Lp, stage):
+    """Vt[xi, row0 + t - t0, :] = (B^T d B)[xi] over the C channels, for the 4x4
+    tile d of image (channels-last, zero-bordered, Wp columns) under each
+    pooling window t = i*POW + j in [t0, t1): input rows 2i .. 2i+3, columns
+    2j .. 2j+3. stage: workspace (>= 16*STAGE_CHANNELS,) (see STAGE_CHANNELS)."""
     step = U(Lp * C)  # from Vt[xi] to Vt[xi+1]
     row, col = U(Wp * C), U(C)
-    for t in range(POH * POW):
+    for t in range(t0, t1):
         base = U(((2 * (t // POW)) * Wp + 2 * (t % POW)) * C)
-        dst = U((row0 + t) * C)
+        dst = U((row0 + t - t0) * C)
         for c0 in range(0, C, STAGE_CHANNELS):
             width = U(min(STAGE_CHANNELS, C - c0))
             for c in range(width):
@@ -193,10 +196,10 @@ def transform_tiles(image, C, Wp, POH, POW, row0, Vt, Lp, stage):
 
 
 @helper
-def pool_windows(Mt, bias, OC, oc0, oc1, T, row0, Lp, relu, pooled, train, argmax):
+def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
     """pooled[t, oc] = max of window t's 2x2 conv outputs (A^T M A, from rows
-    row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``, for the
-    output channels oc in [oc0, oc1): the first maximum in row-major order
+    row0 + t of Mt), plus bias[oc], then max(0, .) with ``relu``, for the T
+    windows and every output channel oc: the first maximum in row-major order
     wins and a NaN propagates, as in ``block_to_pool_major``. With ``train``,
     argmax[t, oc] (int32 (T*OC,)) = the winner's member a*2 + b (row a,
     column b of the window), or -1 where the ReLU passes no gradient (pooled
@@ -205,7 +208,7 @@ def pool_windows(Mt, bias, OC, oc0, oc1, T, row0, Lp, relu, pooled, train, argma
     for t in range(T):
         src = U((row0 + t) * OC)
         dst = U(t * OC)
-        for oc in range(U(oc0), U(oc1)):
+        for oc in range(U(OC)):
             s = src + oc
             f0 = _output_column(Mt, s, 0, step)
             f1 = _output_column(Mt, s, 1, step)
@@ -326,17 +329,20 @@ def padded_rows(windows):
 
 
 @helper
-def transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage):
-    """Vt (16, Lp, C) = the transformed input tiles of images [n0, n1)'s pooling
-    windows (``transform_tiles``), rows past them zero. image: workspace
+def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage):
+    """Vt (16, Lp, C) = the transformed input tiles of the pooling windows [w0, w1)
+    of the batch (window w = n*POH*POW + t: window t of image n;
+    ``transform_tiles``), rows past them zero. image: workspace
     ((H+2PH)*(W+2PW)*C,), zero-bordered (``channels_last``); stage as
     ``transform_tiles``'s."""
     T = POH * POW
-    for n in range(n0, n1):
-        channels_last(x, n, C, H, W, PH, PW, image)
-        transform_tiles(image, C, W + 2 * PW, POH, POW, (n - n0) * T, Vt, Lp, stage)
+    for n in range(w0 // T, -(-w1 // T)):
+        t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
+        # the rows of the padded image under pooled rows t0 // POW .. (t1 - 1) // POW
+        channels_last(x, n, C, H, W, PH, PW, 2 * (t0 // POW), 2 * ((t1 - 1) // POW) + 4, image)
+        transform_tiles(image, C, W + 2 * PW, POW, t0, t1, n * T + t0 - w0, Vt, Lp, stage)
     for xi in range(16):
-        Vt[(xi * Lp + (n1 - n0) * T) * C:(xi + 1) * Lp * C] = 0
+        Vt[(xi * Lp + w1 - w0) * C:(xi + 1) * Lp * C] = 0
 
 
 @kernel(blas=True)
@@ -355,24 +361,25 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).
     The GEMMs run in register tiles with ``tiles`` (``nnjit.kernels.tiles``),
     otherwise on BLAS. With split > 1 (one part, one chunk of per = N images), that
-    many threads share the chunk instead, each with the output channels
-    [g*OC//split, (g+1)*OC//split): it transforms the whole chunk's input in
-    its own image[g] and Vt[g] (cheaper than the fork and join one more
-    parallel region would cost), and refreshes, multiplies and pools its
-    output channels into Mt[0] and pooled[0].
+    many threads share the chunk instead, thread g taking the pooling windows
+    from split_bound(g) to split_bound(g + 1) of the L = N*POH*POW, in workspaces [g]:
+    each transforms, multiplies and pools only its own windows (the filters
+    refreshed first, on one thread). (Split by output channels instead, each
+    thread transformed the whole input: one image, 11.2 us against 14.3 on
+    one thread.)
     """
     OC = bias.size
     T = POH * POW
     Lp = padded_rows(per * T)
     if split > 1:
+        refresh_filters(weight, C, 0, OC, OC, kept, Ut)
         for g in prange(split):
-            oc0, oc1 = g * OC // split, (g + 1) * OC // split
-            refresh_filters(weight, C, oc0, oc1, OC, kept, Ut)
-            stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
-            transform_chunk(x, 0, N, C, H, W, PH, PW, POH, POW, image[g], Vt[g], Lp, stage)
-            chunk_products(blas, tiles, Lp, C, OC, oc0, oc1, Vt[g], Ut, Mt[0])
-            pool_chunk(Mt[0], bias, OC, oc0, oc1, T, 0, N, Lp, relu, pooled[0], train, argmax,
-                       out)
+            w0, w1 = split_bound(g, N * T, split), split_bound(g + 1, N * T, split)
+            if w1 > w0:
+                stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
+                conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, w0, w1, Ut, image[g],
+                                  Vt[g], Mt[g], Lp, pooled[g], out, train, argmax, tiles, blas,
+                                  stage)
         return
     for p in prange(parts):
         refresh_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, kept, Ut)
@@ -381,31 +388,39 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
         stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
         for n0 in range(first, last, per):
             n1 = min(n0 + per, last)
-            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], Vt[p], Lp, stage)
-            chunk_products(blas, tiles, Lp, C, OC, 0, OC, Vt[p], Ut, Mt[p])
-            pool_chunk(Mt[p], bias, OC, 0, OC, T, n0, n1, Lp, relu, pooled[p], train, argmax,
-                       out)
+            conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, n0 * T, n1 * T, Ut,
+                              image[p], Vt[p], Mt[p], Lp, pooled[p], out, train, argmax, tiles,
+                              blas, stage)
+
+
+@njit(cache=True, inline="always")
+def split_bound(g, L, split):
+    """Where thread g's windows start when ``split`` threads share L: near g*L/split,
+    at a multiple of 8 (whole 8-row register tiles: of one image's 25, 16 and
+    9 took 4.1 and 3.4 us of products, 12 and 13 3.4 and 4.5)."""
+    return L if g >= split else min((g * L // split + 4) // 8 * 8, L)
 
 
 @helper
-def chunk_products(blas, tiles, Lp, C, OC, oc0, oc1, Vt, Ut, Mt):
-    """Columns [oc0, oc1) of Mt[xi] (Lp, OC) = Vt[xi] (Lp, C) @ Ut[xi] (C, OC)
-    for the 16 xi (``product``)."""
-    for xi in range(16):
-        product(blas, tiles, NO_TRANS, Lp, C, Vt[xi * Lp * C:], C, Ut[xi * C * OC:], OC, oc0, oc1,
-                Mt[xi * Lp * OC:], False)
-
-
-@helper
-def pool_chunk(Mt, bias, OC, oc0, oc1, T, n0, n1, Lp, relu, pooled, train, argmax, out):
-    """Output channels [oc0, oc1) of images [n0, n1) of a chunk (rows (n - n0)*T..
-    of Mt) pooled (``pool_windows``) into out (N*OC*T,) as (N, OC, T), through
-    pooled (T*OC,); with ``train`` their winners into argmax (N*T*OC,)."""
-    for n in range(n0, n1):
-        pool_windows(Mt, bias, OC, oc0, oc1, T, (n - n0) * T, Lp, relu, pooled, train,
-                     argmax[n * T * OC:])
-        # (T, channels [oc0, oc1)) -> out[n, oc0:oc1] (oc1 - oc0, T)
-        transpose_slice(pooled, OC, oc0, oc1 - oc0, 0, T, T, out[(n * OC + oc0) * T:])
+def conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, w0, w1, Ut, image, Vt, Mt, Lp,
+                      pooled, out, train, argmax, tiles, blas, stage):
+    """The pooled outputs of the batch's pooling windows [w0, w1) (window w =
+    n*POH*POW + t: window t of image n) into out (N*OC*POH*POW,) as (N, OC,
+    POH, POW), and with ``train`` their winners into argmax (N*POH*POW*OC,):
+    their tiles transformed into Vt (16, Lp, C) (``transform_windows``), 16
+    GEMMs Mt[xi] (Lp, OC) = Vt[xi] @ Ut[xi] (C, OC) over their rows only (the
+    rows Lp pads to are never read), then pooled (``pool_windows``) image by
+    image through pooled (POH*POW*OC,)."""
+    OC = bias.size
+    T = POH * POW
+    transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage)
+    batched_product(blas, tiles, 16, w1 - w0, C, Vt, Lp * C, Ut, C * OC, OC, Mt, Lp * OC)
+    for n in range(w0 // T, -(-w1 // T)):
+        t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
+        pool_windows(Mt, bias, OC, t1 - t0, n * T + t0 - w0, Lp, relu, pooled, train,
+                     argmax[(n * T + t0) * OC:])
+        # (windows, OC) -> out[n, :, t0:t1] (OC, T)
+        transpose_slice(pooled, OC, 0, OC, 0, t1 - t0, T, out[n * OC * T + t0:])
 
 
 @kernel(blas=True)
@@ -416,7 +431,7 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
 
     dy: float (N*OC*POH*POW,), the gradient at the pooled output; argmax from
     forward. Per chunk: Vt (16, Lp, C) of the input tiles again
-    (``transform_chunk``), dMt (16, Lp, OC) from dy (``window_gradients``),
+    (``transform_windows``), dMt (16, Lp, OC) from dy (``window_gradients``),
     then 16 GEMMs dU[xi] (C, OC) += Vt[xi]^T dMt[xi] and, with ``need_dx``,
     16 dVt[xi] (Lp, C) = dMt[xi] UtT[xi] (UtT: (16*OC*C,), the filters'
     transform as (16, OC, C), made here) scattered back onto the image
@@ -440,7 +455,7 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
         db[:] = 0
         for n0 in range(first, last, per):
             n1 = min(n0 + per, last)
-            transform_chunk(x, n0, n1, C, H, W, PH, PW, POH, POW, image[p], vt, Lp, stage)
+            transform_windows(x, n0 * T, n1 * T, C, H, W, PH, PW, POH, POW, image[p], vt, Lp, stage)
             for n in range(n0, n1):
                 window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[p], dmt, db,
                                  stage)
@@ -450,9 +465,7 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
                         OC, dU[xi * C * OC:], True)
             if not need_dx:
                 continue
-            for xi in range(16):
-                product(blas, tiles, NO_TRANS, Lp, OC, dmt[xi * Lp * OC:], OC, UtT[xi * OC * C:],
-                        C, 0, C, dvt[xi * Lp * C:], False)
+            batched_product(blas, tiles, 16, Lp, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
             for n in range(n0, n1):
                 dimage[p][:] = 0
                 scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p], stage)

@@ -348,8 +348,8 @@ class Conv2D(Layer):
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
             *self._winograd_workspaces(spaces, rows, *geometry),
-            self._buffer("winograd/Mt", (parts, 16 * rows * oc), dtype),
-            self._buffer("winograd/pooled", (parts, poh * pow_ * oc), dtype),
+            self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
+            self._buffer("winograd/pooled", (spaces, poh * pow_ * oc), dtype),
             out.reshape(-1), training, argmax, chunk_threads, TILES_AVAILABLE, blas_handle())
         self._cache = (x, out, argmax, True) if training else None
         return out
