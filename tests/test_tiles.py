@@ -8,7 +8,7 @@ import nnjit.layers.dense as dense_module
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
 from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, NT_REDUCTION_STEP,
-                                 batched_product, product, refresh_transpose, tiled_gemm,
+                                 batched_product, refresh_transpose, tiled_gemm,
                                  tiled_gemm_nt, transpose_slice)
 
 
@@ -31,7 +31,7 @@ def test_tiled_gemm_matches_numpy(m, k, n, trans, accumulate, rng):
     c = before.copy()
     with single_threaded_blas:
         tiled_gemm(blas_handle(), trans, m, k, flat_a, k if trans == NO_TRANS else m,
-                   b.reshape(-1), n, 0, n, c, accumulate)
+                   b.reshape(-1), n, c, accumulate)
     want = a.astype(np.float64) @ b + (before.reshape(m, n) if accumulate else 0)
     np.testing.assert_allclose(c.reshape(m, n), want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
@@ -49,29 +49,11 @@ def test_tiled_gemm_masked_columns_stay_inside_c(m, n, accumulate, rng):
     before = rng.standard_normal(m * n).astype(np.float32)
     c = np.concatenate([before, np.full(32, 7.0, np.float32)])
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), NO_TRANS, m, k, a.reshape(-1), k, b, n, 0, n, c, accumulate)
+        tiled_gemm(blas_handle(), NO_TRANS, m, k, a.reshape(-1), k, b, n, c, accumulate)
     want = a.astype(np.float64) @ b_values.reshape(k, n) + \
         (before.reshape(m, n) if accumulate else 0)
     np.testing.assert_allclose(c[:m * n].reshape(m, n), want, rtol=1e-5, atol=1e-4)
     assert (c[m * n:] == 7.0).all()
-
-
-@pytest.mark.parametrize("tiles", [True, False])
-@pytest.mark.parametrize("m, n, l0, l1", [(28, 64, 32, 64), (25, 70, 20, 53), (3, 64, 0, 32),
-                                          (13, 40, 32, 40)])
-def test_product_of_a_column_range_writes_only_those_columns(m, n, l0, l1, tiles, rng):
-    """Columns [l0, l1) of c = a @ b, in tiles or by BLAS (the split a thread of
-    Winograd's one-image path takes); c's other columns (NaN) untouched."""
-    k = 32
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
-    c = np.full((m, n), np.nan, np.float32)
-    with single_threaded_blas:
-        product(blas_handle(), tiles, NO_TRANS, m, k, a.reshape(-1), k, b.reshape(-1), n, l0, l1,
-                c.reshape(-1), False)
-    np.testing.assert_allclose(c[:, l0:l1], a.astype(np.float64) @ b[:, l0:l1], rtol=1e-5,
-                               atol=1e-4)
-    assert np.isnan(np.delete(c, np.s_[l0:l1], axis=1)).all()
 
 
 @pytest.mark.parametrize("tiles", [True, False])
@@ -99,8 +81,8 @@ def test_tiled_gemm_in_float64_is_blas(rng):
     a, b = rng.standard_normal((16, 70)), rng.standard_normal((70, 40))
     c = np.zeros(16 * 40)
     with single_threaded_blas:
-        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), 70, b.reshape(-1), 40, 0, 40,
-                   c, False)
+        tiled_gemm(blas_handle(), NO_TRANS, 16, 70, a.reshape(-1), 70, b.reshape(-1), 40, c,
+                   False)
     np.testing.assert_allclose(c.reshape(16, 40), a @ b, rtol=1e-12)
 
 

@@ -367,7 +367,7 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols, tiles):
     writes c: (M*L,).
     """
     if tiles:
-        tiled_gemm(blas, trans_a, M, K, a, M if trans_a == TRANS else K, b, L, 0, L, c, False)
+        tiled_gemm(blas, trans_a, M, K, a, M if trans_a == TRANS else K, b, L, c, False)
         return
     slices = -(-L // slice_cols)
     step = -(-L // slices)

@@ -52,7 +52,7 @@ def dense_forward(x, weights, biases, packed, dims, relus, N, parts, chunk, dot_
                 else:
                     dst = scratch[(2 * p + l % 2) * width:]
                 if packed[l].size > 0:
-                    tiled_gemm(blas, NO_TRANS, rows, IN, src, IN, packed[l], F, 0, F, dst, False)
+                    tiled_gemm(blas, NO_TRANS, rows, IN, src, IN, packed[l], F, dst, False)
                 elif rows < dot_below or dot_below > 0 and F < TILE_COLS:
                     dot_rows_nt(0, rows, IN, src, weights[l], F, dst, False)
                 else:
@@ -88,7 +88,7 @@ def dense_forward_transposed(x, weight, bias, N, IN, F, relu, parts, xt, yt, out
         transpose_slice(x, IN, k0, k1 - k0, 0, N, N, xt[k0 * N:])
     for p in prange(parts):
         f0, f1 = p * F // parts, (p + 1) * F // parts
-        tiled_gemm(blas, NO_TRANS, f1 - f0, IN, weight[f0 * IN:], IN, xt, N, 0, N, yt[f0 * N:],
+        tiled_gemm(blas, NO_TRANS, f1 - f0, IN, weight[f0 * IN:], IN, xt, N, yt[f0 * N:],
                    False)
         for f in range(f0, f1):
             b = bias[f]
@@ -126,7 +126,7 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
         f0, f1 = p * F // parts, (p + 1) * F // parts
         if f1 > f0:
             # dweight rows [f0, f1): (f1-f0, IN) = g[:, f0:f1]^T @ x
-            product(blas, tiles, TRANS, f1 - f0, N, g[f0:], F, x, IN, 0, IN, dweight[f0 * IN:],
+            product(blas, tiles, TRANS, f1 - f0, N, g[f0:], F, x, IN, dweight[f0 * IN:],
                     False)
             for f in range(f0, f1):
                 acc = 0.0
@@ -135,7 +135,7 @@ def dense_backward(x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx, ma
                 dbias[f] = acc
         n0, n1 = p * N // parts, (p + 1) * N // parts
         if need_dx and tiles:
-            tiled_gemm(blas, NO_TRANS, n1 - n0, F, g[n0 * F:], F, weight, IN, 0, IN, dx[n0 * IN:],
+            tiled_gemm(blas, NO_TRANS, n1 - n0, F, g[n0 * F:], F, weight, IN, dx[n0 * IN:],
                        False)
         elif need_dx:
             for r in range(n0, n1, chunk):

@@ -246,32 +246,31 @@ def panel_tiles(M, overlap_last, a, a_off, a_row, a_col, b, b_off, ldb, K, c, ld
 
 
 @njit(cache=True)
-def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, l0, l1, c, accumulate):
-    """Columns [l0, l1) of c (M, L) = op(a) (M, K) @ b (K, L), added to c with
-    ``accumulate`` (bool), in register tiles (``panel_tiles``: 8x32, 4x32 for 4
-    of the last M % 8 rows, the last columns in masked tiles), the last M % 4
-    rows by an overlapping 4-row tile (not accumulating, M >= 4) or BLAS;
-    float64 all by BLAS.
+def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
+    """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool),
+    in register tiles (``panel_tiles``: 8x32, 4x32 for 4 of the last M % 8
+    rows, the last columns in masked tiles), the last M % 4 rows by an
+    overlapping 4-row tile (not accumulating, M >= 4) or BLAS; float64 all
+    by BLAS.
 
     a: float, (M, K), or (K, M) with trans_a == TRANS, rows ``lda`` apart (K or
     M when contiguous); b: (K*L,); c: (M*L,), rows L apart.
     """
     beta = 1.0 if accumulate else 0.0
     if a.itemsize != 4:  # the tiles are float32 only
-        gemm(blas, trans_a, NO_TRANS, M, l1 - l0, K, 1.0, a, lda, b[l0:], L, beta, c[l0:], L)
+        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, beta, c, L)
         return
     a_row, a_col = (lda, 1) if trans_a == NO_TRANS else (1, lda)
     _, M4 = tiled_rows(M)
     # The last rows as a 4-row tile over rows M-4 .. M-1 where it may rewrite:
     # BLAS without small-matrix kernels packs all of b for them.
     overlap = M4 < M and M >= 4 and not accumulate
-    for panel in range(l0, l1, TILE_COLS):
+    for panel in range(0, L, TILE_COLS):
         panel_tiles(M, overlap, a, 0, a_row, a_col, b, 0, L, K, c, L, panel,
-                    min(TILE_COLS, l1 - panel), accumulate)
+                    min(TILE_COLS, L - panel), accumulate)
     if M4 < M and not overlap:
         a_rest = a[M4 * lda:] if trans_a == NO_TRANS else a[M4:]
-        gemm(blas, trans_a, NO_TRANS, M - M4, l1 - l0, K, 1.0, a_rest, lda, b[l0:], L, beta,
-             c[M4 * L + l0:], L)
+        gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
 
 
 @njit(cache=True)
@@ -293,14 +292,14 @@ def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
 
 
 @njit(cache=True)
-def product(blas, tiles, trans_a, M, K, a, lda, b, L, l0, l1, c, accumulate):
+def product(blas, tiles, trans_a, M, K, a, lda, b, L, c, accumulate):
     """``tiled_gemm``'s product (same arguments) in register tiles with ``tiles``,
     otherwise all by BLAS: for callers that pick the tiles per layer."""
     if tiles:
-        tiled_gemm(blas, trans_a, M, K, a, lda, b, L, l0, l1, c, accumulate)
+        tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate)
     else:
-        gemm(blas, trans_a, NO_TRANS, M, l1 - l0, K, 1.0, a, lda, b[l0:], L,
-             1.0 if accumulate else 0.0, c[l0:], L)
+        gemm(blas, trans_a, NO_TRANS, M, L, K, 1.0, a, lda, b, L, 1.0 if accumulate else 0.0, c,
+             L)
 
 
 @njit(cache=True)
@@ -313,7 +312,7 @@ def batched_product(blas, tiles, count, M, K, a, a_step, b, b_step, L, c, c_step
     against 7.1 us)."""
     if not (tiles and a.itemsize == 4 and M >= 4):
         for i in range(count):
-            product(blas, tiles, NO_TRANS, M, K, a[i * a_step:], K, b[i * b_step:], L, 0, L,
+            product(blas, tiles, NO_TRANS, M, K, a[i * a_step:], K, b[i * b_step:], L,
                     c[i * c_step:], False)
         return
     _, M4 = tiled_rows(M)

@@ -461,8 +461,8 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
                                  stage)
             for xi in range(16):
                 dmt[(xi * Lp + (n1 - n0) * T) * OC:(xi + 1) * Lp * OC] = 0
-                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC, 0,
-                        OC, dU[xi * C * OC:], True)
+                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
+                        dU[xi * C * OC:], True)
             if not need_dx:
                 continue
             batched_product(blas, tiles, 16, Lp, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
