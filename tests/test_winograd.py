@@ -154,6 +154,23 @@ def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, ne
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_winograd_training_on_a_batch_two_threads_share(n, rng, monkeypatch):
+    """A training step on a batch small enough for one part, split by windows
+    between two threads (one image; two, crossing between them): the winners
+    they keep give backward the unfold path's gradients."""
+    import nnjit
+    monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62)
+    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    layers = [Conv2D(32, 64, 3), ReLU(), MaxPool2D(2)]
+    x = rng.normal(size=(n, 32, 13, 13)).astype(np.float32)
+    dy = rng.normal(size=(n, 64, 5, 5)).astype(np.float32)
+    got, want = winograd_and_unfolded(layers, x, dy, True, monkeypatch)
+    assert layers[0]._winograd_plan(x)[:3] == (1, n, 2)  # one part, one chunk, two threads
+    for a, b, name in zip(got, want, ("out", "dx", "dweight", "dbias"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
+
+
 @pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
     (2, 3, 6, 7, 4, 1, True),
     (3, 2, 5, 5, 3, 0, False),
