@@ -42,6 +42,7 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     (1, 32, 13, 13, 64, 0),      # one image: 25 windows, split 16 + 9
     (2, 32, 13, 13, 64, 0),      # the threads' windows cross from one image into the next
     (1, 8, 5, 5, 16, 1),         # 4 windows: one thread has none
+    (1, 8, 4, 6, 16, 0),         # 2 windows: fewer rows than a tile (BLAS)
     (3, 12, 9, 10, 20, (1, 0)),  # rows padded: each thread copies only the rows it reads
 ])
 def test_winograd_shared_by_two_threads_matches_one_thread_exactly(n, c, h, w, oc, padding, rng,
