@@ -7,7 +7,7 @@ import nnjit.kernels._jit as jit
 import nnjit.layers.conv as conv_module
 import nnjit.threads
 from nnjit import Conv2D, ReLU, Sequential
-from nnjit.kernels.tiles import shifted_rows_gemm
+from nnjit.kernels.tiles import shifted_rows_gemm, skipping_rows_gemm
 
 
 @pytest.mark.parametrize("m, c, h, w, kh, kw", [(20, 10, 28, 28, 5, 5), (4, 1, 9, 9, 3, 3),
@@ -29,6 +29,31 @@ def test_shifted_rows_gemm_matches_numpy(m, c, h, w, kh, kw, rng):
     np.testing.assert_allclose(out[:m * length].reshape(m, length), a @ rows, rtol=1e-5,
                                atol=1e-5 * np.sqrt(k))
     assert (out[m * length:] == 7.0).all()
+
+
+@pytest.mark.parametrize("m, c, h, w, kh, kw", [(20, 10, 28, 28, 5, 5), (4, 2, 9, 18, 3, 3),
+                                                (13, 3, 10, 35, 3, 2), (37, 1, 6, 16, 1, 1),
+                                                (8, 2, 7, 40, 3, 7)])
+def test_skipping_rows_gemm_computes_only_the_kept_columns(m, c, h, w, kh, kw, rng):
+    """As ``shifted_rows_gemm`` over whole rows, then the last kw - 1 columns of
+    each output row dropped: the same sums, bit for bit, without computing
+    them (vectors stepping over the gap at every lane position: kept widths
+    16 to 38), all row tiles and masked last columns; nothing written past c,
+    nothing read past the image (NaN there)."""
+    oh, ow = h - kh + 1, w - kw + 1
+    k = c * kh * kw
+    image = np.concatenate([rng.standard_normal(c * h * w),
+                            np.full(64, np.nan)]).astype(np.float32)
+    offsets = np.array([(ci * h + i) * w + j for ci in range(c) for i in range(kh)
+                        for j in range(kw)], np.int64)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    whole = np.zeros(m * oh * w, np.float32)
+    shifted_rows_gemm(m, k, a.reshape(-1), np.nan_to_num(image), 0, offsets, oh * w, whole)
+    out = np.full(m * oh * ow + 16, 7.0, np.float32)
+    skipping_rows_gemm(m, k, a.reshape(-1), image, 0, offsets, ow, w, oh * ow, out)
+    kept = whole.reshape(m, oh, w)[:, :, :ow].reshape(m, -1)
+    np.testing.assert_array_equal(out[:m * oh * ow].reshape(m, -1), kept)
+    assert (out[m * oh * ow:] == 7.0).all()
 
 
 def _tiles_forced(monkeypatch):

@@ -56,7 +56,15 @@ def tiles_everywhere() -> bool:
     return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
-def _row_tile(rows, vectors=2, masked=False):
+def _loop_not_unrolled(module):
+    """A new loop id (distinct, self-referencing) telling LLVM not to unroll the loop."""
+    unroll = module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")])
+    loop = module.add_metadata([ir.MetaDataString(module, f"nnjit.loop.{len(module.metadata)}")])
+    loop.operands = (loop, unroll)
+    return loop
+
+
+def _row_tile(rows, vectors=2, masked=False, skipping=False):
     """An intrinsic computing one output tile of ``rows`` rows x 16*``vectors`` columns:
 
     tile(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate):
@@ -73,7 +81,15 @@ def _row_tile(rows, vectors=2, masked=False):
 
     ``ldb`` may be an int64 array of K row offsets instead of a stride: row k
     of b then starts at b[b_off + ldb[k]] (rows of any spacing, overlapping
-    too: see ``shifted_rows_gemm``)."""
+    too: see ``shifted_rows_gemm``).
+
+    ``skipping`` (masked, 2 vectors, offsets) adds ``second, split0, split1,
+    gap`` (int64): the tile's columns are not contiguous in b's rows but
+    skip ``gap`` values once per vector: lane j of vector h comes from
+    b[row + o_h + j] for j < split_h, else from b[row + o_h + gap + j], with
+    o_0 = 0, o_1 = ``second`` (a conv's output positions, whose rows in the
+    image are ``gap`` values longer than the kept ones; see
+    ``skipping_rows_gemm``)."""
 
     def codegen(context, builder, signature, args):
         if signature.args[0].dtype != types.float32:
@@ -100,20 +116,30 @@ def _row_tile(rows, vectors=2, masked=False):
         fmuladd = declared("llvm.fmuladd.v16f32", v16, [v16, v16, v16])
         zero = ir.Constant(v16, [0.0] * 16)
         splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-        if masked:  # lane j of vector h is column 16*h + j: kept while < cols
+        if masked or skipping:  # lane j of vector h is column 16*h + j: kept while < cols
             ptr = B.type
             mask_type = ir.VectorType(ir.IntType(1), 16)
             masked_load = declared("llvm.masked.load.v16f32.p0", v16,
                                    [ptr, i32, mask_type, v16])
             masked_store = declared("llvm.masked.store.v16f32.p0", ir.VoidType(),
                                     [v16, ptr, i32, mask_type])
-            i64x16 = ir.VectorType(i64, 16)
-            width = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(i64x16, ir.Undefined), args[12],
-                                       ir.Constant(i32, 0)),
-                ir.Constant(i64x16, ir.Undefined), splat)
-            masks = [builder.icmp_signed("<", ir.Constant(i64x16, list(range(16 * h, 16 * h + 16))),
+            i32x16 = ir.VectorType(i32, 16)  # 32-bit lanes: one mask register per compare
+
+            def splat32(value):
+                return builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(i32x16, ir.Undefined),
+                                           builder.trunc(value, i32), ir.Constant(i32, 0)),
+                    ir.Constant(i32x16, ir.Undefined), splat)
+            width = splat32(args[12])
+            masks = [builder.icmp_signed("<", ir.Constant(i32x16, list(range(16 * h, 16 * h + 16))),
                                          width) for h in range(vectors)]
+        if skipping:  # per vector: its offset, and which lanes come before the skip
+            second, gap = args[13], args[16]
+            iota = ir.Constant(i32x16, list(range(16)))
+            before = [builder.icmp_signed("<", iota, splat32(args[14 + h])) for h in range(2)]
+            low_masks = [builder.and_(before[h], masks[h]) for h in range(2)]
+            high_masks = [builder.and_(builder.not_(before[h]), masks[h]) for h in range(2)]
+            starts = [const(0), second]
 
         def load16(pointer, h):
             if masked:
@@ -132,55 +158,102 @@ def _row_tile(rows, vectors=2, masked=False):
 
         entry = builder.block
         load = builder.append_basic_block("tile.load")
-        head = builder.append_basic_block("tile.head")
-        body = builder.append_basic_block("tile.body")
+        pick = builder.append_basic_block("tile.pick")
         done = builder.append_basic_block("tile.done")
         flag = context.cast(builder, accumulate, signature.args[11], types.boolean)
-        builder.cbranch(flag, load, head)
+        builder.cbranch(flag, load, pick)
 
         builder.position_at_end(load)
         loaded = [load16(c_vector(i, h), h) for i in range(rows) for h in range(vectors)]
-        builder.branch(head)
+        builder.branch(pick)
 
-        builder.position_at_end(head)
-        k = builder.phi(i64)
-        k.add_incoming(const(0), entry)
-        k.add_incoming(const(0), load)
-        accs = []
+        builder.position_at_end(pick)
+        starts_acc = []
         for start in loaded:
             acc = builder.phi(v16)
             acc.add_incoming(zero, entry)
             acc.add_incoming(start, load)
-            accs.append(acc)
-        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-
-        builder.position_at_end(body)
-        if isinstance(signature.args[6], types.Array):  # row offsets, one per k
-            brow = builder.gep(B, [builder.load(builder.gep(data(6, ldb), [k]))])
+            starts_acc.append(acc)
+        # Skipping tiles: one loop per combination of the vectors that step over
+        # the gap (two loads and a select) and those that do not (one load).
+        variants = [(a0, a1) for a0 in (False, True) for a1 in (False, True)] if skipping \
+            else [None]
+        heads = [builder.append_basic_block("tile.head") for _ in variants]
+        if skipping:
+            crossing = [builder.zext(builder.icmp_signed("<", args[14 + h], const(16)), i64)
+                        for h in range(2)]
+            which = builder.add(builder.mul(crossing[0], const(2)), crossing[1])
+            switch = builder.switch(which, heads[0])  # 0: neither crosses
+            for index, head in enumerate(heads[1:], 1):
+                switch.add_case(const(index), head)
         else:
-            brow = builder.gep(B, [builder.mul(k, ldb)])
-        halves = [load16(builder.gep(brow, [const(16 * h)]), h) for h in range(vectors)]
-        step = builder.mul(k, a_col)
-        updated = []
-        for i in range(rows):
-            value = builder.load(builder.gep(a_rows[i], [step]))
-            undefined = ir.Constant(v16, ir.Undefined)
-            lanes = builder.shuffle_vector(
-                builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined, splat)
-            for h in range(vectors):
-                updated.append(builder.call(fmuladd, [lanes, halves[h], accs[vectors * i + h]]))
-        k.add_incoming(builder.add(k, const(1)), builder.block)
-        for acc, new in zip(accs, updated):
-            acc.add_incoming(new, builder.block)
-        builder.branch(head)
+            builder.branch(heads[0])
+
+        for variant, head in zip(variants, heads):
+            body = builder.append_basic_block("tile.body")
+            store = builder.append_basic_block("tile.store")
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(const(0), pick)
+            accs = []
+            for start in starts_acc:
+                acc = builder.phi(v16)
+                acc.add_incoming(start, pick)
+                accs.append(acc)
+            builder.cbranch(builder.icmp_signed("<", k, K), body, store)
+
+            builder.position_at_end(body)
+            if isinstance(signature.args[6], types.Array):  # row offsets, one per k
+                brow = builder.gep(B, [builder.load(builder.gep(data(6, ldb), [k]))])
+            else:
+                brow = builder.gep(B, [builder.mul(k, ldb)])
+            if skipping:
+                halves = []
+                for h in range(vectors):
+                    at = builder.gep(brow, [starts[h]])
+                    if not variant[h]:
+                        halves.append(load16(at, h))
+                        continue
+                    low = builder.call(masked_load, [at, ir.Constant(i32, 4), low_masks[h], zero])
+                    high = builder.call(masked_load, [builder.gep(at, [gap]), ir.Constant(i32, 4),
+                                                      high_masks[h], zero])
+                    halves.append(builder.select(before[h], low, high))
+            else:
+                halves = [load16(builder.gep(brow, [const(16 * h)]), h) for h in range(vectors)]
+            step = builder.mul(k, a_col)
+            updated = []
+            for i in range(rows):
+                value = builder.load(builder.gep(a_rows[i], [step]))
+                undefined = ir.Constant(v16, ir.Undefined)
+                lanes = builder.shuffle_vector(
+                    builder.insert_element(undefined, value, ir.Constant(i32, 0)), undefined,
+                    splat)
+                for h in range(vectors):
+                    updated.append(builder.call(fmuladd, [lanes, halves[h],
+                                                          accs[vectors * i + h]]))
+            k.add_incoming(builder.add(k, const(1)), builder.block)
+            for acc, new_acc in zip(accs, updated):
+                acc.add_incoming(new_acc, builder.block)
+            back = builder.branch(head)
+            if skipping:  # unrolled twice, the loop spilled its accumulators
+                back.set_metadata("llvm.loop", _loop_not_unrolled(module))
+
+            builder.position_at_end(store)  # each loop stores its own accumulators
+            for i in range(rows):
+                for h in range(vectors):
+                    store16(accs[vectors * i + h], c_vector(i, h), h)
+            builder.branch(done)
 
         builder.position_at_end(done)
-        for i in range(rows):
-            for h in range(vectors):
-                store16(accs[vectors * i + h], c_vector(i, h), h)
         return context.get_dummy_value()
 
-    if masked:
+    if skipping:
+        @intrinsic
+        def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
+                 cols, second, split0, split1, gap):
+            return types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
+                              cols, second, split0, split1, gap), codegen
+    elif masked:
         @intrinsic
         def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
                  cols):
@@ -202,6 +275,8 @@ tile_4x32 = _row_tile(4)
 #: Masked tiles for a product's last L % 32 columns, 16 wide where 16 cover them.
 masked_8x32, masked_8x16 = _row_tile(TILE_ROWS, 2, True), _row_tile(TILE_ROWS, 1, True)
 masked_4x32, masked_4x16 = _row_tile(4, 2, True), _row_tile(4, 1, True)
+#: Tiles whose columns skip a gap once per vector (``skipping_rows_gemm``).
+skipping_8x32, skipping_4x32 = _row_tile(TILE_ROWS, 2, True, True), _row_tile(4, 2, True, True)
 
 
 @njit(cache=True, inline="always")
@@ -289,6 +364,33 @@ def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
     for l0 in range(0, L, TILE_COLS):
         panel_tiles(M, M4 < M, a, 0, K, 1, b, b_off, offsets, K, c, L, l0,
                     min(TILE_COLS, L - l0), False)
+
+
+@njit(cache=True)
+def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c):
+    """``shifted_rows_gemm`` over a conv's kept output positions only: column p of
+    B is position (p // OW, p % OW) of output rows Wp apart in b, row k of B
+    holding b[b_off + offsets[k] + (p // OW)*Wp + p % OW], so the Wp - OW
+    columns a row drops are neither computed nor read (skipping tiles: each
+    16-lane vector steps over the gap at most once, hence OW >= 16).
+    float32, M >= 4; writes c (M*L,), rows L apart, L a multiple of OW."""
+    M8, M4 = tiled_rows(M)
+    gap = Wp - OW
+    for p0 in range(0, L, TILE_COLS):
+        cols = min(TILE_COLS, L - p0)
+        q0, q1 = p0 % OW, (p0 + 16) % OW
+        m0 = p0 // OW * Wp + q0
+        second = (p0 + 16) // OW * Wp + q1 - m0
+        s0, s1 = min(OW - q0, 16), min(OW - q1, 16)
+        for r0 in range(0, M8, TILE_ROWS):
+            skipping_8x32(a, r0 * K, K, 1, b, b_off + m0, offsets, K, c, r0 * L + p0, L, False,
+                          cols, second, s0, s1, gap)
+        if M4 > M8:
+            skipping_4x32(a, M8 * K, K, 1, b, b_off + m0, offsets, K, c, M8 * L + p0, L, False,
+                          cols, second, s0, s1, gap)
+        if M4 < M:  # the last rows by an overlapping 4-row tile
+            skipping_4x32(a, (M - 4) * K, K, 1, b, b_off + m0, offsets, K, c, (M - 4) * L + p0,
+                          L, False, cols, second, s0, s1, gap)
 
 
 @njit(cache=True)
