@@ -206,3 +206,27 @@ def test_winograd_after_an_input_of_another_shape_and_the_same_size(rng):
         want = build().predict(x)
         for _ in range(3):
             np.testing.assert_array_equal(model.predict(x), want)
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_winograd_never_reads_the_rows_its_workspaces_pad_to(n, rng):
+    """The products cover only a chunk's windows: with every workspace filled
+    with NaN between two steps, forward, the input and weight gradients and a
+    predict come out bit for bit as before."""
+    model = Sequential([Conv2D(16, 32, 3, padding=1), ReLU(), MaxPool2D(2)], seed=1)
+    conv = model.layers[0]
+    assert conv._winograd()
+    x = rng.standard_normal((n, 16, 9, 11)).astype(np.float32)
+    dy = rng.standard_normal((n, 32, 4, 5)).astype(np.float32)
+    kept = ("winograd/kept", "winograd/Ut", "winograd/UtT")  # state carried between calls
+
+    def step():
+        out = conv.forward(x).copy()
+        return out, conv.backward(dy).copy(), conv.weight.grad.copy(), model.predict(x[:1])
+
+    before = step()
+    for name, buf in conv._buffers.items():
+        if name.startswith("winograd/") and name not in kept and buf.dtype == np.float32:
+            buf[...] = np.nan
+    for got, want in zip(step(), before, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -25,8 +25,8 @@ channel at a time, the image left channels-first, cost twice the GEMMs.)
 Layouts (flat, C-contiguous): x (N, C, H, W); weight (OC, C, 3, 3); Ut (16,
 C, OC); per part: image (H+2PH, W+2PW, C) zero-bordered, Vt (16, Lp, C),
 Mt (16, Lp, OC), pooled (T, OC), with T = POH*POW windows per image and Lp
-a chunk's windows rounded up to a multiple of 4 (the register tiles' rows);
-out (N, OC, POH, POW).
+(``padded_rows``) at least a chunk's windows, the rows apart of the 16
+matrices (the products cover the windows' rows only); out (N, OC, POH, POW).
 """
 import numpy as np
 from numba import njit
@@ -321,9 +321,9 @@ def scatter_tiles(dVt, C, Wp, POH, POW, row0, Lp, dimage, stage):
 @njit(cache=True)
 def padded_rows(windows):
     """Rows of a chunk's Vt[xi] and Mt[xi] for ``windows`` pooling windows: a
-    multiple of 4 (the register tiles' rows), and not of 16, so that the 16
-    matrices Vt[xi] do not start a power of two apart (they would share L1
-    sets: 128 rows ran at half the speed of 252)."""
+    multiple of 4, and not of 16, so that the 16 matrices Vt[xi] do not start
+    a power of two apart (they would share L1 sets: 128 rows ran at half the
+    speed of 252). The products read and write only the windows' rows."""
     rows = -(-windows // 4) * 4
     return rows + 4 if rows % 16 == 0 else rows
 
@@ -332,7 +332,7 @@ def padded_rows(windows):
 def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage):
     """Vt (16, Lp, C) = the transformed input tiles of the pooling windows [w0, w1)
     of the batch (window w = n*POH*POW + t: window t of image n;
-    ``transform_tiles``), rows past them zero. image: workspace
+    ``transform_tiles``), rows past them untouched. image: workspace
     ((H+2PH)*(W+2PW)*C,), zero-bordered (``channels_last``); stage as
     ``transform_tiles``'s."""
     T = POH * POW
@@ -341,8 +341,6 @@ def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage
         # the rows of the padded image under pooled rows t0 // POW .. (t1 - 1) // POW
         channels_last(x, n, C, H, W, PH, PW, 2 * (t0 // POW), 2 * ((t1 - 1) // POW) + 4, image)
         transform_tiles(image, C, W + 2 * PW, POW, t0, t1, n * T + t0 - w0, Vt, Lp, stage)
-    for xi in range(16):
-        Vt[(xi * Lp + w1 - w0) * C:(xi + 1) * Lp * C] = 0
 
 
 @kernel(blas=True)
@@ -459,13 +457,13 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
             for n in range(n0, n1):
                 window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[p], dmt, db,
                                  stage)
+            rows = (n1 - n0) * T  # the chunk's windows: the rows past them are never read
             for xi in range(16):
-                dmt[(xi * Lp + (n1 - n0) * T) * OC:(xi + 1) * Lp * OC] = 0
-                product(blas, tiles, TRANS, C, Lp, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
+                product(blas, tiles, TRANS, C, rows, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
                         dU[xi * C * OC:], True)
             if not need_dx:
                 continue
-            batched_product(blas, tiles, 16, Lp, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
+            batched_product(blas, tiles, 16, rows, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
             for n in range(n0, n1):
                 dimage[p][:] = 0
                 scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p], stage)
