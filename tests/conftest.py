@@ -15,6 +15,14 @@ def rng():
 
 
 @pytest.fixture(autouse=True)
+def in_a_temp_dir(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so that a relative path (a
+    script's default ``checkpoints/``, a fuzzed flag value that names a file)
+    lands there and never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def layers_use_every_thread(monkeypatch):
     """Small test layers split their work between all threads, as large batches do,
     so the multi-part paths (per-part dW/db sums) are what the tests check."""
