@@ -16,6 +16,7 @@ from .optim import SGD, Adam, AdamW, Momentum, Optimizer
 from .params import Parameter
 from .kernels.precompile import compile_ahead
 from .threads import get_num_threads, set_num_threads
+from .planner import ConvAlgorithm, PlanError, using
 
 __version__ = "0.1.0"
 
@@ -24,5 +25,6 @@ __all__ = [
     "BatchNorm1D", "BatchNorm2D", "ReLU", "Softmax", "Layer",
     "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
     "save_checkpoint", "load_checkpoint", "NnjitError", "DataError", "CheckpointError", "SpecError",
-    "set_num_threads", "get_num_threads", "compile_ahead", "__version__",
+    "set_num_threads", "get_num_threads", "compile_ahead", "using", "ConvAlgorithm", "PlanError",
+    "__version__",
 ]

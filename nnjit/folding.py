@@ -10,6 +10,7 @@ then run as one ``DenseStack``.
 """
 from __future__ import annotations
 
+from .fusion import chain, plan_fusion
 from .layers import BatchNorm1D, Conv2D, Dense, Layer
 from .layers.dense import DenseStack
 
@@ -17,60 +18,48 @@ from .layers.dense import DenseStack
 FOLDS_A_NORM = (Conv2D, Dense)
 
 
-def fuse_layers(layers: list[Layer]) -> set[int]:
-    """Let each layer take over the ones after it it can fuse (``Layer.fuse_next``),
-    then tell each layer that still runs which one runs before it (``Layer.follows``);
-    return the indices of the layers taken over, which a container skips."""
-    for layer in layers:
-        layer.unfuse()
-    taken, i = set(), 0
-    while i < len(layers):
-        j = i + 1
-        while j < len(layers) and layers[i].fuse_next(layers[j]):
-            taken.add(j)
-            j += 1
-        i = j
-    running = [layer for i, layer in enumerate(layers) if i not in taken]
-    for previous, layer in zip(running, running[1:]):
-        layer.follows(previous)
-    return taken
-
-
 class InferenceLayers:
     """The layer list ``predict`` runs: every Conv2D/Dense followed by a
     BatchNorm replaced by a copy of it (its own parameters and buffers) that
-    computes both, the BatchNorm dropped; layers that are the identity at
-    inference (Dropout) skipped; then each run of Dense layers (with only
-    fused or skipped layers between them) replaced by one ``DenseStack``.
+    computes both, the BatchNorm dropped; the fusion pass over the result
+    (``nnjit.fusion``); layers that are the identity at inference (Dropout)
+    skipped; then each run of Dense layers (with only fused or skipped layers
+    between them) replaced by one ``DenseStack``. With ``fold`` False (the
+    reference path: fusion turned off) the layers as they are, none skipped
+    but the identities.
 
-    ``layers`` and ``skipped`` (fused indices) are what the container runs;
-    :meth:`refresh` recomputes the copies' weights from the originals and the
-    norms' current statistics, so call it before each inference call.
+    ``layers`` and ``skipped`` (indices) are what the container runs, after
+    ``fusion.apply()``; :meth:`refresh` recomputes the copies' weights from the
+    originals and the norms' current statistics, so call it before each
+    inference call.
     """
 
-    def __init__(self, layers: list[Layer]):
+    def __init__(self, layers: list[Layer], fold: bool = True):
         self.pairs: list[tuple[Layer, BatchNorm1D, Layer]] = []
         self.layers: list[Layer] = []
+        #: For each entry of ``layers``, the indices of the given layers it computes.
+        self.sources: list[tuple[int, ...]] = []
         i = 0
         while i < len(layers):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, FOLDS_A_NORM) and isinstance(following, BatchNorm1D) \
+            if fold and isinstance(layer, FOLDS_A_NORM) and isinstance(following, BatchNorm1D) \
                     and following.num_features == layer.weight.shape[0]:
                 copy = type(layer)(**layer.config(), dtype=layer.dtype)
                 self.pairs.append((layer, following, copy))
                 self.layers.append(copy)
+                self.sources.append((i, i + 1))
                 i += 2
             else:
                 self.layers.append(layer)
+                self.sources.append((i,))
                 i += 1
-        # Layers shared with the training list meet the same successors here
-        # (only a Conv2D/Dense's successor changes, and those are copies), so
-        # fusing this list leaves their fusion state as the training list set it.
-        self.skipped = fuse_layers(self.layers)
+        self.fusion = plan_fusion(chain(self.layers), (len(self.layers) - 1,), training=False,
+                                  enabled=fold)
+        self.skipped = set(self.fusion.absorbed)
         self.skipped.update(i for i, layer in enumerate(self.layers) if layer.identity_at_inference())
-        self._stack_dense_runs()
-
+        if fold:
+            self._stack_dense_runs()
     def _stack_dense_runs(self) -> None:
         running = [i for i in range(len(self.layers)) if i not in self.skipped]
         runs, run = [], []

@@ -7,7 +7,9 @@ from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
-from .folding import InferenceLayers, fuse_layers
+from . import planner
+from .folding import InferenceLayers
+from .fusion import chain, plan_fusion
 from .replay import ReplayedInference
 
 
@@ -41,10 +43,12 @@ class Sequential:
                 p.name = f"{i}.{attr}"
         params = self.parameters()
         self.flat = FlatParameters(params) if params else None
-        # Layers taken over by their predecessor (e.g. a ReLU fused into Conv2D's
-        # output pass) stay in `layers` for description and export, but are not run.
-        self._fused = fuse_layers(self.layers)
-        self._inference = InferenceLayers(self.layers)
+        # What the fusion pass decided, per setting of ``nnjit.using(fusion=...)``:
+        # (training plan, inference layers). Layers another's epilogue absorbs (a
+        # ReLU fused into a conv's output pass) stay in `layers` for description
+        # and export, but are not run.
+        self._passes: dict[bool, tuple] = {}
+        self._pass()[0].apply()  # the layers called one by one run as in training
         self._replayed = ReplayedInference(self._run_inference, self.dtype, self._bindings)
         self._logits = None
         # Layers before the first one with parameters need no backward pass.
@@ -96,12 +100,44 @@ class Sequential:
         return self.flat.values.dtype if self.flat is not None else np.dtype(np.float32)
 
     # -- computing ---------------------------------------------------------
+    def _pass(self, fusion: bool | None = None):
+        """(training FusionPlan, InferenceLayers) for fusion on or off (default: the
+        setting in force), made on first use."""
+        if fusion is None:
+            fusion = planner.settings().fusion
+        made = self._passes.get(fusion)
+        if made is None:
+            made = self._passes[fusion] = (
+                plan_fusion(chain(self.layers), (len(self.layers) - 1,), training=True,
+                            enabled=fusion),
+                InferenceLayers(self.layers, fold=fusion))
+        return made
+
+    def fused_layers(self, training: bool = True) -> set[int]:
+        """Indices of the layers whose work another layer's epilogue does (and so
+        are not run) in training or at inference, by the fusion pass in force.
+        At inference, a batch norm folded into the conv or Dense before it counts
+        too."""
+        training_plan, inference = self._pass()
+        if training:
+            return set(training_plan.absorbed)
+        absorbed = inference.fusion.absorbed
+        return {j for i, sources in enumerate(inference.sources)
+                for j in (sources if i in absorbed else sources[1:])}
+
+    @property
+    def _inference(self) -> InferenceLayers:
+        return self._pass()[1]
+
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
         """Run the layers (at inference: norms folded, Dense layers stacked; ``nnjit.folding``)."""
+        training_plan, inference = self._pass()
         if training:
-            layers, skipped = self.layers, self._fused
+            layers, skipped = self.layers, training_plan.absorbed
+            training_plan.apply()
         else:
-            layers, skipped = self._inference.layers, self._inference.skipped
+            layers, skipped = inference.layers, inference.skipped
+            inference.fusion.apply()
         with single_threaded_blas:  # once for all layers (each kernel call re-enters cheaply)
             for i, layer in enumerate(layers):
                 if i in skipped:
@@ -119,7 +155,8 @@ class Sequential:
     def _bindings(self) -> list[tuple[object, str]]:
         """(owner, attribute) of every parameter and buffer inference reads, and of
         each parameter's value (see ``ReplayedInference``)."""
-        layers = self.layers + [copy for _, _, copy in self._inference.pairs]
+        layers = self.layers + [copy for _, inference in self._passes.values()
+                                for _, _, copy in inference.pairs]
         return [pair for layer in layers for name, p in layer.named_parameters()
                 for pair in ((layer, name), (p, "value"))] + \
             [(layer, name) for layer in layers for name in layer.buffer_names]
@@ -146,9 +183,11 @@ class Sequential:
         loss, dy = softmax_cross_entropy(self._logits, labels)
         self._logits = None
         end = len(self.layers) - 1 if isinstance(self.layers[-1], Softmax) else len(self.layers)
+        training_plan = self._pass()[0]
+        training_plan.apply()  # a predict since the forward may have given others
         with single_threaded_blas:
             for i in range(end - 1, self._first_trainable - 1, -1):
-                if i not in self._fused:
+                if i not in training_plan.absorbed:
                     dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
         return loss
 

@@ -38,6 +38,7 @@ from time import perf_counter
 
 import numpy as np
 
+from . import planner
 from .kernels import _jit
 from .kernels.blas import blas_called, reset_blas_called, single_threaded_blas
 from .threads import get_num_threads, threads_set_to
@@ -183,7 +184,8 @@ class ReplayedInference:
         self._forward = forward
         self._dtype = np.dtype(dtype)
         self._bindings = bindings
-        #: (shape, threads, parallel allowed) -> _Recording, or None: not replayable
+        #: (shape, threads, parallel allowed, planner.version) -> _Recording, or None:
+        #: not replayable
         self._recordings: OrderedDict = OrderedDict()
         self._seen: OrderedDict = OrderedDict()  # keys called once, not recorded yet
         self._latest = None  # the recording last used (the last in _recordings)
@@ -196,9 +198,9 @@ class ReplayedInference:
 
     def __call__(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.dtype != self._dtype \
-                or x.size > REPLAY_ELEMENTS or _jit.intercepting():
+                or x.size > REPLAY_ELEMENTS or _jit.intercepting() or not planner.settings().replay:
             return self._forward(x).copy()
-        key = (x.shape, get_num_threads(), _jit.parallel_allowed)
+        key = (x.shape, get_num_threads(), _jit.parallel_allowed, planner.version)
         race = self._races.get(key)
         if race is not None:
             return self._raced_call(race, x)
@@ -275,7 +277,7 @@ class ReplayedInference:
             self._races.pop(self._recordings.popitem(last=False)[0], None)
         if proved and parallel and key[1] > 1 and x.size <= RACE_ELEMENTS \
                 and key not in self._races:
-            self._races[key] = _Race((key, (key[0], 1, key[2])))
+            self._races[key] = _Race((key, (key[0], 1, *key[2:])))
         return result
 
 

@@ -32,16 +32,38 @@ def layers_use_every_thread(monkeypatch):
 
 
 @pytest.fixture
-def force_row_blocks(monkeypatch):
+def using():
+    """using(**settings): ``nnjit.using(**settings)`` for the rest of the test (an
+    algorithm forced, fusion or replay off, another host, thresholds changed)."""
+    import contextlib
+
+    import nnjit
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **settings: stack.enter_context(nnjit.using(**settings))
+
+
+@pytest.fixture
+def host_with():
+    """host_with(**capabilities): this machine's ``nnjit.planner.Host`` with the
+    given capabilities changed (``tiles``, ``blas_avx512``)."""
+    import dataclasses
+
+    from nnjit.planner import detected_host
+
+    return lambda **changes: dataclasses.replace(detected_host(), **changes)
+
+
+@pytest.fixture
+def force_row_blocks(using):
     """force_row_blocks(layer, (C, H, W), rows): make a Conv2D unfold ``rows``
     output rows per block (as for images too large for one block)."""
-    import nnjit.layers.conv as conv_module
 
     def force(layer, input_shape, rows):
         _, oh, ow = layer.output_shape(input_shape)
         k = input_shape[0] * int(np.prod(layer.kernel_size))
         row_bytes = (k + layer.out_channels) * ow * layer.dtype.itemsize
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", rows * row_bytes)
+        using(block_bytes=rows * row_bytes)
         blocks = layer._blocks(0, 1, oh, ow, k)
         assert len(blocks) > 1 and all(r1 - r0 <= rows for _, _, r0, r1, _, _ in blocks)
 

@@ -129,7 +129,7 @@ def test_fused_batchnorm_relu_gradients_by_finite_differences(make, shape, rng):
     bn = make()
     flat = int(np.prod(shape[1:]))
     model = Sequential([bn, ReLU(), Flatten(), Dense(flat, 3, dtype=F64)], seed=2)
-    assert model._fused == {1}
+    assert model.fused_layers() == {1}
     bn.weight.value[...] = rng.uniform(0.5, 2, size=bn.weight.shape)
     bn.bias.value[...] = rng.normal(size=bn.bias.shape) * 0.5
     x = rng.normal(size=shape)
@@ -152,16 +152,17 @@ def assert_fused_equals_unfused_and_finite_differences(model, alone, x, labels):
     """``model`` (fused as a Sequential fuses it) and ``alone`` (the same layers and
     weights, each run by itself) give equal outputs and parameter gradients, and
     ``model``'s gradients match finite differences of its training-mode loss."""
-    alone._fused = set()
-    for layer in alone.layers:
-        layer.unfuse()
+    import nnjit
 
     def loss():
         return ref.cross_entropy(model.forward(x), labels)
 
-    np.testing.assert_allclose(model.forward(x), alone.forward(x), rtol=1e-12)
+    with nnjit.using(fusion=False):
+        alone_out = alone.forward(x)
+    np.testing.assert_allclose(model.forward(x), alone_out, rtol=1e-12)
     model.backward(labels)
-    alone.backward(labels)
+    with nnjit.using(fusion=False):
+        alone.backward(labels)
     for p, q in zip(model.parameters(), alone.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12, err_msg=p.name)
     for (name, a), (_, b) in zip(model.named_buffers(), alone.named_buffers(), strict=True):
@@ -185,7 +186,7 @@ def test_fused_batchnorm_relu_maxpool_gradients_by_finite_differences(pool, relu
         return Sequential([bn, *middle, MaxPool2D(*pool), Flatten(), dense], seed=2)
 
     model, alone = make(), make()
-    assert model._fused == ({1, 2} if relu else {1})
+    assert model.fused_layers() == ({1, 2} if relu else {1})
     for bn in (model.layers[0], alone.layers[0]):
         bn.weight.value[...] = np.linspace(-1.5, 2, 3)  # one negative scale
         bn.bias.value[...] = [0.3, -0.2, 0.1]
@@ -251,16 +252,15 @@ def test_inference_folds_each_norm_into_the_conv_or_dense_before_it(rng):
                                        (((2, 3), (1, 2)), True)])
 @pytest.mark.parametrize("block_bytes", [None, 1])
 def test_conv_evaluates_the_norm_gradient_handed_back_to_it(pool, relu, block_bytes, rng,
-                                                            monkeypatch):
+                                                            monkeypatch, using):
     """Conv2D -> BatchNorm2D -> [ReLU ->] MaxPool2D in a Sequential: the norm hands its
     input gradient back unevaluated and the conv evaluates it block by block (also one
     output row per block). Every gradient equals the layers run one by one, and finite
     differences, including the conv's input gradient (through a conv before it)."""
-    import nnjit.layers.conv as conv_module
     from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
     if block_bytes is not None:
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+        using(block_bytes=block_bytes)
 
     def make():
         middle = [ReLU()] if relu else []

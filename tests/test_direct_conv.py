@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import nnjit.kernels._jit as jit
-import nnjit.layers.conv as conv_module
 import nnjit.threads
 from nnjit import Conv2D, ReLU, Sequential
 from nnjit.kernels.tiles import shifted_rows_gemm, skipping_rows_gemm
@@ -56,12 +55,10 @@ def test_skipping_rows_gemm_computes_only_the_kept_columns(m, c, h, w, kh, kw, r
     assert (out[m * oh * ow:] == 7.0).all()
 
 
-def _tiles_forced(monkeypatch):
-    """Tiles on any host (``TILES_AVAILABLE`` and ``tiles_everywhere`` forced), Winograd
-    off: every float32 unpooled stride-1 conv here can take the direct path."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: True)
-    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+def _tiles_forced(host_with, using):
+    """Tiles everywhere (as where BLAS lacks AVX-512 kernels), Winograd off: every
+    float32 unpooled stride-1 conv here takes the direct path."""
+    using(host=host_with(tiles=True, blas_avx512=False), winograd_in_training=False)
 
 
 CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12, 3, "same", False),
@@ -71,15 +68,16 @@ CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12
 @pytest.mark.parametrize("n, block_bytes", [(1, None), (7, None), (3, 1 << 13)])
 @pytest.mark.parametrize("c, oc, h, w, k, padding, relu", CASES)
 def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, n,
-                                                         block_bytes, rng, monkeypatch):
+                                                         block_bytes, rng, host_with, using):
     """predict (one image: its rows split among the threads) and the training
-    forward by the direct path equal the unfold path's (DIRECT_MAX_DROPPED 0)
-    and the float64 layer's; backward after a direct forward gives the
-    unfold path's gradients. Small blocks (BLOCK_BYTES lowered) cut each
-    image into several blocks of rows."""
-    _tiles_forced(monkeypatch)
+    forward by the direct path (forced) equal the unfold path's and the float64
+    layer's; backward after a direct forward gives the unfold path's gradients.
+    Small blocks (lower block bytes) cut each image into several blocks of rows."""
+    import nnjit
+
+    _tiles_forced(host_with, using)
     if block_bytes:
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+        using(block_bytes=block_bytes)
 
     def build(dtype):
         return Sequential([Conv2D(c, oc, k, padding=padding, dtype=dtype)]
@@ -88,25 +86,25 @@ def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding
     x = rng.standard_normal((n, c, h, w))
     reference = build(np.float64).predict(x)
     results = []
-    for dropped in (conv_module.DIRECT_MAX_DROPPED, 0.0):
-        monkeypatch.setattr(conv_module, "DIRECT_MAX_DROPPED", dropped)
-        model = build(np.float32)
-        x32 = x.astype(np.float32)
-        predicted = model.predict(x32)
-        trained = model.forward(x32)
-        dy = np.random.default_rng(5).standard_normal(trained.shape).astype(np.float32)
-        dx = model.layers[0].backward(dy) if not relu else \
-            model.layers[0].backward(dy * (trained > 0))
+    for algorithm in ("direct", "unfold"):
+        with nnjit.using(conv=algorithm):
+            model = build(np.float32)
+            x32 = x.astype(np.float32)
+            predicted = model.predict(x32)
+            trained = model.forward(x32)
+            dy = np.random.default_rng(5).standard_normal(trained.shape).astype(np.float32)
+            dx = model.layers[0].backward(dy) if not relu else \
+                model.layers[0].backward(dy * (trained > 0))
         grads = [p.grad.copy() for p in model.parameters()]
-        assert ("direct/y" in model.layers[0]._buffers) == (dropped > 0)
+        assert ("direct/y" in model.layers[0]._buffers) == (algorithm == "direct")
         results.append([predicted, trained, dx.copy()] + grads)
     for direct, unfolded in zip(*results, strict=True):
         np.testing.assert_allclose(direct, unfolded, rtol=1e-5, atol=1e-5 * np.abs(unfolded).max())
     np.testing.assert_allclose(results[0][0], reference, rtol=1e-4, atol=1e-5)
 
 
-def test_direct_conv_agrees_with_its_serial_twin(rng, monkeypatch):
-    _tiles_forced(monkeypatch)
+def test_direct_conv_agrees_with_its_serial_twin(rng, monkeypatch, host_with, using):
+    _tiles_forced(host_with, using)
     x = rng.standard_normal((9, 6, 26, 30)).astype(np.float32)
     outputs = []
     for serial in (False, True):
@@ -118,11 +116,11 @@ def test_direct_conv_agrees_with_its_serial_twin(rng, monkeypatch):
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-def test_direct_conv_after_an_input_of_another_shape_and_the_same_size(rng, monkeypatch):
+def test_direct_conv_after_an_input_of_another_shape_and_the_same_size(rng, host_with, using):
     """10x10 and 7x14 inputs padded by 1 fill the same 144 positions per channel:
     neither may see the other's values where its border is, nor its kernel
     offsets (replayed or not)."""
-    _tiles_forced(monkeypatch)
+    _tiles_forced(host_with, using)
 
     def build():
         return Sequential([Conv2D(3, 8, 3, padding=1)], seed=6)

@@ -38,17 +38,16 @@ def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
 @pytest.mark.parametrize("block_rows", [None, 1, 2])
 @pytest.mark.parametrize("gemm", ["slices", "columns", "whole"])
 def test_conv2d_gradients(n, c, h, w, oc, k, s, p, block_rows, gemm, rng, force_row_blocks,
-                          monkeypatch):
+                          monkeypatch, using):
     """Also with blocks of 1 or 2 output rows (as for large images) instead of whole images,
     and with each block's GEMMs cut into one-column slices or run whole (as from 64 channels)."""
-    import nnjit.layers.conv as conv_module
 
     if gemm == "columns":
-        monkeypatch.setattr(conv_module, "MIN_SLICE_COLS", 1)
-        monkeypatch.setattr(conv_module, "SMALL_GEMM_MACS", 1)
+        using(min_slice_cols=1)
+        using(small_gemm_macs=1)
     elif gemm == "whole":
-        monkeypatch.setattr(conv_module, "WHOLE_GEMM_CHANNELS", 1)
-        monkeypatch.setattr(conv_module, "WHOLE_GEMM_COLS", 1)
+        using(whole_gemm_channels=1)
+        using(whole_gemm_cols=1)
     layer = Conv2D(c, oc, k, stride=s, padding=p, dtype=F64)
     if block_rows is not None:
         force_row_blocks(layer, (c, h, w), block_rows)
@@ -155,18 +154,17 @@ FUSED_STACKS = [
 
 @pytest.mark.parametrize("conv,pool", FUSED_STACKS)
 @pytest.mark.parametrize("block_bytes", [None, 1])
-def test_fused_conv_relu_pool_gradients(conv, pool, block_bytes, rng, monkeypatch):
+def test_fused_conv_relu_pool_gradients(conv, pool, block_bytes, rng, monkeypatch, using):
     """Conv2D -> ReLU -> MaxPool2D runs as one fused pass in a Sequential; check its
     gradients by finite differences, also when the batch is unfolded one image per block."""
-    import nnjit.layers.conv as conv_module
 
     if block_bytes is not None:
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+        using(block_bytes=block_bytes)
     c, oc, k, s, p = conv
     layers = [Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(), MaxPool2D(*pool), Flatten()]
     flat = int(np.prod(MaxPool2D(*pool).output_shape(layers[0].output_shape((c, 9, 8)))))
     model = Sequential(layers + [Dense(flat, 3, dtype=F64)], seed=5)
-    assert model._fused == {1, 2}
+    assert model.fused_layers() == {1, 2}
     # Distinct conv outputs (no pooling ties): random weights on random input.
     x = rng.normal(size=(3, c, 9, 8))
     labels = np.array([0, 2, 1])
@@ -212,20 +210,19 @@ def _random_fused_stack(draw, window):
 
 @pytest.mark.parametrize("case", range(12))
 @pytest.mark.parametrize("block_bytes", [None, 1])
-def test_fused_pool_major_pass_equals_the_layers_one_by_one(case, block_bytes, monkeypatch):
+def test_fused_pool_major_pass_equals_the_layers_one_by_one(case, block_bytes, monkeypatch, using):
     """Random shapes, strides, paddings, windows and batch sizes: the fused
     conv -> ReLU -> max-pool (pool-major order) gives the output and every
     gradient that the three layers give run one by one (float64, no ties)."""
-    import nnjit.layers.conv as conv_module
 
     if block_bytes is not None:
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+        using(block_bytes=block_bytes)
     draw = np.random.default_rng([case, 2026])
     window = POOL_MAJOR_WINDOWS[case % len(POOL_MAJOR_WINDOWS)]
     (c, oc, k, s, p), shape = _random_fused_stack(draw, window)
     fused = Sequential([Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(),
                         MaxPool2D(window)], seed=case)
-    assert fused._fused == {1, 2} and fused.layers[0]._pool_major()
+    assert fused.fused_layers() == {1, 2} and fused.layers[0]._pool_major()
     alone = [Conv2D(c, oc, k, stride=s, padding=p, dtype=F64), ReLU(), MaxPool2D(window)]
     alone[0].weight.value[...] = fused.layers[0].weight.value
     alone[0].bias.value[...] = draw.normal(size=oc)
@@ -255,7 +252,7 @@ def test_fused_dense_relu_gradients(rng):
     """Dense -> ReLU runs as one bias+ReLU pass inside a Sequential: check every gradient."""
     model = Sequential([Flatten(), Dense(12, 6, dtype=F64), ReLU(), Dense(6, 3, dtype=F64), Softmax()],
                        seed=4)
-    assert model._fused == {2}
+    assert model.fused_layers() == {2}
     for p in model.parameters():
         if p.name.endswith("bias"):
             p.value[...] = rng.normal(size=p.shape) * 0.5

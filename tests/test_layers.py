@@ -162,16 +162,15 @@ def test_backward_without_forward_is_an_error():
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("block_bytes", [None, 1])
 def test_inference_cuts_small_batches_into_row_runs_for_every_thread(pool, n, block_bytes, rng,
-                                                                     monkeypatch):
+                                                                     monkeypatch, using):
     """predict on fewer images than threads splits each image's rows between threads
     (also under a fused max-pool, whose runs follow its windows: the unfold path,
     the 2x2 pool's window-by-window path turned off)."""
-    import nnjit.layers.conv as conv_module
     from nnjit import Sequential, get_num_threads
 
-    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)
+    using(window_conv_weight_bytes=0)
     if block_bytes is not None:
-        monkeypatch.setattr(conv_module, "BLOCK_BYTES", block_bytes)
+        using(block_bytes=block_bytes)
     conv = Conv2D(2, 3, 3, padding=1)
     layers = [conv, ReLU()] + ([MaxPool2D(*pool)] if pool else [])
     model = Sequential(layers, seed=3)
@@ -189,7 +188,9 @@ def test_dense_in_row_chunks_matches_numpy(relu, rng):
     """A batch larger than one small GEMM (SMALL_GEMM_MACS) runs in row chunks,
     forward and input gradient; against plain numpy."""
     from nnjit import Sequential
-    from nnjit.kernels.blas import SMALL_GEMM_MACS
+    from nnjit.planner import Tuning
+
+    SMALL_GEMM_MACS = Tuning().small_gemm_macs
 
     layers = [Dense(300, 40)] + ([ReLU()] if relu else [])
     model = Sequential(layers, seed=1)

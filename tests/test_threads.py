@@ -30,9 +30,16 @@ def seeded(layer):
     return layer
 
 
-def fused(layer, *following):
-    """``layer`` after taking over ``following`` (as a Sequential fuses them)."""
-    assert all(layer.fuse_next(other) for other in following)
+def fused(layer, *following, before=None):
+    """``layer`` after the fusion pass gave it ``following`` as its epilogue (as in a
+    Sequential of them, in training; ``before``: a layer that runs before it)."""
+    from nnjit.fusion import chain, plan_fusion
+
+    layers = ([before] if before is not None else []) + [layer, *following]
+    plan = plan_fusion(chain(layers), (len(layers) - 1,), training=True)
+    plan.apply()
+    first = len(layers) - len(following)
+    assert plan.absorbed == set(range(first, len(layers)))
     return layer
 
 
@@ -98,8 +105,8 @@ def test_conv_evaluating_a_norm_gradient_agrees_with_its_serial_twin(rng, monkey
     results = []
     for serial in (False, True):
         serial_everywhere(monkeypatch, serial)
-        conv, norm = seeded(Conv2D(4, 8, 3, padding=1)), fused(BatchNorm2D(8), ReLU(), MaxPool2D(2))
-        norm.follows(conv)
+        conv = seeded(Conv2D(4, 8, 3, padding=1))
+        norm = fused(BatchNorm2D(8), ReLU(), MaxPool2D(2), before=conv)
         assert norm.hands_back_input_grad
         y = norm.forward(conv.forward(x)).copy()
         dy = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)

@@ -3,12 +3,11 @@ and the Dense stack run on them against the same layers on BLAS."""
 import numpy as np
 import pytest
 
-import nnjit.layers.conv as conv_module
 import nnjit.layers.dense as dense_module
+from nnjit.planner import Tuning
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
-from nnjit.kernels.tiles import (NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, NT_REDUCTION_STEP,
-                                 batched_product, refresh_transpose, tiled_gemm,
+from nnjit.kernels.tiles import (NT_REDUCTION_STEP, batched_product, refresh_transpose, tiled_gemm,
                                  tiled_gemm_nt, transpose_slice)
 
 
@@ -115,16 +114,21 @@ def test_tiled_gemm_nt_in_float64_is_blas(rng):
 
 
 @pytest.mark.parametrize("everywhere", [False, True])
-def test_conv_weight_gradient_in_tiles_from_its_row_threshold(everywhere, monkeypatch):
-    """A conv's weight gradient (K rows) runs in tiles from NT_MIN_ROWS rows, or
-    NT_MIN_ROWS_EVERYWHERE with ``tiles_everywhere``; never for float64."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: everywhere)
-    least = NT_MIN_ROWS_EVERYWHERE if everywhere else NT_MIN_ROWS
-    assert NT_MIN_ROWS_EVERYWHERE < NT_MIN_ROWS
-    conv = Conv2D(8, 64, 3)
-    assert conv._nt_tiles(least, 64) and not conv._nt_tiles(least - 1, 64)
-    assert not Conv2D(8, 64, 3, dtype=np.float64)._nt_tiles(least, 64)
+def test_conv_weight_gradient_in_tiles_from_its_row_threshold(everywhere, host_with, using):
+    """A conv's weight gradient (K rows) runs in tiles from ``nt_min_rows`` rows, or
+    ``nt_min_rows_everywhere`` where BLAS lacks AVX-512 kernels; never for float64."""
+    using(host=host_with(tiles=True, blas_avx512=not everywhere))
+    t = Tuning()
+    least = t.nt_min_rows_everywhere if everywhere else t.nt_min_rows
+    assert t.nt_min_rows_everywhere < t.nt_min_rows
+
+    def weight_grad_tiles(k, dtype=np.float32):  # K = C * 3 * 3 rows
+        conv = Conv2D(k // 9, 64, 3, dtype=dtype)
+        return conv.plan((64, k // 9, 12, 12), True).weight_grad_tiles
+
+    above = -(-least // 9) * 9
+    assert weight_grad_tiles(above) and not weight_grad_tiles(above - 9)
+    assert not weight_grad_tiles(above, np.float64)
 
 
 @pytest.mark.parametrize("rows, cols, n0, n1, k0, steps", [
@@ -165,18 +169,15 @@ def test_refresh_transpose_follows_every_change_of_its_rows(rng):
 
 @pytest.mark.parametrize("everywhere", [False, True])
 @pytest.mark.parametrize("pool, channels", [(False, 64), (True, 64), (True, 36)])
-def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, monkeypatch):
+def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, host_with, using):
     """A conv whose forward GEMM (64 or 36 channels over K = 288: 8-row tiles, and
     a 4-row one for 36), and with 64 channels (or ``tiles_everywhere``) its
     input-gradient GEMM (288 rows over the channels) and weight-gradient GEMM
     (288 x channels over the block's columns), run in tiles (the unfold path:
     Winograd off): output, dx, dW and db equal the float64 layer's (BLAS)
-    within float32 rounding. TILES_AVAILABLE is forced on, so this runs the
-    tiles on any host."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
-    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(conv_module, "tiles_everywhere", lambda: everywhere)
+    within float32 rounding. The tiles are forced on, so this runs them on any
+    host."""
+    using(host=host_with(tiles=True, blas_avx512=not everywhere), conv="unfold")
 
     def build(dtype):
         layers = [Conv2D(32, channels, 3, padding=1, dtype=dtype)] + \
@@ -186,8 +187,9 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, mon
 
     model32, conv32 = build(np.float32)
     model64, conv64 = build(np.float64)
-    assert conv32._tiles(channels, 288) and not conv64._tiles(channels, 288)
-    assert conv32._tiles(288, channels) == (channels == 64 or everywhere)
+    plan32, plan64 = (conv.plan((3, 32, 9, 10), True) for conv in (conv32, conv64))
+    assert plan32.forward_tiles and not plan64.forward_tiles
+    assert plan32.input_grad_tiles == (channels == 64 or everywhere)
     x = rng.standard_normal((3, 2, 9, 10))
     outs, grads = [], []
     for model, conv, dtype in ((model32, conv32, np.float32), (model64, conv64, np.float64)):
@@ -203,15 +205,15 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, mon
 
 
 @pytest.mark.parametrize("everywhere", [False, True])
-def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch):
+def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch, host_with, using):
     """A Dense stack on enough rows (TILED_DENSE_MIN_ROWS, or 4 with
     ``tiles_everywhere``) runs its wide layer in tiles over a kept transposed
     weight: predict equals the float64 model's, and still does after the
     weight and bias are changed in place (no rebinding), and after a training
     step. TILES_AVAILABLE is forced on, so this runs on any host."""
-    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: everywhere)
-    rows = 6 if everywhere else dense_module.TILED_DENSE_MIN_ROWS + 3
+    using(host=host_with(tiles=True))
+    using(host=host_with(tiles=True, blas_avx512=not everywhere))
+    rows = 6 if everywhere else Tuning().tiled_dense_min_rows + 3
 
     def build(dtype):
         return Sequential([Flatten(), Dense(70, 40, dtype=dtype), ReLU(),
@@ -246,12 +248,12 @@ def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch):
 
 @pytest.mark.parametrize("dot", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 3, 5])
-def test_dense_on_few_rows_matches_numpy(rows, dot, rng, monkeypatch):
-    """Fewer than DOT_ROWS_BELOW rows run as dot products where BLAS has no
+def test_dense_on_few_rows_matches_numpy(rows, dot, rng, host_with, using):
+    """Fewer than ``dot_rows_below`` rows run as dot products where BLAS has no
     AVX-512 kernels (forced either way here): a training forward and a predict
     (through a Dense stack) equal numpy's float64 products with the same weights."""
-    monkeypatch.setattr(dense_module, "blas_has_avx512_kernels", lambda: not dot)
-    assert dense_module.dot_below() == (dense_module.DOT_ROWS_BELOW if dot else 0)
+    using(host=host_with(blas_avx512=not dot))
+    assert dense_module.dot_below() == (Tuning().dot_rows_below if dot else 0)
     model = Sequential([Flatten(), Dense(300, 40), ReLU(), Dense(40, 10)], seed=6)
     x = rng.standard_normal((rows, 300)).astype(np.float32)
     first, second = (model.layers[i] for i in (1, 3))
@@ -263,12 +265,12 @@ def test_dense_on_few_rows_matches_numpy(rows, dot, rng, monkeypatch):
 
 @pytest.mark.parametrize("everywhere", [True, False])
 @pytest.mark.parametrize("rows", [6, 70])
-def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypatch):
+def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypatch, host_with, using):
     """With ``tiles_everywhere`` (forced either way, tiles forced available) a
     Dense layer's training forward, input and weight gradients run in register
     tiles: they equal the float64 model's (BLAS) within float32 rounding."""
-    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: everywhere)
+    using(host=host_with(tiles=True))
+    using(host=host_with(tiles=True, blas_avx512=not everywhere))
 
     def build(dtype):
         return Sequential([Flatten(), Dense(300, 40, dtype=dtype), ReLU(),
@@ -288,14 +290,14 @@ def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypa
 
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("rows, features", [(4, 37), (13, 40), (33, 128), (50, 51)])
-def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, rng, monkeypatch):
+def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, rng, monkeypatch, host_with, using):
     """From DOT_ROWS_BELOW rows to fewer than out_features (tiles everywhere,
     forced here), forward runs as out^T = W x^T (``dense_forward_transposed``):
     with a fused ReLU, in training and at inference, on one part or two (the
     input's columns and the output features split), it equals numpy's float64
     product; the gradients after it equal the float64 layer's."""
-    monkeypatch.setattr(dense_module, "TILES_AVAILABLE", True)
-    monkeypatch.setattr(dense_module, "tiles_everywhere", lambda: True)
+    using(host=host_with(tiles=True))
+    using(host=host_with(tiles=True, blas_avx512=not True))
     monkeypatch.setattr(dense_module, "parts_for", lambda work, most: min(parts, most))
 
     def build(dtype):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import nnjit
-import nnjit.layers.conv as conv_module
 import reference as ref
 from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
 
@@ -15,9 +14,9 @@ def pooled_conv(c, oc, k, padding, relu, seed=3):
 
 
 @pytest.fixture(autouse=True)
-def window_path_on_any_host(monkeypatch):
+def window_path_on_any_host(host_with, using):
     """The window tiles are plain LLVM vectors: forced on where AVX-512 is absent too."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    using(host=host_with(tiles=True))
 
 
 @pytest.mark.parametrize("n, c, h, w, oc, k, padding, relu", [
@@ -86,13 +85,13 @@ def test_predict_follows_weight_changes(rng):
                                atol=1e-5)
 
 
-def test_winograd_and_large_weights_keep_their_paths(monkeypatch):
+def test_winograd_and_large_weights_keep_their_paths(using):
     """3x3 over 8+ channels stays with Winograd; a transposed weight over
     WINDOW_CONV_WEIGHT_BYTES with the unfold path."""
     winograd = pooled_conv(32, 64, 3, 0, True).layers[0]
     winograd.forward(np.zeros((1, 32, 13, 13), np.float32), training=False)
     assert "windows/pooled" not in winograd._buffers and "winograd/Vt" in winograd._buffers
-    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 9 * 32 * 4 - 1)
+    using(window_conv_weight_bytes=9 * 32 * 4 - 1)
     unfolded = pooled_conv(1, 32, 3, 0, True).layers[0]
     unfolded.forward(np.zeros((1, 1, 12, 12), np.float32), training=False)
     assert "windows/pooled" not in unfolded._buffers and "cols" in unfolded._buffers
@@ -104,7 +103,7 @@ def test_winograd_and_large_weights_keep_their_paths(monkeypatch):
     (2, 2, 11, 11, 16, 5, 1, False),     # 5x5 padding 1, no ReLU
 ])
 def test_training_window_by_window_gives_the_unfold_paths_output_winners_and_gradients(
-        n, c, h, w, oc, k, padding, relu, rng, monkeypatch):
+        n, c, h, w, oc, k, padding, relu, rng, using):
     """Training forward keeps each window's winner in the unfold path's format, so
     the conv's backward (unchanged) gives the same gradients: against the unfold
     path's forward (register tiles: the same sums in the same order, the same
@@ -112,13 +111,13 @@ def test_training_window_by_window_gives_the_unfold_paths_output_winners_and_gra
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     x[-1] = 0  # every window a four-way tie: the first member wins
     results = []
-    for window_bytes in (conv_module.WINDOW_CONV_WEIGHT_BYTES, 0):
-        monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", window_bytes)
+    for algorithm in ("windows", "unfold"):
+        using(conv=algorithm)
         model = pooled_conv(c, oc, k, padding, relu)
         conv = model.layers[0]
         conv.bias.value[...] = np.linspace(-0.5, 0.5, oc)
         out = model.forward(x)
-        assert ("windows/pooled" in conv._buffers) == (window_bytes > 0)
+        assert ("windows/pooled" in conv._buffers) == (algorithm == "windows")
         argmax = conv._cache[2].copy()
         dy = np.random.default_rng(7).normal(size=out.shape).astype(np.float32)
         dx = conv.backward(dy)

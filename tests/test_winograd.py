@@ -4,11 +4,17 @@ finite differences."""
 import numpy as np
 import pytest
 
-import nnjit.layers.conv as conv_module
+from nnjit.planner import ConvAlgorithm, Tuning
 import reference as ref
 from test_gradients import check_layer_gradients
 from nnjit import Conv2D, MaxPool2D, ReLU, Sequential
 from nnjit.spec import build_model
+
+
+def runs_winograd(conv, training=False):
+    """True when the planner runs ``conv`` (in its model's epilogue) by Winograd."""
+    plan = conv.plan((1, conv.in_channels, 12, 12), training)
+    return plan.algorithm is ConvAlgorithm.WINOGRAD
 
 
 @pytest.mark.parametrize("tiles", [True, False])
@@ -21,16 +27,16 @@ from nnjit.spec import build_model
     (2, 8, 7, 9, 12, (1, 0), True),  # rows padded, columns not: copied channels-last at once
 ])
 def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, padding, relu, tiles,
-                                                              rng, monkeypatch):
+                                                              rng, monkeypatch, host_with, using):
     """With its GEMMs in register tiles (forced on, so on any host) and on BLAS."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
-    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
-    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)  # training: the unfold path
+    using(host=host_with(tiles=tiles))
+    using(winograd_in_training=False)
+    using(window_conv_weight_bytes=0)  # training: the unfold path
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     model = Sequential(layers, seed=2)
     conv = model.layers[0]
     conv.bias.value[...] = rng.normal(size=oc)
-    assert conv._winograd()
+    assert runs_winograd(conv)
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     got = conv.forward(x, training=False).copy()
     unfolded = conv.forward(x, training=True)
@@ -46,11 +52,11 @@ def test_winograd_inference_matches_reference_and_unfold_path(n, c, h, w, oc, pa
     (3, 12, 9, 10, 20, (1, 0)),  # rows padded: each thread copies only the rows it reads
 ])
 def test_winograd_shared_by_two_threads_matches_one_thread_exactly(n, c, h, w, oc, padding, rng,
-                                                                   monkeypatch):
+                                                                   monkeypatch, host_with, using):
     """A small batch split by pooling windows between two threads gives the same
     bits as one thread doing all of it (the same tile sums, row by row)."""
     import nnjit
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    using(host=host_with(tiles=True))
     monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62)  # one part: a shared chunk
     layers = [Conv2D(c, oc, 3, padding=padding), ReLU(), MaxPool2D(2)]
     conv = Sequential(layers, seed=3).layers[0]
@@ -69,14 +75,14 @@ def test_winograd_shared_by_two_threads_matches_one_thread_exactly(n, c, h, w, o
                                atol=1e-4)
 
 
-def test_winograd_follows_in_place_weight_changes(rng, monkeypatch):
+def test_winograd_follows_in_place_weight_changes(rng, monkeypatch, using):
     """The transformed filters are kept between calls: changing the weight in
     place (a filter, a sign of zero, a NaN) or training a step must show in the
     next predict, replayed calls included."""
-    monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", False)
+    using(winograd_in_training=False)
     model = build_model("cnn", (1, 28, 28), seed=4)
     conv = model.layers[3]
-    assert isinstance(conv, Conv2D) and conv._winograd()
+    assert isinstance(conv, Conv2D) and runs_winograd(conv)
     x = rng.random((1, 1, 28, 28), dtype=np.float32)
     reference = build_model("cnn", (1, 28, 28), seed=4)
 
@@ -102,28 +108,30 @@ def test_winograd_follows_in_place_weight_changes(rng, monkeypatch):
 
 
 def test_winograd_is_used_only_where_it_applies():
-    assert Sequential([Conv2D(8, 16, 3), ReLU(), MaxPool2D(2)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(4, 16, 3), MaxPool2D(2)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(8, 16, 5), MaxPool2D(2)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(8, 16, 3, stride=2), MaxPool2D(2)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(8, 16, 3), MaxPool2D(3)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(8, 16, 3)], seed=0).layers[0]._winograd()
-    assert not Sequential([Conv2D(8, 16, 3, dtype=np.float64), MaxPool2D(2)],
-                          seed=0).layers[0]._winograd()
-    assert conv_module.WINOGRAD_MIN_CHANNELS == 8
+    assert runs_winograd(Sequential([Conv2D(8, 16, 3), ReLU(), MaxPool2D(2)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(4, 16, 3), MaxPool2D(2)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(8, 16, 5), MaxPool2D(2)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(8, 16, 3, stride=2), MaxPool2D(2)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(8, 16, 3), MaxPool2D(3)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(8, 16, 3)], seed=0).layers[0])
+    assert not runs_winograd(Sequential([Conv2D(8, 16, 3, dtype=np.float64), MaxPool2D(2)],
+                          seed=0).layers[0])
+    assert Tuning().winograd_min_channels == 8
 
 
-def winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch):
+def winograd_and_unfolded(layers, x, dy, need_input_grad):
     """(out, dx, dweight, dbias) of a training forward and backward of the first
-    of ``layers`` (a Conv2D taking the rest), by Winograd and by the unfold path."""
-    monkeypatch.setattr(conv_module, "WINDOW_CONV_WEIGHT_BYTES", 0)  # Winograd off: unfold
+    of ``layers`` (a Conv2D taking the rest), by Winograd and by the unfold path
+    (each forced through ``nnjit.using``)."""
+    import nnjit
+
     conv = Sequential(layers, seed=3).layers[0]
-    assert conv._winograd()
+    assert runs_winograd(conv, training=True)
     results = []
-    for winograd in (True, False):
-        monkeypatch.setattr(conv_module, "WINOGRAD_IN_TRAINING", winograd)
-        out = conv.forward(x).copy()
-        dx = conv.backward(dy, need_input_grad=need_input_grad)
+    for algorithm in ("winograd", "unfold"):
+        with nnjit.using(conv=algorithm):
+            out = conv.forward(x).copy()
+            dx = conv.backward(dy, need_input_grad=need_input_grad)
         results.append((out, None if dx is None else dx.copy(), conv.weight.grad.copy(),
                         conv.bias.grad.copy()))
     return results
@@ -138,16 +146,16 @@ def winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch):
     (3, 8, 7, 9, 12, (1, 0), True, True),  # rows padded, columns not
 ])
 def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, need_input_grad,
-                                               tiles, rng, monkeypatch):
+                                               tiles, rng, monkeypatch, host_with, using):
     """Forward (the same winners kept for backward), the input, weight and bias
     gradients, with the GEMMs in register tiles and on BLAS."""
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", tiles)
+    using(host=host_with(tiles=tiles))
     layers = [Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []) + [MaxPool2D(2)]
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
     pooled_shape = (n, oc, (h + 2 * ph - 2) // 2, (w + 2 * pw - 2) // 2)
     dy = rng.normal(size=pooled_shape).astype(np.float32)
-    got, want = winograd_and_unfolded(layers, x, dy, need_input_grad, monkeypatch)
+    got, want = winograd_and_unfolded(layers, x, dy, need_input_grad)
     for a, b, name in zip(got, want, ("out", "dx", "dweight", "dbias"), strict=True):
         if b is None:
             assert a is None, name
@@ -156,17 +164,17 @@ def test_winograd_training_matches_unfold_path(n, c, h, w, oc, padding, relu, ne
 
 
 @pytest.mark.parametrize("n", [1, 2])
-def test_winograd_training_on_a_batch_two_threads_share(n, rng, monkeypatch):
+def test_winograd_training_on_a_batch_two_threads_share(n, rng, monkeypatch, host_with, using):
     """A training step on a batch small enough for one part, split by windows
     between two threads (one image; two, crossing between them): the winners
     they keep give backward the unfold path's gradients."""
     import nnjit
     monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 1 << 62)
-    monkeypatch.setattr(conv_module, "TILES_AVAILABLE", True)
+    using(host=host_with(tiles=True))
     layers = [Conv2D(32, 64, 3), ReLU(), MaxPool2D(2)]
     x = rng.normal(size=(n, 32, 13, 13)).astype(np.float32)
     dy = rng.normal(size=(n, 64, 5, 5)).astype(np.float32)
-    got, want = winograd_and_unfolded(layers, x, dy, True, monkeypatch)
+    got, want = winograd_and_unfolded(layers, x, dy, True)
     assert layers[0]._winograd_plan(x)[:3] == (1, n, 2)  # one part, one chunk, two threads
     for a, b, name in zip(got, want, ("out", "dx", "dweight", "dbias"), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
@@ -176,15 +184,14 @@ def test_winograd_training_on_a_batch_two_threads_share(n, rng, monkeypatch):
     (2, 3, 6, 7, 4, 1, True),
     (3, 2, 5, 5, 3, 0, False),
 ])
-def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, relu, rng,
-                                                     monkeypatch):
+def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, relu, rng, using):
     """The Winograd forward and backward in float64 (the path is float32-only in
     use: forced on here) against central differences of its own forward."""
     layers = [Conv2D(c, oc, 3, padding=padding, dtype=np.float64)] + \
         ([ReLU()] if relu else []) + [MaxPool2D(2)]
     conv = Sequential(layers, seed=5).layers[0]
-    assert not conv._winograd()
-    monkeypatch.setattr(conv, "_winograd", lambda: True)
+    assert not runs_winograd(conv)
+    using(conv="winograd")
     conv.bias.value[...] = rng.normal(size=oc)
     check_layer_gradients(conv, rng.normal(size=(n, c, h, w)), rng)
     assert conv._buffers["winograd/dU"].dtype == np.float64  # it ran the Winograd kernels
@@ -199,7 +206,7 @@ def test_winograd_after_an_input_of_another_shape_and_the_same_size(rng):
 
     for n in (1, 2):
         model = build()
-        assert model.layers[0]._winograd()
+        assert runs_winograd(model.layers[0])
         for _ in range(3):  # a replay recording of the first shape too
             model.predict(rng.standard_normal((n, 8, 10, 10)).astype(np.float32) + 5)
         x = rng.standard_normal((n, 8, 7, 14)).astype(np.float32)
@@ -215,7 +222,7 @@ def test_winograd_never_reads_the_rows_its_workspaces_pad_to(n, rng):
     predict come out bit for bit as before."""
     model = Sequential([Conv2D(16, 32, 3, padding=1), ReLU(), MaxPool2D(2)], seed=1)
     conv = model.layers[0]
-    assert conv._winograd()
+    assert runs_winograd(conv)
     x = rng.standard_normal((n, 16, 9, 11)).astype(np.float32)
     dy = rng.standard_normal((n, 32, 4, 5)).astype(np.float32)
     kept = ("winograd/kept", "winograd/Ut", "winograd/UtT")  # state carried between calls

@@ -86,6 +86,17 @@ def batchnorm_forward_eval(x, N, C, P, eps, weight, bias, running_mean, running_
                     orow[p] = v
 
 
+@kernel
+def batchnorm_inference_affine(weight, bias, running_mean, running_var, eps, scale, shift):
+    """The per-channel affine map of a batch norm at inference, computed in float64:
+    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
+    All arrays (C,); writes scale and shift (the layer's dtype)."""
+    for c in range(weight.size):
+        s = np.float64(weight[c]) / np.sqrt(np.float64(running_var[c]) + eps)
+        scale[c] = s
+        shift[c] = np.float64(bias[c]) - np.float64(running_mean[c]) * s
+
+
 @kernel(reassociate=True)
 def batchnorm_backward(dy, xhat, out, invstd, weight, N, C, P, relu, need_dx, dx, dweight, dbias):
     """Gradients of ``batchnorm_forward_train`` (batch statistics depend on x too).

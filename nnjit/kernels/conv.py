@@ -33,12 +33,6 @@ from .tiles import shifted_rows_gemm, skipping_rows_gemm, tiled_gemm, tiled_gemm
 from .runs import copy_run, zero_run
 
 U = np.uint64
-#: Share of each padded row a stride-1 conv drops (KW - 1 of its W + 2PW)
-#: from which its direct product skips those columns (``skipping_rows_gemm``)
-#: instead of computing them: the crossings cost ~4-6% (10->20 5x5, one
-#: image, one core: 28x28, 14% dropped, 26.1 -> 23.6 us; 20x20 1.22x; 40x40,
-#: 10%, 1.05x; 64x64, 6%, 1.00x; 3x3 on 28x28, 7%, 0.95x).
-SKIPPING_MIN_DROPPED = 0.1
 
 
 @njit(cache=True, inline="always")
@@ -506,7 +500,7 @@ def tap_offsets(C, KH, KW, Hp, Wp, offsets):
 
 @kernel
 def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW, OH, OW, relu,
-                        offsets, image, ybuf, out):
+                        skipping, offsets, image, ybuf, out):
     """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
     then ReLU with ``relu`` (no fused pool).
 
@@ -522,9 +516,10 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW
     dropped: (KW-1)/Wp more multiply-adds than the unfolded GEMM, and no
     unfolding (10->20 5x5 on 28x28, one core: 25 vs 31 us per image,
     unfolding included; 16 128x128 images on two threads 18.6 vs 25.7 ms per
-    block, each image copied once for all its blocks of rows). Where that
-    share is SKIPPING_MIN_DROPPED or more (and OW >= 16), the product skips
-    them (``skipping_rows_gemm``: 10->20 5x5 on 28x28 25.6 -> 23.7 us).
+    block, each image copied once for all its blocks of rows). With
+    ``skipping`` (the planner's choice: enough is dropped to pay for a
+    vector's row-end crossing, at most one per vector since OW >= 16), the
+    product skips them (``skipping_rows_gemm``).
 
     bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
     x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
@@ -535,20 +530,18 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW
     tap_offsets(C, KH, KW, H + 2 * PH, W + 2 * PW, offsets)
     for part in prange(bounds.size - 1):
         conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W,
-                                 PH, PW, OH, OW, relu, offsets, image[part], ybuf[part], out)
+                                 PH, PW, OH, OW, relu, skipping, offsets, image[part], ybuf[part],
+                                 out)
 
 
 @helper
 def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW, relu,
-                             offsets, image, ybuf, out):
+                             skipping, offsets, image, ybuf, out):
     """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
     OC = bias.size
     Wp = W + 2 * PW
-    # The product covers only the kept columns (skipping tiles: no dropped
-    # column computed or read) where a vector crosses a row end at most once
-    # and enough is dropped to pay for the crossings (SKIPPING_MIN_DROPPED);
-    # otherwise whole padded rows.
-    skipping = OW >= 16 and Wp - OW >= SKIPPING_MIN_DROPPED * Wp
+    # With skipping, the product covers only the kept columns (skipping
+    # tiles: no dropped column computed or read); otherwise whole padded rows.
     # Unpadded, image n is read where it lies in x (what a product reads past
     # it is the next image's first values); only the last image has no next
     # one to run into, unless nothing past it is read (skipping).

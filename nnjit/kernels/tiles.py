@@ -23,7 +23,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .blas import NO_TRANS, TRANS, blas_has_avx512_kernels, gemm
+from .blas import NO_TRANS, TRANS, gemm
 
 TILE_ROWS, TILE_COLS = 8, 32
 U = np.uint64
@@ -42,18 +42,6 @@ def _host_has_avx512() -> bool:
 
 #: True when the tiles run at full speed here (AVX-512); the layers use them only then.
 TILES_AVAILABLE = _host_has_avx512()
-#: Shortest sum a layer runs in tiles (K for a conv's forward GEMM, its output
-#: channels for the input gradient, in_features for a Dense): shorter sums
-#: (9-48) gained nothing at the step level over BLAS.
-TILES_MIN_REDUCTION = 64
-
-
-def tiles_everywhere() -> bool:
-    """True when the tiles run and beat BLAS on every float32 product: numpy's BLAS
-    has no AVX-512 kernels here (``blas_has_avx512_kernels``). The layers'
-    thresholds (TILES_MIN_REDUCTION, 32 rows for a conv) hold only against
-    AVX-512 kernels; the weight gradients' NT_MIN_ROWS is lower here."""
-    return TILES_AVAILABLE and not blas_has_avx512_kernels()
 
 
 def _loop_not_unrolled(module):
@@ -456,23 +444,13 @@ def tiled_rows(M):
 #: transposed operand (256 x 32 floats per column tile, 32 KB) stays in L1
 #: across the pass's row tiles.
 NT_REDUCTION_STEP = 256
-#: Fewest rows a conv runs ``tiled_gemm_nt`` on (``Conv2D._nt_tiles``): its transposes
-#: cost the same whatever the row count. Against OpenBLAS's AVX-512 kernels
-#: they cost more than the tiles gained below NT_MIN_ROWS (one core, 64
-#: columns over 512: 96 rows 74 vs 82 GFLOP/s, 288 rows 97 vs 94, 800 rows
-#: over 576 107 vs 99); against its Haswell kernels (``tiles_everywhere``)
-#: from NT_MIN_ROWS_EVERYWHERE (one core, a conv's weight gradient over one
-#: image: 250 rows x 20 columns over 576 42.6 vs 65.0 us, 72 x 32 over 256
-#: 6.3 vs 10.9, 216 x 48 over 144 13.8 vs 25.7), not below (the cnn's 9-row
-#: first conv trained 16% slower).
-NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE = 256, 64
 
 
 @njit(cache=True)
 def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
     """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s,
     the columns from N//32*32 in masked tiles), the last M % 4 rows as dot
-    products (``dot_rows_nt``); float64 by BLAS. Callers pick it by NT_MIN_ROWS.
+    products (``dot_rows_nt``); float64 by BLAS. The planner decides where it runs.
 
     a: float (M*K,); b: (N*K,); c: (M*N,), added to. Row strides K, K, N.
     bt: workspace (>= NT_REDUCTION_STEP * N,): each pass over NT_REDUCTION_STEP reduction

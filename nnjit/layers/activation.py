@@ -35,19 +35,15 @@ class ReLU(Layer):
         return dx
 
 
-class FusesReLU:
-    """Mixin for a layer whose output pass can apply a following ReLU itself
-    (Dense's bias pass, BatchNorm's normalising pass), and mask its backward."""
+class AppliesReLU:
+    """Mixin for a layer whose output pass can apply a ReLU after it (Dense's bias
+    pass, BatchNorm's normalising pass) and mask its backward, when the fusion
+    pass (``nnjit.fusion``) gives it one."""
 
-    def unfuse(self):
-        self.fused_relu = False
+    fused_relu = False
 
-    def fuse_next(self, layer) -> bool:
-        """Absorb a following ReLU into the output pass (and its mask into backward)."""
-        if isinstance(layer, ReLU) and not self.fused_relu:
-            self.fused_relu = True
-            return True
-        return False
+    def set_epilogue(self, relu=False):
+        self.fused_relu = bool(relu)
 
 
 class Softmax(Layer):

@@ -72,30 +72,10 @@ class Layer:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no extra state")
 
-    def fuse_next(self, layer: "Layer") -> bool:
-        """Take over ``layer`` (the next one in a Sequential), if this layer can.
-
-        Returns True when this layer now computes ``layer``'s forward and
-        backward as well, so the container skips ``layer``. Default: no.
-        """
-        return False
-
-    def unfuse(self) -> None:
-        """Forget what ``fuse_next`` took over (a container re-fuses from scratch)."""
-
     def identity_at_inference(self) -> bool:
         """True when ``forward(x, training=False)`` returns ``x`` itself, so that
         inference may skip the layer. Default: no."""
         return False
-
-    def takes_pooled_norm_grad(self) -> bool:
-        """True when ``backward`` accepts a :class:`PooledNormGrad` for dy. Default: no."""
-        return False
-
-    def follows(self, previous: "Layer") -> None:
-        """Told, after fusing, which layer runs before this one in a Sequential
-        (a batch norm then hands its input gradient back unevaluated to a layer
-        that takes it). Default: nothing to do."""
 
     def onnx_nodes(self, x: str, y: str, params: dict[str, str]) -> list:
         """ONNX nodes computing tensor ``y`` from tensor ``x``.

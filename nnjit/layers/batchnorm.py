@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.batchnorm import (affine_pool_forward, batchnorm_backward, batchnorm_forward_eval,
-                                 batchnorm_forward_train, batchnorm_pool_coefficients,
+                                 batchnorm_forward_train, batchnorm_inference_affine,
+                                 batchnorm_pool_coefficients,
                                  batchnorm_pool_input_grad, batchnorm_statistics)
 from ..params import Parameter
 from ..threads import parts_for, split
-from .activation import FusesReLU, ReLU
+from .activation import AppliesReLU
 from .base import Layer, PooledNormGrad, float_dtype, positive_int
-from .pool import MaxPool2D
 
 
 #: ``parts_for`` work per input value of the fused affine + max-pool pass: it
@@ -19,7 +19,7 @@ from .pool import MaxPool2D
 AFFINE_POOL_WORK = 20
 
 
-class BatchNorm1D(FusesReLU, Layer):
+class BatchNorm1D(AppliesReLU, Layer):
     """Batch normalisation over features, PyTorch's ``BatchNorm1d``.
 
     Training forward: y = (x - mean) / sqrt(var + eps) * weight + bias with
@@ -62,7 +62,7 @@ class BatchNorm1D(FusesReLU, Layer):
         self.running_mean = np.zeros(num_features, self.dtype)
         self.running_var = np.ones(num_features, self.dtype)
         self._cache = None
-        self.unfuse()
+        self.set_epilogue()
 
     @classmethod
     def array_shapes(cls, num_features, **_):
@@ -157,30 +157,18 @@ class BatchNorm2D(BatchNorm1D):
 
     sample_dims = (3,)
 
-    def unfuse(self):
-        super().unfuse()
-        self.fused_pool = None
-        self.hands_back_input_grad = False
-
-    def follows(self, previous):
-        """With a fused max-pool after a layer that takes it (a Conv2D with
-        nothing fused), backward returns a :class:`PooledNormGrad` which that
-        layer evaluates block by block as its backward reads it (cnn-bn's first
-        block: the 4.8 MB dx of a batch of 64 is never written and read back)."""
-        self.hands_back_input_grad = (self.fused_pool is not None
-                                      and previous.takes_pooled_norm_grad())
-
-    def fuse_next(self, layer) -> bool:
-        """Absorb a following ReLU and then a MaxPool2D into the output pass:
-        norm -> ReLU -> max-pool then writes only the pooled output, and its
+    def set_epilogue(self, relu=False, pool=None, hand_back=False):
+        """What the normalising pass applies after it (the fusion pass decides,
+        ``nnjit.fusion``): a ReLU, then a max-pool (a MaxPool2D whose shape
+        parameters it reads). With a pool it writes only the pooled output, and
         backward recomputes the normalised values from the input instead of
-        storing them (cnn-bn's first block: 2.5 ms -> 1.3 ms fwd+bwd at batch 64)."""
-        if isinstance(layer, ReLU) and self.fused_pool is None:
-            return super().fuse_next(layer)
-        if isinstance(layer, MaxPool2D) and self.fused_pool is None:
-            self.fused_pool = layer
-            return True
-        return False
+        storing them (cnn-bn's first block: 2.5 -> 1.3 ms fwd+bwd at batch 64).
+        ``hand_back``: backward returns a :class:`PooledNormGrad` that the conv
+        before it evaluates block by block as its backward reads it (the 4.8 MB
+        dx of cnn-bn's first block at batch 64 never written and read back)."""
+        self.fused_relu = bool(relu)
+        self.fused_pool = pool
+        self.hands_back_input_grad = bool(hand_back) and pool is not None
 
     def _forward_pooled(self, x, training):
         n, c, h, w = x.shape
@@ -199,8 +187,9 @@ class BatchNorm2D(BatchNorm1D):
             batchnorm_statistics(x.reshape(-1), n, c, h * w, self.eps, self.momentum,
                                  self.weight.value, self.bias.value, mean, invstd, scale, shift,
                                  self.running_mean, self.running_var)
-        else:
-            scale[...], shift[...] = self.inference_affine()
+        else:  # in a kernel, so that a replayed predict recomputes it from the buffers
+            batchnorm_inference_affine(self.weight.value, self.bias.value, self.running_mean,
+                                       self.running_var, self.eps, scale, shift)
         parts = parts_for(x.size * AFFINE_POOL_WORK, n * c)
         bounds = np.array([0] + [stop for _, stop in split(n * c, parts)], np.int64)
         affine_pool_forward.run(parts > 1, x.reshape(-1), n * c, c, h, w, scale, shift,

@@ -3,57 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.blas import SMALL_GEMM_MACS, blas_handle
+from .. import planner
+from ..kernels.blas import blas_handle
 from ..kernels.conv import conv_backward, conv_forward, conv_forward_direct
 from ..kernels.window_conv import LANES, window_conv_pool
-from ..kernels.tiles import (NT_REDUCTION_STEP, TILE_ROWS, TILES_AVAILABLE,
-                             NT_MIN_ROWS, NT_MIN_ROWS_EVERYWHERE, TILES_MIN_REDUCTION,
-                             tiles_everywhere)
+from ..kernels.tiles import NT_REDUCTION_STEP
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
+from ..planner import ConvAlgorithm, ConvProblem, PlanError, plan_conv
 from ..threads import get_num_threads, parts_for, split
-from .activation import ReLU
 from .base import Layer, PooledNormGrad, float_dtype, he_uniform, pair, positive_int
-from .pool import MaxPool2D
-
-#: Most bytes of im2col columns plus GEMM output per block. Each thread
-#: unfolds a block, multiplies it in slices (see ``_slice_cols``) and moves
-#: the product out while the block is still in its core's L2 (1 MB here).
-#: Measured fwd+bwd at batch 64, 2 threads, GFLOP/s for 1 MB vs 4 MB blocks
-#: (medians of 5 interleaved rounds): 64->128 3x3 pad 1 on 8x8 127 vs 107,
-#: 32->64 3x3 pad 1 on 16x16 119 vs 114, 32->64 3x3 on 13x13 127 vs 88,
-#: 32->64 5x5 pad 1 on 13x13 117 vs 94; 512 KB within noise of 1 MB, 128 KB
-#: and 256 KB slower. Tests lower it to force row blocks.
-BLOCK_BYTES = 1 << 20
-#: Fewest input channels for Winograd (``Conv2D._winograd``): its 16 GEMMs sum
-#: over the input channels, too short a sum below this (the cifar network's
-#: 3-channel first conv trained slower by Winograd: backward 1.7 -> 4.1 ms).
-WINOGRAD_MIN_CHANNELS = 8
-#: Bytes of a Winograd chunk's transformed tiles and products (16 * windows *
-#: (C + OC) floats): chunks of whole images up to this size (at least one).
-#: Training at batch 64, two threads, forward / backward ms for chunks of 64 /
-#: 128 / 250 / 500 windows: 64->128 on 8x8 0.76 / 1.89, 0.83 / 2.17, 1.02 /
-#: 2.39, 1.35 / 3.30; 32->64 on 16x16 0.92 / 2.16, 0.89 / 2.08, 0.89 / 2.18,
-#: 0.98 / 2.30: best at 0.4-0.8 MB, in the cores' 1 MB L2.
-WINOGRAD_CHUNK_BYTES = 768 << 10
-#: Training runs those convs by Winograd too (``Conv2D._winograd``); tests turn
-#: it off to compare against the unfold path.
-WINOGRAD_IN_TRAINING = True
-#: Most bytes of transposed weight for a conv followed by a 2x2 max-pool that
-#: inference runs window by window (``Conv2D._by_windows``): every pair of
-#: windows reads all of it, so it stays in the core's L2.
-WINDOW_CONV_WEIGHT_BYTES = 256 << 10
-#: Unpooled stride-1 float32 convs run without unfolding (``Conv2D._direct``,
-#: ``conv_forward_direct``) where their rows hold less than this share of
-#: dropped columns ((KW-1) of every W+2PW); tests turn it off (0) to compare.
-DIRECT_MAX_DROPPED = 0.25
-#: Fewest columns per GEMM slice (see ``Conv2D._slice_cols``).
-MIN_SLICE_COLS = 64
-#: From this many output channels, blocks of at least WHOLE_GEMM_COLS columns run their
-#: GEMMs unsliced (see ``Conv2D._slice_cols``).
-WHOLE_GEMM_CHANNELS = 64
-WHOLE_GEMM_COLS = 256
-
 
 
 class Conv2D(Layer):
@@ -97,7 +56,8 @@ class Conv2D(Layer):
         self.reset_parameters(np.random.default_rng())
         self._cache = None
         self._plans = {}
-        self.unfuse()
+        self._conv_plans = {}
+        self.set_epilogue()
 
     @classmethod
     def array_shapes(cls, in_channels, out_channels, kernel_size, **_):
@@ -105,29 +65,13 @@ class Conv2D(Layer):
         kh, kw = pair(kernel_size, "kernel_size", 1)
         return {"weight": (oc, ic, kh, kw), "bias": (oc,)}
 
-    def unfuse(self):
-        self.fused_relu = False
-        self.fused_pool = None
-
-    def fuse_next(self, layer) -> bool:
-        """Absorb a following ReLU and then a MaxPool2D into the output pass.
-
-        Inside a Sequential, conv -> ReLU -> max-pool then runs as one GEMM and
-        one kernel that writes only the pooled output (the full-size
-        activation is never stored), and backward likewise.
-        """
-        if isinstance(layer, ReLU) and not self.fused_relu and self.fused_pool is None:
-            self.fused_relu = True
-            return True
-        if isinstance(layer, MaxPool2D) and self.fused_pool is None:
-            self.fused_pool = layer
-            return True
-        return False
-
-    def takes_pooled_norm_grad(self) -> bool:
-        """Backward evaluates a following batch norm's :class:`PooledNormGrad` while
-        it gathers its output gradient, when nothing is fused into this layer."""
-        return self.fused_pool is None and not self.fused_relu
+    def set_epilogue(self, relu=False, pool=None):
+        """What the output pass applies after the bias (the fusion pass decides,
+        ``nnjit.fusion``): a ReLU, then a max-pool (a MaxPool2D whose shape
+        parameters it reads); conv -> ReLU -> max-pool then runs as one GEMM and
+        one pass that writes only the pooled output, and backward likewise."""
+        self.fused_relu = bool(relu)
+        self.fused_pool = pool
 
     def reset_parameters(self, rng):
         kh, kw = self.kernel_size
@@ -177,21 +121,22 @@ class Conv2D(Layer):
         """Blocks (n0, n1, r0, r1, pr0, pr1) covering images [start, stop).
 
         Whole images are grouped while their cols and GEMM output (K + OC
-        rows) fit BLOCK_BYTES, and while their GEMM fits SMALL_GEMM_MACS if one
+        rows) fit the block bytes, and while their GEMM fits the small-GEMM size if one
         image's does. A larger image, or one to be cut into at least
         ``chunks`` pieces, is cut into runs of output rows (``_row_runs``).
         """
+        t = planner.tuning()
         row_bytes = (k + self.out_channels) * ow * self.dtype.itemsize
-        rows = max(1, BLOCK_BYTES // row_bytes)
+        rows = max(1, t.block_bytes // row_bytes)
         if chunks > 1:
             rows = min(rows, -(-oh // chunks))
         if rows < oh:
             runs = self._row_runs(oh, rows)
             return [(n, n + 1, *run) for n in range(start, stop) for run in runs]
-        per = max(1, BLOCK_BYTES // (row_bytes * oh))
+        per = max(1, t.block_bytes // (row_bytes * oh))
         image_macs = self.out_channels * k * oh * ow
-        if image_macs <= SMALL_GEMM_MACS:
-            per = min(per, SMALL_GEMM_MACS // image_macs)
+        if image_macs <= t.small_gemm_macs:
+            per = min(per, t.small_gemm_macs // image_macs)
         (whole,) = self._row_runs(oh, oh)
         return [(a, min(stop, a + per), *whole) for a in range(start, stop, per)]
 
@@ -210,8 +155,7 @@ class Conv2D(Layer):
         # + 10 per output: the output moves' share of the work
         work = n * oh * ow * self.out_channels * (k + 10)
         parts = parts_for(work, n * (oh if share_images else 1))
-        key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, BLOCK_BYTES,
-               SMALL_GEMM_MACS)
+        key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, planner.tuning())
         if key not in self._plans:
             if len(self._plans) >= 16:  # many batch sizes (e.g. predict on varied inputs)
                 self._plans.clear()
@@ -238,47 +182,16 @@ class Conv2D(Layer):
         return pool is not None and pool.stride == pool.kernel_size
 
     def _slice_cols(self, k, most):
-        """Columns per GEMM slice: SMALL_GEMM_MACS worth, but at least MIN_SLICE_COLS;
-        the whole block with WHOLE_GEMM_CHANNELS output channels or more when the
-        largest block (``most`` columns) has WHOLE_GEMM_COLS or more.
-
-        The forward and input-gradient GEMMs of a block run in such slices,
-        and blocks of small images hold no more (``_blocks``): 107 vs 79
-        GFLOP/s for the 10->20 5x5 conv's forward GEMM. Narrower slices than
-        MIN_SLICE_COLS lose more than the small-GEMM path gains: 64->128 3x3
-        (K 576) ran at 72 GFLOP/s in slices of 13 columns, 88-92 in slices of
-        64 or more. The weight gradient's GEMM, which reduces over the
-        columns, is never sliced: that was slower (accumulating). With 64 output
-        channels or more, whole blocks (OpenBLAS's packed kernel) won, alternating
-        in one process: the cnn 15-16% faster at inference (batch 1000) and in
-        training (batch 64 and 256), cnn-5x5-pad1 7%, cifar-cnn 2%; at 48
-        channels (cnn-bn's second conv) they lost 8%, at 20 (the lone 10->20
-        5x5 conv) whole blocks lost 14-33%. A single image's 64x288 by 288x100
-        GEMM (the cnn's second conv) ran 6 us slower whole than in two slices:
-        packing pays only over wider blocks."""
-        if self.out_channels >= WHOLE_GEMM_CHANNELS and most >= WHOLE_GEMM_COLS:
+        """Columns per GEMM slice: the small-GEMM size's worth, but at least
+        ``min_slice_cols``; the whole block with ``whole_gemm_channels`` output
+        channels or more when the largest block (``most`` columns) has
+        ``whole_gemm_cols`` or more (``planner.Tuning`` has the measurements).
+        The weight gradient's GEMM, which reduces over the columns, is never
+        sliced: accumulating was slower."""
+        t = planner.tuning()
+        if self.out_channels >= t.whole_gemm_channels and most >= t.whole_gemm_cols:
             return 1 << 30
-        return max(MIN_SLICE_COLS, SMALL_GEMM_MACS // (self.out_channels * k))
-
-    def _tiles(self, rows, reduction):
-        """True when a GEMM of ``rows`` output rows summing over ``reduction`` runs
-        in register tiles (``nnjit.kernels.tiles``: float32 on AVX-512). Measured
-        on one core against OpenBLAS's slices or whole blocks: 115-117 vs 97-108
-        GFLOP/s for 64-128 rows over 288-800; equal for reductions of 9-27 (91.7
-        vs 86.5 at 32 rows over 27), and slower at 20 rows (the lone 10->20 5x5
-        conv's forward, 16 and 64 images: 7-9% behind OpenBLAS's column slices,
-        with a 4-row tile for the last rows), so those stay with BLAS, unless BLAS
-        has no AVX-512 kernels here (``tiles_everywhere``)."""
-        return (TILES_AVAILABLE and self.dtype == np.float32
-                and (tiles_everywhere() or rows >= 4 * TILE_ROWS
-                     and reduction >= TILES_MIN_REDUCTION))
-
-    def _nt_tiles(self, k, oc) -> bool:
-        """True when backward's weight gradient, (K, OC) summed over a block's
-        columns, runs in tiles (``tiled_gemm_nt``): as ``_tiles`` for its K rows,
-        and K at least NT_MIN_ROWS (NT_MIN_ROWS_EVERYWHERE with ``tiles_everywhere``)."""
-        least = NT_MIN_ROWS_EVERYWHERE if tiles_everywhere() else NT_MIN_ROWS
-        return self._tiles(k, oc) and k >= least
+        return max(t.min_slice_cols, t.small_gemm_macs // (self.out_channels * k))
 
     def _unfold_image(self, parts, blocks, geometry):
         """The per-part workspace ``unfold_block`` copies a padded block's input
@@ -295,15 +208,31 @@ class Conv2D(Layer):
         _, oh, ow = self.output_shape((c, h, w))
         return (c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
-    def _winograd(self) -> bool:
-        """True when inference, and training with WINOGRAD_IN_TRAINING, run by
-        Winograd's F(2x2, 3x3) with the pooling fused (``nnjit.kernels.winograd``):
-        a 3x3 stride-1 float32 conv of at least
-        WINOGRAD_MIN_CHANNELS input channels followed by a 2x2, stride-2 max-pool."""
+    def problem(self, input_shape, training) -> ConvProblem:
+        """The :class:`~nnjit.planner.ConvProblem` of a call on input (N, C, H, W)."""
+        n, c, h, w = input_shape
         pool = self.fused_pool
-        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and pool is not None
-                and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
-                and self.dtype == np.float32 and self.in_channels >= WINOGRAD_MIN_CHANNELS)
+        return ConvProblem(n, c, h, w, self.out_channels, self.kernel_size, self.stride,
+                           self.padding, self.dtype.name, self.fused_relu,
+                           None if pool is None else (*pool.kernel_size, *pool.stride), training)
+
+    def plan(self, input_shape, training) -> planner.ConvPlan:
+        """The planner's plan for a call on input (N, C, H, W), kept per shape, mode,
+        epilogue and settings (``planner.version``)."""
+        key = (tuple(input_shape), training, self.fused_relu, self.fused_pool, planner.version)
+        plan = self._conv_plans.get(key)
+        if plan is None:
+            if len(self._conv_plans) >= 16:
+                self._conv_plans.clear()
+            try:
+                plan = plan_conv(self.problem(input_shape, training))
+            except PlanError as err:
+                raise PlanError(f"{self!r} on input {tuple(input_shape)}: {err}") from None
+            planner.log_choice("conv", f"{self!r} on {tuple(input_shape)}"
+                               f"{' training' if training else ''}", plan.algorithm.value,
+                               plan.rule)
+            self._conv_plans[key] = plan
+        return plan
 
     def _winograd_plan(self, x):
         """(parts, per, chunk_threads, rows, geometry) of a Winograd call on x (N, C, H,
@@ -317,7 +246,8 @@ class Conv2D(Layer):
         _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
         windows = poh * pow_
         parts = parts_for(n * windows * 16 * c * oc, n)
-        per = max(1, min(WINOGRAD_CHUNK_BYTES // (windows * 16 * (c + oc) * self.dtype.itemsize),
+        per = max(1, min(planner.tuning().winograd_chunk_bytes
+                         // (windows * 16 * (c + oc) * self.dtype.itemsize),
                          -(-n // parts)))
         chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
         return (parts, per, chunk_threads, padded_rows(per * windows),
@@ -350,7 +280,7 @@ class Conv2D(Layer):
             *self._winograd_workspaces(spaces, rows, *geometry),
             self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (spaces, poh * pow_ * oc), dtype),
-            out.reshape(-1), training, argmax, chunk_threads, TILES_AVAILABLE, blas_handle())
+            out.reshape(-1), training, argmax, chunk_threads, planner.host().tiles, blas_handle())
         self._cache = (x, out, argmax, True) if training else None
         return out
 
@@ -374,32 +304,8 @@ class Conv2D(Layer):
             self._buffer("winograd/dU", (parts, 16 * c * oc), dtype),
             self._buffer("db", (parts, oc), dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            TILES_AVAILABLE, blas_handle())
+            planner.host().tiles, blas_handle())
         return dx if need_input_grad else None
-
-    def _direct(self, geometry) -> bool:
-        """True when forward runs without unfolding (``conv_forward_direct``): stride
-        1, no fused pool, float32 in register tiles, at least 4 output channels,
-        and less than DIRECT_MAX_DROPPED of each product row dropped. The lone
-        10->20 5x5 conv on 28x28 (4 of 28 columns dropped): one core 25 vs 31
-        us per image."""
-        c, _, w, kh, kw, _, _, _, pw, _, _ = geometry
-        return (self.stride == (1, 1) and self.fused_pool is None and self.out_channels >= 4
-                and self._tiles(self.out_channels, c * kh * kw)
-                and kw - 1 < DIRECT_MAX_DROPPED * (w + 2 * pw))
-
-    def _by_windows(self, geometry) -> bool:
-        """True when forward runs window by window (``window_conv_pool``): a
-        float32 stride-1 conv followed by a 2x2, stride-2 max-pool, not run by
-        Winograd, whose transposed weight fits WINDOW_CONV_WEIGHT_BYTES, on a
-        host with the register tiles (AVX-512). The cnn's first conv: one
-        image 4.1 -> 2.3 us, 1000 images 1.79x faster."""
-        c, _, _, kh, kw, *_ = geometry
-        pool = self.fused_pool
-        lanes = -(-self.out_channels // LANES) * LANES
-        return (pool is not None and pool.kernel_size == (2, 2) and pool.stride == (2, 2)
-                and self.stride == (1, 1) and self.dtype == np.float32 and TILES_AVAILABLE
-                and c * kh * kw * lanes * 4 <= WINDOW_CONV_WEIGHT_BYTES)
 
     def _windows_forward(self, x, geometry, training):
         """Forward by ``window_conv_pool``: x float32 (N, C, H, W) -> (N, OC, POH, POW);
@@ -429,7 +335,7 @@ class Conv2D(Layer):
         self._cache = (x, out, argmax, False) if training else None
         return out
 
-    def _direct_forward(self, x, geometry, training):
+    def _direct_forward(self, x, geometry, training, skipping):
         """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW)."""
         n, oc = x.shape[0], self.out_channels
         c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
@@ -440,7 +346,7 @@ class Conv2D(Layer):
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-            self.bias.value, c, h, w, kh, kw, ph, pw, oh, ow, self.fused_relu,
+            self.bias.value, c, h, w, kh, kw, ph, pw, oh, ow, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
             self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
@@ -450,14 +356,16 @@ class Conv2D(Layer):
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
-        if self._winograd() and (WINOGRAD_IN_TRAINING or not training):
-            return self._winograd_forward(x, training)
         n = x.shape[0]
         geometry = self._geometry(x)
-        if self._by_windows(geometry):
+        plan = self.plan(x.shape, training)
+        algorithm = plan.algorithm
+        if algorithm is ConvAlgorithm.WINOGRAD:
+            return self._winograd_forward(x, training)
+        if algorithm is ConvAlgorithm.WINDOWS:
             return self._windows_forward(x, geometry, training)
-        if self._direct(geometry):
-            return self._direct_forward(x, geometry, training)
+        if algorithm is ConvAlgorithm.DIRECT:
+            return self._direct_forward(x, geometry, training, plan.skip_dropped)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
         oc, k = self.out_channels, c * kh * kw
         mode = "train" if training else "eval"
@@ -479,13 +387,14 @@ class Conv2D(Layer):
                          self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
                          self._unfold_image(parts, blocks, geometry), cols, yblock,
                          out.reshape(-1), argmax.reshape(-1),
-                         self._slice_cols(k, most), self._tiles(oc, k), blas_handle())
+                         self._slice_cols(k, most), plan.forward_tiles, blas_handle())
         self._cache = (x, out, argmax, False) if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
         """dy: float (N, OC, OH, OW) (pooled, if a pool is fused), or a
-        :class:`PooledNormGrad` standing for it when ``takes_pooled_norm_grad``."""
+        :class:`PooledNormGrad` standing for it when nothing is fused into this layer
+        (the fusion pass gives the norm after it ``hand_back``)."""
         if self._cache is None:
             raise self._no_cache()
         x, out, argmax, winograd = self._cache
@@ -495,7 +404,7 @@ class Conv2D(Layer):
             self._cache = None
             return dx
         norm = isinstance(dy, PooledNormGrad)
-        if norm and not (self.takes_pooled_norm_grad() and dy.x is out):
+        if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1
         if norm:
@@ -507,6 +416,7 @@ class Conv2D(Layer):
             dy = self._check_grad(dy, out.shape, self.dtype)
         n = x.shape[0]
         geometry = self._geometry(x)
+        plan = self.plan(x.shape, True)
         c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
         oc, k = self.out_channels, c * kh * kw
         bounds, blocks, most = self._plan(n, oh, ow, k, share_images=False)
@@ -524,6 +434,7 @@ class Conv2D(Layer):
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
-            self._slice_cols(k, most), self._tiles(k, oc), self._nt_tiles(k, oc), blas_handle())
+            self._slice_cols(k, most), plan.input_grad_tiles, plan.weight_grad_tiles,
+            blas_handle())
         self._cache = None
         return dx if need_input_grad else None

@@ -3,56 +3,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.blas import SMALL_GEMM_MACS, blas_handle, blas_has_avx512_kernels
+from .. import planner
+from ..kernels.blas import blas_handle
 from ..kernels.dense import dense_backward, dense_forward, dense_forward_transposed
-from ..kernels.tiles import TILE_COLS, TILES_AVAILABLE, TILES_MIN_REDUCTION, tiles_everywhere
+from ..kernels.tiles import TILE_COLS
 from ..params import Parameter
 from ..threads import parts_for
-from .activation import FusesReLU
+from .activation import AppliesReLU
 from .base import Layer, float_dtype, he_uniform, positive_int
 
 
 #: An empty scratch buffer per dtype, for a stack of one layer (which needs none).
 _NO_SCRATCH = {np.dtype(t).char: np.empty(0, t) for t in (np.float32, np.float64)}
 
-#: Rows from which a DenseStack runs its wide layers in register tiles (from 4,
-#: the smallest tile, with ``tiles_everywhere``).
-TILED_DENSE_MIN_ROWS = 256
-#: Products of fewer rows run as dot products (``dot_rows_nt``) where BLAS has no
-#: AVX-512 kernels (``blas_has_avx512_kernels``). One core, 784->128: 1 row
-#: 3.1 vs 18.7 us on BLAS's Haswell kernels, 4 rows 12.5 vs 16.2, 8 rows 19.6
-#: vs 23.6 (the register tiles over the kept transposed weight: 6.1). There,
-#: where the tiles do not run (no AVX-512), a layer of fewer than 32 outputs
-#: runs as dot products on any rows (on the Zen 5 before its masked tiles:
-#: mlp inference, its 128->10 in 8-row chunks, 8-10% faster).
-DOT_ROWS_BELOW = 4
-
 
 def dot_below() -> int:
-    """``dense_forward``'s ``dot_below``: DOT_ROWS_BELOW, or 0 where BLAS's own
-    small-matrix kernels are the faster (AVX-512 ones)."""
-    return 0 if blas_has_avx512_kernels() else DOT_ROWS_BELOW
+    """``dense_forward``'s ``dot_below``: products of fewer rows run as dot products
+    (``Tuning.dot_rows_below``), or 0 where BLAS's own small-matrix kernels are
+    the faster (AVX-512 ones)."""
+    return 0 if planner.host().blas_avx512 else planner.tuning().dot_rows_below
 
 
 def tiled(layer, n):
     """True when ``layer`` runs on ``n`` rows in register tiles over its weight
-    held transposed between calls (``dense_forward``'s ``packed``). Measured on the
-    784->128 GEMM of 1000 rows, one core: tiles 116 GFLOP/s, OpenBLAS 106
-    (8-row chunks). Checking that the kept transposed weight is current costs
-    a pass over the weight, so against AVX-512 BLAS kernels it pays only over
-    TILED_DENSE_MIN_ROWS rows or more (inference); with ``tiles_everywhere``
-    from 4 rows (fewer run as dot products, see DOT_ROWS_BELOW), training
-    included (the weight transposed again at each step): mlp training at batch
-    64 10.8 -> 8.0 ms per 2048 images on this Zen 5 (Haswell BLAS kernels)."""
-    if not (TILES_AVAILABLE and layer.dtype == np.float32):
+    held transposed between calls (``dense_forward``'s ``packed``). Checking that
+    the kept transposed weight is current costs a pass over the weight, so
+    against AVX-512 BLAS kernels it pays only from ``tiled_dense_min_rows`` rows
+    (inference); where the tiles run everywhere from ``dot_rows_below`` rows,
+    training included (the weight transposed again at each step): mlp training
+    at batch 64 10.8 -> 8.0 ms per 2048 images on a Zen 5 with Haswell BLAS
+    kernels."""
+    host, t = planner.host(), planner.tuning()
+    if not (host.tiles and layer.dtype == np.float32):
         return False
-    if tiles_everywhere():
-        return n >= DOT_ROWS_BELOW
-    return (n >= TILED_DENSE_MIN_ROWS and layer.in_features >= TILES_MIN_REDUCTION
+    if host.tiles_everywhere:
+        return n >= t.dot_rows_below
+    return (n >= t.tiled_dense_min_rows and layer.in_features >= t.tiles_min_reduction
             and layer.out_features >= TILE_COLS)
 
 
-class Dense(FusesReLU, Layer):
+class Dense(AppliesReLU, Layer):
     """Fully connected layer, PyTorch's ``Linear``.
 
     Shape
@@ -70,7 +60,7 @@ class Dense(FusesReLU, Layer):
         self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
-        self.unfuse()
+        self.set_epilogue()
 
     @classmethod
     def array_shapes(cls, in_features, out_features, **_):
@@ -96,12 +86,12 @@ class Dense(FusesReLU, Layer):
         return [helper.make_node("Gemm", [x, params["weight"], params["bias"]], [y], transB=1)]
 
     def _chunk_rows(self, n):
-        """Rows per GEMM: a multiple of 4 within SMALL_GEMM_MACS, or all ``n`` when
+        """Rows per GEMM: a multiple of 4 within the small-GEMM size, or all ``n`` when
         fewer than 4 rows fit. Measured on 784->128 (2 threads): chunks of 16-64
         rows ran at 39-68 GFLOP/s, the whole part at 90, 4-8 rows at 92-95; at
         inference on 1000 images 4 or 8 rows 1.04-1.12 ms, 9 rows 1.17-1.27 ms
-        (the small-matrix kernel's odd row), 12 rows (over SMALL_GEMM_MACS) 3.2 ms."""
-        rows = SMALL_GEMM_MACS // (self.in_features * self.out_features)
+        (the small-matrix kernel's odd row), 12 rows (over the small-GEMM size) 3.2 ms."""
+        rows = planner.tuning().small_gemm_macs // (self.in_features * self.out_features)
         return rows // 4 * 4 if rows >= 4 else max(n, 1)
 
     def forward(self, x, training=True):
@@ -132,15 +122,15 @@ class Dense(FusesReLU, Layer):
     def _transposed_product(self, n) -> bool:
         """True when forward on ``n`` rows runs as out^T = W x^T
         (``dense_forward_transposed``): where the tiles run everywhere
-        (``tiles_everywhere``), from DOT_ROWS_BELOW rows up to fewer than
+        (``Host.tiles_everywhere``), from ``dot_rows_below`` rows up to fewer than
         out_features, where transposing the input moves fewer values than
         keeping the weight transposed. The mlp's 784->128, 64 rows, the weight
         changed (training), two threads: 63.8 -> 39.6 us (101.8 on the one part
         the work counted for before); 32 rows 51.8 -> 20.6;
         unchanged weight (inference) 37.4 -> 39.6 and 24.8 -> 20.6; at 128
         rows 92.5 -> 85.2 changed, 64.9 -> 85.2 not; 256 rows 145 -> 200."""
-        return (TILES_AVAILABLE and self.dtype == np.float32 and tiles_everywhere()
-                and DOT_ROWS_BELOW <= n < self.out_features)
+        return (self.dtype == np.float32 and planner.host().tiles_everywhere
+                and planner.tuning().dot_rows_below <= n < self.out_features)
 
     def _packed(self, n):
         """``dense_forward``'s packed weight for ``n`` rows: the buffer holding it
@@ -153,11 +143,11 @@ class Dense(FusesReLU, Layer):
 
     def _tiled_backward(self) -> bool:
         """True when backward's products run in register tiles: with
-        ``tiles_everywhere`` (against AVX-512 BLAS kernels they were not
+        ``Host.tiles_everywhere`` (against AVX-512 BLAS kernels they were not
         measured). The mlp's 784->128 weight gradient at batch 256: 0.345 ->
         0.166 ms; mlp training per 2048 images, batch 64 8.0 -> 6.9 ms, batch 256
         4.84 -> 3.98 (with the forward in tiles)."""
-        return TILES_AVAILABLE and self.dtype == np.float32 and tiles_everywhere()
+        return self.dtype == np.float32 and planner.host().tiles_everywhere
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:

@@ -1,0 +1,413 @@
+"""The one place that decides how each operation runs.
+
+A layer describes its problem (shapes, stride, padding, the epilogue the fusion
+pass gave it, training or inference) and asks for a plan; the planner answers
+with the algorithm as a named value and the rule that chose it, and the layer
+executes the plan. Nothing else chooses algorithms or compares thresholds.
+
+The answer depends on three things only:
+
+- the problem;
+- the host's capabilities (:class:`Host`: AVX-512 for nnjit's register tiles,
+  AVX-512 kernels in numpy's BLAS, cores), detected once and replaceable for
+  tests (``using(host=...)``);
+- the settings (:func:`using`): an algorithm forced for comparison or
+  debugging, fusion and replayed inference turned off, thresholds changed
+  (:class:`Tuning`, the table of every threshold with the measurement that
+  set it).
+
+Set ``NNJIT_VERBOSE=1`` to log each choice as it is made (one line per layer
+and input shape, on stderr).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import NnjitError
+
+
+# -- the host ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Host:
+    """What this machine offers the kernels.
+
+    tiles: nnjit's register tiles can run (the kernels are compiled for an
+        AVX-512 CPU, ``nnjit.kernels.tiles``).
+    blas_avx512: numpy's BLAS runs AVX-512 kernels (OpenBLAS's SkylakeX family).
+        Where it does not, the tiles beat it on every float32 product.
+    cores: CPUs this process may run on.
+    """
+
+    tiles: bool
+    blas_avx512: bool
+    cores: int
+
+    @classmethod
+    def detect(cls) -> "Host":
+        from .kernels.blas import blas_has_avx512_kernels
+        from .kernels.tiles import TILES_AVAILABLE
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return cls(tiles=TILES_AVAILABLE, blas_avx512=blas_has_avx512_kernels(), cores=cores or 1)
+
+    @property
+    def tiles_everywhere(self) -> bool:
+        """True when the tiles run and beat BLAS on every float32 product (numpy's
+        BLAS has no AVX-512 kernels here). The thresholds of :class:`Tuning` that
+        choose between tiles and BLAS hold only against AVX-512 kernels."""
+        return self.tiles and not self.blas_avx512
+
+
+# -- the table of thresholds ---------------------------------------------------------
+@dataclass(frozen=True)
+class Tuning:
+    """Every threshold the plans compare against, with the measurement that set it
+    (2-core Zen 5 VM; ms or us per call, medians of alternating runs)."""
+
+    #: Fewest input channels for Winograd: its 16 GEMMs sum over the input
+    #: channels, too short a sum below this (the cifar network's 3-channel first
+    #: conv trained slower by Winograd: backward 1.7 -> 4.1 ms). At 8 channels
+    #: window by window was faster, but Winograd's still wins from 16.
+    winograd_min_channels: int = 8
+    #: Training runs eligible convs by Winograd too (cnn training +8-12%).
+    winograd_in_training: bool = True
+    #: Bytes of a Winograd chunk's transformed tiles and products (16 * windows *
+    #: (C + OC) floats): chunks of whole images up to this size. Training at
+    #: batch 64, two threads, forward / backward ms for chunks of 64 / 128 / 250 /
+    #: 500 windows: 64->128 on 8x8 0.76 / 1.89, 0.83 / 2.17, 1.02 / 2.39, 1.35 /
+    #: 3.30: best at 0.4-0.8 MB, in the cores' 1 MB L2.
+    winograd_chunk_bytes: int = 768 << 10
+    #: Most bytes of transposed weight for a conv run window by window: every
+    #: pair of windows reads all of it, so it must stay in the core's L2. The
+    #: cnn's first conv: one image 4.1 -> 2.3 us, 1000 images 1.79x faster.
+    window_conv_weight_bytes: int = 256 << 10
+    #: Unpooled stride-1 convs run without unfolding where their rows hold less
+    #: than this share of dropped columns ((KW-1) of every W+2PW). The lone
+    #: 10->20 5x5 conv on 28x28 (4 of 28 dropped): one core 25 vs 31 us per image.
+    direct_max_dropped: float = 0.25
+    #: The direct conv skips the columns a row drops (skipping tiles) where they
+    #: are this share of the padded row or more and OW >= 16: the lone 10->20
+    #: 5x5 conv on 28x28, one core, 25.6 -> 23.7 us per image.
+    skipping_min_dropped: float = 0.1
+    #: Most bytes of im2col columns plus GEMM output per block: each thread
+    #: unfolds a block, multiplies it in slices and moves the product out while
+    #: it is in its core's L2. fwd+bwd at batch 64, 2 threads, GFLOP/s for 1 MB
+    #: vs 4 MB blocks: 64->128 3x3 pad 1 on 8x8 127 vs 107, 32->64 3x3 on 13x13
+    #: 127 vs 88; 512 KB within noise of 1 MB, 128-256 KB slower.
+    block_bytes: int = 1 << 20
+    #: A GEMM of at most this many multiply-adds runs on BLAS's small-matrix
+    #: path; blocks of small images hold no more (784->128 on 4-8 rows: 92-95
+    #: GFLOP/s, 16-64 rows 39-68).
+    small_gemm_macs: int = 1_000_000
+    #: Fewest columns per GEMM slice: 64->128 3x3 ran at 72 GFLOP/s in slices of
+    #: 13 columns, 88-92 in slices of 64 or more.
+    min_slice_cols: int = 64
+    #: From this many output channels, blocks of at least whole_gemm_cols columns
+    #: run their GEMMs unsliced (OpenBLAS's packed kernel): the cnn 15-16% faster,
+    #: cnn-bn's 48-channel conv 8% slower, the 20-channel lone conv 14-33% slower.
+    whole_gemm_channels: int = 64
+    whole_gemm_cols: int = 256
+    #: Shortest sum a product runs in register tiles against AVX-512 BLAS kernels
+    #: (K for a conv's forward, its output channels for the input gradient,
+    #: in_features for a Dense): sums of 9-48 gained nothing over BLAS.
+    tiles_min_reduction: int = 64
+    #: Fewest rows of a conv product in register tiles against AVX-512 BLAS: at
+    #: 20 rows (the lone 10->20 5x5 conv) the tiles ran 7-9% behind BLAS's slices.
+    tiles_min_rows: int = 32
+    #: Fewest rows a conv's weight gradient runs in tiles (its transposes cost the
+    #: same whatever the rows): against AVX-512 BLAS, one core, 64 columns over
+    #: 512: 96 rows 74 vs 82 GFLOP/s, 288 rows 97 vs 94, 800 rows over 576 107
+    #: vs 99; against BLAS's Haswell kernels from nt_min_rows_everywhere (a
+    #: conv's weight gradient over one image: 250 x 20 over 576 42.6 vs 65.0 us,
+    #: 72 x 32 over 256 6.3 vs 10.9), not below (the cnn's 9-row first conv
+    #: trained 16% slower).
+    nt_min_rows: int = 256
+    nt_min_rows_everywhere: int = 64
+    #: Rows from which a Dense runs in tiles over its kept transposed weight
+    #: against AVX-512 BLAS (784->128 on 1000 rows: tiles 116 GFLOP/s, BLAS 106).
+    tiled_dense_min_rows: int = 256
+    #: Products of fewer rows run as dot products where BLAS lacks AVX-512
+    #: kernels (one core, 784->128: 1 row 3.1 vs 18.7 us, 4 rows 12.5 vs 16.2).
+    dot_rows_below: int = 4
+
+
+# -- the settings ----------------------------------------------------------------------
+class ConvAlgorithm(str, enum.Enum):
+    """How a convolution's forward pass runs.
+
+    UNFOLD runs every problem and is the reference the others are tested against.
+    """
+
+    #: F(2x2, 3x3) Winograd with the 2x2 max-pool (and ReLU) fused; its own backward.
+    WINOGRAD = "winograd"
+    #: Pooling window by pooling window in registers, output channels on the
+    #: vector lanes; nothing unfolded, no conv output in memory. Backward: unfold.
+    WINDOWS = "windows"
+    #: Stride 1 without unfolding: shifted products over the image in register
+    #: tiles. Backward: unfold.
+    DIRECT = "direct"
+    #: im2col blocks of a few hundred KB and a GEMM each (register tiles or BLAS),
+    #: the epilogue (bias, ReLU, max-pool) fused into moving the product out.
+    UNFOLD = "unfold"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What :func:`using` can change. conv: the algorithm every conv must run, or
+    None to let the planner choose; fusion: the fusion pass runs (off: every layer
+    alone, no norm folded, the reference path); replay: small-batch ``predict``
+    replays its recorded kernel calls; host and tuning: see :class:`Host`,
+    :class:`Tuning`."""
+
+    conv: ConvAlgorithm | None = None
+    fusion: bool = True
+    replay: bool = True
+    host: Host | None = None
+    tuning: Tuning = Tuning()
+
+
+_settings = Settings()
+_host: Host | None = None
+_lock = threading.RLock()
+#: A number for the settings in force, the same whenever the same settings are
+#: back: plans and replay recordings kept under another one are not used.
+version = 0
+_versions: dict[Settings, int] = {_settings: 0}
+
+
+def detected_host() -> Host:
+    """This machine's :class:`Host`, detected on first use."""
+    global _host
+    if _host is None:
+        _host = Host.detect()
+    return _host
+
+
+def settings() -> Settings:
+    """The settings in force."""
+    return _settings
+
+
+def host() -> Host:
+    """The host the plans are made for (the detected one unless ``using(host=...)``)."""
+    return _settings.host or detected_host()
+
+
+def tuning() -> Tuning:
+    """The thresholds in force."""
+    return _settings.tuning
+
+
+@contextlib.contextmanager
+def using(conv=None, fusion=None, replay=None, host=None, **thresholds):
+    """Change how nnjit runs while the block runs (for the whole process).
+
+    conv: "winograd", "windows", "direct" or "unfold" (:class:`ConvAlgorithm`):
+        every conv runs it, and a conv it cannot run raises
+        :class:`PlanError` naming the layer and the reason.
+    fusion: False runs every layer alone (no epilogues, no norm folded into a
+        conv, no Dense stack): the reference path.
+    replay: False makes ``predict`` run the layers' Python every time (to
+        debug a layer's ``forward``).
+    host: a :class:`Host` to plan for: choose as on another machine (the
+        register tiles are LLVM vectors, so they run anywhere, only slower
+        without AVX-512).
+    thresholds: fields of :class:`Tuning` (``block_bytes=4096``).
+
+    >>> with nnjit.using(conv="unfold"):
+    ...     slow = model.predict(x)
+    """
+    changes = {}
+    if conv is not None:
+        try:
+            changes["conv"] = ConvAlgorithm(conv)
+        except ValueError:
+            names = ", ".join(repr(a.value) for a in ConvAlgorithm)
+            raise ValueError(f"conv must be one of {names}, got {conv!r}") from None
+    for name, value in (("fusion", fusion), ("replay", replay)):
+        if value is not None:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+            changes[name] = value
+    if host is not None:
+        if not isinstance(host, Host):
+            raise ValueError(f"host must be an nnjit.planner.Host, got {host!r}")
+        changes["host"] = host
+    if thresholds:
+        try:
+            changes["tuning"] = dataclasses.replace(_settings.tuning, **thresholds)
+        except TypeError:
+            fields = ", ".join(f.name for f in dataclasses.fields(Tuning))
+            raise ValueError(f"unknown threshold in {sorted(thresholds)}; "
+                             f"thresholds are: {fields}") from None
+    with _lock:
+        previous = _settings
+        _set(dataclasses.replace(_settings, **changes))
+    try:
+        yield _settings
+    finally:
+        with _lock:
+            _set(previous)
+
+
+def _set(new: Settings) -> None:
+    global _settings, version
+    _settings = new
+    version = _versions.setdefault(new, len(_versions))
+
+
+class PlanError(NnjitError, ValueError):
+    """A forced algorithm cannot run a problem."""
+
+
+# -- convolutions --------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvProblem:
+    """One Conv2D call: input (N, C, H, W) float, weight (OC, C, KH, KW), and the
+    epilogue the fusion pass gave the layer (ReLU, then a max-pool of
+    ``pool`` = (KH, KW, SH, SW), or None)."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dtype: str
+    relu: bool
+    pool: tuple[int, int, int, int] | None
+    training: bool
+
+    @property
+    def output(self) -> tuple[int, int]:
+        """(OH, OW) of the conv, before any pool."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (self.height + 2 * ph - kh) // sh + 1, (self.width + 2 * pw - kw) // sw + 1
+
+    @property
+    def reduction(self) -> int:
+        """K = C * KH * KW, the length of each output's sum."""
+        return self.channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of the forward pass (2 per multiply-add)."""
+        oh, ow = self.output
+        return 2 * self.batch * self.out_channels * oh * ow * self.reduction
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """How a :class:`ConvProblem` runs: ``algorithm``, the ``rule`` that chose it,
+    and for the GEMMs of the unfold path (forward, and backward of every path but
+    Winograd's) whether each runs in register tiles or on BLAS."""
+
+    algorithm: ConvAlgorithm
+    rule: str
+    forward_tiles: bool
+    input_grad_tiles: bool
+    weight_grad_tiles: bool
+    skip_dropped: bool = False
+
+
+def tiles_pay(rows: int, reduction: int, dtype) -> bool:
+    """True when a float GEMM of ``rows`` output rows summing over ``reduction``
+    runs in register tiles rather than on BLAS (one core, against OpenBLAS's
+    AVX-512 slices: 115-117 vs 97-108 GFLOP/s for 64-128 rows over 288-800; equal
+    for reductions of 9-27; slower at 20 rows). Where BLAS lacks AVX-512 kernels
+    the tiles run every float32 product."""
+    h, t = host(), _settings.tuning
+    return (h.tiles and np.dtype(dtype) == np.float32
+            and (h.tiles_everywhere or rows >= t.tiles_min_rows
+                 and reduction >= t.tiles_min_reduction))
+
+
+def _winograd_fits(p: ConvProblem) -> str | None:
+    """Why Winograd cannot run ``p``, or None when it can."""
+    if p.kernel != (3, 3) or p.stride != (1, 1):
+        return "needs a 3x3 kernel at stride 1"
+    if p.pool != (2, 2, 2, 2):
+        return "needs a fused 2x2, stride-2 max-pool after the conv"
+    return None
+
+
+def _windows_fit(p: ConvProblem) -> str | None:
+    """Why window by window cannot run ``p``, or None when it can."""
+    if p.stride != (1, 1):
+        return "needs stride 1"
+    if p.pool != (2, 2, 2, 2):
+        return "needs a fused 2x2, stride-2 max-pool after the conv"
+    if np.dtype(p.dtype) != np.float32:
+        return "runs float32 only"
+    return None
+
+
+def _direct_fits(p: ConvProblem) -> str | None:
+    """Why the direct conv cannot run ``p``, or None when it can."""
+    if p.stride != (1, 1):
+        return "needs stride 1"
+    if p.pool is not None:
+        return "runs without a fused max-pool"
+    if np.dtype(p.dtype) != np.float32:
+        return "runs float32 only"
+    if p.out_channels < 4:
+        return "needs at least 4 output channels (a tile's rows)"
+    return None
+
+
+def plan_conv(p: ConvProblem) -> ConvPlan:
+    """The plan for ``p``: the forced algorithm (``using(conv=...)``), or the first
+    of Winograd, window by window, direct and unfold whose rule holds.
+
+    Raises PlanError when a forced algorithm cannot run ``p``.
+    """
+    t = _settings.tuning
+    k, oc = p.reduction, p.out_channels
+    oh, ow = p.output
+    gemms = dict(forward_tiles=tiles_pay(oc, k, p.dtype), input_grad_tiles=tiles_pay(k, oc, p.dtype),
+                 weight_grad_tiles=tiles_pay(k, oc, p.dtype) and k >= (
+                     t.nt_min_rows_everywhere if host().tiles_everywhere else t.nt_min_rows))
+    wp = p.width + 2 * p.padding[1]
+    dropped = (p.kernel[1] - 1) / wp
+    skip = dropped >= t.skipping_min_dropped and ow >= 16
+    forced = _settings.conv
+    if forced is not None:
+        why = {ConvAlgorithm.WINOGRAD: _winograd_fits, ConvAlgorithm.WINDOWS: _windows_fit,
+               ConvAlgorithm.DIRECT: _direct_fits}.get(forced, lambda _: None)(p)
+        if why is not None:
+            raise PlanError(f"conv={forced.value!r} cannot run this conv: it {why}")
+        return ConvPlan(forced, "forced by nnjit.using(conv=...)", **gemms,
+                        skip_dropped=skip and forced is ConvAlgorithm.DIRECT)
+    if _winograd_fits(p) is None and np.dtype(p.dtype) == np.float32 \
+            and p.channels >= t.winograd_min_channels \
+            and (t.winograd_in_training or not p.training):
+        return ConvPlan(ConvAlgorithm.WINOGRAD,
+                        f"float32 3x3 stride 1 with a fused 2x2 max-pool, {p.channels} >= "
+                        f"{t.winograd_min_channels} input channels", **gemms)
+    lanes = -(-oc // 16) * 16
+    if _windows_fit(p) is None and host().tiles and k * lanes * 4 <= t.window_conv_weight_bytes:
+        return ConvPlan(ConvAlgorithm.WINDOWS,
+                        f"stride 1 with a fused 2x2 max-pool on AVX-512, transposed weight "
+                        f"{k * lanes * 4} <= {t.window_conv_weight_bytes} bytes (L2)", **gemms)
+    if _direct_fits(p) is None and gemms["forward_tiles"] and dropped < t.direct_max_dropped:
+        return ConvPlan(ConvAlgorithm.DIRECT,
+                        f"stride 1, no pool, {dropped:.0%} of each padded row dropped "
+                        f"< {t.direct_max_dropped:.0%}", **gemms, skip_dropped=skip)
+    return ConvPlan(ConvAlgorithm.UNFOLD, "the general path: no faster algorithm's rule holds",
+                    **gemms)
+
+
+def log_choice(what: str, problem: str, choice: str, rule: str) -> None:
+    """One line on stderr per choice when NNJIT_VERBOSE is set (read at each choice)."""
+    if os.environ.get("NNJIT_VERBOSE", "") not in ("", "0"):
+        print(f"nnjit: {what} {problem}: {choice} ({rule})", file=sys.stderr, flush=True)
