@@ -17,6 +17,7 @@ from .params import Parameter
 from .kernels.precompile import compile_ahead
 from .threads import get_num_threads, set_num_threads
 from .planner import ConvAlgorithm, PlanError, using
+from .explain import explain
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "BatchNorm1D", "BatchNorm2D", "ReLU", "Softmax", "Layer",
     "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
     "save_checkpoint", "load_checkpoint", "NnjitError", "DataError", "CheckpointError", "SpecError",
-    "set_num_threads", "get_num_threads", "compile_ahead", "using", "ConvAlgorithm", "PlanError",
+    "set_num_threads", "get_num_threads", "compile_ahead", "using", "explain", "ConvAlgorithm",
+    "PlanError",
     "__version__",
 ]

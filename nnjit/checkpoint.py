@@ -28,14 +28,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CheckpointError
-from .fileio import atomic_write_text
+from .errors import CheckpointError, OutOfMemoryError
+from .fileio import atomic_write_text, read_bounded
 from .layers import LAYER_TYPES
 from .model import Sequential
 from .optim import OPTIMIZER_TYPES, Optimizer
 
 FORMAT = "nnjit-checkpoint"
 VERSION = 1
+#: Largest checkpoint file read: JSON of ~50M float32 values (a checkpoint holds
+#: about 20 bytes of text per value), far past any model nnjit trains; a
+#: larger file (or a device such as /dev/zero) is refused before it is read.
+MAX_CHECKPOINT_BYTES = 1 << 30
 
 
 
@@ -59,7 +63,9 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: input_shape {shape!r} is not three sizes "
                                   "(C, H, W) in 1..65536")
         try:
-            self.model.summary(tuple(shape))
+            self.model.check_fits(tuple(shape))
+        except OutOfMemoryError as err:
+            raise CheckpointError(f"{self.path}: {err}") from None
         except ValueError as err:
             raise CheckpointError(f"{self.path}: the model does not take inputs of shape "
                                   f"{tuple(shape)}: {err}") from None
@@ -169,8 +175,7 @@ def load_checkpoint(path) -> Checkpoint:
         return CheckpointError(f"{path}: {problem}")
 
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_bounded(path, MAX_CHECKPOINT_BYTES, "r")
     except (OSError, UnicodeDecodeError) as err:
         raise fail(f"cannot read ({getattr(err, 'strerror', None) or err})") from None
     try:

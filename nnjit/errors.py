@@ -20,3 +20,8 @@ class CheckpointError(NnjitError, ValueError):
 
 class SpecError(NnjitError, ValueError):
     """A model spec (``--model``) is unknown, malformed or does not fit its input."""
+
+
+class OutOfMemoryError(NnjitError, MemoryError):
+    """A computation would need more memory than this machine has; refused before
+    anything is allocated."""

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import stat
 import tempfile
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -43,6 +47,80 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def regular_file_size(path: str | os.PathLike, limit: int | None = None) -> int:
+    """The size in bytes of ``path``, which must be a regular file of at most
+    ``limit`` bytes. Raises OSError otherwise: a device (``/dev/zero``), a FIFO
+    or a folder would be read without end, or never answer."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or folder)")
+    if limit is not None and info.st_size > limit:
+        raise OSError(errno.EFBIG, f"{info.st_size:,} bytes, more than the {limit:,} allowed")
+    return info.st_size
+
+
+def read_bounded(path: str | os.PathLike, limit: int, mode: str = "rb"):
+    """The contents of the regular file ``path`` of at most ``limit`` bytes (bytes,
+    or str for mode "r", UTF-8); OSError otherwise (see :func:`regular_file_size`)."""
+    regular_file_size(path, limit)
+    with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew since the check
+        raise OSError(errno.EFBIG, f"more than the {limit:,} bytes allowed")
+    return data
+
+
+def read_npy(path: str | os.PathLike, limit: int) -> np.ndarray:
+    """A .npy array of at most ``limit`` bytes of data, read only after its header
+    has been checked against the file: ValueError for a file that is empty, not
+    .npy, holds objects, or whose header declares more or fewer values than it
+    holds (``np.load`` allocates what the header declares first); OSError as
+    :func:`regular_file_size`."""
+    size = regular_file_size(path)
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = reader(f)
+        except (EOFError, ValueError) as err:
+            raise ValueError(f"not a .npy array ({err or 'empty file'})") from None
+        if dtype.hasobject:
+            raise ValueError("holds Python objects, not numbers")
+        count = int(np.prod(shape, dtype=object))
+        need, held = count * dtype.itemsize, size - f.tell()
+        if need != held:
+            raise ValueError(f"its header declares {count:,} values ({need:,} bytes) of "
+                             f"shape {shape}, the file holds {held:,} bytes")
+        if need > limit:
+            raise ValueError(f"{need:,} bytes of data, more than the {limit:,} allowed")
+        data = np.fromfile(f, dtype, count)
+    return data.reshape(shape, order="F" if fortran else "C")
+
+
+#: What :func:`atomic_write_bytes` names its temporary files (``mkstemp``: the
+#: target's name, a dot, 8 random characters, ".tmp").
+_TEMP_NAME = re.compile(r".+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files that writes killed mid-way (SIGKILL, power cut)
+    left in ``folder``; return their names. Call it only while no other process
+    writes there (holding the folder's :class:`FolderLock`)."""
+    removed = []
+    for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if _TEMP_NAME.match(name) and os.path.isfile(full):
+            os.remove(full)
+            removed.append(name)
+    return removed
 
 
 LOCK_NAME = ".nnjit-train.lock"

@@ -9,6 +9,10 @@ import zlib
 import numpy as np
 
 from .data import DataError
+from .fileio import read_npy, regular_file_size
+
+#: Largest file read as one image (a 4096 x 4096 RGB float32 array is 192 MB).
+MAX_IMAGE_FILE_BYTES = 256 << 20
 
 
 def load_image(path, shape=(1, 28, 28)) -> tuple[np.ndarray, str]:
@@ -30,8 +34,9 @@ def load_image(path, shape=(1, 28, 28)) -> tuple[np.ndarray, str]:
     c, h, w = shape
     ext = os.path.splitext(path)[1].lower()
     try:
+        regular_file_size(path, MAX_IMAGE_FILE_BYTES)
         if ext == ".npy":
-            return _from_npy(np.load(path, allow_pickle=False), shape, path)
+            return _from_npy(read_npy(path, MAX_IMAGE_FILE_BYTES), shape, path)
         if ext in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
             return _from_picture(path, shape)
         with open(path, "rb") as f:
@@ -39,7 +44,7 @@ def load_image(path, shape=(1, 28, 28)) -> tuple[np.ndarray, str]:
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
     except ValueError as err:
-        raise DataError(f"{path}: not a readable .npy array ({err})") from None
+        raise DataError(f"{path}: not a readable .npy array: {err}") from None
     kind = "grayscale" if c == 1 else f"{c}-channel"
     if len(data) != c * h * w:
         raise DataError(f"{path}: a raw image must be exactly {c * h * w} bytes ({h}x{w} {kind}), "

@@ -14,8 +14,11 @@ workspaces are mostly smaller, so they come from here.
 from __future__ import annotations
 
 import mmap
+import os
 
 import numpy as np
+
+from .errors import OutOfMemoryError
 
 #: Buffers of at least this many bytes go on huge pages: a buffer is rounded
 #: up to whole 2 MB pages, so smaller ones would waste more than they use.
@@ -29,7 +32,11 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     placed on transparent huge pages when it is HUGE_PAGE_MIN_BYTES or larger and
     the system offers them (Linux; otherwise, and if the advice fails, ordinary pages)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > physical_bytes():
+        raise OutOfMemoryError(f"a buffer of shape {tuple(shape)} ({nbytes / 2**30:,.1f} GiB) "
+                               f"is larger than this machine's memory "
+                               f"({physical_bytes() / 2**30:.1f} GiB)")
     if nbytes < HUGE_PAGE_MIN_BYTES or not _CAN_ADVISE:
         return np.empty(shape, dtype)
     length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
@@ -41,3 +48,11 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     except OSError:  # huge pages not configured: the region stays on ordinary pages
         pass
     return np.frombuffer(region, dtype, nbytes // dtype.itemsize, start).reshape(shape)
+
+
+def physical_bytes() -> int:
+    """This machine's physical memory in bytes (2**63 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 63

@@ -7,7 +7,8 @@ from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import softmax_cross_entropy
 from .params import FlatParameters, Parameter
-from . import planner
+from . import memory, planner
+from .errors import OutOfMemoryError
 from .folding import InferenceLayers
 from .fusion import chain, plan_fusion
 from .replay import ReplayedInference
@@ -256,6 +257,23 @@ class Sequential:
                 raise ValueError(f"layer {i} ({layer!r}): {err}") from None
             rows.append((repr(layer), shape, sum(p.value.size for p in layer.parameters())))
         return rows
+
+    def forward_bytes(self, input_shape: tuple[int, ...], batch: int = 1) -> int:
+        """Bytes of the input and every layer's output for a batch of ``batch``
+        samples of ``input_shape``: what one pass holds at least."""
+        values = int(np.prod(input_shape, dtype=object)) + sum(
+            int(np.prod(shape, dtype=object)) for _, shape, _ in self.summary(input_shape))
+        return batch * values * self.dtype.itemsize
+
+    def check_fits(self, input_shape: tuple[int, ...], batch: int = 1) -> None:
+        """Raise OutOfMemoryError when a pass on ``batch`` samples of ``input_shape``
+        cannot fit this machine's memory (checked from the shapes, before any
+        allocation); ValueError naming the first layer that does not fit the shape."""
+        need, have = self.forward_bytes(input_shape, batch), memory.physical_bytes()
+        if need > have:
+            raise OutOfMemoryError(
+                f"a pass on {batch} x {tuple(input_shape)} needs {need / 2**30:,.1f} GiB for "
+                f"the layers' outputs alone, more than this machine's {have / 2**30:.1f} GiB")
 
     def config(self) -> list[dict]:
         """The architecture as JSON-safe data: [{"type": ..., "config": {...}}, ...]."""

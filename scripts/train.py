@@ -27,7 +27,8 @@ from nnjit.augment import AUGMENT_HELP, Augment
 from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
 from nnjit.data.split import stratified_split, validation_size
-from nnjit.fileio import FolderLock
+from nnjit.errors import OutOfMemoryError
+from nnjit.fileio import FolderLock, remove_stale_temp_files
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
 from nnjit.spec import SPEC_HELP, build_model
@@ -142,6 +143,10 @@ def parse_args(argv=None):
                    help="continue from a checkpoint: same weights, optimizer state, epoch counter, "
                         "seed and batch size")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+    p.add_argument("--explain", action="store_true",
+                   help="before training, print how each layer runs in a training step and in "
+                        "one image's prediction: the algorithm, the rule that chose it, threads, "
+                        "workspace, FLOPs (nnjit.explain)")
     args = p.parse_args(argv)
     recipe = dict(RECIPES.get(args.model, DEFAULT_RECIPE))
     if args.optimizer not in (None, "momentum"):  # another optimizer: no recipe momentum option
@@ -330,12 +335,15 @@ def main(argv=None):
         if out_shape != (len(data.class_names),):
             fail(f"the model outputs shape {out_shape}, but {data.name} has "
                  f"{len(data.class_names)} classes: end the model with dense:{len(data.class_names)}")
+        model.check_fits(input_shape, args.batch_size)
         os.makedirs(args.checkpoint_folder, exist_ok=True)
         lock = FolderLock(args.checkpoint_folder)  # held (referenced) until main returns
         lock.acquire()
+        # Writes killed mid-way (SIGKILL, power cut) leave their temporary files behind.
+        remove_stale_temp_files(args.checkpoint_folder)
         log = LossLog(args.loss_csv_path, append=bool(args.resume),
                       up_to_epoch=start_epoch if args.resume else None)
-    except (DataError, CheckpointError, ValueError, OSError) as err:
+    except (DataError, CheckpointError, ValueError, OSError, OutOfMemoryError) as err:
         fail(str(err))
 
     if start_epoch >= args.nb_epochs:
@@ -351,6 +359,10 @@ def main(argv=None):
     stop = StopFlag()
     if not quiet:
         show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
+    if args.explain:
+        for training, batch in ((True, args.batch_size), (False, 1)):
+            console.print(str(nnjit.explain(model, input_shape, training=training, batch=batch)),
+                          markup=False, highlight=False, soft_wrap=True)
 
     def checkpoint(epoch, batches_done, accuracy, tag="", val_accuracy=None, is_best=False):
         name = f"checkpoint-e{epoch:03d}-s{opt.steps:07d}{tag}.json"
@@ -364,7 +376,8 @@ def main(argv=None):
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                     test_accuracy=None if math.isnan(accuracy) else accuracy,
                     val_accuracy=val_accuracy, best_accuracy=best)
-        targets = [path, Path(args.checkpoint_folder) / "latest.json"]
+        # latest.json first: a run killed between the two writes can still resume.
+        targets = [Path(args.checkpoint_folder) / "latest.json", path]
         for target in targets + ([Path(args.checkpoint_folder) / "best.json"] if is_best else []):
             with write_failures_stop_the_run(target):
                 save_checkpoint(model, target, opt, **meta)

@@ -1,6 +1,8 @@
 """Conv2D: im2col + GEMM over blocks of a few MB, one compiled call per layer."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from .. import planner
@@ -233,6 +235,39 @@ class Conv2D(Layer):
                                plan.rule)
             self._conv_plans[key] = plan
         return plan
+
+    def describe(self, input_shape, training) -> dict:
+        """How a call on input (N, C, H, W) runs, for ``nnjit.explain``: algorithm,
+        rule, threads (the parts its kernel splits into), workspace (bytes of the
+        algorithm's main scratch buffers), flops (forward)."""
+        plan = self.plan(input_shape, training)
+        problem = self.problem(input_shape, training)
+        n, c, h, w = input_shape
+        (kh, kw), (ph, pw), oc = self.kernel_size, self.padding, self.out_channels
+        oh, ow = problem.output
+        k, hp, wp, size = c * kh * kw, h + 2 * ph, w + 2 * pw, self.dtype.itemsize
+        algorithm = plan.algorithm
+        if algorithm is ConvAlgorithm.WINOGRAD:
+            parts, _, chunk_threads, rows, (_, _, _, _, _, poh, pow_) = \
+                self._winograd_plan(SimpleNamespace(shape=tuple(input_shape)))
+            threads = max(parts, chunk_threads)
+            floats = threads * (hp * wp * c + 16 * rows * (c + oc) + poh * pow_ * oc) \
+                + 2 * 16 * c * oc
+        elif algorithm is ConvAlgorithm.WINDOWS:
+            _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
+            lanes = -(-oc // LANES) * LANES
+            threads = parts_for(n * poh * pow_ * 4 * oc * k, n)
+            floats = threads * (c * hp * wp * bool(ph or pw) + poh * pow_ * lanes) + k * lanes
+        else:
+            bounds, blocks, most = self._plan(n, oh, ow, k, share_images=not training)
+            threads = len(bounds) - 1
+            if algorithm is ConvAlgorithm.DIRECT:
+                rows = int((blocks[:, 3] - blocks[:, 2]).max())
+                floats = threads * (c * hp * wp + kw + oc * rows * wp)
+            else:
+                floats = threads * (k + oc) * most
+        return {"algorithm": algorithm.value, "rule": plan.rule, "threads": threads,
+                "workspace": floats * size, "flops": problem.flops}
 
     def _winograd_plan(self, x):
         """(parts, per, chunk_threads, rows, geometry) of a Winograd call on x (N, C, H,

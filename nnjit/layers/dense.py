@@ -119,6 +119,22 @@ class Dense(AppliesReLU, Layer):
         self._cache = (x, out) if training else None
         return out
 
+    def describe(self, input_shape, training) -> dict:
+        """How a call on input (N, in_features) runs, for ``nnjit.explain``."""
+        n = input_shape[0]
+        if self._transposed_product(n):
+            algorithm, rule = "transposed", "out^T = W x^T: tiles everywhere, rows < out_features"
+        elif tiled(self, n):
+            algorithm, rule = "tiles", "register tiles over the weight kept transposed"
+        elif n < dot_below():
+            algorithm, rule = "dot products", "fewer rows than dot_rows_below, BLAS without AVX-512"
+        else:
+            algorithm, rule = "blas", f"BLAS in chunks of {self._chunk_rows(n)} rows"
+        work = n * self.in_features * self.out_features
+        return {"algorithm": algorithm, "rule": rule,
+                "threads": parts_for((3 if training else 1) * work, n), "workspace": 0,
+                "flops": 2 * work}
+
     def _transposed_product(self, n) -> bool:
         """True when forward on ``n`` rows runs as out^T = W x^T
         (``dense_forward_transposed``): where the tiles run everywhere
@@ -206,6 +222,17 @@ class DenseStack:
                           tuple(layer.bias.value for layer in self.layers), packed, dims, relus,
                           n, parts, chunk, dot_below(), scratch, out.reshape(-1), blas_handle())
         return out
+
+    def describe(self, input_shape, training=False) -> dict:
+        """How a call on input (N, in_features) runs, for ``nnjit.explain``."""
+        n = input_shape[0]
+        dims = (self.layers[0].in_features,) + tuple(layer.out_features for layer in self.layers)
+        work = n * sum(a * b for a, b in zip(dims, dims[1:]))
+        tiles = [tiled(layer, n) for layer in self.layers]
+        how = ", ".join("tiles" if t else "BLAS" for t in tiles)
+        return {"algorithm": f"dense stack of {len(self.layers)}",
+                "rule": f"consecutive Dense layers in one kernel, chunks of rows through all ({how})",
+                "threads": parts_for(work, n), "workspace": 0, "flops": 2 * work}
 
     def __repr__(self):
         return f"DenseStack({self.layers!r})"
