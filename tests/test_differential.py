@@ -1,0 +1,183 @@
+"""Randomly generated networks: the fast paths (the planner's algorithms, fusion,
+folding, replayed predict) against the reference path forced through
+``nnjit.using(conv="unfold", fusion=False, replay=False)``, on the same model:
+predict, a training forward and the gradients, and predict again after
+training steps, ``load_state_dict`` and in-place changes of parameters and
+buffers."""
+import numpy as np
+import pytest
+
+import nnjit
+from conftest import FUZZ_SEED
+from nnjit import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                   GlobalAvgPool2D, MaxPool2D, ReLU, Sequential, Softmax)
+
+#: Output channels around the 16-lane vectors and the 8 x 32 register tiles.
+CHANNELS = (1, 3, 4, 8, 15, 16, 17, 20, 31, 32, 33, 48, 64)
+
+
+def random_network(rng):
+    """(model, input shape (C, H, W)): a few conv blocks (any kernel, stride and
+    padding; batch norm before or after the ReLU; max- or average-pool), then a
+    dense head or global pooling, maybe a Softmax."""
+    while True:
+        c, h, w = int(rng.choice([1, 3, 8])), int(rng.integers(6, 22)), int(rng.integers(6, 22))
+        layers, channels = [], c
+        for _ in range(int(rng.integers(1, 4))):
+            k = int(rng.choice([1, 2, 3, 3, 5]))
+            stride = int(rng.choice([1, 1, 1, 2]))
+            padding = "same" if stride == 1 and k % 2 and rng.random() < 0.2 \
+                else int(rng.integers(0, 3))
+            oc = int(rng.choice(CHANNELS))
+            layers.append(Conv2D(channels, oc, k, stride=stride, padding=padding))
+            channels = oc
+            order = rng.choice(["bn-relu", "relu-bn", "relu", "bn", "none"])
+            for part in order.split("-"):
+                if part == "bn":
+                    layers.append(BatchNorm2D(oc))
+                elif part == "relu":
+                    layers.append(ReLU())
+            pool = rng.choice(["max2", "max3s2", "avg2", "none"])
+            if pool == "max2":
+                layers.append(MaxPool2D(2))
+            elif pool == "max3s2":
+                layers.append(MaxPool2D(3, stride=2))
+            elif pool == "avg2":
+                layers.append(AvgPool2D(2))
+            if rng.random() < 0.2:
+                layers.append(Dropout(0.3))
+        try:
+            shape = Sequential(list(layers)).summary((c, h, w))[-1][1]
+        except ValueError:
+            continue  # the image shrank away: draw again
+        if rng.random() < 0.3:
+            layers += [GlobalAvgPool2D(), Flatten(), Dense(channels, 10)]
+        else:
+            hidden = int(rng.choice([5, 16, 40]))
+            layers.append(Flatten())
+            if rng.random() < 0.3:  # a norm that follows no conv or dense
+                layers.append(BatchNorm1D(int(np.prod(shape))))
+            layers.append(Dense(int(np.prod(shape)), hidden))
+            if rng.random() < 0.4:
+                layers.append(BatchNorm1D(hidden))
+            layers += [ReLU(), Dense(hidden, 10)]
+        if rng.random() < 0.6:
+            layers.append(Softmax())
+        model = Sequential(layers, seed=int(rng.integers(1 << 30)))
+        for layer in model.layers:  # statistics far from (0, 1), so folding them shows
+            if isinstance(layer, BatchNorm1D):
+                n = layer.num_features
+                layer.running_mean[...] = rng.normal(size=n) * 0.5
+                layer.running_var[...] = rng.uniform(0.3, 3, size=n)
+                layer.weight.value[...] = rng.uniform(0.5, 1.5, size=n) * rng.choice([-1, 1], n)
+                layer.bias.value[...] = rng.normal(size=n) * 0.3
+        return model, (c, h, w)
+
+
+def reference(fn):
+    with nnjit.using(conv="unfold", fusion=False, replay=False):
+        return fn()
+
+
+def assert_close(got, want, what):
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale, err_msg=what)
+
+
+def assert_predict_agrees(model, x, what):
+    """predict, called often enough to be recorded and replayed, equals the reference."""
+    want = reference(lambda: model.predict(x))
+    for call in range(3):
+        assert_close(model.predict(x), want, f"{what}: predict call {call}")
+
+
+def training_step(model, x, labels):
+    """(output, loss, gradients) of a forward and backward on (x, labels), leaving
+    the running statistics and dropout generators as they were."""
+    state = model.get_extra_state()
+    buffers = [b.copy() for _, b in model.named_buffers()]
+    out = model.forward(x)
+    loss = model.backward(labels)
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.set_extra_state(state)
+    for (_, b), saved in zip(model.named_buffers(), buffers):
+        b[...] = saved
+    return out, loss, grads
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_random_networks_agree_with_the_reference_path(case):
+    rng = np.random.default_rng([FUZZ_SEED, case])
+    model, shape = random_network(rng)
+    what = f"case {case} (NNJIT_FUZZ_SEED={FUZZ_SEED}): {model!r}"
+    for n in (1, 3, int(rng.integers(4, 300))):
+        x = rng.standard_normal((n, *shape)).astype(np.float32)
+        assert_predict_agrees(model, x, f"{what}, batch {n}")
+
+    x = rng.standard_normal((int(rng.integers(2, 70)), *shape)).astype(np.float32)
+    labels = rng.integers(0, 10, len(x))
+    out, loss, grads = training_step(model, x, labels)
+    want_out, want_loss, want_grads = reference(lambda: training_step(model, x, labels))
+    assert_close(out, want_out, f"{what}: training forward")
+    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
+    for p, g, want in zip(model.parameters(), grads, want_grads, strict=True):
+        assert_close(g, want, f"{what}: gradient of {p.name}")
+
+    small = rng.standard_normal((2, *shape)).astype(np.float32)
+    opt = nnjit.Momentum(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        model.forward(x)
+        model.backward(labels)
+        opt.step()
+    assert_predict_agrees(model, small, f"{what}: after training steps")
+
+    other, _ = random_network(np.random.default_rng([FUZZ_SEED, case]))
+    other_state = {k: v + 0.01 for k, v in other.state_dict().items()}
+    model.load_state_dict(other_state)
+    assert_predict_agrees(model, small, f"{what}: after load_state_dict")
+
+    for layer in model.layers:  # in place, as a user might
+        if isinstance(layer, BatchNorm1D):
+            layer.running_mean[...] += 0.25
+            layer.running_var[...] *= 1.5
+        elif isinstance(layer, (Conv2D, Dense)):
+            layer.weight.value[0] *= -1
+    assert_predict_agrees(model, small, f"{what}: after in-place changes")
+
+
+def test_a_norm_after_a_relu_follows_training_in_replayed_predict():
+    """The network whose replayed predict kept the old batch-norm statistics."""
+    rng = np.random.default_rng(0)
+    m = Sequential([Conv2D(1, 8, 3), ReLU(), BatchNorm2D(8), MaxPool2D(2),
+                    Flatten(), Dense(8 * 13 * 13, 10), Softmax()], seed=0)
+    opt = nnjit.Momentum(m.parameters(), lr=0.05, momentum=0.9)
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    xb = rng.random((64, 1, 28, 28), dtype=np.float32)
+    for _ in range(3):
+        m.predict(x)
+    for _ in range(5):
+        m.forward(xb)
+        m.backward(rng.integers(0, 10, 64))
+        opt.step()
+    a = m.predict(x)
+    b = m.predict(np.concatenate([x, x, x]))[:4]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, reference(lambda: m.predict(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_two_norms_in_a_row_before_a_pool_train():
+    """A norm fused with a pool hands its input gradient back only to a conv that
+    runs alone before it, never to another norm (inference folds the first norm
+    into the conv: the two passes' decisions must not mix)."""
+    rng = np.random.default_rng(1)
+    m = Sequential([Conv2D(1, 1, 1), BatchNorm2D(1), BatchNorm2D(1), MaxPool2D(2), Flatten(),
+                    Dense(4, 3)], seed=0)
+    x = rng.standard_normal((5, 1, 4, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 5)
+    m.predict(x)  # builds the inference pass too
+    out, loss, grads = training_step(m, x, labels)
+    want_out, want_loss, want_grads = reference(lambda: training_step(m, x, labels))
+    assert_close(out, want_out, "forward")
+    for g, want in zip(grads, want_grads, strict=True):
+        assert_close(g, want, "gradient")
+    assert m.layers[2].hands_back_input_grad is False
