@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS of a one-epoch cnn run on 60k Fashion-MNIST images")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the results as a Markdown table (as in docs/performance.md)")
     p.add_argument("--peer", choices=PEERS,
                    help=argparse.SUPPRESS)  # internal: this process serves as that peer
     return p.parse_args(argv)
@@ -527,6 +529,9 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result, indent=2))
         return
+    if args.markdown:
+        print(markdown(result))
+        return
     table = Table(title=f"nnjit benchmark: {setup}; float32 matmul peak {peak:.0f} GFLOP/s")
     table.add_column("figure")
     for col in ("nnjit", "GFLOP/s (% peak)"):
@@ -552,6 +557,32 @@ def main(argv=None):
         console.print("peak RSS, one cnn epoch on 60k Fashion-MNIST images: "
                       + (f"{memory[0]:.0f} MB" if memory[0] else f"not measured ({memory[1]})"))
     console.print("ratios > 1 favour nnjit (for latency: the peer's time / nnjit's).")
+
+
+def markdown(result: dict) -> str:
+    """The results as a Markdown table, its set-up above it and its notes below."""
+    peak = result["matmul_peak_gflops"]
+    head = ["figure", "nnjit", "GFLOP/s (% peak)"]
+    for _, peer in PEERS.values():
+        head += [peer, f"nnjit / {peer}"]
+    lines = [f"{result['setup']}; float32 matmul peak {peak:.0f} GFLOP/s", "",
+             "| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    for r in result["figures"]:
+        gf = f"{r['nnjit_gflops']:.1f} ({100 * r['nnjit_gflops'] / peak:.0f}%)" \
+            if "nnjit_gflops" in r else ""
+        cells = [r["figure"], f"{r['nnjit']:,.0f} {r['unit']}", gf]
+        for peer in PEERS:
+            cells.append(f"{r[peer]:,.0f} {r['unit']}" if r[peer] else "")
+            cells.append(f"{r[f'ratio_{peer}']:.2f}x" if r.get(f"ratio_{peer}") else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"peer: {note}" for note in result["peers"]]
+    startup = result["startup_seconds"]
+    if startup:
+        lines.append(f"scripts/train.py start to exit after one step: cold cache "
+                     f"{startup['cold']:.1f} s, warm cache {startup['warm']:.1f} s")
+    lines.append("Ratios > 1 favour nnjit (for latency: the peer's time / nnjit's).")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -547,3 +547,107 @@ def test_fuzz_mutated_npz_files_load_or_fail_cleanly(tmp_path_factory, data):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peak < 64 << 20, peak
+
+
+# -- files that are not what they seem ------------------------------------------------
+def test_files_that_are_not_regular_are_refused_unread(real_checkpoint, tmp_path):
+    """A device or a FIFO would be read without end (or never answer): one error line."""
+    fifo = tmp_path / "model.json"
+    os.mkfifo(fifo)
+    for checkpoint in ("/dev/zero", fifo):
+        err = one_error_line(script(INFER, checkpoint, tmp_path / "x.bin"))
+        assert "not a regular file" in err
+    image = tmp_path / "image.npy"
+    os.mkfifo(image)
+    for path in (image, "/dev/zero"):
+        with pytest.raises(NnjitError, match="not a regular file"):
+            load_image(path)
+    assert "not a regular file" in one_error_line(script(INFER, real_checkpoint, tmp_path))
+
+
+def test_npy_files_that_lie_about_their_size_are_refused_before_allocating(real_checkpoint,
+                                                                          tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "text.npy").write_bytes(b"not an array at all")
+    with open(tmp_path / "liar.npy", "wb") as f:  # declares 400 GB, holds 100 bytes
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000, 10)})
+        f.write(bytes(100))
+    with open(tmp_path / "short.npy", "wb") as f:  # declares one image, holds half
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|u1", "fortran_order": False, "shape": (28, 28)})
+        f.write(bytes(392))
+    tracemalloc.start()
+    for name in ("empty.npy", "text.npy", "liar.npy", "short.npy"):
+        with pytest.raises(NnjitError, match=name):
+            load_image(tmp_path / name)
+    assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    tracemalloc.stop()
+    for name, words in (("empty.npy", "not a .npy"), ("liar.npy", "declares 100,000,000,000")):
+        assert words in one_error_line(script(INFER, real_checkpoint, tmp_path / name))
+    np.save(tmp_path / "ok.npy", np.zeros((28, 28), np.uint8))
+    assert load_image(tmp_path / "ok.npy")[0].shape == (1, 28, 28)
+
+
+def test_a_checkpoint_whose_activations_cannot_fit_is_refused_from_the_shapes(tmp_path):
+    """Every parameter valid, but a conv padding of 20000 makes one image's
+    activations larger than the machine: refused before anything is allocated."""
+    from nnjit import Conv2D, Dense, Flatten, GlobalAvgPool2D, Sequential
+
+    model = Sequential([Conv2D(1, 8, 3, padding=1), GlobalAvgPool2D(), Flatten(), Dense(8, 10)],
+                       seed=0)
+    save_checkpoint(model, tmp_path / "ok.json", input_shape=[1, 28, 28])
+    doc = json.loads((tmp_path / "ok.json").read_text())
+    doc["architecture"][0]["config"]["padding"] = [20000, 20000]
+    (tmp_path / "huge.json").write_text(json.dumps(doc))
+    (tmp_path / "x.bin").write_bytes(bytes(784))
+    err = one_error_line(script(INFER, tmp_path / "huge.json", tmp_path / "x.bin"))
+    assert "huge.json" in err and "GiB" in err and "more than this machine" in err
+    from nnjit import memory
+
+    with pytest.raises(MemoryError, match="larger than this machine's memory"):
+        memory.empty((memory.physical_bytes() // 4 + 1,), np.float32)  # any layer buffer
+
+
+# -- kills between and during writes ----------------------------------------------------
+KILL_AFTER_FIRST_WRITE = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import train
+real = train.save_checkpoint
+def save_then_die(model, path, *args, **kwargs):
+    real(model, path, *args, **kwargs)
+    os._exit(9)  # as a SIGKILL right after the first file of a checkpoint is written
+train.save_checkpoint = save_then_die
+train.run(lambda: train.main(sys.argv[2:]))
+"""
+
+
+def test_a_kill_between_checkpoint_files_leaves_a_latest_json_to_resume_from(tmp_path):
+    write_dataset(tmp_path / "d", n_train=200, n_test=50)
+    ck = tmp_path / "ck"
+    common = ["--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 2,
+              "--checkpoint-folder", ck, "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, ROOT / "scripts",
+                           *map(str, common)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 9, proc.stderr
+    assert load_checkpoint(ck / "latest.json").metadata["epoch"] == 1
+    resumed = script(TRAIN, *common, "--resume", ck / "latest.json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(ck / "latest.json").metadata["epoch"] == 2
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_by_the_next_run(tmp_path):
+    write_dataset(tmp_path / "d", n_train=200, n_test=50)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    stale = [ck / "latest.json.k3j_9xQa.tmp", ck / "loss.csv.abcdefgh.tmp"]
+    for path in stale:
+        path.write_text("half a file")
+    (ck / "notes.tmp").write_text("not ours")
+    proc = script(TRAIN, "--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 1,
+                  "--checkpoint-folder", ck, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(path.exists() for path in stale)
+    assert (ck / "notes.tmp").exists()
+    assert not list(ck.glob("*.*.tmp"))

@@ -285,15 +285,20 @@ def test_a_replay_that_calls_blas_runs_it_on_one_thread(rng, monkeypatch):
     assert seen and set(seen) == {1}
 
 
-def test_a_replay_without_blas_calls_leaves_blas_threads_alone(rng, monkeypatch):
-    """One image through Dense layers: dot products, no BLAS call, so no thread-count
-    switch (0.7 us) around the replays after the first (the recording's proof,
-    which finds that out)."""
+@pytest.mark.parametrize("blas_avx512", [False, True])
+def test_a_replay_switches_blas_threads_only_around_blas_calls(blas_avx512, rng, monkeypatch,
+                                                                host_with, using):
+    """One image through Dense layers, planned for a host whose BLAS lacks AVX-512
+    kernels: dot products, no BLAS call, so no thread-count switch (0.7 us) around
+    the replays after the first (the recording's proof, which finds that out).
+    For a host whose BLAS has them: BLAS's small-matrix kernel, so every replay
+    switches BLAS to one thread."""
+    using(host=host_with(blas_avx512=blas_avx512))
     model = build_model("mlp", (1, 12, 12), seed=0, num_classes=10)
     seen, recordings = blas_threads_seen_by_replays(
         model, rng.random((1, 1, 12, 12), dtype=np.float32), monkeypatch)
-    assert [r.calls_blas for r in recordings] == [False]
-    assert len(seen) > 1 and seen[0] == 1 and set(seen[1:]) == {2}
+    assert [r.calls_blas for r in recordings] == [blas_avx512]
+    assert len(seen) > 1 and seen[0] == 1 and set(seen[1:]) == ({1} if blas_avx512 else {2})
 
 
 def serve_windows(race, seconds_of, windows):
