@@ -84,9 +84,10 @@ def parse_args(argv=None):
                    help=f"{', '.join(DATASETS)}, cifar10 (the official python archive), a folder "
                         "PATH with PATH/train/<class>/*.png|jpg|jpeg|bmp (and optionally "
                         "PATH/test/<class>/...), or an .npz with x_train, y_train[, x_test, y_test]")
-    p.add_argument("--train-data-dir", default="data",
+    p.add_argument("--train-data-dir", default=None, metavar="DIR",
                    help="folder with the named dataset's files (directly or in <dir>/<dataset>/); "
-                        "missing files are downloaded into <dir>/<dataset>/")
+                        "missing files are downloaded into <dir>/<dataset>/ (default: data/ in "
+                        "the current folder, created when needed)")
     p.add_argument("--channels", type=int, choices=(1, 3),
                    help="image folders: read as grayscale (1) or colour (3); default: detected")
     p.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"),
@@ -306,6 +307,10 @@ def main(argv=None):
             if opt is None:
                 fail(f"{args.resume}: holds no optimizer state, so training cannot resume exactly")
             start_epoch, start_batch, best = restore_run_settings(args, meta, args.resume)
+        if args.train_data_dir is None:  # the default: made, as torchvision makes its root
+            args.train_data_dir = "data"
+            if args.dataset in DATASETS or args.dataset == "cifar10":
+                os.makedirs(args.train_data_dir, exist_ok=True)
         data = load_dataset(args.dataset, args.train_data_dir, split_test=args.split_test,
                             train_limit=args.train_limit, download=not args.no_download,
                             show_progress=not quiet and console.is_terminal,

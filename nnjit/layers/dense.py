@@ -6,7 +6,6 @@ import numpy as np
 from .. import planner
 from ..kernels.blas import blas_handle
 from ..kernels.dense import dense_backward, dense_forward, dense_forward_transposed
-from ..kernels.tiles import TILE_COLS
 from ..params import Parameter
 from ..threads import parts_for
 from .activation import AppliesReLU
@@ -15,31 +14,6 @@ from .base import Layer, float_dtype, he_uniform, positive_int
 
 #: An empty scratch buffer per dtype, for a stack of one layer (which needs none).
 _NO_SCRATCH = {np.dtype(t).char: np.empty(0, t) for t in (np.float32, np.float64)}
-
-
-def dot_below() -> int:
-    """``dense_forward``'s ``dot_below``: products of fewer rows run as dot products
-    (``Tuning.dot_rows_below``), or 0 where BLAS's own small-matrix kernels are
-    the faster (AVX-512 ones)."""
-    return 0 if planner.host().blas_avx512 else planner.tuning().dot_rows_below
-
-
-def tiled(layer, n):
-    """True when ``layer`` runs on ``n`` rows in register tiles over its weight
-    held transposed between calls (``dense_forward``'s ``packed``). Checking that
-    the kept transposed weight is current costs a pass over the weight, so
-    against AVX-512 BLAS kernels it pays only from ``tiled_dense_min_rows`` rows
-    (inference); where the tiles run everywhere from ``dot_rows_below`` rows,
-    training included (the weight transposed again at each step): mlp training
-    at batch 64 10.8 -> 8.0 ms per 2048 images on a Zen 5 with Haswell BLAS
-    kernels."""
-    host, t = planner.host(), planner.tuning()
-    if not (host.tiles and layer.dtype == np.float32):
-        return False
-    if host.tiles_everywhere:
-        return n >= t.dot_rows_below
-    return (n >= t.tiled_dense_min_rows and layer.in_features >= t.tiles_min_reduction
-            and layer.out_features >= TILE_COLS)
 
 
 class Dense(AppliesReLU, Layer):
@@ -60,6 +34,7 @@ class Dense(AppliesReLU, Layer):
         self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
         self.reset_parameters(np.random.default_rng())
         self._cache = None
+        self._dense_plans = {}
         self.set_epilogue()
 
     @classmethod
@@ -94,12 +69,26 @@ class Dense(AppliesReLU, Layer):
         rows = planner.tuning().small_gemm_macs // (self.in_features * self.out_features)
         return rows // 4 * 4 if rows >= 4 else max(n, 1)
 
+    def plan(self, n, training) -> planner.DensePlan:
+        """The planner's plan on ``n`` rows (kept per rows, mode and settings)."""
+        key = (n, training, planner.version)
+        plan = self._dense_plans.get(key)
+        if plan is None:
+            if len(self._dense_plans) >= 16:
+                self._dense_plans.clear()
+            plan = self._dense_plans[key] = planner.plan_dense(
+                n, self.in_features, self.out_features, self.dtype, training)
+            planner.log_choice("dense", f"{self!r} on {n} rows{' training' if training else ''}",
+                               plan.algorithm.value, plan.rule)
+        return plan
+
     def forward(self, x, training=True):
         x = self._check_input(x, 2, self.dtype)
         self.output_shape(x.shape[1:])
         n, f = x.shape[0], self.out_features
+        plan = self.plan(n, training)
         out = self._buffer("out/train" if training else "out/eval", (n, f), self.dtype)
-        if self._transposed_product(n):
+        if plan.algorithm is planner.DenseAlgorithm.TRANSPOSED:
             # Training: the backward that follows (2x this work, parallel) keeps the
             # threads awake, so count this with it (one part alone: 69.7 vs 39.6 us).
             parts = parts_for((3 if training else 1) * n * self.in_features * f, min(n, f))
@@ -112,9 +101,9 @@ class Dense(AppliesReLU, Layer):
             return out
         parts = parts_for(n * self.in_features * f, n)
         dense_forward.run(parts > 1, x.reshape(-1), (self.weight.value.reshape(-1),),
-                          (self.bias.value,), (self._packed(n),),
+                          (self.bias.value,), (self._packed(plan),),
                           (self.in_features, f), int(self.fused_relu), n, parts,
-                          self._chunk_rows(n), dot_below(), _NO_SCRATCH[self.dtype.char],
+                          self._chunk_rows(n), plan.dot_below, _NO_SCRATCH[self.dtype.char],
                           out.reshape(-1), blas_handle())
         self._cache = (x, out) if training else None
         return out
@@ -122,48 +111,21 @@ class Dense(AppliesReLU, Layer):
     def describe(self, input_shape, training) -> dict:
         """How a call on input (N, in_features) runs, for ``nnjit.explain``."""
         n = input_shape[0]
-        if self._transposed_product(n):
-            algorithm, rule = "transposed", "out^T = W x^T: tiles everywhere, rows < out_features"
-        elif tiled(self, n):
-            algorithm, rule = "tiles", "register tiles over the weight kept transposed"
-        elif n < dot_below():
-            algorithm, rule = "dot products", "fewer rows than dot_rows_below, BLAS without AVX-512"
-        else:
-            algorithm, rule = "blas", f"BLAS in chunks of {self._chunk_rows(n)} rows"
+        plan = self.plan(n, training)
         work = n * self.in_features * self.out_features
-        return {"algorithm": algorithm, "rule": rule,
-                "threads": parts_for((3 if training else 1) * work, n), "workspace": 0,
+        return {"algorithm": plan.algorithm.value, "rule": plan.rule,
+                "threads": parts_for((3 if training else 1) * work, n),
+                "workspace": 2 * self.weight.value.nbytes if plan.packed else 0,
                 "flops": 2 * work}
 
-    def _transposed_product(self, n) -> bool:
-        """True when forward on ``n`` rows runs as out^T = W x^T
-        (``dense_forward_transposed``): where the tiles run everywhere
-        (``Host.tiles_everywhere``), from ``dot_rows_below`` rows up to fewer than
-        out_features, where transposing the input moves fewer values than
-        keeping the weight transposed. The mlp's 784->128, 64 rows, the weight
-        changed (training), two threads: 63.8 -> 39.6 us (101.8 on the one part
-        the work counted for before); 32 rows 51.8 -> 20.6;
-        unchanged weight (inference) 37.4 -> 39.6 and 24.8 -> 20.6; at 128
-        rows 92.5 -> 85.2 changed, 64.9 -> 85.2 not; 256 rows 145 -> 200."""
-        return (self.dtype == np.float32 and planner.host().tiles_everywhere
-                and planner.tuning().dot_rows_below <= n < self.out_features)
-
-    def _packed(self, n):
-        """``dense_forward``'s packed weight for ``n`` rows: the buffer holding it
+    def _packed(self, plan):
+        """``dense_forward``'s packed weight under ``plan``: the buffer holding it
         transposed between calls (NaN-filled when made: the first call transposes)
-        where the product runs in tiles (``tiled``), otherwise empty."""
-        if not tiled(self, n):
+        where the product runs in tiles, otherwise empty."""
+        if not plan.packed:
             return _NO_SCRATCH[self.dtype.char]
         return self._buffer("packed", (2 * self.weight.value.size,), self.dtype,
                             fill=np.nan)
-
-    def _tiled_backward(self) -> bool:
-        """True when backward's products run in register tiles: with
-        ``Host.tiles_everywhere`` (against AVX-512 BLAS kernels they were not
-        measured). The mlp's 784->128 weight gradient at batch 256: 0.345 ->
-        0.166 ms; mlp training per 2048 images, batch 64 8.0 -> 6.9 ms, batch 256
-        4.84 -> 3.98 (with the forward in tiles)."""
-        return self.dtype == np.float32 and planner.host().tiles_everywhere
 
     def backward(self, dy, need_input_grad=True):
         if self._cache is None:
@@ -178,7 +140,7 @@ class Dense(AppliesReLU, Layer):
                            self.weight.value.reshape(-1), n, self.in_features, f, self.fused_relu,
                            parts, self._chunk_rows(n), need_input_grad, masked.reshape(-1),
                            self.weight.grad.reshape(-1), self.bias.grad, dx.reshape(-1),
-                           self._tiled_backward(), blas_handle())
+                           self.plan(n, True).backward_tiles, blas_handle())
         self._cache = None
         return dx if need_input_grad else None
 
@@ -216,11 +178,13 @@ class DenseStack:
         rows = min(chunk, -(-n // parts))  # most rows a part has in flight
         scratch = first._buffer("stack/scratch", (parts * 2 * rows * max(dims[1:-1]),), first.dtype)
         relus = sum(int(layer.fused_relu) << i for i, layer in enumerate(self.layers))
-        packed = tuple(layer._packed(n) for layer in self.layers)
+        plans = [layer.plan(n, False) for layer in self.layers]
+        packed = tuple(layer._packed(plan) for layer, plan in zip(self.layers, plans))
         dense_forward.run(parts > 1, x.reshape(-1),
                           tuple(layer.weight.value.reshape(-1) for layer in self.layers),
                           tuple(layer.bias.value for layer in self.layers), packed, dims, relus,
-                          n, parts, chunk, dot_below(), scratch, out.reshape(-1), blas_handle())
+                          n, parts, chunk, plans[0].dot_below, scratch, out.reshape(-1),
+                          blas_handle())
         return out
 
     def describe(self, input_shape, training=False) -> dict:
@@ -228,7 +192,7 @@ class DenseStack:
         n = input_shape[0]
         dims = (self.layers[0].in_features,) + tuple(layer.out_features for layer in self.layers)
         work = n * sum(a * b for a, b in zip(dims, dims[1:]))
-        tiles = [tiled(layer, n) for layer in self.layers]
+        tiles = [layer.plan(n, False).packed for layer in self.layers]
         how = ", ".join("tiles" if t else "BLAS" for t in tiles)
         return {"algorithm": f"dense stack of {len(self.layers)}",
                 "rule": f"consecutive Dense layers in one kernel, chunks of rows through all ({how})",

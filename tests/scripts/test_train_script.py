@@ -231,3 +231,14 @@ def test_cnn_bn_preset_brings_its_recipe_and_flags_still_win(tiny_data, tmp_path
     assert proc.returncode == 0, proc.stderr
     meta = load_checkpoint(tmp_path / "b" / "latest.json")
     assert meta.optimizer_state["name"] == "AdamW" and meta.metadata["batch_size"] == 32
+
+
+def test_the_default_data_folder_is_made_where_the_command_runs(tmp_path):
+    """Run from a folder without data/ (the tests run in their temp dir): the
+    default --train-data-dir is made there (downloads go into it), and a dataset
+    missing offline is one line saying where it looked, not that data/ is absent."""
+    proc = run("--dataset", "mnist", "--no-download", "--checkpoint-folder", tmp_path / "ck")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "does not exist" not in proc.stderr
+    assert "files not found in data" in proc.stderr and "downloads are off" in proc.stderr
+    assert (tmp_path / "data").is_dir()

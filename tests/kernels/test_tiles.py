@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import nnjit.layers.dense as dense_module
-from nnjit.planner import Tuning
+from nnjit.planner import DenseAlgorithm, Tuning
 from nnjit import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
 from nnjit.kernels.blas import NO_TRANS, TRANS, blas_handle, single_threaded_blas
 from nnjit.kernels.tiles import (NT_REDUCTION_STEP, batched_product, refresh_transpose, tiled_gemm,
@@ -205,13 +205,12 @@ def test_conv_on_tiles_matches_conv_on_blas(pool, channels, everywhere, rng, hos
 
 
 @pytest.mark.parametrize("everywhere", [False, True])
-def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch, host_with, using):
-    """A Dense stack on enough rows (TILED_DENSE_MIN_ROWS, or 4 with
-    ``tiles_everywhere``) runs its wide layer in tiles over a kept transposed
+def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, host_with, using):
+    """A Dense stack on enough rows (``tiled_dense_min_rows``, or 4 where BLAS lacks
+    AVX-512 kernels) runs its wide layer in tiles over a kept transposed
     weight: predict equals the float64 model's, and still does after the
     weight and bias are changed in place (no rebinding), and after a training
-    step. TILES_AVAILABLE is forced on, so this runs on any host."""
-    using(host=host_with(tiles=True))
+    step. The tiles are forced on, so this runs on any host."""
     using(host=host_with(tiles=True, blas_avx512=not everywhere))
     rows = 6 if everywhere else Tuning().tiled_dense_min_rows + 3
 
@@ -221,9 +220,9 @@ def test_dense_stack_on_tiles_follows_its_weights(everywhere, rng, monkeypatch, 
 
     m32, m64 = build(np.float32), build(np.float64)
     stack_first, narrow = m32.layers[1], m32.layers[3]
-    assert dense_module.tiled(stack_first, rows)
-    assert not dense_module.tiled(stack_first, rows - 4)
-    assert dense_module.tiled(narrow, rows) == everywhere  # 10 outputs: masked tiles
+    assert stack_first.plan(rows, False).packed
+    assert not stack_first.plan(rows - 4, False).packed
+    assert narrow.plan(rows, False).packed == everywhere  # 10 outputs: masked tiles
     x = rng.standard_normal((rows, 70))
 
     def agree():
@@ -253,8 +252,8 @@ def test_dense_on_few_rows_matches_numpy(rows, dot, rng, host_with, using):
     AVX-512 kernels (forced either way here): a training forward and a predict
     (through a Dense stack) equal numpy's float64 products with the same weights."""
     using(host=host_with(blas_avx512=not dot))
-    assert dense_module.dot_below() == (Tuning().dot_rows_below if dot else 0)
     model = Sequential([Flatten(), Dense(300, 40), ReLU(), Dense(40, 10)], seed=6)
+    assert model.layers[1].plan(rows, False).dot_below == (Tuning().dot_rows_below if dot else 0)
     x = rng.standard_normal((rows, 300)).astype(np.float32)
     first, second = (model.layers[i] for i in (1, 3))
     hidden = np.maximum(x.astype(np.float64) @ first.weight.value.T + first.bias.value, 0)
@@ -265,11 +264,10 @@ def test_dense_on_few_rows_matches_numpy(rows, dot, rng, host_with, using):
 
 @pytest.mark.parametrize("everywhere", [True, False])
 @pytest.mark.parametrize("rows", [6, 70])
-def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypatch, host_with, using):
-    """With ``tiles_everywhere`` (forced either way, tiles forced available) a
+def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, host_with, using):
+    """Where BLAS lacks AVX-512 kernels (forced either way, tiles forced on) a
     Dense layer's training forward, input and weight gradients run in register
     tiles: they equal the float64 model's (BLAS) within float32 rounding."""
-    using(host=host_with(tiles=True))
     using(host=host_with(tiles=True, blas_avx512=not everywhere))
 
     def build(dtype):
@@ -277,8 +275,8 @@ def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypa
                            Dense(40, 36, dtype=dtype), Softmax()], seed=7)
 
     m32, m64 = build(np.float32), build(np.float64)
-    assert dense_module.tiled(m32.layers[1], rows) == everywhere
-    assert m32.layers[3]._tiled_backward() == everywhere
+    assert m32.layers[1].plan(rows, True).packed == everywhere
+    assert m32.layers[3].plan(rows, True).backward_tiles == everywhere
     x = rng.standard_normal((rows, 300))
     labels = rng.integers(0, 36, rows)
     for model in (m32, m64):
@@ -290,14 +288,14 @@ def test_dense_training_on_tiles_matches_float64(rows, everywhere, rng, monkeypa
 
 @pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("rows, features", [(4, 37), (13, 40), (33, 128), (50, 51)])
-def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, rng, monkeypatch, host_with, using):
-    """From DOT_ROWS_BELOW rows to fewer than out_features (tiles everywhere,
+def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, rng,
+                                                        monkeypatch, host_with, using):
+    """From ``dot_rows_below`` rows to fewer than out_features (tiles everywhere,
     forced here), forward runs as out^T = W x^T (``dense_forward_transposed``):
     with a fused ReLU, in training and at inference, on one part or two (the
     input's columns and the output features split), it equals numpy's float64
     product; the gradients after it equal the float64 layer's."""
-    using(host=host_with(tiles=True))
-    using(host=host_with(tiles=True, blas_avx512=not True))
+    using(host=host_with(tiles=True, blas_avx512=False))
     monkeypatch.setattr(dense_module, "parts_for", lambda work, most: min(parts, most))
 
     def build(dtype):
@@ -305,7 +303,7 @@ def test_dense_forward_as_weight_times_input_transposed(rows, features, parts, r
 
     m32, m64 = build(np.float32), build(np.float64)
     dense = m32.layers[0]
-    assert dense._transposed_product(rows)
+    assert dense.plan(rows, True).algorithm is DenseAlgorithm.TRANSPOSED
     dense.bias.value[...] = rng.normal(size=features)
     m64.layers[0].bias.value[...] = dense.bias.value
     x = rng.standard_normal((rows, 70))

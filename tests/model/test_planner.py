@@ -1,0 +1,174 @@
+"""The planner (``nnjit.planner``), its switch (``nnjit.using``) and ``nnjit.explain``:
+each algorithm forced agrees with the unfold reference; a forced algorithm that
+cannot run a problem says why; the choices follow the host and the thresholds."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import nnjit
+from nnjit import Conv2D, MaxPool2D, PlanError, ReLU, Sequential
+from nnjit.planner import ConvAlgorithm, ConvProblem, Host, Tuning, plan_conv
+from nnjit.spec import PRESETS, build_model
+
+CIFAR_CNN = ("conv:32:3:1:1,relu,pool:2,conv:64:3:1:1,relu,pool:2,conv:128:3:1:1,relu,pool:2,"
+             "dense:10,softmax")
+
+#: (algorithm, layers after the conv, input (C, H, W)): a problem each can run.
+CASES = [
+    ("winograd", lambda: [ReLU(), MaxPool2D(2)], (16, 11, 9)),
+    ("windows", lambda: [ReLU(), MaxPool2D(2)], (3, 12, 13)),
+    ("direct", lambda: [ReLU()], (5, 10, 17)),
+    ("unfold", lambda: [ReLU(), MaxPool2D(3, stride=2)], (4, 9, 9)),
+]
+
+
+def run_forced(algorithm, layers, x, dy_seed=7):
+    """(predict, training output, dx, weight and bias gradients) of a fresh model's
+    first conv, with ``algorithm`` forced."""
+    model = Sequential(layers, seed=5)
+    conv = model.layers[0]
+    with nnjit.using(conv=algorithm):
+        assert conv.plan(x.shape, True).algorithm is ConvAlgorithm(algorithm)
+        predicted = model.predict(x)
+        out = model.forward(x)
+        dy = np.random.default_rng(dy_seed).standard_normal(out.shape).astype(np.float32)
+        dx = conv.backward(dy)
+    return [predicted, out.copy(), dx.copy(), conv.weight.grad.copy(), conv.bias.grad.copy()]
+
+
+@pytest.mark.parametrize("algorithm, following, shape", CASES)
+@pytest.mark.parametrize("n", [1, 5])
+def test_each_algorithm_forced_agrees_with_the_unfold_reference(algorithm, following, shape, n,
+                                                                 rng):
+    c = shape[0]
+    x = rng.standard_normal((n, *shape)).astype(np.float32)
+    got = run_forced(algorithm, [Conv2D(c, 20, 3, padding=1)] + following(), x)
+    want = run_forced("unfold", [Conv2D(c, 20, 3, padding=1)] + following(), x)
+    for a, b, name in zip(got, want, ("predict", "forward", "dx", "dweight", "dbias"),
+                          strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1, np.abs(b).max()),
+                                   err_msg=f"{algorithm}: {name}")
+
+
+@pytest.mark.parametrize("algorithm, layers, words", [
+    ("winograd", [Conv2D(4, 8, 5), ReLU(), MaxPool2D(2)], "3x3 kernel"),
+    ("winograd", [Conv2D(4, 8, 3), ReLU()], "2x2, stride-2 max-pool"),
+    ("windows", [Conv2D(4, 8, 3, stride=2), MaxPool2D(2)], "stride 1"),
+    ("direct", [Conv2D(4, 8, 3), MaxPool2D(2)], "without a fused max-pool"),
+    ("direct", [Conv2D(4, 2, 3)], "4 output channels"),
+])
+def test_a_forced_algorithm_that_cannot_run_a_conv_says_why(algorithm, layers, words):
+    model = Sequential(layers, seed=0)
+    with nnjit.using(conv=algorithm), pytest.raises(PlanError) as err:
+        model.predict(np.zeros((1, 4, 12, 12), np.float32))
+    assert f"conv={algorithm!r}" in str(err.value) and words in str(err.value)
+    assert "Conv2D(" in str(err.value) and "(1, 4, 12, 12)" in str(err.value)
+
+
+def test_using_refuses_unknown_values_and_restores_the_settings():
+    with pytest.raises(ValueError, match="conv must be one of"):
+        with nnjit.using(conv="fft"):
+            pass
+    with pytest.raises(ValueError, match="unknown threshold"):
+        with nnjit.using(block_size=3):
+            pass
+    with pytest.raises(ValueError, match="fusion must be True or False"):
+        with nnjit.using(fusion="no"):
+            pass
+    before = nnjit.planner.settings()
+    with nnjit.using(conv="unfold", fusion=False, block_bytes=4096) as inside:
+        assert inside.conv is ConvAlgorithm.UNFOLD and not inside.fusion
+        assert nnjit.planner.tuning().block_bytes == 4096
+    assert nnjit.planner.settings() == before and nnjit.planner.tuning() == Tuning()
+
+
+def problem(**changes):
+    base = ConvProblem(batch=64, channels=32, height=13, width=13, out_channels=64,
+                       kernel=(3, 3), stride=(1, 1), padding=(0, 0), dtype="float32",
+                       relu=True, pool=(2, 2, 2, 2), training=True)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
+    using(host=Host(tiles=tiles, blas_avx512=True, cores=2))
+    assert plan_conv(problem()).algorithm is ConvAlgorithm.WINOGRAD
+    assert plan_conv(problem(channels=4)).algorithm is \
+        (ConvAlgorithm.WINDOWS if tiles else ConvAlgorithm.UNFOLD)
+    assert plan_conv(problem(dtype="float64", channels=4)).algorithm is ConvAlgorithm.UNFOLD
+    unpooled = problem(pool=None, width=28, height=28)
+    assert plan_conv(unpooled).algorithm is \
+        (ConvAlgorithm.DIRECT if tiles else ConvAlgorithm.UNFOLD)
+    with nnjit.using(winograd_in_training=False):
+        assert plan_conv(problem()).algorithm is not ConvAlgorithm.WINOGRAD
+        assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD
+    with nnjit.using(direct_max_dropped=0.0):
+        assert plan_conv(unpooled).algorithm is ConvAlgorithm.UNFOLD
+    for p in (problem(), problem(channels=4), unpooled):
+        assert plan_conv(p).rule  # every choice says why
+
+
+@pytest.mark.parametrize("name, shape", [(name, (1, 28, 28)) for name in PRESETS]
+                         + [(CIFAR_CNN, (3, 32, 32))])
+@pytest.mark.parametrize("training, batch", [(False, 1), (True, 64)])
+def test_explain_answers_for_every_preset_and_the_cifar_network(name, shape, training, batch):
+    model = build_model(name, shape, seed=0)
+    steps = nnjit.explain(model, shape, training=training, batch=batch)
+    assert [s.index for s in steps] == list(range(len(model.layers)))
+    names = {a.value for a in ConvAlgorithm}
+    for step, layer in zip(steps, model.layers, strict=True):
+        assert step.runs and step.rule
+        if isinstance(layer, Conv2D):
+            assert step.runs in names and step.threads >= 1 and step.flops > 0
+            if training:  # (at inference a copy with a norm folded in may run instead)
+                sample = sample_input(model, shape, step.index)
+                assert step.runs == layer.plan((batch, *sample), True).algorithm.value
+    fused = model.fused_layers(training)
+    assert {s.index for s in steps if s.runs.startswith(("fused", "folded"))} <= fused
+    text = str(steps)
+    assert ("training" if training else "inference") in text and "why" in text
+
+
+def sample_input(model, shape, index):
+    """The sample shape layer ``index`` reads, for model inputs of ``shape``."""
+    return tuple(shape) if index == 0 else model.summary(shape)[index - 1][1]
+
+
+def test_explain_says_which_layers_fuse_fold_and_stack():
+    model = build_model("cnn-bn", (1, 28, 28), seed=0)
+    inference = {s.index: s.runs for s in nnjit.explain(model, (1, 28, 28))}
+    assert inference[1] == "folded into 0" and inference[2] == inference[3] == "fused into 0"
+    assert inference[8] == "skipped"  # dropout
+    training = {s.index: s.runs for s in nnjit.explain(model, (1, 28, 28), training=True,
+                                                        batch=32)}
+    assert training[1] == "kernel" and training[2] == training[3] == "fused into 1"
+    mlp = {s.index: s.runs for s in nnjit.explain(build_model("mlp", seed=0), (1, 28, 28))}
+    assert mlp[1].startswith("dense stack") and mlp[3] == "in a Dense stack"
+    with nnjit.using(fusion=False):
+        alone = nnjit.explain(model, (1, 28, 28))
+    assert not any(s.runs.startswith(("fused", "folded")) for s in alone)
+
+
+def test_verbose_logs_each_choice_once(monkeypatch, capfd):
+    monkeypatch.setenv("NNJIT_VERBOSE", "1")
+    model = build_model("cnn", seed=0)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    model.predict(x)
+    model.predict(x)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("nnjit: conv")]
+    assert len(lines) == 2, err  # two convs, each planned once for this shape
+    assert "windows" in lines[0] and "winograd" in lines[1]
+
+
+def test_replay_can_be_turned_off(rng):
+    model = build_model("mlp", seed=0)
+    x = rng.random((1, 1, 28, 28), dtype=np.float32)
+    with nnjit.using(replay=False):
+        for _ in range(4):
+            model.predict(x)
+    assert not model._replayed._recordings
+    for _ in range(4):
+        model.predict(x)
+    assert any(r is not None for r in model._replayed._recordings.values())
