@@ -22,6 +22,8 @@ Layout conventions (buffers flat, C-contiguous; L = (n1-n0) * (r1-r0) * OW):
 Inner loops index with unsigned ints: Numba keeps a negative-index check per
 element on signed indices, which stops vectorisation (measured 5x slower).
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -377,6 +379,45 @@ def gemm_in_slices(blas, trans_a, M, K, a, b, L, c, slice_cols, tiles):
         gemm(blas, trans_a, NO_TRANS, M, width, K, 1.0, a, lda, b[start:], L, 0.0, c[start:], L)
 
 
+class ConvGeometry(NamedTuple):
+    """A convolution's shape: input (C, H, W), kernel (KH, KW), stride (SH, SW),
+    zero padding (PH, PW) and output (OH, OW). Kernels take it whole (Numba
+    passes it as a tuple of int64) and unpack what they use."""
+
+    C: int
+    H: int
+    W: int
+    KH: int
+    KW: int
+    SH: int
+    SW: int
+    PH: int
+    PW: int
+    OH: int
+    OW: int
+
+
+class PoolGeometry(NamedTuple):
+    """The max-pool applied in a convolution's output pass: ``on`` (0 or 1),
+    ``major`` (1: blocks unfolded in pool-major order, non-overlapping windows
+    only), window (KH, KW), strides (SH, SW) and pooled output (OH, OW). In
+    backward it describes the gradient at the layer's output: the pooled one,
+    or the conv's own (OH, OW) when ``on`` is 0."""
+
+    on: int
+    major: int
+    KH: int
+    KW: int
+    SH: int
+    SW: int
+    OH: int
+    OW: int
+
+
+#: No pool fused.
+NO_POOL = PoolGeometry(0, 0, 1, 1, 1, 1, 1, 1)
+
+
 @njit(cache=True, inline="always")
 def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
     """(width, r0, R, G) of a block's conv rows as ``im2col`` takes them: in
@@ -389,22 +430,22 @@ def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
 
 
 @kernel(blas=True)
-def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu,
-                 pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, image, cols, yblock, out,
-                 argmax, slice_cols, tiles, blas):
+def conv_forward(bounds, blocks, x, weight, bias, g, relu, pool, image, cols, yblock, out, argmax,
+                 slice_cols, tiles, blas):
     """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
 
     bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
     blocks: int64 (B, 6) rows (n0, n1, r0, r1, pr0, pr1): conv rows
     [r0, r1) of images [n0, n1) and, under a fused pool, the pooled rows
-    [pr0, pr1) they feed. x: float (N*C*H*W,); weight
-    (OC*C*KH*KW,); bias (OC,). image, cols, yblock: float workspaces
+    [pr0, pr1) they feed. g: the ``ConvGeometry``; pool: the fused max-pool's
+    ``PoolGeometry`` (PKH, PKW, PSH, PSW, POH, POW below). x: float (N*C*H*W,);
+    weight (OC*C*KH*KW,); bias (OC,). image, cols, yblock: float workspaces
     (parts, >= the most images in a block * C*(H+2PH)*(W+2PW)) (``unfold_block``;
     unused without padding), (parts, >= K*L) and (parts, >= OC*L) for the
-    largest block. Without ``pooled`` writes
+    largest block. Without a pool (``pool.on`` 0) writes
     out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
     (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
-    ``pool_major`` (non-overlapping windows only) the blocks are unfolded in
+    ``pool.major`` (non-overlapping windows only) the blocks are unfolded in
     pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
     holds each window's winning member. GEMMs run in register tiles with
     ``tiles``, otherwise in column slices of about ``slice_cols`` (see
@@ -413,18 +454,19 @@ def conv_forward(bounds, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, P
     # A part's work is a helper call: the parallel and serial twins share its
     # one compilation, and Numba's parallel lowering only sees this loop.
     for part in prange(bounds.size - 1):
-        conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W, KH,
-                          KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, PSH,
-                          PSW, POH, POW, image[part], cols[part], yblock[part], out, argmax,
-                          slice_cols, tiles, blas)
+        conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, g, relu, pool,
+                          image[part], cols[part], yblock[part], out, argmax, slice_cols, tiles,
+                          blas)
 
 
 @helper
-def conv_forward_part(first, last, blocks, x, weight, bias, C, H, W, KH, KW, SH, SW, PH, PW, OH,
-                      OW, relu, pooled, pool_major, PKH, PKW, PSH, PSW, POH, POW, image, cbuf, ybuf,
-                      out, argmax, slice_cols, tiles, blas):
+def conv_forward_part(first, last, blocks, x, weight, bias, g, relu, pool, image, cbuf, ybuf, out,
+                      argmax, slice_cols, tiles, blas):
     """``conv_forward`` over blocks[first:last], with one part's workspaces image,
     cbuf and ybuf."""
+    C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
+    _, _, PKH, PKW, PSH, PSW, POH, POW = pool
+    pooled, pool_major = pool.on != 0, pool.major != 0
     OC = bias.size
     K = C * KH * KW
     for b in range(first, last):
@@ -499,8 +541,8 @@ def tap_offsets(C, KH, KW, Hp, Wp, offsets):
 
 
 @kernel
-def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW, OH, OW, relu,
-                        skipping, offsets, image, ybuf, out):
+def conv_forward_direct(bounds, blocks, x, weight, bias, g, relu, skipping, offsets, image, ybuf,
+                        out):
     """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
     then ReLU with ``relu`` (no fused pool).
 
@@ -527,17 +569,17 @@ def conv_forward_direct(bounds, blocks, x, weight, bias, C, H, W, KH, KW, PH, PW
     offsets: int64 (K,) (here, not by the caller: a replayed call of another
     input shape finds them right) and out: (N*OC*OH*OW,).
     """
-    tap_offsets(C, KH, KW, H + 2 * PH, W + 2 * PW, offsets)
+    tap_offsets(g.C, g.KH, g.KW, g.H + 2 * g.PH, g.W + 2 * g.PW, offsets)
     for part in prange(bounds.size - 1):
-        conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, C, H, W,
-                                 PH, PW, OH, OW, relu, skipping, offsets, image[part], ybuf[part],
-                                 out)
+        conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, g, relu,
+                                 skipping, offsets, image[part], ybuf[part], out)
 
 
 @helper
-def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, PW, OH, OW, relu,
-                             skipping, offsets, image, ybuf, out):
+def conv_forward_direct_part(first, last, blocks, x, weight, bias, g, relu, skipping, offsets, image,
+                             ybuf, out):
     """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
+    C, H, W, _, _, _, _, PH, PW, OH, OW = g
     OC = bias.size
     Wp = W + 2 * PW
     # With skipping, the product covers only the kept columns (skipping
@@ -579,16 +621,17 @@ def conv_forward_direct_part(first, last, blocks, x, weight, bias, C, H, W, PH, 
 
 
 @kernel(blas=True)
-def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW, PH, PW,
-                  OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH, norm_out, coef,
+def conv_backward(bounds, blocks, x, dy, out, argmax, weight, g, relu, pool, norm, norm_out, coef,
                   image, cols, dyblock, dyblock_t, dw_parts, db_parts, need_dx, dx, dweight,
                   dbias, slice_cols, tiles, nt_tiles, blas):
     """Conv2D backward over the same parts and blocks as ``conv_forward``.
 
-    dy: float, the gradient at ``out`` (the layer's output: pooled when
-    ``pooled``, planes of PP values in rows of POW, with argmax from forward);
-    with ``relu``, passed only where out > 0; ``pool_major`` and the window
-    PKH x PKW as in forward. With ``norm`` (no fused ReLU or pool), the
+    g: the ``ConvGeometry``; pool: the ``PoolGeometry`` of dy (PKH, PKW, PSH,
+    POH, POW; PP = POH*POW). dy: float, the gradient at ``out`` (the layer's
+    output: pooled when ``pool.on``, planes of PP values in rows of POW, with
+    argmax from forward); with ``relu``, passed only where out > 0;
+    ``pool.major`` and the window PKH x PKW as in forward. With ``norm`` (no
+    fused ReLU or pool), the
     gradient at ``out`` is that of a following batch norm + max-pool, given
     by its parts (``PooledNormGrad``): dy, norm_out, argmax at the pooled
     output (PP values per plane in rows of POW; windows PKH high, PSH apart)
@@ -601,9 +644,8 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
     at a time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
     """
     for part in prange(bounds.size - 1):
-        conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, C,
-                           H, W, KH, KW, SH, SW, PH, PW, OH, OW, relu, pooled, pool_major, PKH,
-                           PKW, POW, PP, norm, PSH, norm_out, coef, image[part], cols[part],
+        conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, g,
+                           relu, pool, norm, norm_out, coef, image[part], cols[part],
                            dyblock[part], dyblock_t[part], dw_parts[part], db_parts[part], need_dx,
                            dx, slice_cols, tiles, nt_tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
@@ -621,13 +663,16 @@ def conv_backward(bounds, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, S
 
 
 @helper
-def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, C, H, W, KH, KW, SH, SW,
-                       PH, PW, OH, OW, relu, pooled, pool_major, PKH, PKW, POW, PP, norm, PSH,
+def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, g, relu, pool, norm,
                        norm_out, coef, image, cbuf, dyb, dyt, dwp, dbp, need_dx, dx, slice_cols,
                        tiles, nt_tiles, blas):
     """``conv_backward`` over blocks[first:last] (whole images), with one part's
     workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
     dbp (OC,)."""
+    C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
+    _, _, PKH, PKW, PSH, _, POH, POW = pool
+    pooled, pool_major = pool.on != 0, pool.major != 0
+    PP = POH * POW
     OC = dbp.size
     K = C * KH * KW
     dwp[:] = 0

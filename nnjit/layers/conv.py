@@ -7,7 +7,8 @@ import numpy as np
 
 from .. import planner
 from ..kernels.blas import blas_handle
-from ..kernels.conv import conv_backward, conv_forward, conv_forward_direct
+from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
+                            conv_forward_direct)
 from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
@@ -199,16 +200,16 @@ class Conv2D(Layer):
         """The per-part workspace ``unfold_block`` copies a padded block's input
         rows into: the most images in a block, whole and padded (a stand-in of
         one value without padding)."""
-        c, h, w, _, _, _, _, ph, pw, _, _ = geometry
-        size = int((blocks[:, 1] - blocks[:, 0]).max()) * c * (h + 2 * ph) * (w + 2 * pw) \
-            if ph or pw else 1
+        g = geometry
+        size = int((blocks[:, 1] - blocks[:, 0]).max()) * g.C * (g.H + 2 * g.PH) \
+            * (g.W + 2 * g.PW) if g.PH or g.PW else 1
         return self._buffer("unfold/image", (parts, size), self.dtype)
 
-    def _geometry(self, x):
-        """(C, H, W, KH, KW, SH, SW, PH, PW, OH, OW): the shape arguments of im2col/col2im."""
+    def _geometry(self, x) -> ConvGeometry:
+        """The :class:`~nnjit.kernels.conv.ConvGeometry` of a call on x (N, C, H, W)."""
         _, c, h, w = x.shape
         _, oh, ow = self.output_shape((c, h, w))
-        return (c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
+        return ConvGeometry(c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
     def problem(self, input_shape, training) -> ConvProblem:
         """The :class:`~nnjit.planner.ConvProblem` of a call on input (N, C, H, W)."""
@@ -381,7 +382,7 @@ class Conv2D(Layer):
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-            self.bias.value, c, h, w, kh, kw, ph, pw, oh, ow, self.fused_relu, skipping,
+            self.bias.value, geometry, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
             self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
@@ -401,25 +402,26 @@ class Conv2D(Layer):
             return self._windows_forward(x, geometry, training)
         if algorithm is ConvAlgorithm.DIRECT:
             return self._direct_forward(x, geometry, training, plan.skip_dropped)
-        c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
-        oc, k = self.out_channels, c * kh * kw
+        oh, ow = geometry.OH, geometry.OW
+        oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         mode = "train" if training else "eval"
         pool = self.fused_pool
         if pool is None:
             out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
             argmax = self._buffer("argmax/none", (1,), np.int32)
-            pool_args = (False, 1, 1, 1, 1, 1, 1)
+            fused = NO_POOL
         else:
             _, poh, pow_ = pool.output_shape((oc, oh, ow))
             out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
             argmax = self._buffer(f"argmax/{mode}", (n, oc, poh, pow_), np.int32)
-            pool_args = (self._pool_major(), *pool.kernel_size, *pool.stride, poh, pow_)
+            fused = PoolGeometry(1, int(self._pool_major()), *pool.kernel_size, *pool.stride,
+                                 poh, pow_)
         bounds, blocks, most = self._plan(n, oh, ow, k, share_images=not training)
         parts = len(bounds) - 1
         cols = self._buffer("cols", (parts, k * most), self.dtype)
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
         conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-                         self.bias.value, *geometry, self.fused_relu, pool is not None, *pool_args,
+                         self.bias.value, geometry, self.fused_relu, fused,
                          self._unfold_image(parts, blocks, geometry), cols, yblock,
                          out.reshape(-1), argmax.reshape(-1),
                          self._slice_cols(k, most), plan.forward_tiles, blas_handle())
@@ -452,16 +454,19 @@ class Conv2D(Layer):
         n = x.shape[0]
         geometry = self._geometry(x)
         plan = self.plan(x.shape, True)
-        c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
-        oc, k = self.out_channels, c * kh * kw
+        oh, ow = geometry.OH, geometry.OW
+        oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         bounds, blocks, most = self._plan(n, oh, ow, k, share_images=False)
+        # The gradient at the layer's output: pooled (by this layer's pool or, for a
+        # handed-back norm gradient, the norm's), or the conv's own.
+        at_output = PoolGeometry(int(self.fused_pool is not None), int(self._pool_major()),
+                                 pkh, pkw, psh, 1, dy.shape[2], dy.shape[3])
         parts = len(bounds) - 1
         dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
         conv_backward.run(
             parts > 1, bounds, blocks, x.reshape(-1), dy.reshape(-1), out.reshape(-1),
-            argmax.reshape(-1), self.weight.value.reshape(-1), *geometry, relu,
-            self.fused_pool is not None, self._pool_major(), pkh, pkw, dy.shape[3],
-            dy[0, 0].size, norm, psh, pooled_out.reshape(-1), coef,
+            argmax.reshape(-1), self.weight.value.reshape(-1), geometry, relu, at_output,
+            norm, pooled_out.reshape(-1), coef,
             self._unfold_image(parts, blocks, geometry),
             self._buffer("cols", (parts, k * most), self.dtype),
             self._buffer("dyblock", (parts, oc * most), self.dtype),
