@@ -74,6 +74,18 @@ def read_bounded(path: str | os.PathLike, limit: int, mode: str = "rb"):
         return f.read(size)
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from the header of the .npy stream ``f``, left
+    at the data's start; ValueError (or EOFError) for a stream that is not .npy or
+    of a version numpy's format module does not read (1.0 and 2.0)."""
+    version = np.lib.format.read_magic(f)
+    reader = {(1, 0): np.lib.format.read_array_header_1_0,
+              (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if reader is None:
+        raise ValueError(f"unsupported .npy version {version}")
+    return reader(f)
+
+
 def read_npy(path: str | os.PathLike, limit: int) -> np.ndarray:
     """A .npy array of at most ``limit`` bytes of data, read only after its header
     has been checked against the file: ValueError for a file that is empty, not
@@ -83,12 +95,7 @@ def read_npy(path: str | os.PathLike, limit: int) -> np.ndarray:
     size = regular_file_size(path)
     with open(path, "rb") as f:
         try:
-            version = np.lib.format.read_magic(f)
-            reader = {(1, 0): np.lib.format.read_array_header_1_0,
-                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if reader is None:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, fortran, dtype = reader(f)
+            shape, fortran, dtype = read_npy_header(f)
         except (EOFError, ValueError) as err:
             raise ValueError(f"not a .npy array ({err or 'empty file'})") from None
         if dtype.hasobject:

@@ -374,9 +374,10 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     t = _settings.tuning
     k, oc = p.reduction, p.out_channels
     oh, ow = p.output
-    gemms = dict(forward_tiles=tiles_pay(oc, k, p.dtype), input_grad_tiles=tiles_pay(k, oc, p.dtype),
-                 weight_grad_tiles=tiles_pay(k, oc, p.dtype) and k >= (
-                     t.nt_min_rows_everywhere if host().tiles_everywhere else t.nt_min_rows))
+    nt_least = t.nt_min_rows_everywhere if host().tiles_everywhere else t.nt_min_rows
+    gemms = dict(forward_tiles=tiles_pay(oc, k, p.dtype),
+                 input_grad_tiles=tiles_pay(k, oc, p.dtype),
+                 weight_grad_tiles=tiles_pay(k, oc, p.dtype) and k >= nt_least)
     wp = p.width + 2 * p.padding[1]
     dropped = (p.kernel[1] - 1) / wp
     skip = dropped >= t.skipping_min_dropped and ow >= 16
@@ -388,23 +389,36 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
             raise PlanError(f"conv={forced.value!r} cannot run this conv: it {why}")
         return ConvPlan(forced, "forced by nnjit.using(conv=...)", **gemms,
                         skip_dropped=skip and forced is ConvAlgorithm.DIRECT)
-    if _winograd_fits(p) is None and np.dtype(p.dtype) == np.float32 \
-            and p.channels >= t.winograd_min_channels \
-            and (t.winograd_in_training or not p.training):
+    f32 = np.dtype(p.dtype) == np.float32
+    why_not = {}  # algorithm -> why its rule does not hold, for the general path's rule
+    why_not["winograd"] = _winograd_fits(p) or (
+        "float32 only" if not f32 else
+        f"{p.channels} < {t.winograd_min_channels} input channels"
+        if p.channels < t.winograd_min_channels else
+        "off in training" if p.training and not t.winograd_in_training else None)
+    if why_not["winograd"] is None:
         return ConvPlan(ConvAlgorithm.WINOGRAD,
                         f"float32 3x3 stride 1 with a fused 2x2 max-pool, {p.channels} >= "
                         f"{t.winograd_min_channels} input channels", **gemms)
     lanes = -(-oc // 16) * 16
-    if _windows_fit(p) is None and host().tiles and k * lanes * 4 <= t.window_conv_weight_bytes:
+    why_not["windows"] = _windows_fit(p) or (
+        "needs AVX-512" if not host().tiles else
+        f"transposed weight {k * lanes * 4} > {t.window_conv_weight_bytes} bytes"
+        if k * lanes * 4 > t.window_conv_weight_bytes else None)
+    if why_not["windows"] is None:
         return ConvPlan(ConvAlgorithm.WINDOWS,
                         f"stride 1 with a fused 2x2 max-pool on AVX-512, transposed weight "
                         f"{k * lanes * 4} <= {t.window_conv_weight_bytes} bytes (L2)", **gemms)
-    if _direct_fits(p) is None and gemms["forward_tiles"] and dropped < t.direct_max_dropped:
+    why_not["direct"] = _direct_fits(p) or (
+        f"register tiles do not pay for {oc} rows over {k}" if not gemms["forward_tiles"] else
+        f"{dropped:.0%} of each padded row dropped >= {t.direct_max_dropped:.0%}"
+        if dropped >= t.direct_max_dropped else None)
+    if why_not["direct"] is None:
         return ConvPlan(ConvAlgorithm.DIRECT,
                         f"stride 1, no pool, {dropped:.0%} of each padded row dropped "
                         f"< {t.direct_max_dropped:.0%}", **gemms, skip_dropped=skip)
-    return ConvPlan(ConvAlgorithm.UNFOLD, "the general path: no faster algorithm's rule holds",
-                    **gemms)
+    return ConvPlan(ConvAlgorithm.UNFOLD, "the general path; " + "; ".join(
+        f"{name}: {reason}" for name, reason in why_not.items()), **gemms)
 
 
 # -- dense layers ----------------------------------------------------------------------

@@ -581,6 +581,9 @@ def markdown(result: dict) -> str:
     if startup:
         lines.append(f"scripts/train.py start to exit after one step: cold cache "
                      f"{startup['cold']:.1f} s, warm cache {startup['warm']:.1f} s")
+    if result["peak_rss_mb_60k_epoch"]:
+        lines.append(f"peak RSS, one cnn epoch on 60k Fashion-MNIST images: "
+                     f"{result['peak_rss_mb_60k_epoch']:.0f} MB")
     lines.append("Ratios > 1 favour nnjit (for latency: the peer's time / nnjit's).")
     return "\n".join(lines)
 

@@ -8,6 +8,8 @@ import zlib
 
 import numpy as np
 
+from ..fileio import read_npy_header
+
 from .idx import DataError
 
 #: Channel counts recognised when guessing where the channel axis is.
@@ -66,12 +68,10 @@ def check_headers(path: str) -> None:
             if not info.filename.endswith(".npy"):
                 continue
             with archive.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                if read_header is None:
-                    raise DataError(f"{path}: {info.filename}: unsupported .npy version {version}")
-                shape, _, dtype = read_header(f)
+                try:
+                    shape, _, dtype = read_npy_header(f)
+                except (EOFError, ValueError) as err:
+                    raise DataError(f"{path}: {info.filename}: {err}") from None
                 declared = math.prod(shape) * dtype.itemsize
                 if declared > MAX_ARRAY_BYTES or declared > info.file_size:
                     raise DataError(f"{path}: {info.filename} declares shape {shape} of {dtype} "
