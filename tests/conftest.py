@@ -1,8 +1,21 @@
 import os
 import pathlib
 
+import atexit
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+from hypothesis import configuration, settings
+
+# Hypothesis keeps its example database and caches in .hypothesis/ under the
+# folder pytest starts in: the checkout. Tests write only under temp dirs.
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="nnjit-hypothesis-")
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+configuration.set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile("nnjit", database=None)
+settings.load_profile("nnjit")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = pathlib.Path(os.environ.get("NNJIT_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
