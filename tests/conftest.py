@@ -1,7 +1,6 @@
+import atexit
 import os
 import pathlib
-
-import atexit
 import shutil
 import tempfile
 
