@@ -105,7 +105,7 @@ def training_step(model, x, labels):
     return out, loss, grads
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(40))
 def test_random_networks_agree_with_the_reference_path(case):
     rng = np.random.default_rng([FUZZ_SEED, case])
     model, shape = random_network(rng)

@@ -159,7 +159,11 @@ def test_verbose_logs_each_choice_once(monkeypatch, capfd):
     err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("nnjit: conv")]
     assert len(lines) == 2, err  # two convs, each planned once for this shape
-    assert "windows" in lines[0] and "winograd" in lines[1]
+    for line, conv in zip(lines, (model.layers[0], model.layers[3]), strict=True):
+        shape = (2, conv.in_channels, 28 if conv is model.layers[0] else 13,
+                 28 if conv is model.layers[0] else 13)
+        plan = conv.plan(shape, False)
+        assert f": {plan.algorithm.value} (" in line and plan.rule in line
 
 
 def test_replay_can_be_turned_off(rng):
