@@ -340,7 +340,7 @@ def main(argv=None):
         if out_shape != (len(data.class_names),):
             fail(f"the model outputs shape {out_shape}, but {data.name} has "
                  f"{len(data.class_names)} classes: end the model with dense:{len(data.class_names)}")
-        model.check_fits(input_shape, args.batch_size)
+        model.check_fits(input_shape, min(args.batch_size, len(data.y_train)))
         os.makedirs(args.checkpoint_folder, exist_ok=True)
         lock = FolderLock(args.checkpoint_folder)  # held (referenced) until main returns
         lock.acquire()

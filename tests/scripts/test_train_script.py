@@ -242,3 +242,11 @@ def test_the_default_data_folder_is_made_where_the_command_runs(tmp_path):
     assert "does not exist" not in proc.stderr
     assert "files not found in data" in proc.stderr and "downloads are off" in proc.stderr
     assert (tmp_path / "data").is_dir()
+
+
+def test_a_batch_larger_than_the_training_set_trains_on_all_of_it(tiny_data, tmp_path):
+    """The memory check counts the batches a run makes, not the flag's value."""
+    proc = run("--train-data-dir", tiny_data, "--checkpoint-folder", tmp_path / "ck", "--model",
+               "mlp", "--batch-size", 10**12, "--nb-epochs", 1, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ck" / "latest.json").is_file()
