@@ -112,8 +112,9 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
             nxt = next((j for j in range(tail + 1, len(nodes)) if tail in nodes[j].inputs), None)
             if nxt is None or nodes[nxt].inputs != (tail,):
                 break
-            # the next post-op this head takes that the node is
-            while step < len(ops) and not type(nodes[nxt].layer) is ops[step][1]:
+            # Post-ops are optional: skip those the next node is not (a pool
+            # straight after a conv leaves the ReLU out).
+            while step < len(ops) and type(nodes[nxt].layer) is not ops[step][1]:
                 step += 1
             if step == len(ops):
                 break
