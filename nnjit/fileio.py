@@ -53,10 +53,7 @@ def regular_file_size(path: str | os.PathLike, limit: int | None = None) -> int:
     """The size in bytes of ``path``, which must be a regular file of at most
     ``limit`` bytes. Raises OSError otherwise: a device (``/dev/zero``), a FIFO
     or a folder would be read without end, or never answer."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        raise
+    info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO or folder)")
     if limit is not None and info.st_size > limit:

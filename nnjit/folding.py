@@ -60,6 +60,7 @@ class InferenceLayers:
         self.skipped.update(i for i, layer in enumerate(self.layers) if layer.identity_at_inference())
         if fold:
             self._stack_dense_runs()
+
     def _stack_dense_runs(self) -> None:
         running = [i for i in range(len(self.layers)) if i not in self.skipped]
         runs, run = [], []

@@ -34,9 +34,9 @@ def load_image(path, shape=(1, 28, 28)) -> tuple[np.ndarray, str]:
     c, h, w = shape
     ext = os.path.splitext(path)[1].lower()
     try:
-        regular_file_size(path, MAX_IMAGE_FILE_BYTES)
-        if ext == ".npy":
+        if ext == ".npy":  # (read_npy checks the file itself)
             return _from_npy(read_npy(path, MAX_IMAGE_FILE_BYTES), shape, path)
+        regular_file_size(path, MAX_IMAGE_FILE_BYTES)
         if ext in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
             return _from_picture(path, shape)
         with open(path, "rb") as f:

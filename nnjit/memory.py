@@ -13,6 +13,7 @@ workspaces are mostly smaller, so they come from here.
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 
@@ -33,10 +34,9 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     the system offers them (Linux; otherwise, and if the advice fails, ordinary pages)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if nbytes > physical_bytes():
+    if nbytes > (have := physical_bytes()):
         raise OutOfMemoryError(f"a buffer of shape {tuple(shape)} ({nbytes / 2**30:,.1f} GiB) "
-                               f"is larger than this machine's memory "
-                               f"({physical_bytes() / 2**30:.1f} GiB)")
+                               f"is larger than this machine's memory ({have / 2**30:.1f} GiB)")
     if nbytes < HUGE_PAGE_MIN_BYTES or not _CAN_ADVISE:
         return np.empty(shape, dtype)
     length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
@@ -50,6 +50,7 @@ def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(region, dtype, nbytes // dtype.itemsize, start).reshape(shape)
 
 
+@functools.cache
 def physical_bytes() -> int:
     """This machine's physical memory in bytes (2**63 where the system does not say)."""
     try:

@@ -94,8 +94,10 @@ class Tuning:
     #: 10->20 5x5 conv on 28x28 (4 of 28 dropped): one core 25 vs 31 us per image.
     direct_max_dropped: float = 0.25
     #: The direct conv skips the columns a row drops (skipping tiles) where they
-    #: are this share of the padded row or more and OW >= 16: the lone 10->20
-    #: 5x5 conv on 28x28, one core, 25.6 -> 23.7 us per image.
+    #: are this share of the padded row or more and OW >= 16: each vector's
+    #: row-end crossing costs ~4-6% (10->20 5x5, one image, one core: 28x28, 14%
+    #: dropped, 26.1 -> 23.6 us; 20x20 1.22x; 40x40, 10%, 1.05x; 64x64, 6%,
+    #: 1.00x; 3x3 on 28x28, 7%, 0.95x).
     skipping_min_dropped: float = 0.1
     #: Most bytes of im2col columns plus GEMM output per block: each thread
     #: unfolds a block, multiplies it in slices and moves the product out while

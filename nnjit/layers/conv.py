@@ -1,8 +1,6 @@
 """Conv2D: im2col + GEMM over blocks of a few MB, one compiled call per layer."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from .. import planner
@@ -158,7 +156,7 @@ class Conv2D(Layer):
         # + 10 per output: the output moves' share of the work
         work = n * oh * ow * self.out_channels * (k + 10)
         parts = parts_for(work, n * (oh if share_images else 1))
-        key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, planner.tuning())
+        key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, planner.version)
         if key not in self._plans:
             if len(self._plans) >= 16:  # many batch sizes (e.g. predict on varied inputs)
                 self._plans.clear()
@@ -250,7 +248,7 @@ class Conv2D(Layer):
         algorithm = plan.algorithm
         if algorithm is ConvAlgorithm.WINOGRAD:
             parts, _, chunk_threads, rows, (_, _, _, _, _, poh, pow_) = \
-                self._winograd_plan(SimpleNamespace(shape=tuple(input_shape)))
+                self._winograd_plan(input_shape)
             threads = max(parts, chunk_threads)
             floats = threads * (hp * wp * c + 16 * rows * (c + oc) + poh * pow_ * oc) \
                 + 2 * 16 * c * oc
@@ -270,13 +268,13 @@ class Conv2D(Layer):
         return {"algorithm": algorithm.value, "rule": plan.rule, "threads": threads,
                 "workspace": floats * size, "flops": problem.flops}
 
-    def _winograd_plan(self, x):
-        """(parts, per, chunk_threads, rows, geometry) of a Winograd call on x (N, C, H,
-        W): the threads' parts, images per chunk, the threads that share a
+    def _winograd_plan(self, input_shape):
+        """(parts, per, chunk_threads, rows, geometry) of a Winograd call on input
+        (N, C, H, W): the threads' parts, images per chunk, the threads that share a
         batch in one chunk on one part (one image, say; forward only, 1: none),
         Lp (``padded_rows``), and (C, H, W, PH, PW, POH, POW). The same for
         forward and backward on the same batch."""
-        n, c, h, w = x.shape
+        n, c, h, w = input_shape
         oc = self.out_channels
         _, oh, ow = self.output_shape((c, h, w))
         _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
@@ -300,7 +298,7 @@ class Conv2D(Layer):
         output (N, OC, POH, POW); in training, with the windows' winners
         (``pool_windows``) kept for ``_winograd_backward``."""
         n, oc, dtype = x.shape[0], self.out_channels, self.dtype
-        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x)
+        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
         mode = "train" if training else "eval"
         out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), dtype)
@@ -324,7 +322,7 @@ class Conv2D(Layer):
         """Backward of a training ``_winograd_forward`` by ``winograd_conv_pool_backward``:
         dy float32 (N, OC, POH, POW) -> dx (N, C, H, W) or None; fills the gradients."""
         oc, dtype = self.out_channels, self.dtype
-        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x)
+        parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
         dx = self._buffer("dx", x.shape, dtype) if need_input_grad else x  # x: never written
         winograd_conv_pool_backward.run(
