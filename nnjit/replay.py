@@ -101,7 +101,7 @@ class _Recording:
         return True
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The output for ``x`` (a new array): the recorded calls (``_compiled``) on a
+        """The output for ``x`` (a new array): the recorded calls (``Kernel.entry``) on a
         copy of it, or on x itself where it can be read in place (``_input_slots``;
         from IN_PLACE_FROM values, C-contiguous, aligned and writeable: the
         types the recorded calls were compiled for).
@@ -249,7 +249,7 @@ class ReplayedInference:
         def record(kernel, dispatcher, args):
             nonlocal parallel
             result = kernel._execute(dispatcher, args)  # compiles it, if this is its first call
-            calls.append((_compiled(dispatcher, args), args))
+            calls.append((kernel.entry(dispatcher, args), args))
             parallel |= dispatcher is kernel.dispatchers[0]
             return result
 
@@ -298,20 +298,6 @@ def _input_slots(calls, x):
                     return None
                 slots.append((i, j, arg.shape))
     return slots
-
-
-def _compiled(dispatcher, args):
-    """The compiled function ``dispatcher`` runs on ``args`` (its overload's entry
-    point), or the dispatcher itself while it has none for their types.
-
-    Replayed calls pass the same objects every time, so the dispatcher's type
-    dispatch on each call (~0.5 us for a conv's 30 arguments: 1.5 of the cnn's
-    25 us on one image) would find the same overload every time."""
-    try:
-        overload = dispatcher.overloads.get(tuple(dispatcher.typeof_pyval(a) for a in args))
-    except Exception:  # noqa: BLE001  (an argument Numba cannot type: keep the dispatcher)
-        overload = None
-    return dispatcher if overload is None else overload.entry_point
 
 
 def _first_call(seen: OrderedDict, key) -> bool:

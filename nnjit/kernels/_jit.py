@@ -16,6 +16,17 @@ GNU OpenMP (Numba's ``omp`` threading layer here) cannot run a parallel
 region in a process forked from one that already ran one: it aborts. So in a
 forked child every kernel runs its serial twin (correct, on one thread).
 
+A kernel whose ``prange`` loops each call one large helper (a part: the work
+of one iteration) names those helpers in ``@kernel(parts=...)`` and receives
+them as its first arguments, as first-class functions: it calls them by
+address, so its twins compile only the loops (~0.3 s) and the parts compile
+once, on their own, for both twins. Called directly, Numba links a helper's
+code into each caller and optimises it again there: conv_backward took 14 s
+to compile, 7 of them its part a second time, and the serial twin as long
+again. Every part takes the part's index (int64) followed by all of the
+kernel's own arguments (a ``prange`` index is unsigned in the parallel twin:
+pass ``np.int64(part)``).
+
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
 calls a helper from another module (``pool_plane``, ``shifted_exp_rows``,
 ``gemm``, ``tiled_gemm``) is not recompiled when only the helper changes. After editing such
@@ -27,7 +38,9 @@ import os
 import threading
 import types
 
-from numba import njit, prange
+from numba import njit, prange, typeof
+from numba._dispatcher import compute_fingerprint
+from numba.core import types as nbtypes
 
 from .blas import single_threaded_blas
 
@@ -63,13 +76,15 @@ class Kernel:
     call, as much as a small kernel's work.
     """
 
-    def __init__(self, fn, blas=False, reassociate=False, cost=1):
+    def __init__(self, fn, blas=False, reassociate=False, cost=1, parts=()):
         options = dict(_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)
         self.dispatchers = (njit(parallel=True, **options)(fn),
                             njit(**options)(_renamed(fn, "_serial")))
         self._parallel, self._serial = self.dispatchers
         self.blas = blas
         self.cost = cost
+        self.parts = tuple(parts)
+        self._pointers = {}  # the arguments' type fingerprints -> the parts' PartPointers
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -87,12 +102,71 @@ class Kernel:
             return self._call(dispatcher, args)  # once: a second failure is a real one
 
     def _execute(self, dispatcher, args):
+        if self.parts:
+            args = self.part_pointers(args) + args
         if not self.blas:
             return dispatcher(*args)
         with single_threaded_blas:
             return dispatcher(*args)
 
     _call = _execute  # what ``run`` calls; rerouted by ``intercepted_calls``
+
+    def part_signature(self, arg_types):
+        """The signature of every part of this kernel called on arguments of
+        ``arg_types``: the part's index, then the kernel's arguments; no result."""
+        return nbtypes.void(nbtypes.int64, *arg_types)
+
+    def part_pointers(self, args) -> tuple:
+        """The parts as the kernel takes them for ``args`` (compiled for their
+        types, once): a ``PartPointer`` each."""
+        try:
+            key = tuple(map(compute_fingerprint, args))
+        except (ValueError, TypeError, NotImplementedError):  # no fingerprint: type it
+            key = tuple(map(typeof, args))
+        pointers = self._pointers.get(key)
+        if pointers is None:
+            signature = self.part_signature(tuple(map(typeof, args)))
+            pointers = tuple(PartPointer(part, signature) for part in self.parts)
+            self._pointers[key] = pointers
+        return pointers
+
+    def signature(self, arg_types) -> tuple:
+        """The argument types a twin is compiled for, called on ``arg_types``."""
+        if not self.parts:
+            return tuple(arg_types)
+        part = nbtypes.FunctionType(self.part_signature(arg_types))
+        return (part,) * len(self.parts) + tuple(arg_types)
+
+    def entry(self, dispatcher, args):
+        """What calling ``dispatcher`` (a twin) on ``args`` runs: its compiled entry
+        point, with the parts bound, or while it has none for their types a call
+        through the dispatcher. A replay calls the same objects every time, so
+        the dispatcher's type dispatch on each call (~0.5 us for a conv's 30
+        arguments: 1.5 of the cnn's 25 us on one image) would find the same
+        overload every time."""
+        pointers = self.part_pointers(args) if self.parts else ()
+        try:
+            overload = dispatcher.overloads.get(
+                self.signature(tuple(map(dispatcher.typeof_pyval, args))))
+        except Exception:  # noqa: BLE001  (an argument Numba cannot type: keep the dispatcher)
+            overload = None
+        call = dispatcher if overload is None else overload.entry_point
+        return functools.partial(call, *pointers) if pointers else call
+
+
+class PartPointer:
+    """A part compiled for one signature, as a kernel's argument: Numba types it
+    as that first-class function (``_numba_type_``) and passes its address
+    (``__wrapper_address__``), so the kernel calls it without linking its code."""
+
+    def __init__(self, part, signature):
+        result = part.get_compile_result(signature)
+        self._numba_type_ = nbtypes.FunctionType(signature)
+        self._address = result.library.get_pointer_to_function(
+            result.fndesc.llvm_cfunc_wrapper_name)
+
+    def __wrapper_address__(self) -> int:
+        return self._address
 
 
 #: Thread id -> where that thread's kernel calls go (``intercepted_calls``).
@@ -190,16 +264,18 @@ def helper(fn=None, *, reassociate=False):
     return njit(**_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)(fn)
 
 
-def kernel(fn=None, *, blas=False, reassociate=False, cost=1):
+def kernel(fn=None, *, blas=False, reassociate=False, cost=1, parts=()):
     """Compile ``fn`` as a parallel nnjit kernel with a serial twin (lazily, on
     first call; cached on disk). ``@kernel(blas=True)`` marks one that calls
     BLAS: it runs with BLAS at one thread (``nnjit.kernels.blas``).
     ``reassociate=True`` lets its sums be reordered (see the module docstring).
     ``cost``: the work per element of its first array, in units of a simple
-    loop's: it runs serially below SERIAL_BELOW / cost elements."""
+    loop's: it runs serially below SERIAL_BELOW / cost elements. ``parts``:
+    helpers that ``fn`` takes as its first arguments and calls by address
+    (see the module docstring); callers pass only the other arguments."""
     if fn is None:
-        return lambda f: Kernel(f, blas, reassociate, cost)
-    return Kernel(fn, blas, reassociate, cost)
+        return lambda f: Kernel(f, blas, reassociate, cost, parts)
+    return Kernel(fn, blas, reassociate, cost, parts)
 
 
 __all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW", "intercepted_calls",

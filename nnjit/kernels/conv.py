@@ -429,41 +429,13 @@ def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
     return OW, r0, r1 - r0, 1
 
 
-@kernel(blas=True)
-def conv_forward(bounds, blocks, x, weight, bias, g, relu, pool, image, cols, yblock, out, argmax,
-                 slice_cols, tiles, blas):
-    """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
-
-    bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
-    blocks: int64 (B, 6) rows (n0, n1, r0, r1, pr0, pr1): conv rows
-    [r0, r1) of images [n0, n1) and, under a fused pool, the pooled rows
-    [pr0, pr1) they feed. g: the ``ConvGeometry``; pool: the fused max-pool's
-    ``PoolGeometry`` (PKH, PKW, PSH, PSW, POH, POW below). x: float (N*C*H*W,);
-    weight (OC*C*KH*KW,); bias (OC,). image, cols, yblock: float workspaces
-    (parts, >= the most images in a block * C*(H+2PH)*(W+2PW)) (``unfold_block``;
-    unused without padding), (parts, >= K*L) and (parts, >= OC*L) for the
-    largest block. Without a pool (``pool.on`` 0) writes
-    out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
-    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
-    ``pool.major`` (non-overlapping windows only) the blocks are unfolded in
-    pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
-    holds each window's winning member. GEMMs run in register tiles with
-    ``tiles``, otherwise in column slices of about ``slice_cols`` (see
-    ``gemm_in_slices``).
-    """
-    # A part's work is a helper call: the parallel and serial twins share its
-    # one compilation, and Numba's parallel lowering only sees this loop.
-    for part in prange(bounds.size - 1):
-        conv_forward_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, g, relu, pool,
-                          image[part], cols[part], yblock[part], out, argmax, slice_cols, tiles,
-                          blas)
-
-
 @helper
-def conv_forward_part(first, last, blocks, x, weight, bias, g, relu, pool, image, cbuf, ybuf, out,
-                      argmax, slice_cols, tiles, blas):
-    """``conv_forward`` over blocks[first:last], with one part's workspaces image,
-    cbuf and ybuf."""
+def conv_forward_part(part, bounds, blocks, x, weight, bias, g, relu, pool, image, cols, yblock,
+                      out, argmax, slice_cols, tiles, blas):
+    """Part ``part`` of ``conv_forward`` (same arguments): blocks[bounds[part]:
+    bounds[part+1]], in the part's rows of the workspaces."""
+    first, last = bounds[part], bounds[part + 1]
+    image, cbuf, ybuf = image[part], cols[part], yblock[part]
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     _, _, PKH, PKW, PSH, PSW, POH, POW = pool
     pooled, pool_major = pool.on != 0, pool.major != 0
@@ -485,6 +457,33 @@ def conv_forward_part(first, last, blocks, x, weight, bias, g, relu, pool, image
                             PKH, PKW, PSH, PSW, POH, POW, out, argmax)
         else:
             block_to_nchw(ybuf, bias, OC, OH * OW, OW, n0, n1, r0, r1, relu, out)
+
+
+@kernel(blas=True, parts=(conv_forward_part,))
+def conv_forward(conv_forward_part, bounds, blocks, x, weight, bias, g, relu, pool, image, cols,
+                 yblock, out, argmax, slice_cols, tiles, blas):
+    """Conv2D forward: out = conv(x, weight) + bias, then ReLU and max-pool if fused.
+
+    bounds: int64 (parts+1,), part p walks blocks[bounds[p]:bounds[p+1]];
+    blocks: int64 (B, 6) rows (n0, n1, r0, r1, pr0, pr1): conv rows
+    [r0, r1) of images [n0, n1) and, under a fused pool, the pooled rows
+    [pr0, pr1) they feed. g: the ``ConvGeometry``; pool: the fused max-pool's
+    ``PoolGeometry`` (PKH, PKW, PSH, PSW, POH, POW below). x: float (N*C*H*W,);
+    weight (OC*C*KH*KW,); bias (OC,). image, cols, yblock: float workspaces
+    (parts, >= the most images in a block * C*(H+2PH)*(W+2PW)) (``unfold_block``;
+    unused without padding), (parts, >= K*L) and (parts, >= OC*L) for the
+    largest block. Without a pool (``pool.on`` 0) writes
+    out: (N*OC*OH*OW,) (argmax unused); with it, out and argmax: int32, both
+    (N*OC*POH*POW,), pooling windows PKH x PKW with strides PSH, PSW; with
+    ``pool.major`` (non-overlapping windows only) the blocks are unfolded in
+    pool-major order (``block_rows``, ``block_to_pool_major``) and argmax
+    holds each window's winning member. GEMMs run in register tiles with
+    ``tiles``, otherwise in column slices of about ``slice_cols`` (see
+    ``gemm_in_slices``).
+    """
+    for part in prange(bounds.size - 1):
+        conv_forward_part(np.int64(part), bounds, blocks, x, weight, bias, g, relu, pool, image,
+                          cols, yblock, out, argmax, slice_cols, tiles, blas)
 
 
 @helper
@@ -540,45 +539,13 @@ def tap_offsets(C, KH, KW, Hp, Wp, offsets):
                 offsets[(c * KH + kh) * KW + kw] = (c * Hp + kh) * Wp + kw
 
 
-@kernel
-def conv_forward_direct(bounds, blocks, x, weight, bias, g, relu, skipping, offsets, image, ybuf,
-                        out):
-    """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
-    then ReLU with ``relu`` (no fused pool).
-
-    Each image is copied into image[part] (C, Hp, Wp) = (C, H+2PH, W+2PW),
-    zero-bordered (``padded_image``; KW-1 or more values of slack after it,
-    read only for dropped columns); unpadded, all but the batch's last are
-    read in place (10->20 5x5 on 28x28, 16 or 64 images: 3-5% faster). On
-    rows of Wp values, the conv output at (oh, ow) is sum_k weight[oc, k] *
-    image[oh*Wp + ow + offsets[k]], offsets[k] = (c*Hp + kh)*Wp + kw for
-    k = (c, kh, kw): row k of the GEMM's right-hand
-    side is the image itself, shifted (``shifted_rows_gemm``). That product
-    covers Wp columns per output row, of which the last Wp - OW = KW - 1 are
-    dropped: (KW-1)/Wp more multiply-adds than the unfolded GEMM, and no
-    unfolding (10->20 5x5 on 28x28, one core: 25 vs 31 us per image,
-    unfolding included; 16 128x128 images on two threads 18.6 vs 25.7 ms per
-    block, each image copied once for all its blocks of rows). With
-    ``skipping`` (the planner's choice: enough is dropped to pay for a
-    vector's row-end crossing, at most one per vector since OW >= 16), the
-    product skips them (``skipping_rows_gemm``).
-
-    bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
-    x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
-    (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts, >= OC*OH*Wp). Writes
-    offsets: int64 (K,) (here, not by the caller: a replayed call of another
-    input shape finds them right) and out: (N*OC*OH*OW,).
-    """
-    tap_offsets(g.C, g.KH, g.KW, g.H + 2 * g.PH, g.W + 2 * g.PW, offsets)
-    for part in prange(bounds.size - 1):
-        conv_forward_direct_part(bounds[part], bounds[part + 1], blocks, x, weight, bias, g, relu,
-                                 skipping, offsets, image[part], ybuf[part], out)
-
-
 @helper
-def conv_forward_direct_part(first, last, blocks, x, weight, bias, g, relu, skipping, offsets, image,
-                             ybuf, out):
-    """``conv_forward_direct`` over blocks[first:last], with one part's image and ybuf."""
+def conv_forward_direct_part(part, bounds, blocks, x, weight, bias, g, relu, skipping, offsets,
+                             image, ybuf, out):
+    """Part ``part`` of ``conv_forward_direct`` (same arguments): blocks[bounds[part]:
+    bounds[part+1]], in the part's rows of image and ybuf."""
+    first, last = bounds[part], bounds[part + 1]
+    image, ybuf = image[part], ybuf[part]
     C, H, W, _, _, _, _, PH, PW, OH, OW = g
     OC = bias.size
     Wp = W + 2 * PW
@@ -620,55 +587,52 @@ def conv_forward_direct_part(first, last, blocks, x, weight, bias, g, relu, skip
                             out[d + j] = ybuf[s + j] + bo
 
 
-@kernel(blas=True)
-def conv_backward(bounds, blocks, x, dy, out, argmax, weight, g, relu, pool, norm, norm_out, coef,
-                  image, cols, dyblock, dyblock_t, dw_parts, db_parts, need_dx, dx, dweight,
-                  dbias, slice_cols, tiles, nt_tiles, blas):
-    """Conv2D backward over the same parts and blocks as ``conv_forward``.
+@kernel(parts=(conv_forward_direct_part,))
+def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bias, g, relu,
+                        skipping, offsets, image, ybuf, out):
+    """Conv2D forward, stride 1, without unfolding: out = conv(x, weight) + bias,
+    then ReLU with ``relu`` (no fused pool).
 
-    g: the ``ConvGeometry``; pool: the ``PoolGeometry`` of dy (PKH, PKW, PSH,
-    POH, POW; PP = POH*POW). dy: float, the gradient at ``out`` (the layer's
-    output: pooled when ``pool.on``, planes of PP values in rows of POW, with
-    argmax from forward); with ``relu``, passed only where out > 0;
-    ``pool.major`` and the window PKH x PKW as in forward. With ``norm`` (no
-    fused ReLU or pool), the
-    gradient at ``out`` is that of a following batch norm + max-pool, given
-    by its parts (``PooledNormGrad``): dy, norm_out, argmax at the pooled
-    output (PP values per plane in rows of POW; windows PKH high, PSH apart)
-    and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,)
-    and dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: dW
-    transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
-    Parts own whole images, so col2im's overlapping adds never race. With
-    ``tiles`` the input gradient's GEMM runs in register tiles (as forward's),
-    and with ``nt_tiles`` the weight gradient's, over dyblock transposed a slice
-    at a time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
+    Each image is copied into image[part] (C, Hp, Wp) = (C, H+2PH, W+2PW),
+    zero-bordered (``padded_image``; KW-1 or more values of slack after it,
+    read only for dropped columns); unpadded, all but the batch's last are
+    read in place (10->20 5x5 on 28x28, 16 or 64 images: 3-5% faster). On
+    rows of Wp values, the conv output at (oh, ow) is sum_k weight[oc, k] *
+    image[oh*Wp + ow + offsets[k]], offsets[k] = (c*Hp + kh)*Wp + kw for
+    k = (c, kh, kw): row k of the GEMM's right-hand
+    side is the image itself, shifted (``shifted_rows_gemm``). That product
+    covers Wp columns per output row, of which the last Wp - OW = KW - 1 are
+    dropped: (KW-1)/Wp more multiply-adds than the unfolded GEMM, and no
+    unfolding (10->20 5x5 on 28x28, one core: 25 vs 31 us per image,
+    unfolding included; 16 128x128 images on two threads 18.6 vs 25.7 ms per
+    block, each image copied once for all its blocks of rows). With
+    ``skipping`` (the planner's choice: enough is dropped to pay for a
+    vector's row-end crossing, at most one per vector since OW >= 16), the
+    product skips them (``skipping_rows_gemm``).
+
+    bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
+    x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
+    (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts, >= OC*OH*Wp). Writes
+    offsets: int64 (K,) (here, not by the caller: a replayed call of another
+    input shape finds them right) and out: (N*OC*OH*OW,).
     """
+    tap_offsets(g.C, g.KH, g.KW, g.H + 2 * g.PH, g.W + 2 * g.PW, offsets)
     for part in prange(bounds.size - 1):
-        conv_backward_part(bounds[part], bounds[part + 1], blocks, x, dy, out, argmax, weight, g,
-                           relu, pool, norm, norm_out, coef, image[part], cols[part],
-                           dyblock[part], dyblock_t[part], dw_parts[part], db_parts[part], need_dx,
-                           dx, slice_cols, tiles, nt_tiles, blas)
-    # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
-    OC = dbias.size
-    K = dweight.size // OC
-    for k in range(K):
-        for oc in range(OC):
-            acc = dw_parts[0, k * OC + oc]
-            for part in range(1, bounds.size - 1):
-                acc += dw_parts[part, k * OC + oc]
-            dweight[oc * K + k] = acc
-    dbias[:] = db_parts[0]
-    for part in range(1, bounds.size - 1):
-        dbias += db_parts[part]
+        conv_forward_direct_part(np.int64(part), bounds, blocks, x, weight, bias, g, relu,
+                                 skipping, offsets, image, ybuf, out)
 
 
 @helper
-def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, g, relu, pool, norm,
-                       norm_out, coef, image, cbuf, dyb, dyt, dwp, dbp, need_dx, dx, slice_cols,
-                       tiles, nt_tiles, blas):
-    """``conv_backward`` over blocks[first:last] (whole images), with one part's
-    workspaces; writes that part's partial sums dwp (K*OC,: dW transposed) and
-    dbp (OC,)."""
+def conv_backward_part(part, bounds, blocks, x, dy, out, argmax, weight, g, relu, pool, norm,
+                       norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts, db_parts,
+                       need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas):
+    """Part ``part`` of ``conv_backward`` (same arguments): blocks[bounds[part]:
+    bounds[part+1]] (whole images), in the part's rows of the workspaces;
+    writes its partial sums dw_parts[part] (K*OC,: dW transposed) and
+    db_parts[part] (OC,)."""
+    first, last = bounds[part], bounds[part + 1]
+    image, cbuf, dyb, dyt = image[part], cols[part], dyblock[part], dyblock_t[part]
+    dwp, dbp = dw_parts[part], db_parts[part]
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     _, _, PKH, PKW, PSH, _, POH, POW = pool
     pooled, pool_major = pool.on != 0, pool.major != 0
@@ -708,3 +672,47 @@ def conv_backward_part(first, last, blocks, x, dy, out, argmax, weight, g, relu,
             # cols is spent once this block's dW is known: reuse it for dcols (K, L).
             gemm_in_slices(blas, TRANS, K, OC, weight, dyb, L, cbuf, slice_cols, tiles)
             col2im(cbuf, C, H, W, KH, KW, SH, SW, PH, PW, width, n0, n1, start, R, G, dx)
+
+
+@kernel(blas=True, parts=(conv_backward_part,))
+def conv_backward(conv_backward_part, bounds, blocks, x, dy, out, argmax, weight, g, relu,
+                  pool, norm, norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts, db_parts,
+                  need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas):
+    """Conv2D backward over the same parts and blocks as ``conv_forward``: part
+    p runs ``conv_backward_part`` (taken by address, ``nnjit.kernels._jit``).
+
+    g: the ``ConvGeometry``; pool: the ``PoolGeometry`` of dy (PKH, PKW, PSH,
+    POH, POW; PP = POH*POW). dy: float, the gradient at ``out`` (the layer's
+    output: pooled when ``pool.on``, planes of PP values in rows of POW, with
+    argmax from forward); with ``relu``, passed only where out > 0;
+    ``pool.major`` and the window PKH x PKW as in forward. With ``norm`` (no
+    fused ReLU or pool), the
+    gradient at ``out`` is that of a following batch norm + max-pool, given
+    by its parts (``PooledNormGrad``): dy, norm_out, argmax at the pooled
+    output (PP values per plane in rows of POW; windows PKH high, PSH apart)
+    and coef; the norm's ReLU, if any, is ``relu``. Writes dweight (OC*K,)
+    and dbias (OC,), summed from per-part partials dw_parts (parts, K*OC: dW
+    transposed) and db_parts (parts, OC); with ``need_dx``, dx: (N*C*H*W,).
+    Parts own whole images, so col2im's overlapping adds never race. With
+    ``tiles`` the input gradient's GEMM runs in register tiles (as forward's),
+    and with ``nt_tiles`` the weight gradient's, over dyblock transposed a slice
+    at a time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
+    """
+    for part in prange(bounds.size - 1):
+        conv_backward_part(np.int64(part), bounds, blocks, x, dy, out, argmax, weight, g, relu, pool, norm,
+                           norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts, db_parts,
+                           need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas)
+    # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
+    OC = dbias.size
+    K = dweight.size // OC
+    for k in range(K):
+        for oc in range(OC):
+            acc = dw_parts[0, k * OC + oc]
+            for part in range(1, bounds.size - 1):
+                acc += dw_parts[part, k * OC + oc]
+            dweight[oc * K + k] = acc
+    for oc in range(OC):
+        acc = db_parts[0, oc]
+        for part in range(1, bounds.size - 1):
+            acc += db_parts[part, oc]
+        dbias[oc] = acc

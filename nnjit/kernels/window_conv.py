@@ -26,6 +26,7 @@ Sums run over the taps in order with fused multiply-adds, as the register
 tiles' do, and the pooling keeps ``block_to_pool_major``'s order of
 comparisons (the first maximum in row-major order; a NaN propagates).
 """
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -191,9 +192,30 @@ def windows_of_image(x, x_off, W, offsets, wt, bias, relu, POH, POW, cl, train, 
                                      winners, train)
 
 
-@kernel
-def window_conv_pool(x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N, parts,
-                     offsets, wt, bias_p, image, cl, train, winners, argmax, out):
+@helper
+def window_images_part(part, x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N, parts,
+                       offsets, wt, bias_p, image, cl, train, winners, argmax, out):
+    """Part ``part`` of ``window_conv_pool`` (same arguments): images
+    [part*N//parts, (part+1)*N//parts), in the part's workspaces."""
+    OC, OCp = bias.size, bias_p.size
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    P = POH * POW
+    for n in range(part * N // parts, (part + 1) * N // parts):
+        if PH > 0 or PW > 0:
+            padded_image(x, n, C, H, W, PH, PW, 0, Hp, image[part])
+            windows_of_image(image[part], 0, Wp, offsets, wt, bias_p, relu, POH, POW, cl[part],
+                             train, winners[part])
+        else:
+            windows_of_image(x, n * C * H * W, W, offsets, wt, bias_p, relu, POH, POW, cl[part],
+                             train, winners[part])
+        transpose_slice(cl[part], OCp, 0, OC, 0, P, P, out[n * OC * P:])
+        if train:
+            transpose_slice(winners[part], OCp, 0, OC, 0, P, P, argmax[n * OC * P:])
+
+
+@kernel(parts=(window_images_part,))
+def window_conv_pool(window_images_part, x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu,
+                     N, parts, offsets, wt, bias_p, image, cl, train, winners, argmax, out):
     """Conv2D(stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2), window by
     window in registers (module docstring).
 
@@ -206,26 +228,16 @@ def window_conv_pool(x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu, N
     cl[p] (POH*POW*OCp,) and, with ``train``, winners[p] (int32, the same).
     Writes out (N*OC*POH*POW,) as (N, OC, POH, POW) and, with ``train``,
     argmax (int32, the same): each window's winning member dy*2 + dx, as
-    ``block_to_pool_major`` (so ``conv_backward`` takes it).
+    ``block_to_pool_major`` (so ``conv_backward`` takes it). The parts
+    (``window_images_part``) are taken by address (``nnjit.kernels._jit``).
     """
     OC, OCp, T = bias.size, bias_p.size, offsets.size
-    Hp, Wp = H + 2 * PH, W + 2 * PW
-    tap_offsets(C, KH, KW, Hp, Wp, offsets)
+    tap_offsets(C, KH, KW, H + 2 * PH, W + 2 * PW, offsets)
     for t in range(T):
         for oc in range(OCp):
             wt[t * OCp + oc] = weight[oc * T + t] if oc < OC else 0
     for oc in range(OCp):
         bias_p[oc] = bias[oc] if oc < OC else 0
-    P = POH * POW
     for p in prange(parts):
-        for n in range(p * N // parts, (p + 1) * N // parts):
-            if PH > 0 or PW > 0:
-                padded_image(x, n, C, H, W, PH, PW, 0, Hp, image[p])
-                windows_of_image(image[p], 0, Wp, offsets, wt, bias_p, relu, POH, POW, cl[p],
-                                 train, winners[p])
-            else:
-                windows_of_image(x, n * C * H * W, W, offsets, wt, bias_p, relu, POH, POW, cl[p],
-                                 train, winners[p])
-            transpose_slice(cl[p], OCp, 0, OC, 0, P, P, out[n * OC * P:])
-            if train:
-                transpose_slice(winners[p], OCp, 0, OC, 0, P, P, argmax[n * OC * P:])
+        window_images_part(np.int64(p), x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu,
+                           N, parts, offsets, wt, bias_p, image, cl, train, winners, argmax, out)

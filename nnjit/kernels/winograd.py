@@ -343,9 +343,66 @@ def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage
         transform_tiles(image, C, W + 2 * PW, POW, t0, t1, n * T + t0 - w0, Vt, Lp, stage)
 
 
-@kernel(blas=True)
-def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per, kept, Ut,
-                       image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
+@njit(cache=True, inline="always")
+def split_bound(g, L, split):
+    """Where thread g's windows start when ``split`` threads share L: near g*L/split,
+    at a multiple of 8 (whole 8-row register tiles: of one image's 25, 16 and
+    9 took 4.1 and 3.4 us of products, 12 and 13 3.4 and 4.5)."""
+    return L if g >= split else min((g * L // split + 4) // 8 * 8, L)
+
+
+@helper
+def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per,
+                         kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
+    """Part ``part`` of ``winograd_conv_pool`` (same arguments) refreshing the
+    transformed filters (``refresh_filters``) of its share of the output
+    channels, all of them when the kernel splits one chunk."""
+    OC = bias.size
+    shares = 1 if split > 1 else parts
+    refresh_filters(weight, C, part * OC // shares, (part + 1) * OC // shares, OC, kept, Ut)
+
+
+@helper
+def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per,
+                        kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
+    """Part ``part`` of ``winograd_conv_pool`` (same arguments): the pooled
+    outputs of images [part*N//parts, (part+1)*N//parts), ``per`` at a time,
+    in the part's workspaces, or with split > 1 of thread ``part``'s share of
+    the one chunk's pooling windows (``split_bound``).
+
+    Per chunk of windows [w0, w1) (window w = n*POH*POW + t: window t of
+    image n): their tiles transformed into Vt (16, Lp, C)
+    (``transform_windows``), 16 GEMMs Mt[xi] (Lp, OC) = Vt[xi] @ Ut[xi]
+    (C, OC) over their rows only (the rows Lp pads to are never read), then
+    pooled (``pool_windows``) image by image through pooled (POH*POW*OC,)
+    into out and, with ``train``, their winners into argmax."""
+    OC = bias.size
+    T = POH * POW
+    Lp = padded_rows(per * T)
+    if split > 1:  # one chunk: this thread's windows of it
+        start, stop = split_bound(part, N * T, split), split_bound(part + 1, N * T, split)
+        step = N * T
+    else:
+        start, stop = part * N // parts * T, (part + 1) * N // parts * T
+        step = per * T
+    image, Vt, Mt, pooled = image[part], Vt[part], Mt[part], pooled[part]
+    stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
+    for w0 in range(start, stop, step):
+        w1 = min(w0 + step, stop)
+        transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage)
+        batched_product(blas, tiles, 16, w1 - w0, C, Vt, Lp * C, Ut, C * OC, OC, Mt, Lp * OC)
+        for n in range(w0 // T, -(-w1 // T)):
+            t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
+            pool_windows(Mt, bias, OC, t1 - t0, n * T + t0 - w0, Lp, relu, pooled, train,
+                         argmax[(n * T + t0) * OC:])
+            # (windows, OC) -> out[n, :, t0:t1] (OC, T)
+            transpose_slice(pooled, OC, 0, OC, 0, t1 - t0, T, out[n * OC * T + t0:])
+
+
+@kernel(blas=True, parts=(forward_filters_part, forward_images_part))
+def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bias, C, H, W, PH,
+                       PW, POH, POW, relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out,
+                       train, argmax, split, tiles, blas):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
     F(2x2, 3x3) (module docstring).
 
@@ -364,65 +421,99 @@ def winograd_conv_pool(x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, part
     each transforms, multiplies and pools only its own windows (the filters
     refreshed first, on one thread). (Split by output channels instead, each
     thread transformed the whole input: one image, 11.2 us against 14.3 on
-    one thread.)
+    one thread.) The parts (``forward_filters_part``, ``forward_images_part``)
+    are taken by address (``nnjit.kernels._jit``).
     """
-    OC = bias.size
-    T = POH * POW
-    Lp = padded_rows(per * T)
-    if split > 1:
-        refresh_filters(weight, C, 0, OC, OC, kept, Ut)
-        for g in prange(split):
-            w0, w1 = split_bound(g, N * T, split), split_bound(g + 1, N * T, split)
-            if w1 > w0:
-                stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
-                conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, w0, w1, Ut, image[g],
-                                  Vt[g], Mt[g], Lp, pooled[g], out, train, argmax, tiles, blas,
-                                  stage)
-        return
-    for p in prange(parts):
-        refresh_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, kept, Ut)
-    for p in prange(parts):
-        first, last = p * N // parts, (p + 1) * N // parts
-        stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
-        for n0 in range(first, last, per):
-            n1 = min(n0 + per, last)
-            conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, n0 * T, n1 * T, Ut,
-                              image[p], Vt[p], Mt[p], Lp, pooled[p], out, train, argmax, tiles,
-                              blas, stage)
-
-
-@njit(cache=True, inline="always")
-def split_bound(g, L, split):
-    """Where thread g's windows start when ``split`` threads share L: near g*L/split,
-    at a multiple of 8 (whole 8-row register tiles: of one image's 25, 16 and
-    9 took 4.1 and 3.4 us of products, 12 and 13 3.4 and 4.5)."""
-    return L if g >= split else min((g * L // split + 4) // 8 * 8, L)
+    if split > 1:  # the filters on one thread, then the windows shared
+        forward_filters_part(np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N,
+                             parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
+                             split, tiles, blas)
+    else:
+        for p in prange(parts):
+            forward_filters_part(np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW, relu,
+                                 N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
+                                 argmax, split, tiles, blas)
+    for p in prange(split if split > 1 else parts):
+        forward_images_part(np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N,
+                            parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
+                            split, tiles, blas)
 
 
 @helper
-def conv_pool_windows(x, bias, C, H, W, PH, PW, POH, POW, relu, w0, w1, Ut, image, Vt, Mt, Lp,
-                      pooled, out, train, argmax, tiles, blas, stage):
-    """The pooled outputs of the batch's pooling windows [w0, w1) (window w =
-    n*POH*POW + t: window t of image n) into out (N*OC*POH*POW,) as (N, OC,
-    POH, POW), and with ``train`` their winners into argmax (N*POH*POW*OC,):
-    their tiles transformed into Vt (16, Lp, C) (``transform_windows``), 16
-    GEMMs Mt[xi] (Lp, OC) = Vt[xi] @ Ut[xi] (C, OC) over their rows only (the
-    rows Lp pads to are never read), then pooled (``pool_windows``) image by
-    image through pooled (POH*POW*OC,)."""
-    OC = bias.size
+def backward_filters_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
+                          UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
+                          dweight, dbias, tiles, blas):
+    """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): the
+    filters' transform as (16, OC, C) into UtT for its share of the output
+    channels."""
+    OC = dbias.size
+    transform_filters(weight, C, part * OC // parts, (part + 1) * OC // parts, OC, 1, C, UtT)
+
+
+@helper
+def backward_images_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
+                         UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
+                         dweight, dbias, tiles, blas):
+    """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): images
+    [part*N//parts, (part+1)*N//parts), ``per`` at a time, in the part's
+    workspaces; writes its partial sums dU_parts[part] and db_parts[part] and,
+    with ``need_dx``, its images' dx."""
+    OC = dbias.size
     T = POH * POW
-    transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage)
-    batched_product(blas, tiles, 16, w1 - w0, C, Vt, Lp * C, Ut, C * OC, OC, Mt, Lp * OC)
-    for n in range(w0 // T, -(-w1 // T)):
-        t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
-        pool_windows(Mt, bias, OC, t1 - t0, n * T + t0 - w0, Lp, relu, pooled, train,
-                     argmax[(n * T + t0) * OC:])
-        # (windows, OC) -> out[n, :, t0:t1] (OC, T)
-        transpose_slice(pooled, OC, 0, OC, 0, t1 - t0, T, out[n * OC * T + t0:])
+    Lp = padded_rows(per * T)
+    Wp = W + 2 * PW
+    first, last = part * N // parts, (part + 1) * N // parts
+    vt, dmt, dvt, dU, db = Vt[part], dMt[part], dVt[part], dU_parts[part], db_parts[part]
+    stage = np.empty(32 * STAGE_CHANNELS, x.dtype)
+    dU[:] = 0
+    db[:] = 0
+    for n0 in range(first, last, per):
+        n1 = min(n0 + per, last)
+        transform_windows(x, n0 * T, n1 * T, C, H, W, PH, PW, POH, POW, image[part], vt, Lp,
+                          stage)
+        for n in range(n0, n1):
+            window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[part], dmt, db, stage)
+        rows = (n1 - n0) * T  # the chunk's windows: the rows past them are never read
+        for xi in range(16):
+            product(blas, tiles, TRANS, C, rows, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
+                    dU[xi * C * OC:], True)
+        if not need_dx:
+            continue
+        batched_product(blas, tiles, 16, rows, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
+        for n in range(n0, n1):
+            dimage[part][:] = 0
+            scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[part], stage)
+            for h in range(H):  # the interior's row h, (W, C), into dx[n, :, h] (C, W)
+                transpose_slice(dimage[part][((h + PH) * Wp + PW) * C:], C, 0, C, 0, W, H * W,
+                                dx[n * C * H * W + h * W:])
 
 
-@kernel(blas=True)
-def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
+@helper
+def weight_gradient_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
+                         UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
+                         dweight, dbias, tiles, blas):
+    """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): for its
+    share of the output channels, the parts' dU_parts summed into dU_parts[0]
+    and dweight from it; part 0 also sums db_parts into dbias."""
+    OC = dbias.size
+    oc0, oc1 = part * OC // parts, (part + 1) * OC // parts
+    total = dU_parts[0]
+    for q in range(1, parts):
+        for r in range(16 * C):  # dU as (16*C, OC): this share's columns of every row
+            for oc in range(r * OC + oc0, r * OC + oc1):
+                total[oc] += dU_parts[q, oc]
+    if part == 0:
+        for oc in range(OC):
+            acc = db_parts[0, oc]
+            for q in range(1, parts):
+                acc += db_parts[q, oc]
+            dbias[oc] = acc
+    filter_gradients(total, C, oc0, oc1, OC, dweight)
+
+
+@kernel(blas=True, parts=(backward_filters_part, backward_images_part, weight_gradient_part))
+def winograd_conv_pool_backward(backward_filters_part, backward_images_part, weight_gradient_part,
+                                x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
                                 UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
                                 need_dx, dx, dweight, dbias, tiles, blas):
     """Backward of ``winograd_conv_pool`` (``train``), over the same parts and chunks.
@@ -437,42 +528,19 @@ def winograd_conv_pool_backward(x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
     (OC*C*9,) = G^T dU G summed over the parts' dU_parts (parts, 16*C*OC),
     and dbias (OC,) over db_parts (parts, OC). Workspaces per part as in
     forward, plus dimage[p] ((H+2PH)*(W+2PW)*C,) and dyt[p] (POH*POW*OC,).
+    The parts (``backward_filters_part``, ``backward_images_part``,
+    ``weight_gradient_part``) are taken by address (``nnjit.kernels._jit``).
     """
-    OC = dbias.size
     if need_dx:
         for p in prange(parts):
-            transform_filters(weight, C, p * OC // parts, (p + 1) * OC // parts, OC, 1, C, UtT)
-    T = POH * POW
-    Lp = padded_rows(per * T)
-    Wp = W + 2 * PW
+            backward_filters_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW,
+                                  N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                                  db_parts, need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
-        first, last = p * N // parts, (p + 1) * N // parts
-        vt, dmt, dvt, dU, db = Vt[p], dMt[p], dVt[p], dU_parts[p], db_parts[p]
-        stage = np.empty(32 * STAGE_CHANNELS, x.dtype)
-        dU[:] = 0
-        db[:] = 0
-        for n0 in range(first, last, per):
-            n1 = min(n0 + per, last)
-            transform_windows(x, n0 * T, n1 * T, C, H, W, PH, PW, POH, POW, image[p], vt, Lp, stage)
-            for n in range(n0, n1):
-                window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[p], dmt, db,
-                                 stage)
-            rows = (n1 - n0) * T  # the chunk's windows: the rows past them are never read
-            for xi in range(16):
-                product(blas, tiles, TRANS, C, rows, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
-                        dU[xi * C * OC:], True)
-            if not need_dx:
-                continue
-            batched_product(blas, tiles, 16, rows, OC, dmt, Lp * OC, UtT, OC * C, C, dvt, Lp * C)
-            for n in range(n0, n1):
-                dimage[p][:] = 0
-                scatter_tiles(dvt, C, Wp, POH, POW, (n - n0) * T, Lp, dimage[p], stage)
-                for h in range(H):  # the interior's row h, (W, C), into dx[n, :, h] (C, W)
-                    transpose_slice(dimage[p][((h + PH) * Wp + PW) * C:], C, 0, C, 0, W, H * W,
-                                    dx[n * C * H * W + h * W:])
-    for p in range(1, parts):
-        dU_parts[0] += dU_parts[p]
-        db_parts[0] += db_parts[p]
-    dbias[:] = db_parts[0]
+        backward_images_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N,
+                             parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                             db_parts, need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
-        filter_gradients(dU_parts[0], C, p * OC // parts, (p + 1) * OC // parts, OC, dweight)
+        weight_gradient_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N,
+                             parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                             db_parts, need_dx, dx, dweight, dbias, tiles, blas)
