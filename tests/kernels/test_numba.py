@@ -74,8 +74,9 @@ AHEAD = """
 import json, sys, numpy as np
 import nnjit
 from nnjit.kernels._jit import Kernel
-model = nnjit.Sequential([nnjit.Dense(6, 5), nnjit.ReLU(), nnjit.Dense(5, 3), nnjit.Softmax()], seed=0)
-x = np.random.default_rng(0).random((4, 6), dtype=np.float32)
+model = nnjit.Sequential([nnjit.Conv2D(1, 2, 5), nnjit.ReLU(), nnjit.Flatten(), nnjit.Dense(32, 5),
+                          nnjit.ReLU(), nnjit.Dense(5, 3), nnjit.Softmax()], seed=0)
+x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
 
 def step():
     model.forward(x)
@@ -86,9 +87,11 @@ step()
 kernels = [v for m in list(sys.modules) if m.startswith("nnjit.kernels.")
            for v in vars(sys.modules[m]).values() if isinstance(v, Kernel)]
 stats = [d.stats for k in kernels for d in k.dispatchers]
+parts = [p.stats for k in kernels for p in k.parts]
 print(json.dumps({"compiled_ahead": compiled,
-                  "misses": sum(sum(s.cache_misses.values()) for s in stats),
+                  "misses": sum(sum(s.cache_misses.values()) for s in stats + parts),
                   "hits": sum(sum(s.cache_hits.values()) for s in stats),
+                  "part_hits": sum(sum(s.cache_hits.values()) for s in parts),
                   "probs": model.forward(x).tolist()}))
 """
 
@@ -103,10 +106,43 @@ def test_compile_ahead_compiles_in_workers_and_the_first_calls_only_load(tmp_pat
                              text=True, check=True, timeout=600)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     cold, warm = runs
-    assert cold["compiled_ahead"] >= 4, cold  # two dense kernels, relu, softmax, loss...
-    assert cold["misses"] == 0 and cold["hits"] >= cold["compiled_ahead"], cold
+    assert cold["compiled_ahead"] >= 6, cold  # conv, dense kernels and their parts, softmax...
+    assert cold["misses"] == 0 and cold["hits"] >= 4, cold
+    assert cold["part_hits"] >= 2, cold  # the conv's and the dense stack's parts, compiled apart
     assert warm["compiled_ahead"] == 0 and warm["misses"] == 0, warm
     assert cold["probs"] == warm["probs"]
+
+
+TWIN = """
+import json, numpy as np
+import nnjit
+from nnjit.kernels.conv import conv_backward, conv_backward_part
+from nnjit.kernels.precompile import recorded_calls
+model = nnjit.Sequential([nnjit.Conv2D(2, 3, 3, stride=2), nnjit.Flatten(), nnjit.Softmax()],
+                         seed=0)
+x = np.random.default_rng(0).random((2, 2, 9, 9), dtype=np.float32)
+calls = recorded_calls(lambda: (model.forward(x), model.backward(np.array([0, 1]))))
+(types,) = {t for k, _, t in calls if k is conv_backward}
+signature = conv_backward.signature(types)
+conv_backward.dispatchers[0].compile(signature)
+ir = conv_backward.dispatchers[0].inspect_llvm(signature)
+mangled = "4conv18conv_backward_part"  # the part's symbol (its argument has its name too)
+print(json.dumps({"part_compiled": len(conv_backward_part.signatures),
+                  "defines": sum(line.startswith("define") for line in ir.splitlines()),
+                  "part_defined": [line for line in ir.splitlines()
+                                   if line.startswith("define") and mangled in line]}))
+"""
+
+
+def test_a_twin_calls_its_part_by_address_without_compiling_it(tmp_path):
+    """Compiling conv_backward's parallel twin (empty cache) neither compiles
+    nor links conv_backward_part: the twin takes it as an argument."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", TWIN], env=env, capture_output=True, text=True,
+                         check=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["defines"] > 0, result
+    assert result["part_compiled"] == 0 and result["part_defined"] == [], result
 
 
 def test_recorded_calls_run_no_kernel(rng):
