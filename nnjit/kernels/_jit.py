@@ -18,14 +18,17 @@ forked child every kernel runs its serial twin (correct, on one thread).
 
 A kernel whose ``prange`` loops each call one large helper (a part: the work
 of one iteration) names those helpers in ``@kernel(parts=...)`` and receives
-them as its first arguments, as first-class functions: it calls them by
-address, so its twins compile only the loops (~0.3 s) and the parts compile
+their addresses as its first arguments: ``call_part(address, ...)`` calls one
+there, so its twins compile only the loops (~0.3 s) and the parts compile
 once, on their own, for both twins. Called directly, Numba links a helper's
 code into each caller and optimises it again there: conv_backward took 14 s
 to compile, 7 of them its part a second time, and the serial twin as long
-again. Every part takes the part's index (int64) followed by all of the
-kernel's own arguments (a ``prange`` index is unsigned in the parallel twin:
-pass ``np.int64(part)``).
+again. Every part takes the part's index (int64: a ``prange`` index is
+unsigned in the parallel twin, so pass ``np.int64(part)``) followed by all of
+the kernel's own arguments, passed on unchanged: the part is compiled for
+exactly those types. (An address is a plain int: Numba's first-class
+functions cost ~2 us per call to unbox, 17 us on the cnn's single-image
+predict.)
 
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
 calls a helper from another module (``pool_plane``, ``shifted_exp_rows``,
@@ -40,7 +43,9 @@ import types
 
 from numba import njit, prange, typeof
 from numba._dispatcher import compute_fingerprint
+from numba.core import cgutils
 from numba.core import types as nbtypes
+from numba.extending import intrinsic
 
 from .blas import single_threaded_blas
 
@@ -78,13 +83,17 @@ class Kernel:
 
     def __init__(self, fn, blas=False, reassociate=False, cost=1, parts=()):
         options = dict(_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)
-        self.dispatchers = (njit(parallel=True, **options)(fn),
+        # Numba fuses consecutive prange loops of one range when it sees no
+        # dependence between them, and it sees nothing inside a call_part: fused,
+        # part p of the second loop would run before the first loop's other parts.
+        parallel = {"fusion": False} if parts else True
+        self.dispatchers = (njit(parallel=parallel, **options)(fn),
                             njit(**options)(_renamed(fn, "_serial")))
         self._parallel, self._serial = self.dispatchers
         self.blas = blas
         self.cost = cost
         self.parts = tuple(parts)
-        self._pointers = {}  # the arguments' type fingerprints -> the parts' PartPointers
+        self._addresses = {}  # the arguments' type fingerprints -> the parts' addresses
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args):
@@ -103,7 +112,7 @@ class Kernel:
 
     def _execute(self, dispatcher, args):
         if self.parts:
-            args = self.part_pointers(args) + args
+            args = self.part_addresses(args) + args
         if not self.blas:
             return dispatcher(*args)
         with single_threaded_blas:
@@ -116,26 +125,23 @@ class Kernel:
         ``arg_types``: the part's index, then the kernel's arguments; no result."""
         return nbtypes.void(nbtypes.int64, *arg_types)
 
-    def part_pointers(self, args) -> tuple:
-        """The parts as the kernel takes them for ``args`` (compiled for their
-        types, once): a ``PartPointer`` each."""
+    def part_addresses(self, args) -> tuple:
+        """The addresses of the parts compiled for the types of ``args`` (compiled
+        or loaded from the disk cache on first use), as the kernel takes them."""
         try:
             key = tuple(map(compute_fingerprint, args))
         except (ValueError, TypeError, NotImplementedError):  # no fingerprint: type it
             key = tuple(map(typeof, args))
-        pointers = self._pointers.get(key)
-        if pointers is None:
+        addresses = self._addresses.get(key)
+        if addresses is None:
             signature = self.part_signature(tuple(map(typeof, args)))
-            pointers = tuple(PartPointer(part, signature) for part in self.parts)
-            self._pointers[key] = pointers
-        return pointers
+            addresses = tuple(_address(part, signature) for part in self.parts)
+            self._addresses[key] = addresses
+        return addresses
 
     def signature(self, arg_types) -> tuple:
         """The argument types a twin is compiled for, called on ``arg_types``."""
-        if not self.parts:
-            return tuple(arg_types)
-        part = nbtypes.FunctionType(self.part_signature(arg_types))
-        return (part,) * len(self.parts) + tuple(arg_types)
+        return (nbtypes.int64,) * len(self.parts) + tuple(arg_types)
 
     def entry(self, dispatcher, args):
         """What calling ``dispatcher`` (a twin) on ``args`` runs: its compiled entry
@@ -144,29 +150,45 @@ class Kernel:
         the dispatcher's type dispatch on each call (~0.5 us for a conv's 30
         arguments: 1.5 of the cnn's 25 us on one image) would find the same
         overload every time."""
-        pointers = self.part_pointers(args) if self.parts else ()
+        addresses = self.part_addresses(args) if self.parts else ()
         try:
             overload = dispatcher.overloads.get(
                 self.signature(tuple(map(dispatcher.typeof_pyval, args))))
         except Exception:  # noqa: BLE001  (an argument Numba cannot type: keep the dispatcher)
             overload = None
         call = dispatcher if overload is None else overload.entry_point
-        return functools.partial(call, *pointers) if pointers else call
+        return functools.partial(call, *addresses) if addresses else call
 
 
-class PartPointer:
-    """A part compiled for one signature, as a kernel's argument: Numba types it
-    as that first-class function (``_numba_type_``) and passes its address
-    (``__wrapper_address__``), so the kernel calls it without linking its code."""
+def _address(part, signature) -> int:
+    """Where ``part`` compiled for ``signature`` starts (Numba's calling convention),
+    compiling it or loading it from the disk cache first."""
+    result = part.get_compile_result(signature)
+    return result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
 
-    def __init__(self, part, signature):
-        result = part.get_compile_result(signature)
-        self._numba_type_ = nbtypes.FunctionType(signature)
-        self._address = result.library.get_pointer_to_function(
-            result.fndesc.llvm_cfunc_wrapper_name)
 
-    def __wrapper_address__(self) -> int:
-        return self._address
+@intrinsic
+def call_part(typingctx, address, *args):
+    """Call the part at ``address`` (an int from ``Kernel.part_addresses``) on
+    ``args``: the part's index, then the kernel's arguments. An exception the
+    part raises propagates. The part must have been compiled for exactly these
+    argument types (``Kernel.part_signature``): nothing here can check it."""
+    if len(args) == 1 and isinstance(args[0], nbtypes.StarArgTuple):
+        args = args[0].types
+    signature = nbtypes.void(address, nbtypes.StarArgTuple.from_types(tuple(args)))
+
+    def codegen(context, builder, sig, llargs):
+        arg_types = sig.args[1].types
+        values = cgutils.unpack_tuple(builder, llargs[1])
+        function = context.call_conv.get_function_type(nbtypes.void, arg_types)
+        pointer = builder.inttoptr(llargs[0], function.as_pointer())
+        status, _ = context.call_conv.call_function(builder, pointer, nbtypes.void, arg_types,
+                                                    values)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 #: Thread id -> where that thread's kernel calls go (``intercepted_calls``).
@@ -271,12 +293,13 @@ def kernel(fn=None, *, blas=False, reassociate=False, cost=1, parts=()):
     ``reassociate=True`` lets its sums be reordered (see the module docstring).
     ``cost``: the work per element of its first array, in units of a simple
     loop's: it runs serially below SERIAL_BELOW / cost elements. ``parts``:
-    helpers that ``fn`` takes as its first arguments and calls by address
-    (see the module docstring); callers pass only the other arguments."""
+    helpers whose addresses ``fn`` takes as its first arguments and calls with
+    ``call_part`` (see the module docstring); callers pass only the other
+    arguments."""
     if fn is None:
         return lambda f: Kernel(f, blas, reassociate, cost, parts)
     return Kernel(fn, blas, reassociate, cost, parts)
 
 
-__all__ = ["kernel", "helper", "prange", "Kernel", "SERIAL_BELOW", "intercepted_calls",
-           "intercepting"]
+__all__ = ["kernel", "helper", "prange", "call_part", "Kernel", "SERIAL_BELOW",
+           "intercepted_calls", "intercepting"]

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from ._jit import helper, kernel, prange
+from ._jit import call_part, helper, kernel, prange
 from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .pool import pool_plane
@@ -482,8 +482,8 @@ def conv_forward(conv_forward_part, bounds, blocks, x, weight, bias, g, relu, po
     ``gemm_in_slices``).
     """
     for part in prange(bounds.size - 1):
-        conv_forward_part(np.int64(part), bounds, blocks, x, weight, bias, g, relu, pool, image,
-                          cols, yblock, out, argmax, slice_cols, tiles, blas)
+        call_part(conv_forward_part, np.int64(part), bounds, blocks, x, weight, bias, g, relu,
+                  pool, image, cols, yblock, out, argmax, slice_cols, tiles, blas)
 
 
 @helper
@@ -618,8 +618,8 @@ def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bia
     """
     tap_offsets(g.C, g.KH, g.KW, g.H + 2 * g.PH, g.W + 2 * g.PW, offsets)
     for part in prange(bounds.size - 1):
-        conv_forward_direct_part(np.int64(part), bounds, blocks, x, weight, bias, g, relu,
-                                 skipping, offsets, image, ybuf, out)
+        call_part(conv_forward_direct_part, np.int64(part), bounds, blocks, x, weight, bias, g,
+                  relu, skipping, offsets, image, ybuf, out)
 
 
 @helper
@@ -699,9 +699,9 @@ def conv_backward(conv_backward_part, bounds, blocks, x, dy, out, argmax, weight
     at a time into dyblock_t: float (parts, >= NT_REDUCTION_STEP*OC) (``tiled_gemm_nt``).
     """
     for part in prange(bounds.size - 1):
-        conv_backward_part(np.int64(part), bounds, blocks, x, dy, out, argmax, weight, g, relu, pool, norm,
-                           norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts, db_parts,
-                           need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas)
+        call_part(conv_backward_part, np.int64(part), bounds, blocks, x, dy, out, argmax, weight,
+                  g, relu, pool, norm, norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts,
+                  db_parts, need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas)
     # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
     OC = dbias.size
     K = dweight.size // OC

@@ -7,7 +7,7 @@ Parallel over ``parts`` (the layer picks how many, from the work): each
 """
 import numpy as np
 
-from ._jit import helper, kernel, prange
+from ._jit import call_part, helper, kernel, prange
 from .blas import NO_TRANS, TRANS, gemm
 from .tiles import (TILE_COLS, dot_rows_nt, product, refresh_transpose, tiled_gemm,
                     transpose_slice)
@@ -86,11 +86,11 @@ def dense_forward(forward_transposes_part, forward_rows_part, x, weights, biases
     (``nnjit.kernels._jit``).
     """
     for p in prange(parts):
-        forward_transposes_part(np.int64(p), x, weights, biases, packed, dims, relus, N, parts,
-                                chunk, dot_below, scratch, out, blas)
+        call_part(forward_transposes_part, np.int64(p), x, weights, biases, packed, dims, relus, N,
+                  parts, chunk, dot_below, scratch, out, blas)
     for p in prange(parts):
-        forward_rows_part(np.int64(p), x, weights, biases, packed, dims, relus, N, parts, chunk,
-                          dot_below, scratch, out, blas)
+        call_part(forward_rows_part, np.int64(p), x, weights, biases, packed, dims, relus, N,
+                  parts, chunk, dot_below, scratch, out, blas)
 
 
 @helper
@@ -127,8 +127,8 @@ def dense_forward_transposed(transposed_features_part, x, weight, bias, N, IN, F
         k0, k1 = p * IN // parts, (p + 1) * IN // parts
         transpose_slice(x, IN, k0, k1 - k0, 0, N, N, xt[k0 * N:])
     for p in prange(parts):
-        transposed_features_part(np.int64(p), x, weight, bias, N, IN, F, relu, parts, xt, yt,
-                                 out, blas)
+        call_part(transposed_features_part, np.int64(p), x, weight, bias, N, IN, F, relu, parts,
+                  xt, yt, out, blas)
 
 
 @helper
@@ -179,5 +179,5 @@ def dense_backward(backward_part, x, out, dy, weight, N, IN, F, relu, parts, chu
                 else:
                     masked[i] = 0
     for p in prange(parts):
-        backward_part(np.int64(p), x, out, dy, weight, N, IN, F, relu, parts, chunk, need_dx,
-                      masked, dweight, dbias, dx, tiles, blas)
+        call_part(backward_part, np.int64(p), x, out, dy, weight, N, IN, F, relu, parts, chunk,
+                  need_dx, masked, dweight, dbias, dx, tiles, blas)

@@ -1,14 +1,15 @@
 """Compile the kernels some work needs on every core at once, before it first runs.
 
 With a cold Numba cache (a fresh installation) the first call of each kernel
-compiles it, one after the other: cnn-bn's first training step took 31 s on
-the 2-core machine, 23 s of it the two convolution kernels (each re-optimises
-the helpers it links in). ``compile_ahead(work)`` runs ``work`` once with every
-kernel call recorded instead of executed, and compiles the signatures that are
-neither in memory nor in the disk cache in worker processes, one per core,
-largest first; each writes Numba's disk cache, so the real first calls only
-load it. The workers are fresh interpreters (``python -m
-nnjit.kernels.precompile``, jobs pickled on stdin, one a line), not
+compiles it, one after the other: the cnn's first training step spent 33 s
+compiling on the 2-core machine, most of it three parts (Winograd's forward
+and backward, the unfold conv's backward: 5-6.5 s each).
+``compile_ahead(work)`` runs ``work`` once with every kernel call recorded
+instead of executed, and compiles the signatures that are neither in memory
+nor in the disk cache in worker processes, one per core, the kernels' parts
+as jobs of their own, largest first; each writes Numba's disk cache, so the
+real first calls only load it. The workers are fresh interpreters (``python
+-m nnjit.kernels.precompile``, jobs pickled on stdin, one a line), not
 multiprocessing's spawn, which would re-import the user's main script in each.
 """
 from __future__ import annotations
@@ -54,23 +55,21 @@ def recorded_calls(work) -> list[tuple[Kernel, int, tuple]]:
 
 def _missing(calls) -> list[tuple[str, str, int | None, tuple]]:
     """The compilations ``calls`` need that are neither in memory nor in the disk
-    cache, as picklable jobs (module, name, twin, argument types): the kernels'
-    parts (twin None; shared by both twins and by every kernel that takes them)
-    first, largest kernels first, then the twins."""
+    cache, as picklable jobs (module, name, twin, argument types), the likely
+    longest first: the kernels' parts (twin None; each shared by both twins),
+    those of BLAS-calling (convolution, Dense) kernels first, then the twins,
+    parallel before serial."""
     jobs = {}
     for kernel, twin, types in calls:
-        weight = 2 if kernel.blas else 1
         for part in kernel.parts:
             signature = kernel.part_signature(types)
             if not _compiled(part, signature):
-                name = part.py_func.__name__
-                jobs[(part.py_func.__module__, name, None, signature)] = weight
+                job = (part.py_func.__module__, part.py_func.__name__, None, signature)
+                jobs[job] = (True, kernel.blas, False)
         signature = kernel.signature(types)
         if not _compiled(kernel.dispatchers[twin], signature):
-            # Without parts, the parallel twins of the BLAS-calling (convolution)
-            # kernels take longest.
-            cost = 0 if kernel.parts else weight + (twin == 0)
-            jobs[(kernel.__module__, kernel.__name__, twin, signature)] = cost
+            jobs[(kernel.__module__, kernel.__name__, twin, signature)] = \
+                (False, kernel.blas, twin == 0)
     return sorted(jobs, key=jobs.get, reverse=True)
 
 

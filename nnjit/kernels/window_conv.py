@@ -31,7 +31,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import helper, kernel, prange
+from ._jit import call_part, helper, kernel, prange
 from .conv import padded_image, tap_offsets
 from .tiles import transpose_slice
 
@@ -239,5 +239,5 @@ def window_conv_pool(window_images_part, x, weight, bias, C, H, W, KH, KW, PH, P
     for oc in range(OCp):
         bias_p[oc] = bias[oc] if oc < OC else 0
     for p in prange(parts):
-        window_images_part(np.int64(p), x, weight, bias, C, H, W, KH, KW, PH, PW, POH, POW, relu,
-                           N, parts, offsets, wt, bias_p, image, cl, train, winners, argmax, out)
+        call_part(window_images_part, np.int64(p), x, weight, bias, C, H, W, KH, KW, PH, PW, POH,
+                  POW, relu, N, parts, offsets, wt, bias_p, image, cl, train, winners, argmax, out)

@@ -31,7 +31,7 @@ matrices (the products cover the windows' rows only); out (N, OC, POH, POW).
 import numpy as np
 from numba import njit
 
-from ._jit import helper, kernel, prange
+from ._jit import call_part, helper, kernel, prange
 from .blas import TRANS
 from .runs import copy_run, zero_run
 from .tiles import batched_product, product, refresh_kept, transpose_slice
@@ -425,18 +425,21 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
     are taken by address (``nnjit.kernels._jit``).
     """
     if split > 1:  # the filters on one thread, then the windows shared
-        forward_filters_part(np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N,
-                             parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                             split, tiles, blas)
+        call_part(forward_filters_part, np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW,
+                  relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
+                  tiles, blas)
     else:
         for p in prange(parts):
-            forward_filters_part(np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW, relu,
-                                 N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
-                                 argmax, split, tiles, blas)
-    for p in prange(split if split > 1 else parts):
-        forward_images_part(np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N,
-                            parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                            split, tiles, blas)
+            call_part(forward_filters_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH,
+                      POW, relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
+                      argmax, split, tiles, blas)
+    # The count in a variable: a conditional expression inside prange() leaves
+    # the loop serial (Numba converts no parfor there).
+    shares = split if split > 1 else parts
+    for p in prange(shares):
+        call_part(forward_images_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW,
+                  relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
+                  tiles, blas)
 
 
 @helper
@@ -533,14 +536,14 @@ def winograd_conv_pool_backward(backward_filters_part, backward_images_part, wei
     """
     if need_dx:
         for p in prange(parts):
-            backward_filters_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW,
-                                  N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
-                                  db_parts, need_dx, dx, dweight, dbias, tiles, blas)
+            call_part(backward_filters_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW,
+                      POH, POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                      db_parts, need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
-        backward_images_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N,
-                             parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
-                             db_parts, need_dx, dx, dweight, dbias, tiles, blas)
+        call_part(backward_images_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH,
+                  POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                  need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
-        weight_gradient_part(np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N,
-                             parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
-                             db_parts, need_dx, dx, dweight, dbias, tiles, blas)
+        call_part(weight_gradient_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH,
+                  POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                  need_dx, dx, dweight, dbias, tiles, blas)
