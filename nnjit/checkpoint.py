@@ -4,6 +4,8 @@ Format (``"format": "nnjit-checkpoint"``, ``"version": 1``)::
 
     {"format": "nnjit-checkpoint", "version": 1,
      "architecture": [{"type": "Conv2D", "config": {...}}, ...],
+         (a graph's entries also hold "inputs": the indices of the layers each
+          reads, -1 for the model's input; a chain's do not)
      "parameters": [{"name": "0.weight", "shape": [32, 1, 3, 3], "dtype": "float32",
                      "values": [...]}, ...],
      "optimizer": {"name": "Momentum", "hyperparameters": {...}, "steps": 375,
@@ -31,7 +33,8 @@ import numpy as np
 from .errors import CheckpointError, OutOfMemoryError
 from .fileio import atomic_write_text, read_bounded
 from .layers import LAYER_TYPES
-from .model import Sequential
+from .graph import MAX_LAYERS
+from .model import Model
 from .optim import OPTIMIZER_TYPES, Optimizer
 
 FORMAT = "nnjit-checkpoint"
@@ -48,7 +51,7 @@ MAX_CHECKPOINT_BYTES = 1 << 30
 class Checkpoint:
     """A loaded checkpoint: the rebuilt model, optimizer state, metadata."""
 
-    model: Sequential
+    model: Model
     optimizer_state: dict | None
     metadata: dict = field(default_factory=dict)
     path: str = ""
@@ -111,7 +114,7 @@ def _float_list(values: np.ndarray) -> str:
     return "[" + ",".join(texts) + "]"
 
 
-def save_checkpoint(model: Sequential, path, optimizer: Optimizer | None = None, **metadata) -> None:
+def save_checkpoint(model: Model, path, optimizer: Optimizer | None = None, **metadata) -> None:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` as one JSON document, atomically.
 
     ``metadata`` (JSON-safe values: epoch, dataset, class names, ...) is stored
@@ -194,7 +197,7 @@ def load_checkpoint(path) -> Checkpoint:
                    f"(this nnjit reads version {VERSION})")
     try:
         _check_declared_sizes(doc["architecture"], doc["parameters"], doc.get("buffers", []))
-        model = Sequential.from_config(doc["architecture"])
+        model = Model.from_config(doc["architecture"])
         _load_parameters(model, doc["parameters"])
         _load_buffers(model, doc.get("buffers", []))  # absent before BatchNorm existed
         model.set_extra_state(doc.get("layer_state") or {})  # absent before Dropout existed
@@ -216,6 +219,9 @@ def _check_declared_sizes(architecture, parameters, buffers) -> None:
     if not isinstance(architecture, list) or not isinstance(parameters, list) \
             or not isinstance(buffers, list):
         raise CheckpointError("architecture, parameters and buffers must be lists")
+    if len(architecture) > MAX_LAYERS:
+        raise CheckpointError(f"{len(architecture):,} layers: a model holds at most "
+                              f"{MAX_LAYERS:,}")
     stored = {}
     for entry in parameters + buffers:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
@@ -259,7 +265,7 @@ def _values(entry_name, values, shape, dtype) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _load_parameters(model: Sequential, entries) -> None:
+def _load_parameters(model: Model, entries) -> None:
     params = {p.name: p for p in model.parameters()}
     names = [e.get("name") for e in entries]
     if sorted(names) != sorted(params):
@@ -278,7 +284,7 @@ def _load_parameters(model: Sequential, entries) -> None:
         p.value[...] = _values(f"parameter {p.name!r}", entry["values"], shape, p.value.dtype)
 
 
-def _load_buffers(model: Sequential, entries) -> None:
+def _load_buffers(model: Model, entries) -> None:
     buffers = dict(model.named_buffers())
     names = [e.get("name") for e in entries]
     if sorted(names) != sorted(buffers):

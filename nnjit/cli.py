@@ -82,6 +82,14 @@ def non_negative_float(text: str) -> float:
     return _float_at_least(text, positive=False)
 
 
+def smoothing(text: str) -> float:
+    """argparse type: a label smoothing, a float in [0, 1)."""
+    value = _float_at_least(text, positive=False)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text!r}")
+    return value
+
+
 def count_or_fraction(text: str) -> float:
     """argparse type: a whole count >= 1 or a fraction in (0, 1) (``--val-split``)."""
     value = positive_float(text)

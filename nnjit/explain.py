@@ -70,7 +70,7 @@ def explain(model, input_shape, training: bool = False, batch: int = 1) -> Expla
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     summary = model.summary(input_shape)
     training_plan, inference = model._pass()
-    shapes = [tuple(input_shape)] + [row[1] for row in summary]
+    in_shapes = model.input_shapes(input_shape)
     if training:
         executing = [(i, layer, (i,)) for i, layer in enumerate(model.layers)]
         absorbed, heads, skipped = training_plan.absorbed, training_plan.heads, set()
@@ -85,7 +85,7 @@ def explain(model, input_shape, training: bool = False, batch: int = 1) -> Expla
         steps = []
         for i, layer, sources in executing:
             first = sources[0]
-            in_shape = (batch, *shapes[first])
+            in_shape = (batch, *in_shapes[first])
             for j in sources:
                 original = model.layers[j]
                 out = summary[j][1]

@@ -10,7 +10,8 @@ then run as one ``DenseStack``.
 """
 from __future__ import annotations
 
-from .fusion import chain, plan_fusion
+from .fusion import Node, plan_fusion
+from .graph import MODEL_INPUT
 from .layers import BatchNorm1D, Conv2D, Dense, Layer
 from .layers.dense import DenseStack
 
@@ -19,61 +20,77 @@ FOLDS_A_NORM = (Conv2D, Dense)
 
 
 class InferenceLayers:
-    """The layer list ``predict`` runs: every Conv2D/Dense followed by a
-    BatchNorm replaced by a copy of it (its own parameters and buffers) that
-    computes both, the BatchNorm dropped; the fusion pass over the result
-    (``nnjit.fusion``); layers that are the identity at inference (Dropout)
-    skipped; then each run of Dense layers (with only fused or skipped layers
-    between them) replaced by one ``DenseStack``. With ``fold`` False (the
-    reference path: fusion turned off) the layers as they are, none skipped
-    but the identities.
+    """The graph ``predict`` runs: every Conv2D/Dense whose output only a
+    BatchNorm reads replaced by a copy of it (its own parameters and buffers)
+    that computes both, the BatchNorm dropped (what read the norm reads the
+    copy); the fusion pass over the result (``nnjit.fusion``); layers that are
+    the identity at inference (Dropout) skipped; then each chain of Dense layers
+    (with only fused or skipped layers between them, each output read once)
+    replaced by one ``DenseStack``. With ``fold`` False (the reference path:
+    fusion turned off) the layers as they are, none skipped but the identities.
 
-    ``layers`` and ``skipped`` (indices) are what the container runs, after
-    ``fusion.apply()``; :meth:`refresh` recomputes the copies' weights from the
-    originals and the norms' current statistics, so call it before each
-    inference call.
+    ``nodes`` (layers with the indices they read) and ``skipped`` (indices:
+    they pass their input on) are what the model runs, after
+    ``fusion.apply()``; ``layers`` the nodes' layers; ``sources[i]`` the
+    indices of the given nodes that node i computes. :meth:`refresh`
+    recomputes the copies' weights from the originals and the norms' current
+    statistics, so call it before each inference call.
     """
 
-    def __init__(self, layers: list[Layer], fold: bool = True):
+    def __init__(self, nodes: list[Node], fold: bool = True):
         self.pairs: list[tuple[Layer, BatchNorm1D, Layer]] = []
-        self.layers: list[Layer] = []
-        #: For each entry of ``layers``, the indices of the given layers it computes.
+        self.nodes: list[Node] = []
         self.sources: list[tuple[int, ...]] = []
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            following = layers[i + 1] if i + 1 < len(layers) else None
-            if fold and isinstance(layer, FOLDS_A_NORM) and isinstance(following, BatchNorm1D) \
-                    and following.num_features == layer.weight.shape[0]:
-                copy = type(layer)(**layer.config(), dtype=layer.dtype)
-                self.pairs.append((layer, following, copy))
-                self.layers.append(copy)
-                self.sources.append((i, i + 1))
-                i += 2
-            else:
-                self.layers.append(layer)
-                self.sources.append((i,))
-                i += 1
-        self.fusion = plan_fusion(chain(self.layers), (len(self.layers) - 1,), training=False,
+        readers = _readers(nodes)
+        moved = {MODEL_INPUT: MODEL_INPUT}  # given index -> index in self.nodes
+        folded: dict[int, int] = {}  # a folded norm -> the layer it folds into
+        for i, node in enumerate(nodes):
+            if i in folded:
+                moved[i] = moved[folded[i]]
+                continue
+            layer, source = node.layer, (i,)
+            norm = _norm_to_fold(nodes, readers, i) if fold else None
+            if norm is not None:
+                # With a bias of its own: the norm's shift goes there.
+                config = {**layer.config(), **({"bias": True} if "bias" in layer.config() else {})}
+                copy = type(layer)(**config, dtype=layer.dtype)
+                self.pairs.append((layer, nodes[norm].layer, copy))
+                folded[norm] = i
+                layer, source = copy, (i, norm)
+            self.nodes.append(Node(layer, tuple(moved[j] for j in node.inputs)))
+            self.sources.append(source)
+            moved[i] = len(self.nodes) - 1
+        self.layers = [node.layer for node in self.nodes]
+        # Its own list: stacking replaces entries of self.nodes, while the plan
+        # keeps giving epilogues to the Dense layers a stack reads.
+        self.fusion = plan_fusion(list(self.nodes), (len(self.nodes) - 1,), training=False,
                                   enabled=fold)
         self.skipped = set(self.fusion.absorbed)
-        self.skipped.update(i for i, layer in enumerate(self.layers) if layer.identity_at_inference())
+        self.skipped.update(i for i, layer in enumerate(self.layers)
+                            if layer.identity_at_inference())
         if fold:
-            self._stack_dense_runs()
+            self._stack_dense_chains()
 
-    def _stack_dense_runs(self) -> None:
-        running = [i for i in range(len(self.layers)) if i not in self.skipped]
-        runs, run = [], []
-        for i in running:
-            layer = self.layers[i]
-            if isinstance(layer, Dense) and (not run or layer.dtype == self.layers[run[0]].dtype):
-                run.append(i)
+    def _stack_dense_chains(self) -> None:
+        readers = _readers(self.nodes)
+        chains: dict[int, list[int]] = {}  # the last Dense of a chain -> the chain
+        for i, node in enumerate(self.nodes):
+            if i in self.skipped or not isinstance(node.layer, Dense):
                 continue
-            runs.append(run)
-            run = [i] if isinstance(layer, Dense) else []
-        runs.append(run)
-        for run in (r for r in runs if len(r) > 1):
+            source = node.inputs[0]
+            while source != MODEL_INPUT and source in self.skipped and readers[source] == 1:
+                source = self.nodes[source].inputs[0]  # a skipped layer passes its input on
+            before = chains.pop(source, None)
+            if before is not None and readers[source] == 1 \
+                    and node.layer.dtype == self.layers[before[0]].dtype:
+                chains[i] = before + [i]
+            else:
+                chains[i] = [i]
+                if before is not None:
+                    chains[source] = before
+        for run in (r for r in chains.values() if len(r) > 1):
             self.layers[run[0]] = DenseStack([self.layers[i] for i in run])
+            self.nodes[run[0]] = Node(self.layers[run[0]], self.nodes[run[0]].inputs)
             self.skipped.update(run[1:])
 
     def refresh(self) -> None:
@@ -82,4 +99,31 @@ class InferenceLayers:
             scale, shift = norm.inference_affine()
             axes = (-1,) + (1,) * (source.weight.value.ndim - 1)
             copy.weight.value[...] = source.weight.value * scale.reshape(axes)
-            copy.bias.value[...] = source.bias.value * scale + shift
+            if source.bias is None:
+                copy.bias.value[...] = shift
+            else:
+                copy.bias.value[...] = source.bias.value * scale + shift
+
+
+def _readers(nodes: list[Node]) -> list[int]:
+    """How many nodes read each node's output."""
+    readers = [0] * len(nodes)
+    for node in nodes:
+        for j in node.inputs:
+            if j != MODEL_INPUT:
+                readers[j] += 1
+    return readers
+
+
+def _norm_to_fold(nodes: list[Node], readers: list[int], i: int) -> int | None:
+    """The index of the BatchNorm that folds into node i (a Conv2D or Dense whose
+    output it alone reads, over as many channels), or None."""
+    layer = nodes[i].layer
+    if not isinstance(layer, FOLDS_A_NORM) or readers[i] != 1:
+        return None
+    reader = next(k for k in range(i + 1, len(nodes)) if i in nodes[k].inputs)
+    norm = nodes[reader].layer
+    if isinstance(norm, BatchNorm1D) and nodes[reader].inputs == (i,) \
+            and norm.num_features == layer.weight.shape[0]:
+        return reader
+    return None

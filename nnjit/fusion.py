@@ -17,42 +17,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Layer, MaxPool2D, ReLU
+from .graph import MODEL_INPUT
+from .layers import Add, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Layer, MaxPool2D, ReLU
 
 #: Layer type -> the post-ops its output pass applies, in the order they may
 #: follow it (each optional): (keyword of ``set_epilogue``, layer type). The
 #: measurements: conv -> ReLU -> max-pool as one pass (the cnn's convs 12.4 ->
 #: 9.1 and 55.3 -> 49.1 ms per 1000 images); norm -> ReLU -> max-pool writing
-#: only the pooled output (cnn-bn's first block 2.5 -> 1.3 ms fwd+bwd at batch 64).
+#: only the pooled output (cnn-bn's first block 2.5 -> 1.3 ms fwd+bwd at batch 64);
+#: a residual sum then ReLU as one pass over the block's output.
 POST_OPS: dict[type, tuple[tuple[str, type], ...]] = {
     Conv2D: (("relu", ReLU), ("pool", MaxPool2D)),
     BatchNorm2D: (("relu", ReLU), ("pool", MaxPool2D)),
     BatchNorm1D: (("relu", ReLU),),
     Dense: (("relu", ReLU),),
+    Add: (("relu", ReLU),),
 }
 
 
 def post_ops(layer) -> tuple[tuple[str, type], ...] | None:
     """The post-ops ``layer``'s type applies (its most derived entry of POST_OPS),
-    or None when it takes none."""
+    those of them the layer takes (``post_op_names()``, where it says), or None
+    when it takes none."""
     for cls in type(layer).__mro__:
         if cls in POST_OPS:
-            return POST_OPS[cls]
+            taken = layer.post_op_names() if hasattr(layer, "post_op_names") else None
+            return tuple(op for op in POST_OPS[cls] if taken is None or op[0] in taken)
     return None
 
 
 @dataclass
 class Node:
     """A layer of a graph and the indices of the nodes whose outputs it reads
-    (empty: the graph's input)."""
+    (``MODEL_INPUT``: the graph's input)."""
 
     layer: Layer
     inputs: tuple[int, ...]
 
 
 def chain(layers) -> list[Node]:
-    """The nodes of a straight stack: each reads the one before it."""
-    return [Node(layer, (i - 1,) if i else ()) for i, layer in enumerate(layers)]
+    """The nodes of a straight stack: each reads the one before it (the first,
+    the graph's input)."""
+    return [Node(layer, (i - 1,)) for i, layer in enumerate(layers)]
 
 
 @dataclass
@@ -94,7 +100,8 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
     readers = [0] * len(nodes)
     for node in nodes:
         for j in node.inputs:
-            readers[j] += 1
+            if j != MODEL_INPUT:
+                readers[j] += 1
     leaving = set(outputs)
     plan = FusionPlan(nodes=nodes)
     epilogue_of: dict[int, dict] = {}
@@ -116,8 +123,8 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
             # straight after a conv leaves the ReLU out).
             while step < len(ops) and type(nodes[nxt].layer) is not ops[step][1]:
                 step += 1
-            if step == len(ops):
-                break
+            if step == len(ops) or any(getattr(nodes[nxt].layer, "padding", ())):
+                break  # (the output passes pool without padding only)
             name = ops[step][0]
             epilogue[name] = True if name == "relu" else nodes[nxt].layer
             plan.absorbed.add(nxt)
@@ -129,7 +136,8 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
             if isinstance(layer, BatchNorm2D) and epilogue.get("pool") is not None \
                     and len(nodes[i].inputs) == 1:
                 producer = nodes[i].inputs[0]
-                if isinstance(nodes[producer].layer, Conv2D) and producer not in plan.absorbed \
+                if producer != MODEL_INPUT and isinstance(nodes[producer].layer, Conv2D) \
+                        and producer not in plan.absorbed \
                         and epilogue_of[producer] == {"relu": False, "pool": None} \
                         and readers[producer] == 1:
                     epilogue["hand_back"] = True

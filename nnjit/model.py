@@ -1,40 +1,63 @@
-"""Sequential: a stack of layers trained with softmax cross-entropy."""
+"""Model (a graph of layers) and Sequential (a chain), trained with softmax cross-entropy."""
 from __future__ import annotations
 
 import numpy as np
 
 from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
-from .losses import softmax_cross_entropy
+from .losses import CrossEntropyLoss
 from .params import FlatParameters, Parameter
 from . import memory, planner
 from .errors import OutOfMemoryError
 from .folding import InferenceLayers
-from .fusion import chain, plan_fusion
+from .fusion import Node, plan_fusion
+from .graph import MAX_LAYERS, MODEL_INPUT, trace
+from .kernels.merge import add_forward
 from .replay import ReplayedInference
 
 
-class Sequential:
-    """Layers applied in order, with the loss attached to the end.
+class Model:
+    """A graph of layers trained with softmax cross-entropy at its output.
+
+    Built from symbolic tensors as in Keras's functional API::
+
+        x = nnjit.Input((3, 32, 32))
+        y = nnjit.ReLU()(nnjit.Conv2D(3, 16, 3, padding=1)(x))
+        y = nnjit.ReLU()(nnjit.Add()([y, x_projected]))    # a residual sum
+        model = nnjit.Model(x, ...)
 
     Parameters
     ----------
-    layers : list of Layer
+    inputs : SymbolicTensor
+        The ``nnjit.Input`` the graph starts from (one input).
+    outputs : SymbolicTensor
+        The output of the last layer (one output; a Softmax for class
+        probabilities, or logits).
     seed : int, optional
         Re-initialises every layer's parameters from ``np.random.default_rng(seed)``,
         in layer order, so a seed fixes all initial weights.
 
-    The parameters of all layers are packed into one flat buffer
-    (:class:`~nnjit.params.FlatParameters`) and renamed ``"<layer index>.<name>"``
-    (``"0.weight"``); optimizers, checkpoints and the ONNX exporter all use
-    these names.
+    Layers are numbered so that each comes after the layers it reads
+    (``inputs_of[i]``: their indices, ``MODEL_INPUT`` for the model's input);
+    the output is the last. The parameters of all layers are packed into one
+    flat buffer (:class:`~nnjit.params.FlatParameters`) and renamed
+    ``"<layer index>.<name>"`` (``"0.weight"``); optimizers, checkpoints and
+    the ONNX exporter all use these names. ``Sequential`` is the chain case.
     """
 
-    def __init__(self, layers: list[Layer], seed: int | None = None):
+    def __init__(self, inputs, outputs, seed: int | None = None):
+        layers, inputs_of = trace(inputs, outputs)
+        self._build(layers, inputs_of, seed)
+
+    def _build(self, layers: list[Layer], inputs_of: list[tuple[int, ...]], seed) -> None:
         self.layers = list(layers)
+        self.inputs_of = [tuple(inputs) for inputs in inputs_of]
         for i, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {type(layer).__name__}, not an nnjit Layer")
+        if len(self.layers) > MAX_LAYERS:
+            raise ValueError(f"{len(self.layers):,} layers: at most {MAX_LAYERS:,}")
+        _check_graph(self.layers, self.inputs_of)
         if seed is not None:
             rng = np.random.default_rng(seed)
             for layer in self.layers:
@@ -52,9 +75,20 @@ class Sequential:
         self._pass()[0].apply()  # the layers called one by one run as in training
         self._replayed = ReplayedInference(self._run_inference, self.dtype, self._bindings)
         self._logits = None
-        # Layers before the first one with parameters need no backward pass.
-        self._first_trainable = next(
-            (i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
+        #: What ``backward`` and ``evaluate`` take the gradient and loss of; replace it
+        #: for class weights or label smoothing (``CrossEntropyLoss``).
+        self.loss = CrossEntropyLoss()
+        # Whether the gradient at each layer's output is needed: the layer or one
+        # before it on some path holds parameters.
+        self._needs_grad = []
+        for layer, inputs in zip(self.layers, self.inputs_of):
+            self._needs_grad.append(bool(layer.parameters()) or any(
+                j >= 0 and self._needs_grad[j] for j in inputs))
+        self._grad_sums: dict[int, np.ndarray] = {}  # where gradients of shared outputs add up
+
+    def nodes(self) -> list[Node]:
+        """The graph as the fusion pass reads it: each layer with the indices it reads."""
+        return [Node(layer, inputs) for layer, inputs in zip(self.layers, self.inputs_of)]
 
     # -- parameters --------------------------------------------------------
     def parameters(self) -> list[Parameter]:
@@ -108,10 +142,10 @@ class Sequential:
             fusion = planner.settings().fusion
         made = self._passes.get(fusion)
         if made is None:
+            nodes = self.nodes()
             made = self._passes[fusion] = (
-                plan_fusion(chain(self.layers), (len(self.layers) - 1,), training=True,
-                            enabled=fusion),
-                InferenceLayers(self.layers, fold=fusion))
+                plan_fusion(nodes, (len(nodes) - 1,), training=True, enabled=fusion),
+                InferenceLayers(nodes, fold=fusion))
         return made
 
     def fused_layers(self, training: bool = True) -> set[int]:
@@ -131,24 +165,30 @@ class Sequential:
         return self._pass()[1]
 
     def _run(self, x: np.ndarray, training: bool) -> np.ndarray:
-        """Run the layers (at inference: norms folded, Dense layers stacked; ``nnjit.folding``)."""
+        """Run the layers in order (at inference: norms folded, Dense layers stacked;
+        ``nnjit.folding``). A layer that is not run (its work done by another's
+        epilogue, or the identity at inference) passes its input on."""
         training_plan, inference = self._pass()
         if training:
-            layers, skipped = self.layers, training_plan.absorbed
+            nodes, skipped = training_plan.nodes, training_plan.absorbed
             training_plan.apply()
         else:
-            layers, skipped = inference.layers, inference.skipped
+            nodes, skipped = inference.nodes, inference.skipped
             inference.fusion.apply()
+        values = [None] * len(nodes)
+        last = len(nodes) - 1
         with single_threaded_blas:  # once for all layers (each kernel call re-enters cheaply)
-            for i, layer in enumerate(layers):
+            for i, node in enumerate(nodes):
+                read = [x if j == MODEL_INPUT else values[j] for j in node.inputs]
                 if i in skipped:
+                    values[i] = read[0]
                     continue
-                if isinstance(layer, Softmax) and layer is self.layers[-1]:
-                    self._logits = x
-                x = layer.forward(x, training)
-        if not isinstance(self.layers[-1], Softmax):
-            self._logits = x
-        return x
+                if i == last and isinstance(node.layer, Softmax):
+                    self._logits = read[0]
+                values[i] = node.layer.forward(read if node.layer.merges else read[0], training)
+        if not isinstance(nodes[last].layer, Softmax):
+            self._logits = values[last]
+        return values[last]
 
     def _run_inference(self, x: np.ndarray) -> np.ndarray:
         return self._run(x, training=False)
@@ -172,7 +212,8 @@ class Sequential:
         return self._run(x, training=True).copy()
 
     def backward(self, labels) -> float:
-        """Mean softmax cross-entropy of the last ``forward`` against ``labels``.
+        """The loss (``self.loss``: mean softmax cross-entropy unless replaced) of
+        the last ``forward`` against ``labels``.
 
         labels: int (N,). Fills every parameter's ``grad`` and returns the loss.
         A model ending in Softmax starts from the fused gradient
@@ -181,16 +222,50 @@ class Sequential:
         """
         if self._logits is None:
             raise RuntimeError("backward() needs a forward() on the same batch first")
-        loss, dy = softmax_cross_entropy(self._logits, labels)
+        loss, dy = self.loss(self._logits, labels)
         self._logits = None
-        end = len(self.layers) - 1 if isinstance(self.layers[-1], Softmax) else len(self.layers)
+        last = len(self.layers) - 1
+        if isinstance(self.layers[last], Softmax):  # dy is the gradient at its input
+            grads, last = {}, self.inputs_of[last][0]
+            if last == MODEL_INPUT:
+                return loss
+        grads = {last: dy}
+        summed: set[int] = set()
         training_plan = self._pass()[0]
         training_plan.apply()  # a predict since the forward may have given others
         with single_threaded_blas:
-            for i in range(end - 1, self._first_trainable - 1, -1):
-                if i not in training_plan.absorbed:
-                    dy = self.layers[i].backward(dy, need_input_grad=i > self._first_trainable)
+            for i in range(last, -1, -1):
+                dy = grads.pop(i, None)
+                if dy is None or not self._needs_grad[i]:
+                    continue
+                inputs = self.inputs_of[i]
+                if i in training_plan.absorbed:  # its head's backward does its part
+                    self._add_grad(grads, summed, inputs[0], dy)
+                    continue
+                wanted = any(j != MODEL_INPUT and self._needs_grad[j] for j in inputs)
+                dx = self.layers[i].backward(dy, need_input_grad=wanted)
+                if wanted:
+                    for j, g in zip(inputs, dx if self.layers[i].merges else (dx,)):
+                        self._add_grad(grads, summed, j, g)
         return loss
+
+    def _add_grad(self, grads: dict, summed: set, j: int, g) -> None:
+        """Add g to the gradient at layer j's output (read by several layers: each
+        adds its share, into a buffer of the model's own, never into a layer's)."""
+        if j == MODEL_INPUT or not self._needs_grad[j]:
+            return
+        if j not in grads:
+            grads[j] = g
+            return
+        if j in summed:
+            add_forward(g.reshape(-1), grads[j].reshape(-1), grads[j].reshape(-1), False)
+            return
+        total = self._grad_sums.get(j)
+        if total is None or total.shape != g.shape or total.dtype != g.dtype:
+            total = self._grad_sums[j] = memory.empty(g.shape, g.dtype)
+        add_forward(grads[j].reshape(-1), g.reshape(-1), total.reshape(-1), False)
+        grads[j] = total
+        summed.add(j)
 
     def _batches(self, x, batch_size):
         if batch_size < 1:
@@ -227,21 +302,26 @@ class Sequential:
             return out
 
     def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy of the model on (x, labels).
+        """The loss (``self.loss``, over the whole set) and accuracy of the model on
+        (x, labels).
 
         x: float (N, C, H, W); labels: int (N,). Returns (loss, accuracy).
         """
         labels = np.asarray(labels)
-        loss_sum, correct = 0.0, 0
+        loss_sum, weight_sum, correct = 0.0, 0.0, 0
+        weight = self.loss.weight
         with single_threaded_blas:  # as in predict
             for start, _ in self._batches(x, batch_size):
                 logits = self._logits
                 batch_labels = labels[start:start + len(logits)]
-                loss, _ = softmax_cross_entropy(logits, batch_labels)
-                loss_sum += loss * len(logits)
+                loss, _ = self.loss(logits, batch_labels)
+                # the batches' means, weighted as one mean over the set
+                share = len(logits) if weight is None else float(weight[batch_labels].sum())
+                loss_sum += loss * share
+                weight_sum += share
                 correct += int(np.count_nonzero(logits.argmax(axis=1) == batch_labels))
             self._logits = None
-        return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+        return loss_sum / weight_sum if weight_sum else 0.0, correct / max(len(x), 1)
 
     # -- description -------------------------------------------------------
     def summary(self, input_shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int]]:
@@ -249,14 +329,21 @@ class Sequential:
 
         Raises ValueError naming the first layer that does not fit ``input_shape``.
         """
-        rows, shape = [], tuple(input_shape)
-        for i, layer in enumerate(self.layers):
+        rows = []
+        for i, (layer, inputs) in enumerate(zip(self.layers, self.inputs_of)):
+            shapes = [tuple(input_shape) if j == MODEL_INPUT else rows[j][1] for j in inputs]
             try:
-                shape = layer.output_shape(shape)
+                shape = layer.output_shape(shapes if layer.merges else shapes[0])
             except ValueError as err:
                 raise ValueError(f"layer {i} ({layer!r}): {err}") from None
             rows.append((repr(layer), shape, sum(p.value.size for p in layer.parameters())))
         return rows
+
+    def input_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The shape of one sample of each layer's (first) input."""
+        rows = self.summary(input_shape)
+        return [tuple(input_shape) if inputs[0] == MODEL_INPUT else rows[inputs[0]][1]
+                for inputs in self.inputs_of]
 
     def forward_bytes(self, input_shape: tuple[int, ...], batch: int = 1) -> int:
         """Bytes of the input and every layer's output for a batch of ``batch``
@@ -276,14 +363,32 @@ class Sequential:
                 f"the layers' outputs alone, more than this machine's {have / 2**30:.1f} GiB")
 
     def config(self) -> list[dict]:
-        """The architecture as JSON-safe data: [{"type": ..., "config": {...}}, ...]."""
-        return [{"type": type(layer).__name__, "config": layer.config()} for layer in self.layers]
+        """The architecture as JSON-safe data: [{"type": ..., "config": {...},
+        "inputs": [...]}, ...], in layer order; "inputs" (the indices read, -1 the
+        model's input) only where the model is not a chain."""
+        chain_ = self.is_chain()
+        return [{"type": type(layer).__name__, "config": layer.config(),
+                 **({} if chain_ else {"inputs": list(inputs)})}
+                for layer, inputs in zip(self.layers, self.inputs_of)]
+
+    def is_chain(self) -> bool:
+        """True when each layer reads the one before it (a ``Sequential``)."""
+        return all(inputs == (i - 1,) for i, inputs in enumerate(self.inputs_of))
 
     @classmethod
-    def from_config(cls, config: list[dict]) -> "Sequential":
-        """Rebuild a model (with fresh weights) from :meth:`config` output."""
-        layers = []
+    def from_config(cls, config: list[dict]) -> "Model":
+        """Rebuild a model (with fresh weights) from :meth:`config` output: a
+        ``Sequential`` when no entry says what it reads, a ``Model`` otherwise.
+        Raises ValueError naming the first entry that does not build."""
+        if not isinstance(config, list):
+            raise ValueError("the architecture must be a list of layers")
+        if len(config) > MAX_LAYERS:
+            raise ValueError(f"{len(config):,} layers: at most {MAX_LAYERS:,}")
+        layers, inputs_of = [], []
+        graph = any(isinstance(entry, dict) and "inputs" in entry for entry in config)
         for i, entry in enumerate(config):
+            if not isinstance(entry, dict):
+                raise ValueError(f"layer {i}: not an object")
             layer_type = LAYER_TYPES.get(entry.get("type"))
             if layer_type is None:
                 raise ValueError(f"layer {i}: unknown layer type {entry.get('type')!r}")
@@ -291,7 +396,73 @@ class Sequential:
                 layers.append(layer_type(**entry.get("config", {})))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"layer {i} ({entry.get('type')}): {err}") from None
-        return cls(layers)
+            inputs = entry.get("inputs", [i - 1]) if graph else [i - 1]
+            if not isinstance(inputs, list) or not inputs or not all(
+                    isinstance(j, int) and not isinstance(j, bool) for j in inputs):
+                raise ValueError(f"layer {i}: inputs must be a list of layer indices")
+            inputs_of.append(tuple(inputs))
+        if not graph:
+            return Sequential(layers)
+        model = Model.__new__(Model)
+        model._build(layers, inputs_of, None)
+        return model
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(f"{i}: {layer!r} <- {list(inputs)}"
+                             for i, (layer, inputs) in enumerate(zip(self.layers, self.inputs_of)))
+        return f"Model([\n  {inner},\n])"
+
+
+def _check_graph(layers: list[Layer], inputs_of: list[tuple[int, ...]]) -> None:
+    """Raise ValueError unless every layer reads layers before it (or the model's
+    input), as many as it takes, and every layer's output is read (the last one's
+    leaves the model)."""
+    if not layers:
+        raise ValueError("a model needs at least one layer")
+    read = [False] * len(layers)
+    input_read = False
+    for i, (layer, inputs) in enumerate(zip(layers, inputs_of)):
+        for j in inputs:
+            if not MODEL_INPUT <= j < i:
+                raise ValueError(f"layer {i} ({type(layer).__name__}) reads {j}: a layer reads "
+                                 f"the model's input ({MODEL_INPUT}) or a layer before it")
+            if j == MODEL_INPUT:
+                input_read = True
+            else:
+                read[j] = True
+        if layer.merges and len(inputs) < 2:
+            raise ValueError(f"layer {i} ({type(layer).__name__}) merges two or more inputs, "
+                             f"reads {len(inputs)}")
+        if not layer.merges and len(inputs) != 1:
+            raise ValueError(f"layer {i} ({type(layer).__name__}) takes one input, reads "
+                             f"{len(inputs)}")
+    unread = [i for i in range(len(layers) - 1) if not read[i]]
+    if unread:
+        raise ValueError(f"the output of layer {unread[0]} ({type(layers[unread[0]]).__name__}) "
+                         "is never read: only the last layer's output leaves the model")
+    if not input_read:
+        raise ValueError("no layer reads the model's input")
+
+
+class Sequential(Model):
+    """Layers applied in order: the chain case of :class:`Model`.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    seed : int, optional
+        As for :class:`Model`.
+    """
+
+    def __init__(self, layers: list[Layer], seed: int | None = None):
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {type(layer).__name__}, not an nnjit Layer")
+            if layer.merges:
+                raise ValueError(f"layer {i} ({type(layer).__name__}) merges several inputs: "
+                                 "build the model with nnjit.Input and nnjit.Model")
+        self._build(layers, [(i - 1,) for i in range(len(layers))], seed)
 
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)

@@ -1,4 +1,4 @@
-"""Export a Sequential to ONNX with standard operators, and check it with onnxruntime."""
+"""Export a model to ONNX with standard operators, and check it with onnxruntime."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,14 @@ import os
 import numpy as np
 
 from .fileio import atomic_write_bytes
+from .graph import MODEL_INPUT
 from .layers import Softmax
-from .model import Sequential
+from .model import Model
 
 OPSET = 13
 
 
-def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | None = None):
+def to_onnx(model: Model, input_shape: tuple[int, ...], metadata: dict | None = None):
     """Build an ``onnx.ModelProto`` for ``model``.
 
     input_shape: one sample's shape, e.g. (1, 28, 28). The graph has input
@@ -29,11 +30,10 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
     from . import __version__
 
     rows = model.summary(input_shape)
-    nodes, initializers = [], []
-    x = "input"
-    for i, layer in enumerate(model.layers):
-        last = i == len(model.layers) - 1
-        y = ("probs" if isinstance(layer, Softmax) else "logits") if last else \
+    nodes, initializers, names = [], [], []
+    last = len(model.layers) - 1
+    for i, (layer, inputs) in enumerate(zip(model.layers, model.inputs_of)):
+        y = ("probs" if isinstance(layer, Softmax) else "logits") if i == last else \
             f"{i}.{type(layer).__name__.lower()}"
         params = {}
         named = [(attr, p.name, p.value) for attr, p in layer.named_parameters()]
@@ -41,8 +41,10 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
         for attr, name, value in named:
             initializers.append(numpy_helper.from_array(np.asarray(value, np.float32), name=name))
             params[attr] = name
-        nodes += layer.onnx_nodes(x, y, params)
-        x = y
+        x = ["input" if j == MODEL_INPUT else names[j] for j in inputs]
+        nodes += layer.onnx_nodes(x if layer.merges else x[0], y, params)
+        names.append(y)
+    x = names[last]
     graph = helper.make_graph(
         nodes, "nnjit", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                        ["batch", *input_shape])],
@@ -59,12 +61,12 @@ def to_onnx(model: Sequential, input_shape: tuple[int, ...], metadata: dict | No
     return proto
 
 
-def export_onnx(model: Sequential, path, input_shape, metadata: dict | None = None) -> None:
+def export_onnx(model: Model, path, input_shape, metadata: dict | None = None) -> None:
     """Write :func:`to_onnx` of ``model`` to ``path`` atomically (nnjit.fileio)."""
     atomic_write_bytes(path, to_onnx(model, input_shape, metadata).SerializeToString())
 
 
-def onnxruntime_max_difference(path, model: Sequential, x: np.ndarray) -> float:
+def onnxruntime_max_difference(path, model: Model, x: np.ndarray) -> float:
     """Largest |onnxruntime(path)(x) - model.predict(x)|. x: float32 (N, C, H, W)."""
     import onnxruntime as ort
 

@@ -150,6 +150,9 @@ class ConvAlgorithm(str, enum.Enum):
 
     #: F(2x2, 3x3) Winograd with the 2x2 max-pool (and ReLU) fused; its own backward.
     WINOGRAD = "winograd"
+    #: Direct loops over each output plane, for any groups and dilation (the only
+    #: path that runs them; depthwise convs are memory-bound); its own backward.
+    GROUPED = "grouped"
     #: Pooling window by pooling window in registers, output channels on the
     #: vector lanes; nothing unfolded, no conv output in memory. Backward: unfold.
     WINDOWS = "windows"
@@ -289,17 +292,21 @@ class ConvProblem:
     relu: bool
     pool: tuple[int, int, int, int] | None
     training: bool
+    groups: int = 1
+    dilation: tuple[int, int] = (1, 1)
 
     @property
     def output(self) -> tuple[int, int]:
         """(OH, OW) of the conv, before any pool."""
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        return (self.height + 2 * ph - kh) // sh + 1, (self.width + 2 * pw - kw) // sw + 1
+        (dh, dw) = self.dilation
+        return ((self.height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                (self.width + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
 
     @property
     def reduction(self) -> int:
-        """K = C * KH * KW, the length of each output's sum."""
-        return self.channels * self.kernel[0] * self.kernel[1]
+        """K = C/groups * KH * KW, the length of each output's sum."""
+        return self.channels // self.groups * self.kernel[0] * self.kernel[1]
 
     @property
     def flops(self) -> int:
@@ -334,8 +341,17 @@ def tiles_pay(rows: int, reduction: int, dtype) -> bool:
                  and reduction >= t.tiles_min_reduction))
 
 
+def _plain(p: ConvProblem) -> str | None:
+    """Why only the grouped path can run ``p`` (groups or dilation), or None."""
+    if p.groups != 1 or p.dilation != (1, 1):
+        return f"runs groups=1 and dilation 1 only (got {p.groups}, {p.dilation})"
+    return None
+
+
 def _winograd_fits(p: ConvProblem) -> str | None:
     """Why Winograd cannot run ``p``, or None when it can."""
+    if _plain(p):
+        return _plain(p)
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return "needs a 3x3 kernel at stride 1"
     if p.pool != (2, 2, 2, 2):
@@ -345,6 +361,8 @@ def _winograd_fits(p: ConvProblem) -> str | None:
 
 def _windows_fit(p: ConvProblem) -> str | None:
     """Why window by window cannot run ``p``, or None when it can."""
+    if _plain(p):
+        return _plain(p)
     if p.stride != (1, 1):
         return "needs stride 1"
     if p.pool != (2, 2, 2, 2):
@@ -356,6 +374,8 @@ def _windows_fit(p: ConvProblem) -> str | None:
 
 def _direct_fits(p: ConvProblem) -> str | None:
     """Why the direct conv cannot run ``p``, or None when it can."""
+    if _plain(p):
+        return _plain(p)
     if p.stride != (1, 1):
         return "needs stride 1"
     if p.pool is not None:
@@ -386,11 +406,15 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     forced = _settings.conv
     if forced is not None:
         why = {ConvAlgorithm.WINOGRAD: _winograd_fits, ConvAlgorithm.WINDOWS: _windows_fit,
-               ConvAlgorithm.DIRECT: _direct_fits}.get(forced, lambda _: None)(p)
+               ConvAlgorithm.DIRECT: _direct_fits, ConvAlgorithm.UNFOLD: _plain,
+               }.get(forced, lambda _: None)(p)
         if why is not None:
             raise PlanError(f"conv={forced.value!r} cannot run this conv: it {why}")
         return ConvPlan(forced, "forced by nnjit.using(conv=...)", **gemms,
                         skip_dropped=skip and forced is ConvAlgorithm.DIRECT)
+    if _plain(p):
+        return ConvPlan(ConvAlgorithm.GROUPED, f"groups {p.groups}, dilation {p.dilation}: "
+                        "only direct loops run them", **gemms)
     f32 = np.dtype(p.dtype) == np.float32
     why_not = {}  # algorithm -> why its rule does not hold, for the general path's rule
     why_not["winograd"] = _winograd_fits(p) or (

@@ -106,7 +106,7 @@ class _Recording:
         from IN_PLACE_FROM values, C-contiguous, aligned and writeable: the
         types the recorded calls were compiled for).
 
-        The caller holds ``single_threaded_blas.lock`` (``Sequential.predict``
+        The caller holds ``single_threaded_blas.lock`` (``Model.predict``
         does, around the whole pass): passes from several threads take turns,
         and the recorded arrays are shared. BLAS is switched to one thread only
         for recordings that call it (the switch and restore cost 0.7 us of

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fileio import atomic_write_text
-from .model import Sequential
+from .model import Model
 from .optim import Optimizer
 
 #: val_loss and val_accuracy are empty in runs without a validation split.
@@ -65,7 +65,7 @@ class Trainer:
     sees the same augmented batches.
     """
 
-    def __init__(self, model: Sequential, optimizer: Optimizer, batch_size: int, seed: int,
+    def __init__(self, model: Model, optimizer: Optimizer, batch_size: int, seed: int,
                  lr_at=None, augment=None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")

@@ -22,13 +22,14 @@ import nnjit
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
                        fail, non_negative_float, non_negative_int, positive_float, positive_int,
-                       run)
+                       run, smoothing)
 from nnjit.augment import AUGMENT_HELP, Augment
 from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
 from nnjit.data.split import stratified_split, validation_size
 from nnjit.errors import OutOfMemoryError
 from nnjit.fileio import FolderLock, remove_stale_temp_files
+from nnjit.losses import CrossEntropyLoss, class_weights
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
 from nnjit.spec import SPEC_HELP, build_model
@@ -124,6 +125,12 @@ def parse_args(argv=None):
                         "(PyTorch's), applied to the weights for adamw (default: 0, adamw 0.01)")
     p.add_argument("--nesterov", action="store_true", default=None,
                    help="Nesterov momentum (--optimizer momentum)")
+    p.add_argument("--label-smoothing", type=smoothing, default=0.0, metavar="E",
+                   help="label smoothing in [0, 1): the target puts 1-E on the label and E/K on "
+                        "every class (PyTorch's CrossEntropyLoss rule; default 0)")
+    p.add_argument("--class-weights", metavar="balanced|W1,W2,...",
+                   help="weigh each class's loss: 'balanced' (N / (K * count), from the "
+                        "training labels) or one number per class (default: all 1)")
     p.add_argument("--batch-size", type=positive_int,
                    help="images per optimizer step (default: 32)")
     p.add_argument("--nb-epochs", type=positive_int,
@@ -204,11 +211,14 @@ RESUMED = {
     "augment": lambda v: Augment.parse(_text(v)) and v,
     "learning_rate": _number_in(1e-300, 1e300),
     "lr_schedule": _one_of("cosine", "onecycle", "constant"),
+    "label_smoothing": _number_in(0, 0.999999),
+    "class_weights": _text,
 }
 
 
 #: Settings for which a checkpoint's null means "not used" (others keep the flag's value).
-OPTIONAL_SETTINGS = ("split_test", "train_limit", "val_split", "channels", "image_size", "augment")
+OPTIONAL_SETTINGS = ("split_test", "train_limit", "val_split", "channels", "image_size", "augment",
+                     "class_weights")
 
 
 def restore_run_settings(args, meta, path) -> tuple[int, int, float]:
@@ -340,6 +350,9 @@ def main(argv=None):
         if out_shape != (len(data.class_names),):
             fail(f"the model outputs shape {out_shape}, but {data.name} has "
                  f"{len(data.class_names)} classes: end the model with dense:{len(data.class_names)}")
+        weights = class_weights(args.class_weights, data.y_train, len(data.class_names)) \
+            if args.class_weights else None
+        model.loss = CrossEntropyLoss(weights, args.label_smoothing)
         model.check_fits(input_shape, min(args.batch_size, len(data.y_train)))
         os.makedirs(args.checkpoint_folder, exist_ok=True)
         lock = FolderLock(args.checkpoint_folder)  # held (referenced) until main returns
@@ -379,6 +392,7 @@ def main(argv=None):
                     train_limit=args.train_limit, val_split=args.val_split,
                     channels=args.channels, image_size=args.image_size, augment=args.augment,
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                    label_smoothing=args.label_smoothing, class_weights=args.class_weights,
                     test_accuracy=None if math.isnan(accuracy) else accuracy,
                     val_accuracy=val_accuracy, best_accuracy=best)
         # latest.json first: a run killed between the two writes can still resume.

@@ -73,3 +73,31 @@ def numeric_grad(f, arr, eps=1e-6):
         flat[i] = old
         grad.reshape(-1)[i] = (up - down) / (2 * eps)
     return grad
+
+
+def conv2d_grouped(x, weight, bias, stride, padding, groups, dilation):
+    """x (N, C, H, W), weight (OC, C/groups, KH, KW): each output channel sums its
+    group's input channels over taps ``dilation`` apart; bias (OC,) or None."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n, c, h, w = x.shape
+    oc, cg, kh, kw = weight.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, oc, oh, ow))
+    for o in range(oc):
+        for ci in range(cg):
+            channel = o // (oc // groups) * cg + ci
+            for i in range(kh):
+                for j in range(kw):
+                    out[:, o] += weight[o, ci, i, j] * xp[:, channel,
+                                                         i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                                         j * dw:j * dw + sw * (ow - 1) + 1:sw]
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def maxpool2d_padded(x, kernel, stride, padding):
+    """Max-pool with implicit -inf padding (PyTorch's ``padding``)."""
+    (ph, pw) = padding
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)),
+                constant_values=-np.inf)
+    return pool2d(xp, kernel, stride, np.max)

@@ -1,4 +1,7 @@
-"""Elementwise ReLU and dropout, row-wise softmax, over flat buffers."""
+"""Elementwise ReLU, the other pointwise activations and dropout, row-wise
+softmax, over flat buffers."""
+import math
+
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import viewer
@@ -185,3 +188,84 @@ def dropout_backward(dy, key, threshold, scale, dx):
             dx[i] = dy[i] * scale
         else:
             dx[i] = 0
+
+
+#: The pointwise activations ``pointwise_forward`` and ``pointwise_backward`` compute,
+#: by code (one compiled kernel serves them all; ``alpha`` is LeakyReLU's slope).
+LEAKY_RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, RELU6, HARDSWISH = range(8)
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+@njit(cache=True, inline="always")
+def _sigmoid(v):
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)  # no overflow for very negative v
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def activate(v, op, alpha):
+    """Activation ``op`` of one value (float64 arithmetic)."""
+    if op == LEAKY_RELU:
+        return v if v >= 0 else alpha * v
+    if op == SIGMOID:
+        return _sigmoid(v)
+    if op == TANH:
+        return math.tanh(v)
+    if op == GELU:
+        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+    if op == GELU_TANH:
+        return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + _GELU_CUBIC * v * v * v)))
+    if op == SILU:
+        return v * _sigmoid(v)
+    if op == RELU6:
+        return min(max(v, 0.0), 6.0)
+    # HARDSWISH
+    return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+
+
+@njit(cache=True, inline="always")
+def derivative(v, y, op, alpha):
+    """d activation / d input at input v with output y, as PyTorch's backward
+    takes it at the kinks (LeakyReLU: slope at 0; ReLU6: 0 at 0 and 6;
+    Hardswish: (2v+3)/6 on [-3, 3])."""
+    if op == LEAKY_RELU:
+        return 1.0 if v > 0 else alpha
+    if op == SIGMOID:
+        return y * (1.0 - y)
+    if op == TANH:
+        return 1.0 - y * y
+    if op == GELU:
+        return 0.5 * (1.0 + math.erf(v * _SQRT_HALF)) + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v)
+    if op == GELU_TANH:
+        inner = _SQRT_2_OVER_PI * (v + _GELU_CUBIC * v * v * v)
+        t = math.tanh(inner)
+        return 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _SQRT_2_OVER_PI * (
+            1.0 + 3.0 * _GELU_CUBIC * v * v)
+    if op == SILU:
+        s = _sigmoid(v)
+        return s * (1.0 + v * (1.0 - s))
+    if op == RELU6:
+        return 1.0 if 0 < v < 6 else 0.0
+    if v < -3:
+        return 0.0
+    return v / 3.0 + 0.5 if v <= 3 else 1.0
+
+
+@kernel(cost=8)
+def pointwise_forward(x, op, alpha, out):
+    """x: float (n,). Writes out: float (n,) = activation ``op`` of x (``activate``)."""
+    for i in prange(x.size):
+        out[i] = activate(np.float64(x[i]), op, alpha)
+
+
+@kernel(cost=8)
+def pointwise_backward(x, y, dy, op, alpha, dx):
+    """x: the activation's input (n,), y: its output, dy: the gradient at y.
+    Writes dx: float (n,) = dy * activation ``op``'s derivative (``derivative``)."""
+    for i in prange(x.size):
+        dx[i] = dy[i] * derivative(np.float64(x[i]), np.float64(y[i]), op, alpha)

@@ -1,4 +1,4 @@
-"""Max pooling over (N*C) independent planes, without padding.
+"""Max pooling over (N*C) independent planes (with implicit -inf padding or without).
 
 Windows that do not fit are dropped (floor mode, like PyTorch's default).
 Forward stores, per output, the flat index ``ih*W + iw`` of the maximum inside
@@ -68,6 +68,34 @@ def maxpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out, argmax):
     a2 = argmax.reshape((planes, OH * OW))
     for pl in prange(planes):
         pool_plane(x3[pl], KH, KW, SH, SW, OH, OW, o2[pl], a2[pl])
+
+
+@kernel
+def maxpool_forward_padded(x, planes, H, W, KH, KW, SH, SW, PH, PW, OH, OW, out, argmax):
+    """Max pooling with PH, PW of implicit -inf padding (PyTorch's ``padding``):
+    each window clipped to the plane, which keeps at least one value of it when
+    PH <= KH // 2 and PW <= KW // 2. x: float (planes*H*W,). Writes out: float
+    (planes*OH*OW,) and argmax: int32 (planes*OH*OW,), flat positions in the
+    unpadded plane (``maxpool_backward`` takes them)."""
+    x3 = x.reshape((planes, H, W))
+    o2 = out.reshape((planes, OH * OW))
+    a2 = argmax.reshape((planes, OH * OW))
+    for pl in prange(planes):
+        plane, dst, pos = x3[pl], o2[pl], a2[pl]
+        for oh in range(OH):
+            h0, h1 = max(oh * SH - PH, 0), min(oh * SH - PH + KH, H)
+            for ow in range(OW):
+                w0, w1 = max(ow * SW - PW, 0), min(ow * SW - PW + KW, W)
+                best = plane[h0, w0]
+                best_i = h0 * W + w0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        v = plane[h, w]
+                        if not (v <= best):
+                            best = v
+                            best_i = h * W + w
+                dst[oh * OW + ow] = best
+                pos[oh * OW + ow] = best_i
 
 
 @kernel

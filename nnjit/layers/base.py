@@ -30,8 +30,31 @@ class Layer:
         if cls.forward is not Layer.forward:  # shared bases (Pool2D) are no layer type
             LAYER_TYPES[cls.__name__] = cls
 
+    #: True for a layer that reads several tensors (``Add``, ``Concatenate``):
+    #: its ``forward`` takes a list of arrays, ``backward`` returns a list of
+    #: gradients, and ``output_shape`` takes a list of shapes.
+    merges = False
+
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
+
+    def __call__(self, *inputs):
+        """On symbolic tensors (``nnjit.Input`` and layers' outputs): record this
+        layer as a node of a graph and return its output's symbolic tensor
+        (``nnjit.graph``). On arrays: ``forward(x, training=False)``, copied.
+        A merge layer takes its inputs as arguments or as one list."""
+        from ..graph import SymbolicTensor, call_symbolic
+
+        if self.merges and len(inputs) == 1 and isinstance(inputs[0], (list, tuple)):
+            inputs = tuple(inputs[0])  # Keras's spelling: Add()([a, b])
+        if inputs and all(isinstance(t, SymbolicTensor) for t in inputs):
+            return call_symbolic(self, inputs)
+        if any(isinstance(t, SymbolicTensor) for t in inputs):
+            raise TypeError(f"{type(self).__name__} called on a mix of symbolic tensors and "
+                            "arrays")
+        if len(inputs) != 1 and not self.merges:
+            raise TypeError(f"{type(self).__name__} takes one input, got {len(inputs)}")
+        return self.forward(list(inputs) if self.merges else inputs[0], training=False).copy()
 
     # -- what subclasses provide ------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:

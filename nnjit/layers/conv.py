@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import planner
+from ..kernels.activation import relu_backward
+from ..kernels.batchnorm import batchnorm_pool_input_grad
 from ..kernels.blas import blas_handle
+from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_grad,
+                                    grouped_conv_weight_grad)
 from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
                             conv_forward_direct)
 from ..kernels.window_conv import LANES, window_conv_pool
@@ -25,21 +29,31 @@ class Conv2D(Layer):
     kernel_size, stride : int or (h, w)
     padding : int or (h, w), "valid" (0) or "same" (PyTorch's: output as large
         as the input; stride 1 and odd kernel sizes only)
+    bias : bool, default True (False: no bias parameter, ``bias`` is None)
+    groups : int, default 1
+        Input and output channels in that many groups, each output channel
+        reading only its group's inputs; depthwise when ``groups == in_channels``.
+    dilation : int or (h, w), default 1
+        Spacing between the kernel's taps.
     dtype : float32 (default) or float64 (for gradient checks)
 
     Shape
     -----
     input (N, C, H, W) -> output (N, OC, OH, OW), with
-    OH = (H + 2*PH - KH) // SH + 1 and OW likewise from W.
-    weight (OC, C, KH, KW), bias (OC,).
+    OH = (H + 2*PH - DH*(KH-1) - 1) // SH + 1 and OW likewise from W.
+    weight (OC, C/groups, KH, KW), bias (OC,).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dtype=np.float32):
+                 bias=True, groups=1, dilation=1, dtype=np.float32):
         super().__init__()
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"bias must be True or False, got {bias!r}")
         shapes = self.array_shapes(in_channels=in_channels, out_channels=out_channels,
-                                   kernel_size=kernel_size)
-        self.out_channels, self.in_channels = shapes["weight"][:2]
+                                   kernel_size=kernel_size, groups=groups)
+        self.groups = int(groups)
+        self.dilation = pair(dilation, "dilation", 1)
+        self.out_channels, self.in_channels = shapes["weight"][0], int(in_channels)
         self.kernel_size = pair(kernel_size, "kernel_size", 1)
         self.stride = pair(stride, "stride", 1)
         self.same_padding = isinstance(padding, str) and padding == "same"
@@ -49,11 +63,13 @@ class Conv2D(Layer):
             if self.stride != (1, 1) or min(k % 2 for k in self.kernel_size) == 0:
                 raise ValueError(f'padding="same" needs stride 1 and odd kernel sizes, got '
                                  f"kernel_size {kernel_size!r}, stride {stride!r}")
-            padding = tuple(k // 2 for k in self.kernel_size)
+            padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
         self.padding = pair(padding, "padding", 0)
         self.dtype = float_dtype(dtype)
         self.weight = Parameter("weight", np.zeros(shapes["weight"], self.dtype))
-        self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype))
+        # None without a bias (PyTorch's ``bias=False``, usual before a batch
+        # norm); the kernels then add zeros (``_bias_values``).
+        self.bias = Parameter("bias", np.zeros(shapes["bias"], self.dtype)) if bias else None
         self.reset_parameters(np.random.default_rng())
         self._cache = None
         self._plans = {}
@@ -61,10 +77,36 @@ class Conv2D(Layer):
         self.set_epilogue()
 
     @classmethod
-    def array_shapes(cls, in_channels, out_channels, kernel_size, **_):
+    def array_shapes(cls, in_channels, out_channels, kernel_size, bias=True, groups=1, **_):
         ic, oc = positive_int(in_channels, "in_channels"), positive_int(out_channels, "out_channels")
         kh, kw = pair(kernel_size, "kernel_size", 1)
-        return {"weight": (oc, ic, kh, kw), "bias": (oc,)}
+        groups = positive_int(groups, "groups")
+        if ic % groups or oc % groups:
+            raise ValueError(f"in_channels {ic} and out_channels {oc} must both be divisible "
+                             f"by groups {groups}")
+        return {"weight": (oc, ic // groups, kh, kw), **({"bias": (oc,)} if bias else {})}
+
+    @property
+    def plain(self) -> bool:
+        """No groups and no dilation: every algorithm can run it (see ``plan_conv``)."""
+        return self.groups == 1 and self.dilation == (1, 1)
+
+    def post_op_names(self) -> tuple[str, ...]:
+        """The post-ops of ``nnjit.fusion.POST_OPS`` this conv's output pass applies:
+        a grouped or dilated conv takes a ReLU only."""
+        return ("relu", "pool") if self.plain else ("relu",)
+
+    def _bias_values(self) -> np.ndarray:
+        """The bias the kernels add: (OC,), zeros without one."""
+        if self.bias is not None:
+            return self.bias.value
+        return self._buffer("bias/none", (self.out_channels,), self.dtype, fill=0)
+
+    def _bias_grads(self) -> np.ndarray:
+        """Where the kernels write the bias gradient: (OC,), scratch without one."""
+        if self.bias is not None:
+            return self.bias.grad
+        return self._buffer("bias/none-grad", (self.out_channels,), self.dtype)
 
     def set_epilogue(self, relu=False, pool=None):
         """What the output pass applies after the bias (the fusion pass decides,
@@ -76,13 +118,18 @@ class Conv2D(Layer):
 
     def reset_parameters(self, rng):
         kh, kw = self.kernel_size
-        self.weight.value[...] = he_uniform(rng, self.weight.shape, self.in_channels * kh * kw)
-        self.bias.value[...] = 0
+        self.weight.value[...] = he_uniform(rng, self.weight.shape,
+                                            self.in_channels // self.groups * kh * kw)
+        if self.bias is not None:
+            self.bias.value[...] = 0
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": "same" if self.same_padding else list(self.padding)}
+                "padding": "same" if self.same_padding else list(self.padding),
+                **({} if self.bias is not None else {"bias": False}),
+                **({} if self.groups == 1 else {"groups": self.groups}),
+                **({} if self.dilation == (1, 1) else {"dilation": list(self.dilation)})}
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
@@ -90,7 +137,9 @@ class Conv2D(Layer):
                              f"got {tuple(input_shape)}")
         _, h, w = input_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        (dh, dw) = self.dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         if oh < 1 or ow < 1:
             raise ValueError(f"Conv2D kernel {self.kernel_size} with padding {self.padding} "
                              f"does not fit a {h}x{w} input")
@@ -100,9 +149,11 @@ class Conv2D(Layer):
         from onnx import helper
 
         (ph, pw) = self.padding
-        return [helper.make_node("Conv", [x, params["weight"], params["bias"]], [y],
+        inputs = [x, params["weight"]] + ([params["bias"]] if self.bias is not None else [])
+        return [helper.make_node("Conv", inputs, [y],
                                  kernel_shape=list(self.kernel_size), strides=list(self.stride),
-                                 pads=[ph, pw, ph, pw])]
+                                 pads=[ph, pw, ph, pw], group=self.groups,
+                                 dilations=list(self.dilation))]
 
     def _row_runs(self, oh, rows):
         """Runs of output rows (r0, r1, pr0, pr1) covering one image, of at most
@@ -215,7 +266,8 @@ class Conv2D(Layer):
         pool = self.fused_pool
         return ConvProblem(n, c, h, w, self.out_channels, self.kernel_size, self.stride,
                            self.padding, self.dtype.name, self.fused_relu,
-                           None if pool is None else (*pool.kernel_size, *pool.stride), training)
+                           None if pool is None else (*pool.kernel_size, *pool.stride), training,
+                           self.groups, self.dilation)
 
     def plan(self, input_shape, training) -> planner.ConvPlan:
         """The planner's plan for a call on input (N, C, H, W), kept per shape, mode,
@@ -307,7 +359,7 @@ class Conv2D(Layer):
         spaces = max(parts, chunk_threads)
         winograd_conv_pool.run(
             spaces > 1, x.reshape(-1), self.weight.value.reshape(-1),
-            self.bias.value, c, h, w, ph, pw, poh, pow_, self.fused_relu, n, parts, per,
+            self._bias_values(), c, h, w, ph, pw, poh, pow_, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
@@ -315,7 +367,7 @@ class Conv2D(Layer):
             self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (spaces, poh * pow_ * oc), dtype),
             out.reshape(-1), training, argmax, chunk_threads, planner.host().tiles, blas_handle())
-        self._cache = (x, out, argmax, True) if training else None
+        self._cache = (x, out, argmax, "winograd") if training else None
         return out
 
     def _winograd_backward(self, x, dy, argmax, need_input_grad):
@@ -337,7 +389,7 @@ class Conv2D(Layer):
             self._buffer("winograd/dyt", (parts, poh * pow_ * oc), dtype),
             self._buffer("winograd/dU", (parts, 16 * c * oc), dtype),
             self._buffer("db", (parts, oc), dtype),
-            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
+            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self._bias_grads(),
             planner.host().tiles, blas_handle())
         return dx if need_input_grad else None
 
@@ -354,7 +406,7 @@ class Conv2D(Layer):
         argmax = self._buffer("argmax/train", (n, oc, poh, pow_), np.int32) if training \
             else self._buffer("argmax/none", (1,), np.int32)
         window_conv_pool.run(
-            parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self.bias.value,
+            parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self._bias_values(),
             c, h, w, kh, kw, ph, pw, poh, pow_, self.fused_relu, n, parts,
             self._buffer("windows/offsets", (taps,), np.int64),
             self._buffer("windows/weight", (taps * lanes,), self.dtype),
@@ -366,7 +418,7 @@ class Conv2D(Layer):
             self._buffer("windows/winners", (parts, poh * pow_ * lanes if training else 1),
                          np.int32),
             argmax.reshape(-1), out.reshape(-1))
-        self._cache = (x, out, argmax, False) if training else None
+        self._cache = (x, out, argmax, "unfold") if training else None
         return out
 
     def _direct_forward(self, x, geometry, training, skipping):
@@ -380,13 +432,58 @@ class Conv2D(Layer):
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-            self.bias.value, geometry, self.fused_relu, skipping,
+            self._bias_values(), geometry, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
             self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
         self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), False) \
             if training else None
         return out
+
+    def _grouped_forward(self, x, geometry, training):
+        """Forward by ``grouped_conv_forward`` (groups, dilation; ReLU fused); a
+        fused max-pool runs after it, by the pool layer itself."""
+        n, mode = x.shape[0], "train" if training else "eval"
+        conv = self._buffer(f"grouped/{mode}", (n, self.out_channels, geometry.OH, geometry.OW),
+                            self.dtype)
+        grouped_conv_forward(x.reshape(-1), self.weight.value.reshape(-1), self._bias_values(),
+                             geometry, self.groups, *self.dilation, self.fused_relu,
+                             conv.reshape(-1))
+        out = conv if self.fused_pool is None else self.fused_pool.forward(conv, training)
+        self._cache = (x, conv, None, "grouped") if training else None
+        return out
+
+    def _grouped_backward(self, dy, need_input_grad):
+        x, conv, _, _ = self._cache
+        self._cache = None
+        if isinstance(dy, PooledNormGrad):  # the norm after this conv handed it back
+            dy = self._pooled_norm_grad(dy)
+        elif self.fused_pool is not None:
+            dy = self.fused_pool.backward(dy)
+        dy = self._check_grad(dy, conv.shape, self.dtype)
+        if self.fused_relu:
+            masked = self._buffer("grouped/masked", dy.shape, self.dtype)
+            relu_backward(conv.reshape(-1), dy.reshape(-1), masked.reshape(-1))
+            dy = masked
+        geometry = self._geometry(x)
+        grouped_conv_weight_grad(x.reshape(-1), dy.reshape(-1), geometry, self.groups,
+                                 *self.dilation, self.weight.grad.reshape(-1),
+                                 self._bias_grads())
+        if not need_input_grad:
+            return None
+        dx = self._buffer("dx", x.shape, self.dtype)
+        grouped_conv_input_grad(dy.reshape(-1), self.weight.value.reshape(-1), geometry,
+                                self.groups, *self.dilation, dx.reshape(-1))
+        return dx
+
+    def _pooled_norm_grad(self, grad: PooledNormGrad) -> np.ndarray:
+        """The dense gradient a handed-back batch norm + max-pool gradient stands for."""
+        n, c, h, w = grad.x.shape
+        dx = self._buffer("grouped/norm_grad", grad.x.shape, self.dtype)
+        batchnorm_pool_input_grad(grad.x.reshape(-1), grad.dy.reshape(-1), grad.out.reshape(-1),
+                                  grad.argmax.reshape(-1), grad.coef, n, c, h * w,
+                                  grad.out[0, 0].size, grad.relu, dx.reshape(-1))
+        return dx
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4, self.dtype)
@@ -400,6 +497,8 @@ class Conv2D(Layer):
             return self._windows_forward(x, geometry, training)
         if algorithm is ConvAlgorithm.DIRECT:
             return self._direct_forward(x, geometry, training, plan.skip_dropped)
+        if algorithm is ConvAlgorithm.GROUPED:
+            return self._grouped_forward(x, geometry, training)
         oh, ow = geometry.OH, geometry.OW
         oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         mode = "train" if training else "eval"
@@ -419,11 +518,11 @@ class Conv2D(Layer):
         cols = self._buffer("cols", (parts, k * most), self.dtype)
         yblock = self._buffer("yblock", (parts, oc * most), self.dtype)
         conv_forward.run(parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
-                         self.bias.value, geometry, self.fused_relu, fused,
+                         self._bias_values(), geometry, self.fused_relu, fused,
                          self._unfold_image(parts, blocks, geometry), cols, yblock,
                          out.reshape(-1), argmax.reshape(-1),
                          self._slice_cols(k, most), plan.forward_tiles, blas_handle())
-        self._cache = (x, out, argmax, False) if training else None
+        self._cache = (x, out, argmax, "unfold") if training else None
         return out
 
     def backward(self, dy, need_input_grad=True):
@@ -432,12 +531,14 @@ class Conv2D(Layer):
         (the fusion pass gives the norm after it ``hand_back``)."""
         if self._cache is None:
             raise self._no_cache()
-        x, out, argmax, winograd = self._cache
-        if winograd:
+        x, out, argmax, path = self._cache
+        if path == "winograd":
             dx = self._winograd_backward(x, self._check_grad(dy, out.shape, self.dtype), argmax,
                                          need_input_grad)
             self._cache = None
             return dx
+        if path == "grouped":
+            return self._grouped_backward(dy, need_input_grad)
         norm = isinstance(dy, PooledNormGrad)
         if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
@@ -447,7 +548,7 @@ class Conv2D(Layer):
             relu, pooled_out, argmax, coef = dy.relu, dy.out, dy.argmax, dy.coef
             dy = dy.dy
         else:
-            relu, pooled_out, coef = self.fused_relu, out, self.bias.grad[:0]
+            relu, pooled_out, coef = self.fused_relu, out, self._bias_grads()[:0]
             dy = self._check_grad(dy, out.shape, self.dtype)
         n = x.shape[0]
         geometry = self._geometry(x)
@@ -471,7 +572,7 @@ class Conv2D(Layer):
             self._buffer("dyblock_t", (parts, NT_REDUCTION_STEP * oc), self.dtype),
             self._buffer("dw", (parts, oc * k), self.dtype),
             self._buffer("db", (parts, oc), self.dtype),
-            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self.bias.grad,
+            need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self._bias_grads(),
             self._slice_cols(k, most), plan.input_grad_tiles, plan.weight_grad_tiles,
             blas_handle())
         self._cache = None

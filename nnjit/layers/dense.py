@@ -160,6 +160,8 @@ class DenseStack:
     input (N, layers[0].in_features) -> output (N, layers[-1].out_features).
     """
 
+    merges = False  # read like a layer's: one input
+
     def __init__(self, layers: list[Dense]):
         self.layers = list(layers)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.pool import avgpool_backward, avgpool_forward, maxpool_backward, maxpool_forward
+from ..kernels.pool import (avgpool_backward, avgpool_forward, maxpool_backward,
+                            maxpool_forward, maxpool_forward_padded)
 from .base import Layer, pair
 
 
@@ -61,9 +62,46 @@ class Pool2D(Layer):
 
 class MaxPool2D(Pool2D):
     """2-D max pooling (see Pool2D); forward keeps each window's argmax, so
-    backward routes every gradient to exactly one input, even on ties."""
+    backward routes every gradient to exactly one input, even on ties.
+
+    padding : int or (h, w), default 0
+        Implicit -inf padding on each side, at most half the window (PyTorch's
+        rule), so every window holds an input: OH = (H + 2*PH - KH) // SH + 1.
+        (torchvision's ResNet stem pools 3x3, stride 2, padding 1.)
+    """
 
     onnx_op = "MaxPool"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride)
+        self.padding = pair(padding, "padding", 0)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"padding {padding!r} must be at most half the window "
+                             f"{self.kernel_size}")
+
+    def config(self):
+        return {**super().config(), **({"padding": list(self.padding)} if any(self.padding)
+                                       else {})}
+
+    def _geometry(self, input_shape):
+        if not any(self.padding):
+            return super()._geometry(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"MaxPool2D expects samples of shape (C, H, W), got "
+                             f"{tuple(input_shape)}")
+        _, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            raise ValueError(f"MaxPool2D window {(kh, kw)} does not fit a {h}x{w} input "
+                             f"padded by {(ph, pw)}")
+        return kh, kw, sh, sw, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def onnx_nodes(self, x, y, params):
+        from onnx import helper
+
+        ph, pw = self.padding
+        return [helper.make_node("MaxPool", [x], [y], kernel_shape=list(self.kernel_size),
+                                 strides=list(self.stride), pads=[ph, pw, ph, pw])]
 
     def forward(self, x, training=True):
         x = self._check_input(x, 4)
@@ -72,9 +110,13 @@ class MaxPool2D(Pool2D):
         mode = "train" if training else "eval"
         out = self._buffer(f"out/{mode}", (n, c, oh, ow), x.dtype)
         argmax = self._buffer(f"argmax/{mode}", (n, c, oh, ow), np.int32)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        maxpool_forward(x.reshape(-1), n * c, h, w, kh, kw, sh, sw, oh, ow,
-                        out.reshape(-1), argmax.reshape(-1))
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if ph or pw:
+            maxpool_forward_padded(x.reshape(-1), n * c, h, w, kh, kw, sh, sw, ph, pw, oh, ow,
+                                   out.reshape(-1), argmax.reshape(-1))
+        else:
+            maxpool_forward(x.reshape(-1), n * c, h, w, kh, kw, sh, sw, oh, ow,
+                            out.reshape(-1), argmax.reshape(-1))
         self._cache = (x.shape, argmax) if training else None
         return out
 

@@ -51,6 +51,19 @@ def test_runs_writes_csv_checkpoints_and_learns(tiny_data, tmp_path):
     assert "epoch 3/3" in proc.stdout and "best test accuracy" in proc.stdout
 
 
+def straight_and_resumed(common, first, total, tiny_data, tmp_path):
+    """The latest checkpoints of a run of ``total`` epochs in one go (in tmp_path/a)
+    and of one stopped after ``first`` and resumed up to ``total`` (tmp_path/b)."""
+    straight = run(*common, "--nb-epochs", total, "--checkpoint-folder", tmp_path / "a")
+    stopped = run(*common, "--nb-epochs", first, "--checkpoint-folder", tmp_path / "b")
+    resumed = run("--resume", tmp_path / "b" / "latest.json", "--nb-epochs", total,
+                  "--train-data-dir", tiny_data, "--checkpoint-folder", tmp_path / "b")
+    for proc in (straight, stopped, resumed):
+        assert proc.returncode == 0, proc.stderr
+    return (load_checkpoint(tmp_path / "a" / "latest.json"),
+            load_checkpoint(tmp_path / "b" / "latest.json"))
+
+
 RESUME_ARGS = ["--model", "conv:4:3,relu,pool:2,dense:10,softmax", "--optimizer", "adam",
                "--learning-rate", "0.002", "--batch-size", 50]
 
@@ -63,14 +76,7 @@ def test_two_epochs_then_two_more_equal_four_in_one_go(model, tiny_data, tmp_pat
     common = ["--train-data-dir", tiny_data, "--lr-schedule", "constant", *RESUME_ARGS]
     if model:
         common += ["--model", model]
-    straight = run(*common, "--nb-epochs", 4, "--checkpoint-folder", tmp_path / "a")
-    first = run(*common, "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "b")
-    resumed = run("--resume", tmp_path / "b" / "latest.json", "--nb-epochs", 4,
-                  "--train-data-dir", tiny_data, "--checkpoint-folder", tmp_path / "b")
-    for proc in (straight, first, resumed):
-        assert proc.returncode == 0, proc.stderr
-    a = load_checkpoint(tmp_path / "a" / "latest.json")
-    b = load_checkpoint(tmp_path / "b" / "latest.json")
+    a, b = straight_and_resumed(common, 2, 4, tiny_data, tmp_path)
     assert b.metadata["epoch"] == 4 and b.optimizer_state["steps"] == a.optimizer_state["steps"]
     assert np.array_equal(a.model.flat.values, b.model.flat.values)
     for (name, x), (_, y) in zip(a.model.named_buffers(), b.model.named_buffers(), strict=True):
@@ -149,6 +155,10 @@ def mismatched(folder):
     (["--nesterov", "--optimizer", "adam"], None, "--nesterov needs --optimizer momentum"),
     (["--optimizer", "rmsprop"], None, "invalid choice"),
     (["--resume", "{tmp}/nope.json"], None, "cannot read"),
+    (["--label-smoothing", "1"], None, "below 1"),
+    (["--class-weights", "1,2"], None, "2 numbers for 10 classes"),
+    (["--class-weights", "heavy"], None, "balanced"),
+    (["--model", "res:8:0"], None, "stride"),
 ])
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, tiny_data, args, setup, match):
     if setup:
@@ -250,3 +260,17 @@ def test_a_batch_larger_than_the_training_set_trains_on_all_of_it(tiny_data, tmp
                "mlp", "--batch-size", 10**12, "--nb-epochs", 1, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ck" / "latest.json").is_file()
+
+
+def test_a_residual_network_trains_with_smoothing_and_class_weights_and_resumes(tiny_data,
+                                                                               tmp_path):
+    """A spec with residual blocks trains from the command line with the loss
+    options; they travel in the checkpoint, and a resumed run continues exactly."""
+    common = ["--train-data-dir", tiny_data, "--model",
+              "conv:4:3:same,bn,relu,res:4,res:8:2,gap,dense:10,softmax", "--batch-size", 64,
+              "--label-smoothing", 0.1, "--class-weights", "balanced", "--lr-schedule",
+              "constant"]
+    a, b = straight_and_resumed(common, 1, 2, tiny_data, tmp_path)
+    assert a.metadata["label_smoothing"] == 0.1 and a.metadata["class_weights"] == "balanced"
+    assert type(a.model).__name__ == "Model"
+    assert np.array_equal(a.model.flat.values, b.model.flat.values)

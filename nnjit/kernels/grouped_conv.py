@@ -1,0 +1,132 @@
+"""Convolutions with groups and dilation, by direct loops over each output plane.
+
+Output channel oc of a conv with G groups reads the C/G input channels of its
+group, (oc // (OC/G)) * C/G onwards: a depthwise conv (G = C) reads one. Each
+tap (kh, kw) of each input channel is one pass over the output plane adding
+w * x shifted, (ih, iw) = (oh*SH - PH + kh*DH, ow*SW - PW + kw*DW), over the
+rows and columns where that lands inside the input (the padding adds
+nothing). Nothing is unfolded: a depthwise conv moves each input once per tap
+and does 2 flops per value moved, so it is bound by memory, not arithmetic.
+
+Layouts (flat, C-contiguous): x (N, C, H, W); weight (OC, C/G, KH, KW);
+out and dy (N, OC, OH, OW). ``g`` is the ``ConvGeometry`` (C, H, W, KH, KW,
+SH, SW, PH, PW, OH, OW).
+"""
+import numpy as np
+from numba import njit
+
+from ._jit import kernel, prange
+
+U = np.uint64
+
+
+@njit(cache=True, inline="always")
+def tap_range(k, D, S, P, size, out_size):
+    """The outputs [o0, o1) along one axis whose input o*S - P + k*D (tap k,
+    dilation D, stride S, padding P) lies in [0, size)."""
+    shift = k * D - P
+    o0 = -(shift // S) if shift < 0 else 0
+    o1 = min(out_size, (size - 1 - shift) // S + 1) if size - 1 - shift >= 0 else 0
+    return o0, max(o0, o1)
+
+
+@kernel(cost=16)
+def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
+    """out = conv(x, weight) + bias with ``groups`` and dilation (DH, DW), then
+    max(., 0) with ``relu``. x: float (N*C*H*W,); weight (OC*C/G*KH*KW,);
+    bias (OC,). Writes out: (N*OC*OH*OW,). Parallel over output planes."""
+    C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
+    OC = bias.size
+    N = x.size // (C * H * W)
+    CG, OCG = C // groups, OC // groups
+    P = OH * OW
+    for plane in prange(N * OC):
+        n, oc = plane // OC, plane % OC
+        o = out[plane * P:(plane + 1) * P]
+        b = bias[oc]
+        for i in range(P):
+            o[i] = b
+        for ci in range(CG):
+            c = (oc // OCG) * CG + ci
+            xp = x[(n * C + c) * H * W:(n * C + c + 1) * H * W]
+            for kh in range(KH):
+                for kw in range(KW):
+                    wv = weight[((oc * CG + ci) * KH + kh) * KW + kw]
+                    ow0, ow1 = tap_range(kw, DW, SW, PW, W, OW)
+                    oh0, oh1 = tap_range(kh, DH, SH, PH, H, OH)
+                    for oh in range(oh0, oh1):
+                        s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
+                        d = oh * OW
+                        for ow in range(U(ow0), U(ow1)):
+                            o[U(d) + ow] += wv * xp[U(s + ow * SW)]
+        if relu:
+            for i in range(P):
+                if o[i] < 0:
+                    o[i] = 0
+
+
+@kernel(cost=16)
+def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
+    """dx = the gradient of ``grouped_conv_forward`` at x for the gradient dy:
+    float (N*OC*OH*OW,) at its output (masked by a fused ReLU beforehand).
+    Writes dx: (N*C*H*W,). Parallel over input planes: each owns its plane."""
+    C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
+    N = dx.size // (C * H * W)
+    OC = dy.size // (N * OH * OW)
+    CG, OCG = C // groups, OC // groups
+    P = OH * OW
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        ci = c % CG
+        d = dx[plane * H * W:(plane + 1) * H * W]
+        for i in range(H * W):
+            d[i] = 0
+        for oco in range(OCG):
+            oc = (c // CG) * OCG + oco
+            gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+            for kh in range(KH):
+                for kw in range(KW):
+                    wv = weight[((oc * CG + ci) * KH + kh) * KW + kw]
+                    ow0, ow1 = tap_range(kw, DW, SW, PW, W, OW)
+                    oh0, oh1 = tap_range(kh, DH, SH, PH, H, OH)
+                    for oh in range(oh0, oh1):
+                        s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
+                        r = oh * OW
+                        for ow in range(U(ow0), U(ow1)):
+                            d[U(s + ow * SW)] += wv * gp[U(r) + ow]
+
+
+@kernel(cost=16)
+def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
+    """The gradients of ``grouped_conv_forward``'s weight and bias for the
+    gradient dy: float (N*OC*OH*OW,) at its output. Writes dweight
+    (OC*C/G*KH*KW,) and dbias (OC,). Parallel over output channels: each owns
+    its filters."""
+    C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
+    OC = dbias.size
+    N = x.size // (C * H * W)
+    CG, OCG = C // groups, OC // groups
+    P = OH * OW
+    for oc in prange(OC):
+        total = 0.0
+        for n in range(N):
+            gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+            for i in range(P):
+                total += gp[i]
+        dbias[oc] = total
+        for ci in range(CG):
+            c = (oc // OCG) * CG + ci
+            for kh in range(KH):
+                for kw in range(KW):
+                    ow0, ow1 = tap_range(kw, DW, SW, PW, W, OW)
+                    oh0, oh1 = tap_range(kh, DH, SH, PH, H, OH)
+                    acc = 0.0
+                    for n in range(N):
+                        xp = x[(n * C + c) * H * W:(n * C + c + 1) * H * W]
+                        gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+                        for oh in range(oh0, oh1):
+                            s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
+                            r = oh * OW
+                            for ow in range(U(ow0), U(ow1)):
+                                acc += gp[U(r) + ow] * xp[U(s + ow * SW)]
+                    dweight[((oc * CG + ci) * KH + kh) * KW + kw] = acc

@@ -1,0 +1,184 @@
+"""Models that are graphs: residual sums, concatenation, a tensor read by several
+layers; their gradients, fusion, checkpoints and ONNX export."""
+import json
+
+import numpy as np
+import pytest
+
+import reference as ref
+from nnjit import (Add, BatchNorm2D, CheckpointError, Concatenate, Conv2D, Dense, Dropout, Flatten,
+                   GlobalAvgPool2D, Input, MaxPool2D, Model, ReLU, Sequential, Softmax,
+                   load_checkpoint, save_checkpoint)
+from nnjit.onnx_export import export_onnx, onnxruntime_max_difference
+
+F64 = np.float64
+
+
+def residual_net(dtype=np.float32, channels=(2, 6, 6), seed=0):
+    """conv-BN-ReLU-conv-BN + a 1x1 projection of the input, added, ReLU; the
+    block's first activation read again by a Concatenate; pooled to classes."""
+    c = channels[0]
+    x = Input(channels)
+    a = ReLU()(BatchNorm2D(3, dtype=dtype)(Conv2D(c, 3, 3, padding=1, dtype=dtype)(x)))
+    b = BatchNorm2D(3, dtype=dtype)(Conv2D(3, 3, 3, padding=1, dtype=dtype)(a))
+    shortcut = Conv2D(c, 3, 1, dtype=dtype)(x)
+    y = ReLU()(Add()([b, shortcut]))
+    y = Concatenate()([y, a])
+    y = Dense(6, 4, dtype=dtype)(GlobalAvgPool2D()(y))
+    return Model(x, Softmax()(y), seed=seed)
+
+
+def test_graph_gradients_match_finite_differences(rng):
+    """Every parameter's gradient of the mean cross-entropy (the training
+    forward, batch statistics), with the input read by two convs and the
+    first activation by a conv and the concatenation: gradients add up."""
+    model = residual_net(F64, seed=1)
+    x = rng.normal(size=(3, 2, 6, 6))
+    labels = np.array([0, 3, 1])
+
+    def loss():
+        return ref.cross_entropy(np.log(model.forward(x)), labels)
+
+    model.forward(x)
+    assert model.backward(labels) == pytest.approx(loss(), rel=1e-10)
+    for p in model.parameters():
+        np.testing.assert_allclose(p.grad, ref.numeric_grad(loss, p.value), rtol=1e-5,
+                                   atol=1e-8, err_msg=p.name)
+
+
+def test_residual_block_predict_matches_a_numpy_reference(rng):
+    x_in = Input((2, 5, 7))
+    conv1, conv2 = Conv2D(2, 2, 3, padding=1), Conv2D(2, 2, 3, padding=1)
+    y = Add()([conv2(ReLU()(conv1(x_in))), x_in])
+    model = Model(x_in, Flatten()(ReLU()(y)), seed=4)
+    x = rng.normal(size=(3, 2, 5, 7)).astype(np.float32)
+    h = np.maximum(ref.conv2d(x, conv1.weight.value, conv1.bias.value, (1, 1), (1, 1)), 0)
+    expected = np.maximum(ref.conv2d(h, conv2.weight.value, conv2.bias.value, (1, 1), (1, 1)) + x,
+                          0).reshape(3, -1)
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(x[:1]), expected[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_sees_through_the_graph():
+    """conv-BN-ReLU inside the block stays fused in training, the sum's ReLU is
+    the Add's epilogue, and at inference each BN folds into its conv."""
+    model = residual_net()
+    kinds = [type(layer).__name__ for layer in model.layers]
+    relus = [i for i, k in enumerate(kinds) if k == "ReLU"]
+    norms = [i for i, k in enumerate(kinds) if k == "BatchNorm2D"]
+    assert set(relus) <= model.fused_layers(training=True)
+    assert set(relus) | set(norms) <= model.fused_layers(training=False)
+
+
+def test_fused_and_reference_paths_agree(rng, using):
+    x = rng.normal(size=(5, 2, 6, 6)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 0])
+
+    def run(model):  # predict before the training pass moves the running statistics
+        return model.predict(x), model.forward(x), model.backward(labels), \
+            model.flat.grads.copy(), model.predict(x[:2])
+
+    fused = run(residual_net(seed=2))
+    using(conv="unfold", fusion=False, replay=False)
+    plain = run(residual_net(seed=2))
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_graph_checkpoint_round_trip(tmp_path, rng):
+    model = residual_net(seed=3)
+    x = rng.normal(size=(2, 2, 6, 6)).astype(np.float32)
+    model.forward(x)
+    model.backward(np.array([1, 2]))  # running statistics move
+    save_checkpoint(model, tmp_path / "m.json", input_shape=[2, 6, 6])
+    loaded = load_checkpoint(tmp_path / "m.json").model
+    assert type(loaded) is Model and loaded.inputs_of == model.inputs_of
+    assert [p.name for p in loaded.parameters()] == [p.name for p in model.parameters()]
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_a_chain_saves_as_before_and_loads_as_a_sequential(tmp_path):
+    model = Sequential([Flatten(), Dense(4, 3), Softmax()], seed=0)
+    save_checkpoint(model, tmp_path / "s.json")
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert all("inputs" not in entry for entry in doc["architecture"])
+    assert type(load_checkpoint(tmp_path / "s.json").model) is Sequential
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_graph_onnx_export_runs_in_onnxruntime(tmp_path, rng, batch):
+    model = residual_net(seed=5)
+    export_onnx(model, tmp_path / "m.onnx", (2, 6, 6))
+    x = rng.normal(size=(batch, 2, 6, 6)).astype(np.float32)
+    assert onnxruntime_max_difference(tmp_path / "m.onnx", model, x) <= 1e-5
+
+
+def test_building_errors_name_the_problem():
+    x = Input((3, 8, 8))
+    conv = Conv2D(3, 4, 3)
+    y = conv(x)
+    with pytest.raises(ValueError, match="already called"):
+        conv(x)
+    with pytest.raises(ValueError, match="one shape"):
+        Add()([y, x])
+    with pytest.raises(ValueError, match="does not depend|another Input"):
+        Model(x, ReLU()(Input((3, 8, 8))))
+    with pytest.raises(ValueError, match="Input"):
+        Model(y, ReLU()(y))
+    with pytest.raises(ValueError, match="merges"):
+        Sequential([Add()])
+    with pytest.raises(ValueError, match="shape"):
+        Conv2D(5, 4, 3)(x)
+
+
+def graph_checkpoint(tmp_path, architecture, parameters=()):
+    doc = {"format": "nnjit-checkpoint", "version": 1, "architecture": architecture,
+           "metadata": {"input_shape": [1, 4, 4]}, "optimizer": None, "layer_state": {},
+           "buffers": [], "parameters": list(parameters)}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("architecture,message", [
+    ([{"type": "ReLU", "config": {}, "inputs": [1]}, {"type": "ReLU", "config": {}, "inputs": [0]}],
+     "reads 1"),  # a cycle
+    ([{"type": "ReLU", "config": {}, "inputs": [-1]}, {"type": "ReLU", "config": {}, "inputs": [7]}],
+     "reads 7"),  # a dangling input
+    ([{"type": "ReLU", "config": {}, "inputs": [-1]}, {"type": "ReLU", "config": {}, "inputs": [-1]}],
+     "never read"),
+    ([{"type": "Add", "config": {}, "inputs": [-1]}], "merges"),
+    ([{"type": "ReLU", "config": {}, "inputs": "0"}], "inputs"),
+    ([{"type": "ReLU", "config": {}, "inputs": [-1]}] * 20_000, "at most"),
+])
+def test_broken_graph_checkpoints_fail_with_one_clear_error(tmp_path, architecture, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(graph_checkpoint(tmp_path, architecture))
+
+
+def test_a_sum_of_mismatched_shapes_in_a_checkpoint_is_refused(tmp_path):
+    architecture = [{"type": "MaxPool2D", "config": {"kernel_size": 2}, "inputs": [-1]},
+                    {"type": "Add", "config": {}, "inputs": [-1, 0]}]
+    checkpoint = load_checkpoint(graph_checkpoint(tmp_path, architecture))
+    with pytest.raises(CheckpointError, match="one shape"):
+        checkpoint.input_shape()
+
+
+def test_dropout_and_pool_in_a_branch_train(rng):
+    """A branch with dropout and a max-pool beside a strided conv: shapes meet at
+    the sum, training runs and the loss falls on a fixed batch."""
+    x_in = Input((1, 8, 8))
+    left = MaxPool2D(2)(Dropout(0.2)(Conv2D(1, 4, 3, padding=1)(x_in)))
+    right = Conv2D(1, 4, 3, stride=2, padding=1)(x_in)
+    out = Softmax()(Dense(64, 3)(Flatten()(ReLU()(Add()([left, right])))))
+    model = Model(x_in, out, seed=0)
+    from nnjit import Momentum
+    opt = Momentum(model.parameters(), lr=0.1, momentum=0.9)
+    x = rng.normal(size=(8, 1, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, 8)
+    losses = []
+    for _ in range(30):
+        model.forward(x)
+        losses.append(model.backward(labels))
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
