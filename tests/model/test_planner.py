@@ -110,7 +110,8 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
 
 
 @pytest.mark.parametrize("name, shape", [(name, (1, 28, 28)) for name in PRESETS]
-                         + [(CIFAR_CNN, (3, 32, 32))])
+                         + [(CIFAR_CNN, (3, 32, 32)), ("resnet20", (3, 32, 32)),
+                            ("mobilenet", (3, 32, 32))])
 @pytest.mark.parametrize("training, batch", [(False, 1), (True, 64)])
 def test_explain_answers_for_every_preset_and_the_cifar_network(name, shape, training, batch):
     model = build_model(name, shape, seed=0)
@@ -132,7 +133,7 @@ def test_explain_answers_for_every_preset_and_the_cifar_network(name, shape, tra
 
 def sample_input(model, shape, index):
     """The sample shape layer ``index`` reads, for model inputs of ``shape``."""
-    return tuple(shape) if index == 0 else model.summary(shape)[index - 1][1]
+    return model.input_shapes(shape)[index]
 
 
 def test_explain_says_which_layers_fuse_fold_and_stack():

@@ -148,3 +148,31 @@ def test_mismatched_checkpoint_exits_2(tmp_path):
     (tmp_path / "x.bin").write_bytes(bytes(784))
     proc = run(tmp_path / "c.json", tmp_path / "x.bin")
     assert proc.returncode == 2 and "does not take inputs of shape" in proc.stderr
+
+
+def test_a_residual_network_answers_evaluates_and_exports(tmp_path):
+    """infer.py (one image, a test set with its confusion matrix) and export_onnx.py
+    on a graph model: the same answers as the library's."""
+    from nnjit.data import to_float
+    model = build_model("conv:4:3:same,bn,relu,res:4,res:8:2,dwsep:8,gap,dense:10,softmax",
+                        seed=3)
+    save_checkpoint(model, tmp_path / "res.json", input_shape=[1, 28, 28], class_names=FASHION)
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 10, size=50).astype(np.uint8)
+    images = class_images(labels, rng)
+    write_idx(tmp_path / "i.gz", images)
+    write_idx(tmp_path / "l.gz", labels)
+    proc = run(tmp_path / "res.json", "--idx", tmp_path / "i.gz", tmp_path / "l.gz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    _, accuracy = model.evaluate(to_float(images), labels)
+    assert json.loads(proc.stdout)["accuracy"] == pytest.approx(accuracy)
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    one = run(tmp_path / "res.json", tmp_path / "one.png", "--json")
+    assert one.returncode == 0, one.stderr
+    want = FASHION[int(model.predict(to_float(images[:1][:, None]))[0].argmax())]
+    assert want in one.stdout
+    export = subprocess.run([sys.executable, str(ROOT / "scripts" / "export_onnx.py"),
+                             "--checkpoint-path", tmp_path / "res.json", "--onnx-path",
+                             tmp_path / "res.onnx", "--verify"], capture_output=True, text=True,
+                            timeout=300)
+    assert export.returncode == 0, export.stderr
