@@ -44,7 +44,7 @@ else:
 import numba
 from rich.table import Table
 
-from nnjit import SGD, Conv2D
+from nnjit import SGD, Conv2D, Dense
 from nnjit.cli import HelpFormatter, console, positive_int, run
 from nnjit.kernels.blas import blas_description
 from nnjit.onnx_export import to_onnx
@@ -81,15 +81,11 @@ def parse_args(argv=None):
 # -- FLOP counts (2 x multiply-accumulates) ----------------------------------
 def forward_flops(model, input_shape) -> float:
     """2*MACs of one sample's forward pass through the Conv2D and Dense layers."""
-    flops, shape = 0.0, tuple(input_shape)
-    for layer in model.layers:
-        out = layer.output_shape(shape)
-        params = layer.parameters()
-        if params:  # weight (out, ...) applied at every output position
-            weight = params[0].value
+    flops = 0.0
+    for layer, (_, out, _) in zip(model.layers, model.summary(input_shape)):
+        if isinstance(layer, (Conv2D, Dense)):  # weight (out, ...) at every output position
             positions = int(np.prod(out[1:])) if len(out) > 1 else 1
-            flops += 2.0 * weight.size * positions
-        shape = out
+            flops += 2.0 * layer.weight.value.size * positions
     return flops
 
 
@@ -123,6 +119,8 @@ MODELS = {
     "cnn-5x5-pad1": ("conv:32:5:1:1,relu,pool:2,conv:64:5:1:1,relu,pool:2,dense:10,softmax",
                      (1, 28, 28)),
     "cnn+bn": ("conv:32:3,bn,relu,pool:2,conv:64:3,bn,relu,pool:2,dense:10,softmax", (1, 28, 28)),
+    "resnet20": ("resnet20", (3, 32, 32)),
+    "mobilenet": ("mobilenet", (3, 32, 32)),
 }
 
 
@@ -138,9 +136,9 @@ CONV_PIXELS = 1_000_000  # input pixels per timed block of conv calls (at least 
 #: nnjit's included). The pause busy-waits, in the process about to time its
 #: block (each side alike): after 50 ms of sleep, the next 12 ms block of
 #: nnjit convs ran 1.8x slower on these VMs (cores idled down), after 50 ms
-#: of busy-waiting as fast as back-to-back. (Until 2026-12 only nnjit's
-#: process busy-waited, and PyTorch's conv blocks, woken cold, ran at 12,800
-#: instead of 47,000 img/s in some runs: the lone-conv ratios were inflated.)
+#: of busy-waiting as fast as back-to-back. (With only one side settling,
+#: PyTorch's conv blocks, woken cold, ran at 12,800 instead of 47,000 img/s in
+#: some runs.)
 SETTLE_SECONDS = 0.2
 
 
@@ -216,17 +214,41 @@ def nnjit_case(case):
 
 
 def torch_twin(model, with_softmax: bool):
-    """The same network in PyTorch, same layer indices, same weights."""
+    """The same network in PyTorch, same layer indices (the module names, so the
+    parameter names match nnjit's), same weights, run in the model's graph."""
     import torch
     from torch import nn
+
+    class Sum(nn.Module):
+        def forward(self, *xs):
+            return sum(xs[1:], xs[0])
+
+    class Concat(nn.Module):
+        def forward(self, *xs):
+            return torch.cat(xs, dim=1)
+
+    class Graph(nn.Module):
+        def __init__(self, layers, inputs_of):
+            super().__init__()
+            for i, layer in enumerate(layers):
+                self.add_module(str(i), layer)
+            self.inputs_of = inputs_of
+
+        def forward(self, x):
+            values = []
+            for layer, inputs in zip(self.children(), self.inputs_of):
+                values.append(layer(*[x if j < 0 else values[j] for j in inputs]))
+            return values[-1]
 
     layers = []
     for entry in model.config():
         cfg = entry["config"]
         make = {
             "Conv2D": lambda: nn.Conv2d(cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"],
-                                        cfg["stride"], cfg["padding"]),
-            "MaxPool2D": lambda: nn.MaxPool2d(cfg["kernel_size"], cfg["stride"]),
+                                        cfg["stride"], cfg["padding"], cfg.get("dilation", 1),
+                                        cfg.get("groups", 1), cfg.get("bias", True)),
+            "MaxPool2D": lambda: nn.MaxPool2d(cfg["kernel_size"], cfg["stride"],
+                                              cfg.get("padding", 0)),
             "Dense": lambda: nn.Linear(cfg["in_features"], cfg["out_features"]),
             "AvgPool2D": lambda: nn.AvgPool2d(cfg["kernel_size"], cfg["stride"]),
             "GlobalAvgPool2D": lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
@@ -234,11 +256,12 @@ def torch_twin(model, with_softmax: bool):
             "BatchNorm1D": lambda: nn.BatchNorm1d(cfg["num_features"], cfg["eps"], cfg["momentum"]),
             "Dropout": lambda: nn.Dropout(cfg["p"]),
             "ReLU": nn.ReLU, "Flatten": nn.Flatten, "Softmax": lambda: nn.Softmax(dim=1),
+            "Add": Sum, "Concatenate": Concat,
         }[entry["type"]]
         layers.append(make())
     if not with_softmax:
         layers[-1] = nn.Identity()
-    twin = nn.Sequential(*layers)
+    twin = Graph(layers, model.inputs_of)
     with torch.no_grad():
         for name, value in model.state_dict().items():
             twin.state_dict()[name].copy_(torch.from_numpy(np.array(value)))
@@ -405,7 +428,9 @@ def measure(args, peers) -> list[dict]:
     for model_name, batches, inference in (("cnn", (64, 256), True), ("mlp", (64, 256), True),
                                            ("cifar-cnn", (64,), False),
                                            ("cnn-5x5-pad1", (64,), False),
-                                           ("cnn+bn", (64,), False)):
+                                           ("cnn+bn", (64,), False),
+                                           ("resnet20", (128,), False),
+                                           ("mobilenet", (128,), False)):
         model, shape = model_for(model_name)
         fwd = forward_flops(model, shape)
         for batch in batches:

@@ -57,8 +57,12 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
                     for oh in range(oh0, oh1):
                         s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
                         d = oh * OW
-                        for ow in range(U(ow0), U(ow1)):
-                            o[U(d) + ow] += wv * xp[U(s + ow * SW)]
+                        if SW == 1:  # contiguous runs: the loop vectorises
+                            for ow in range(U(ow0), U(ow1)):
+                                o[U(d) + ow] += wv * xp[U(s) + ow]
+                        else:
+                            for ow in range(U(ow0), U(ow1)):
+                                o[U(d) + ow] += wv * xp[U(s + ow * SW)]
         if relu:
             for i in range(P):
                 if o[i] < 0:
@@ -92,41 +96,54 @@ def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
                     for oh in range(oh0, oh1):
                         s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
                         r = oh * OW
-                        for ow in range(U(ow0), U(ow1)):
-                            d[U(s + ow * SW)] += wv * gp[U(r) + ow]
+                        if SW == 1:
+                            for ow in range(U(ow0), U(ow1)):
+                                d[U(s) + ow] += wv * gp[U(r) + ow]
+                        else:
+                            for ow in range(U(ow0), U(ow1)):
+                                d[U(s + ow * SW)] += wv * gp[U(r) + ow]
 
 
-@kernel(cost=16)
+@kernel(cost=16, reassociate=True)
 def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
     """The gradients of ``grouped_conv_forward``'s weight and bias for the
     gradient dy: float (N*OC*OH*OW,) at its output. Writes dweight
     (OC*C/G*KH*KW,) and dbias (OC,). Parallel over output channels: each owns
-    its filters."""
+    its filters, and walks the batch once, every tap of an (image, channel)
+    plane summed while the plane is in cache. Its sums may be reordered
+    (``reassociate``): they then run on vector lanes."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     OC = dbias.size
     N = x.size // (C * H * W)
     CG, OCG = C // groups, OC // groups
     P = OH * OW
+    T = KH * KW
+    zero = dy[:1].sum() * 0  # the arrays' float type: a float32 sum stays on float32 lanes
     for oc in prange(OC):
-        total = 0.0
+        sums = np.zeros(CG * T, dy.dtype)
+        total = zero
         for n in range(N):
             gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
             for i in range(P):
                 total += gp[i]
-        dbias[oc] = total
-        for ci in range(CG):
-            c = (oc // OCG) * CG + ci
-            for kh in range(KH):
-                for kw in range(KW):
-                    ow0, ow1 = tap_range(kw, DW, SW, PW, W, OW)
+            for ci in range(CG):
+                c = (oc // OCG) * CG + ci
+                xp = x[(n * C + c) * H * W:(n * C + c + 1) * H * W]
+                for kh in range(KH):
                     oh0, oh1 = tap_range(kh, DH, SH, PH, H, OH)
-                    acc = 0.0
-                    for n in range(N):
-                        xp = x[(n * C + c) * H * W:(n * C + c + 1) * H * W]
-                        gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+                    for kw in range(KW):
+                        ow0, ow1 = tap_range(kw, DW, SW, PW, W, OW)
+                        acc = zero
                         for oh in range(oh0, oh1):
                             s = (oh * SH - PH + kh * DH) * W + kw * DW - PW
                             r = oh * OW
-                            for ow in range(U(ow0), U(ow1)):
-                                acc += gp[U(r) + ow] * xp[U(s + ow * SW)]
-                    dweight[((oc * CG + ci) * KH + kh) * KW + kw] = acc
+                            if SW == 1:
+                                for ow in range(U(ow0), U(ow1)):
+                                    acc += gp[U(r) + ow] * xp[U(s) + ow]
+                            else:
+                                for ow in range(U(ow0), U(ow1)):
+                                    acc += gp[U(r) + ow] * xp[U(s + ow * SW)]
+                        sums[ci * T + kh * KW + kw] += acc
+        dbias[oc] = total
+        for j in range(CG * T):
+            dweight[oc * CG * T + j] = sums[j]

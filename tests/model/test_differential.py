@@ -181,3 +181,90 @@ def test_two_norms_in_a_row_before_a_pool_train():
     for g, want in zip(grads, want_grads, strict=True):
         assert_close(g, want, "gradient")
     assert m.layers[2].hands_back_input_grad is False
+
+
+ACTIVATIONS = (lambda: nnjit.ReLU(), lambda: nnjit.LeakyReLU(0.1), lambda: nnjit.Sigmoid(),
+               lambda: nnjit.Tanh(), lambda: nnjit.GELU(), lambda: nnjit.GELU("tanh"),
+               lambda: nnjit.SiLU(), lambda: nnjit.ReLU6(), lambda: nnjit.Hardswish())
+
+
+def random_graph(rng):
+    """(model, input shape): a stem conv, then blocks that are residual (an identity or
+    1x1-projection shortcut, stride 1 or 2), concatenations of two branches,
+    depthwise or grouped or dilated convs, padded max-pools; then global pooling
+    and a dense head, maybe a Softmax."""
+    c, h, w = int(rng.choice([1, 3])), int(rng.integers(8, 20)), int(rng.integers(8, 20))
+    x = nnjit.Input((c, h, w))
+
+    def act(t):
+        return ACTIVATIONS[int(rng.integers(len(ACTIVATIONS)))]()(t)
+
+    def conv(t, oc, k=3, stride=1, groups=1, dilation=1, bias=True):
+        pad = dilation * (k - 1) // 2
+        return Conv2D(t.shape[0], oc, k, stride, pad, bias=bias, groups=groups,
+                      dilation=dilation)(t)
+
+    y = act(BatchNorm2D(8)(conv(x, 8, bias=False)))
+    for _ in range(int(rng.integers(1, 4))):
+        kind = rng.choice(["residual", "concat", "depthwise", "grouped", "pool"])
+        ch = y.shape[0]
+        if kind == "residual":
+            oc = int(rng.choice([ch, ch * 2]))
+            stride = int(rng.choice([1, 2])) if min(y.shape[1:]) >= 6 else 1
+            z = act(BatchNorm2D(oc)(conv(y, oc, stride=stride, bias=False)))
+            z = BatchNorm2D(oc)(conv(z, oc, bias=False))
+            short = y if oc == ch and stride == 1 else BatchNorm2D(oc)(
+                conv(y, oc, k=1, stride=stride, bias=False))
+            y = nnjit.Add()([z, short])
+            y = nnjit.ReLU()(y) if rng.random() < 0.7 else y
+        elif kind == "concat":
+            y = nnjit.Concatenate()([conv(y, int(rng.choice([4, 8])), k=1),
+                                     act(conv(y, int(rng.choice([4, 16]))))])
+        elif kind == "depthwise":
+            y = act(BatchNorm2D(ch)(conv(y, ch, groups=ch, bias=False,
+                                         dilation=int(rng.choice([1, 2])))))
+            y = act(conv(y, int(rng.choice([8, 16, 17])), k=1))
+        elif kind == "grouped":
+            y = act(conv(y, 2 * ch, groups=int(rng.choice([2, ch])) if ch % 2 == 0 else 1))
+        elif min(y.shape[1:]) >= 4:
+            y = MaxPool2D(3, 2, padding=1)(y) if rng.random() < 0.5 else MaxPool2D(2)(y)
+        if rng.random() < 0.2:
+            y = Dropout(0.3)(y)
+    y = Dense(y.shape[0], 10)(GlobalAvgPool2D()(y))
+    if rng.random() < 0.6:
+        y = Softmax()(y)
+    model = nnjit.Model(x, y, seed=int(rng.integers(1 << 30)))
+    for layer in model.layers:  # statistics far from (0, 1), so folding them shows
+        if isinstance(layer, BatchNorm1D):
+            n = layer.num_features
+            layer.running_mean[...] = rng.normal(size=n) * 0.5
+            layer.running_var[...] = rng.uniform(0.3, 3, size=n)
+            layer.weight.value[...] = rng.uniform(0.5, 1.5, size=n) * rng.choice([-1, 1], n)
+    return model, (c, h, w)
+
+
+def graph_reference(fn):
+    """The reference for graphs: the grouped kernels (which run every conv, and are
+    checked against NumPy), nothing fused, nothing replayed."""
+    with nnjit.using(conv="grouped", fusion=False, replay=False):
+        return fn()
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_random_graphs_agree_with_the_reference_path(case):
+    rng = np.random.default_rng([FUZZ_SEED, 1000 + case])
+    model, shape = random_graph(rng)
+    what = f"graph case {case} (NNJIT_FUZZ_SEED={FUZZ_SEED}): {model!r}"
+    for n in (1, int(rng.integers(2, 120))):
+        x = rng.standard_normal((n, *shape)).astype(np.float32)
+        want = graph_reference(lambda: model.predict(x))
+        for call in range(3):
+            assert_close(model.predict(x), want, f"{what}, batch {n}: predict call {call}")
+    x = rng.standard_normal((int(rng.integers(2, 40)), *shape)).astype(np.float32)
+    labels = rng.integers(0, 10, len(x))
+    out, loss, grads = training_step(model, x, labels)
+    want_out, want_loss, want_grads = graph_reference(lambda: training_step(model, x, labels))
+    assert_close(out, want_out, f"{what}: training forward")
+    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
+    for p, g, want in zip(model.parameters(), grads, want_grads, strict=True):
+        assert_close(g, want, f"{what}: gradient of {p.name}")
