@@ -8,6 +8,12 @@ rows and columns where that lands inside the input (the padding adds
 nothing). Nothing is unfolded: a depthwise conv moves each input once per tap
 and does 2 flops per value moved, so it is bound by memory, not arithmetic.
 
+At stride 1 each plane is first copied into a zero-bordered one (Hp, Wp),
+(``padded_plane``): a tap is then one contiguous run of OH*Wp values, the
+outputs' rows at the padded width, whose last Wp - OW columns are dropped
+(the gradient's are zero). On 16x16 planes the row-by-row loops ran 16
+values at a time: 2.5 ms for a 64-channel depthwise forward at batch 128.
+
 Layouts (flat, C-contiguous): x (N, C, H, W); weight (OC, C/G, KH, KW);
 out and dy (N, OC, OH, OW). ``g`` is the ``ConvGeometry`` (C, H, W, KH, KW,
 SH, SW, PH, PW, OH, OW).
@@ -30,6 +36,25 @@ def tap_range(k, D, S, P, size, out_size):
     return o0, max(o0, o1)
 
 
+@njit(cache=True, inline="always")
+def padded_plane(src, H, W, PH, PW, Wp, dst):
+    """dst (>= (H+2PH)*Wp,) = src (H*W,) with PH rows and PW columns of zeros around
+    it, rows Wp apart; the rest of dst zeroed too."""
+    for i in range(dst.size):
+        dst[i] = 0
+    for h in range(H):
+        d = (h + PH) * Wp + PW
+        for w in range(W):
+            dst[d + w] = src[h * W + w]
+
+
+@njit(cache=True, inline="always")
+def chunks_of(count):
+    """How many pieces a prange over ``count`` planes is cut into: each piece
+    allocates its padded planes once."""
+    return min(count, 64)
+
+
 @kernel(cost=16)
 def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
     """out = conv(x, weight) + bias with ``groups`` and dilation (DH, DW), then
@@ -40,6 +65,35 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
     N = x.size // (C * H * W)
     CG, OCG = C // groups, OC // groups
     P = OH * OW
+    if SH == 1 and SW == 1:
+        Wp = W + 2 * PW
+        pieces = chunks_of(N * OC)
+        for piece in prange(pieces):
+            pad = np.empty((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
+            acc = np.empty(OH * Wp, x.dtype)
+            for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
+                n, oc = plane // OC, plane % OC
+                for j in range(OH * Wp):
+                    acc[j] = bias[oc]
+                for ci in range(CG):
+                    c = (oc // OCG) * CG + ci
+                    padded_plane(x[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, PH, PW,
+                                 Wp, pad)
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            wv = weight[((oc * CG + ci) * KH + kh) * KW + kw]
+                            off = kh * DH * Wp + kw * DW
+                            for j in range(U(OH * Wp)):
+                                acc[j] += wv * pad[U(off) + j]
+                o = out[plane * P:(plane + 1) * P]
+                for oh in range(OH):
+                    for ow in range(OW):
+                        v = acc[oh * Wp + ow]
+                        if relu and v < 0:  # separate stores: a ternary would widen to float64
+                            o[oh * OW + ow] = 0
+                        else:
+                            o[oh * OW + ow] = v
+        return
     for plane in prange(N * OC):
         n, oc = plane // OC, plane % OC
         o = out[plane * P:(plane + 1) * P]
@@ -79,6 +133,34 @@ def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
     OC = dy.size // (N * OH * OW)
     CG, OCG = C // groups, OC // groups
     P = OH * OW
+    if SH == 1 and SW == 1:
+        Wp = W + 2 * PW
+        pieces = chunks_of(N * C)
+        for piece in prange(pieces):
+            dpad = np.empty((H + 2 * PH) * Wp + (KW - 1) * DW, dy.dtype)
+            wide = np.zeros(OH * Wp, dy.dtype)  # columns OW.. stay 0
+            for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
+                n, c = plane // C, plane % C
+                ci = c % CG
+                for j in range(dpad.size):
+                    dpad[j] = 0
+                for oco in range(OCG):
+                    oc = (c // CG) * OCG + oco
+                    gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            wide[oh * Wp + ow] = gp[oh * OW + ow]
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            wv = weight[((oc * CG + ci) * KH + kh) * KW + kw]
+                            off = kh * DH * Wp + kw * DW
+                            for j in range(U(OH * Wp)):
+                                dpad[U(off) + j] += wv * wide[j]
+                d = dx[plane * H * W:(plane + 1) * H * W]
+                for h in range(H):
+                    for w in range(W):
+                        d[h * W + w] = dpad[(h + PH) * Wp + PW + w]
+        return
     for plane in prange(N * C):
         n, c = plane // C, plane % C
         ci = c % CG
@@ -119,6 +201,35 @@ def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
     P = OH * OW
     T = KH * KW
     zero = dy[:1].sum() * 0  # the arrays' float type: a float32 sum stays on float32 lanes
+    if SH == 1 and SW == 1:
+        Wp = W + 2 * PW
+        for oc in prange(OC):
+            pad = np.empty((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
+            wide = np.zeros(OH * Wp, dy.dtype)
+            sums = np.zeros(CG * T, dy.dtype)
+            total = zero
+            for n in range(N):
+                gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
+                for oh in range(OH):
+                    for ow in range(OW):
+                        v = gp[oh * OW + ow]
+                        wide[oh * Wp + ow] = v
+                        total += v
+                for ci in range(CG):
+                    c = (oc // OCG) * CG + ci
+                    padded_plane(x[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, PH, PW,
+                                 Wp, pad)
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            off = kh * DH * Wp + kw * DW
+                            acc = zero
+                            for j in range(U(OH * Wp)):
+                                acc += wide[j] * pad[U(off) + j]
+                            sums[ci * T + kh * KW + kw] += acc
+            dbias[oc] = total
+            for j in range(CG * T):
+                dweight[oc * CG * T + j] = sums[j]
+        return
     for oc in prange(OC):
         sums = np.zeros(CG * T, dy.dtype)
         total = zero
