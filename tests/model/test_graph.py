@@ -182,3 +182,20 @@ def test_dropout_and_pool_in_a_branch_train(rng):
         losses.append(model.backward(labels))
         opt.step()
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_the_readme_residual_block_builds_and_trains(rng):
+    """The README's functional-API example, as written there."""
+    import re
+
+    from conftest import ROOT
+    text = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(from nnjit import Input.*?)```", text, re.S)
+    namespace = {}
+    exec(example, namespace)  # noqa: S102  (the project's own README)
+    model = namespace["model"]
+    assert type(model) is Model and any(isinstance(layer, Add) for layer in model.layers)
+    x = rng.normal(size=(4, 3, 32, 32)).astype(np.float32)
+    assert model.predict(x).shape == (4, 10)
+    model.forward(x)
+    assert np.isfinite(model.backward(np.array([0, 1, 2, 3])))
