@@ -1,7 +1,7 @@
 """Compile the kernels some work needs on every core at once, before it first runs.
 
 With a cold Numba cache (a fresh installation) the first call of each kernel
-compiles it, one after the other: the cnn's first training step spent 33 s
+compiles it, one after the other: the cnn's first training step spent 29.5 s
 compiling on the 2-core machine, most of it three parts (Winograd's forward
 and backward, the unfold conv's backward: 5-6.5 s each).
 ``compile_ahead(work)`` runs ``work`` once with every kernel call recorded

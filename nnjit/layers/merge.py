@@ -37,12 +37,11 @@ class Add(Layer):
         return shapes[0]
 
     def onnx_nodes(self, x, y, params):
+        # The sum alone: a ReLU fused into it is still a layer of the model, and
+        # exports itself.
         from onnx import helper
 
-        if not self.fused_relu:
-            return [helper.make_node("Sum", list(x), [y])]
-        return [helper.make_node("Sum", list(x), [y + ".sum"]),
-                helper.make_node("Relu", [y + ".sum"], [y])]
+        return [helper.make_node("Sum", list(x), [y])]
 
     def forward(self, xs, training=True):
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:
