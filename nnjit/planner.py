@@ -341,8 +341,9 @@ def tiles_pay(rows: int, reduction: int, dtype) -> bool:
                  and reduction >= t.tiles_min_reduction))
 
 
-def _plain(p: ConvProblem) -> str | None:
-    """Why only the grouped path can run ``p`` (groups or dilation), or None."""
+def _grouped_only(p: ConvProblem) -> str | None:
+    """Why only the grouped path can run ``p`` (groups or dilation), or None when
+    every algorithm's own rules decide."""
     if p.groups != 1 or p.dilation != (1, 1):
         return f"runs groups=1 and dilation 1 only (got {p.groups}, {p.dilation})"
     return None
@@ -350,8 +351,6 @@ def _plain(p: ConvProblem) -> str | None:
 
 def _winograd_fits(p: ConvProblem) -> str | None:
     """Why Winograd cannot run ``p``, or None when it can."""
-    if _plain(p):
-        return _plain(p)
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return "needs a 3x3 kernel at stride 1"
     if p.pool != (2, 2, 2, 2):
@@ -361,8 +360,6 @@ def _winograd_fits(p: ConvProblem) -> str | None:
 
 def _windows_fit(p: ConvProblem) -> str | None:
     """Why window by window cannot run ``p``, or None when it can."""
-    if _plain(p):
-        return _plain(p)
     if p.stride != (1, 1):
         return "needs stride 1"
     if p.pool != (2, 2, 2, 2):
@@ -374,8 +371,6 @@ def _windows_fit(p: ConvProblem) -> str | None:
 
 def _direct_fits(p: ConvProblem) -> str | None:
     """Why the direct conv cannot run ``p``, or None when it can."""
-    if _plain(p):
-        return _plain(p)
     if p.stride != (1, 1):
         return "needs stride 1"
     if p.pool is not None:
@@ -405,14 +400,14 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     skip = dropped >= t.skipping_min_dropped and ow >= 16
     forced = _settings.conv
     if forced is not None:
-        why = {ConvAlgorithm.WINOGRAD: _winograd_fits, ConvAlgorithm.WINDOWS: _windows_fit,
-               ConvAlgorithm.DIRECT: _direct_fits, ConvAlgorithm.UNFOLD: _plain,
-               }.get(forced, lambda _: None)(p)
+        why = None if forced is ConvAlgorithm.GROUPED else _grouped_only(p) or {
+            ConvAlgorithm.WINOGRAD: _winograd_fits, ConvAlgorithm.WINDOWS: _windows_fit,
+            ConvAlgorithm.DIRECT: _direct_fits}.get(forced, lambda _: None)(p)
         if why is not None:
             raise PlanError(f"conv={forced.value!r} cannot run this conv: it {why}")
         return ConvPlan(forced, "forced by nnjit.using(conv=...)", **gemms,
                         skip_dropped=skip and forced is ConvAlgorithm.DIRECT)
-    if _plain(p):
+    if _grouped_only(p):
         return ConvPlan(ConvAlgorithm.GROUPED, f"groups {p.groups}, dilation {p.dilation}: "
                         "only direct loops run them", **gemms)
     f32 = np.dtype(p.dtype) == np.float32
