@@ -8,8 +8,9 @@ rows and columns where that lands inside the input (the padding adds
 nothing). Nothing is unfolded: a depthwise conv moves each input once per tap
 and does 2 flops per value moved, so it is bound by memory, not arithmetic.
 
-At stride 1 each plane is first copied into a zero-bordered one (Hp, Wp),
-(``padded_plane``): a tap is then one contiguous run of OH*Wp values, the
+At stride 1 each plane is first copied into a zero-bordered one (Hp, Wp)
+(``padded_image`` of one channel; the (KW-1)*DW values of slack after it stay
+zero): a tap is then one contiguous run of OH*Wp values, the
 outputs' rows at the padded width, whose last Wp - OW columns are dropped
 (the gradient's are zero). On 16x16 planes the row-by-row loops ran 16
 values at a time: 2.5 ms for a 64-channel depthwise forward at batch 128.
@@ -22,6 +23,8 @@ import numpy as np
 from numba import njit
 
 from ._jit import kernel, prange
+from .conv import padded_image
+from .runs import zero_run
 
 U = np.uint64
 
@@ -34,18 +37,6 @@ def tap_range(k, D, S, P, size, out_size):
     o0 = -(shift // S) if shift < 0 else 0
     o1 = min(out_size, (size - 1 - shift) // S + 1) if size - 1 - shift >= 0 else 0
     return o0, max(o0, o1)
-
-
-@njit(cache=True, inline="always")
-def padded_plane(src, H, W, PH, PW, Wp, dst):
-    """dst (>= (H+2PH)*Wp,) = src (H*W,) with PH rows and PW columns of zeros around
-    it, rows Wp apart; the rest of dst zeroed too."""
-    for i in range(dst.size):
-        dst[i] = 0
-    for h in range(H):
-        d = (h + PH) * Wp + PW
-        for w in range(W):
-            dst[d + w] = src[h * W + w]
 
 
 @njit(cache=True, inline="always")
@@ -69,7 +60,7 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
         Wp = W + 2 * PW
         pieces = chunks_of(N * OC)
         for piece in prange(pieces):
-            pad = np.empty((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
+            pad = np.zeros((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
             acc = np.empty(OH * Wp, x.dtype)
             for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
                 n, oc = plane // OC, plane % OC
@@ -77,8 +68,7 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
                     acc[j] = bias[oc]
                 for ci in range(CG):
                     c = (oc // OCG) * CG + ci
-                    padded_plane(x[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, PH, PW,
-                                 Wp, pad)
+                    padded_image(x, n * C + c, 1, H, W, PH, PW, 0, H + 2 * PH, pad)
                     for kh in range(KH):
                         for kw in range(KW):
                             wv = weight[((oc * CG + ci) * KH + kh) * KW + kw]
@@ -142,8 +132,7 @@ def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
             for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
                 n, c = plane // C, plane % C
                 ci = c % CG
-                for j in range(dpad.size):
-                    dpad[j] = 0
+                zero_run(dpad, U(0), U(dpad.size))
                 for oco in range(OCG):
                     oc = (c // CG) * OCG + oco
                     gp = dy[(n * OC + oc) * P:(n * OC + oc + 1) * P]
@@ -204,7 +193,7 @@ def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
     if SH == 1 and SW == 1:
         Wp = W + 2 * PW
         for oc in prange(OC):
-            pad = np.empty((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
+            pad = np.zeros((H + 2 * PH) * Wp + (KW - 1) * DW, x.dtype)
             wide = np.zeros(OH * Wp, dy.dtype)
             sums = np.zeros(CG * T, dy.dtype)
             total = zero
@@ -217,8 +206,7 @@ def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
                         total += v
                 for ci in range(CG):
                     c = (oc // OCG) * CG + ci
-                    padded_plane(x[(n * C + c) * H * W:(n * C + c + 1) * H * W], H, W, PH, PW,
-                                 Wp, pad)
+                    padded_image(x, n * C + c, 1, H, W, PH, PW, 0, H + 2 * PH, pad)
                     for kh in range(KH):
                         for kw in range(KW):
                             off = kh * DH * Wp + kw * DW
