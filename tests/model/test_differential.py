@@ -64,14 +64,20 @@ def random_network(rng):
         if rng.random() < 0.6:
             layers.append(Softmax())
         model = Sequential(layers, seed=int(rng.integers(1 << 30)))
-        for layer in model.layers:  # statistics far from (0, 1), so folding them shows
-            if isinstance(layer, BatchNorm1D):
-                n = layer.num_features
-                layer.running_mean[...] = rng.normal(size=n) * 0.5
-                layer.running_var[...] = rng.uniform(0.3, 3, size=n)
-                layer.weight.value[...] = rng.uniform(0.5, 1.5, size=n) * rng.choice([-1, 1], n)
-                layer.bias.value[...] = rng.normal(size=n) * 0.3
+        spread_norms(model, rng)
         return model, (c, h, w)
+
+
+def spread_norms(model, rng):
+    """Every batch norm's statistics and affine parameters far from (0, 1), so that
+    folding them shows."""
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm1D):
+            n = layer.num_features
+            layer.running_mean[...] = rng.normal(size=n) * 0.5
+            layer.running_var[...] = rng.uniform(0.3, 3, size=n)
+            layer.weight.value[...] = rng.uniform(0.5, 1.5, size=n) * rng.choice([-1, 1], n)
+            layer.bias.value[...] = rng.normal(size=n) * 0.3
 
 
 def reference(fn):
@@ -84,11 +90,21 @@ def assert_close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale, err_msg=what)
 
 
-def assert_predict_agrees(model, x, what):
+def assert_predict_agrees(model, x, what, reference=reference):
     """predict, called often enough to be recorded and replayed, equals the reference."""
     want = reference(lambda: model.predict(x))
     for call in range(3):
         assert_close(model.predict(x), want, f"{what}: predict call {call}")
+
+
+def assert_training_agrees(model, x, labels, what, reference=reference):
+    """A training forward, its loss and every gradient equal the reference's."""
+    out, loss, grads = training_step(model, x, labels)
+    want_out, want_loss, want_grads = reference(lambda: training_step(model, x, labels))
+    assert_close(out, want_out, f"{what}: training forward")
+    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
+    for p, g, want in zip(model.parameters(), grads, want_grads, strict=True):
+        assert_close(g, want, f"{what}: gradient of {p.name}")
 
 
 def training_step(model, x, labels):
@@ -116,12 +132,7 @@ def test_random_networks_agree_with_the_reference_path(case):
 
     x = rng.standard_normal((int(rng.integers(2, 70)), *shape)).astype(np.float32)
     labels = rng.integers(0, 10, len(x))
-    out, loss, grads = training_step(model, x, labels)
-    want_out, want_loss, want_grads = reference(lambda: training_step(model, x, labels))
-    assert_close(out, want_out, f"{what}: training forward")
-    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
-    for p, g, want in zip(model.parameters(), grads, want_grads, strict=True):
-        assert_close(g, want, f"{what}: gradient of {p.name}")
+    assert_training_agrees(model, x, labels, what)
 
     small = rng.standard_normal((2, *shape)).astype(np.float32)
     opt = nnjit.Momentum(model.parameters(), lr=0.05, momentum=0.9)
@@ -234,12 +245,7 @@ def random_graph(rng):
     if rng.random() < 0.6:
         y = Softmax()(y)
     model = nnjit.Model(x, y, seed=int(rng.integers(1 << 30)))
-    for layer in model.layers:  # statistics far from (0, 1), so folding them shows
-        if isinstance(layer, BatchNorm1D):
-            n = layer.num_features
-            layer.running_mean[...] = rng.normal(size=n) * 0.5
-            layer.running_var[...] = rng.uniform(0.3, 3, size=n)
-            layer.weight.value[...] = rng.uniform(0.5, 1.5, size=n) * rng.choice([-1, 1], n)
+    spread_norms(model, rng)
     return model, (c, h, w)
 
 
@@ -257,14 +263,7 @@ def test_random_graphs_agree_with_the_reference_path(case):
     what = f"graph case {case} (NNJIT_FUZZ_SEED={FUZZ_SEED}): {model!r}"
     for n in (1, int(rng.integers(2, 120))):
         x = rng.standard_normal((n, *shape)).astype(np.float32)
-        want = graph_reference(lambda: model.predict(x))
-        for call in range(3):
-            assert_close(model.predict(x), want, f"{what}, batch {n}: predict call {call}")
+        assert_predict_agrees(model, x, f"{what}, batch {n}", graph_reference)
     x = rng.standard_normal((int(rng.integers(2, 40)), *shape)).astype(np.float32)
     labels = rng.integers(0, 10, len(x))
-    out, loss, grads = training_step(model, x, labels)
-    want_out, want_loss, want_grads = graph_reference(lambda: training_step(model, x, labels))
-    assert_close(out, want_out, f"{what}: training forward")
-    assert loss == pytest.approx(want_loss, rel=1e-4, abs=1e-5)
-    for p, g, want in zip(model.parameters(), grads, want_grads, strict=True):
-        assert_close(g, want, f"{what}: gradient of {p.name}")
+    assert_training_agrees(model, x, labels, what, graph_reference)
