@@ -112,3 +112,24 @@ def pytest_report_header(config):
 def pytest_runtest_makereport(item, call):
     if call.excinfo is not None and "fuzz" in item.name:
         item.add_report_section("call", "fuzz seed", f"NNJIT_FUZZ_SEED={FUZZ_SEED} found this")
+
+
+def errors_in_threads(fn, args) -> list:
+    """Run fn(arg) for each of ``args`` on a thread of its own, all at once; the
+    exceptions they raised."""
+    import threading
+
+    errors = []
+
+    def run(arg):
+        try:
+            fn(arg)
+        except Exception as err:  # noqa: BLE001  (returned to the test)
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

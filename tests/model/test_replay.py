@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import nnjit
+from conftest import errors_in_threads
 from nnjit import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                    Sequential, Softmax)
 from nnjit.params import FlatParameters
@@ -191,27 +192,17 @@ def test_compile_ahead_over_predict_leaves_replay_correct(rng):
 
 
 def test_models_recording_in_threads_at_once_each_replay_their_own(rng):
-    import threading
-
     from nnjit.kernels._jit import Kernel
 
     models = [build_model(preset, (1, 12, 12), seed=i, num_classes=10)
               for i, preset in enumerate(("cnn", "mlp", "cnn", "mlp"))]
     inputs = [rng.random((1, 1, 12, 12), dtype=np.float32) for _ in range(20)]
-    results, errors = {}, []
+    results = {}
 
     def predict_all(model):
-        try:
-            results[id(model)] = [model.predict(x) for x in inputs]
-        except Exception as err:  # noqa: BLE001  (reported below)
-            errors.append(err)
+        results[id(model)] = [model.predict(x) for x in inputs]
 
-    threads = [threading.Thread(target=predict_all, args=(m,)) for m in models]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not errors_in_threads(predict_all, models)
     assert Kernel._call is Kernel._execute  # every interception undone
     for model in models:
         assert any(r is not None for r in model._replayed._recordings.values())
@@ -223,8 +214,6 @@ def test_threads_sharing_one_model_each_get_their_own_output(rng):
     """A model served from several threads: each call's output is its own input's,
     replayed (one image) or through the layers in batches (eight images, three at
     a time): model passes take turns."""
-    import threading
-
     model = build_model("mlp", (1, 12, 12), seed=0, num_classes=10)
     inputs = [rng.random((1, 1, 12, 12), dtype=np.float32) for _ in range(6)]
     batches = [rng.random((8, 1, 12, 12), dtype=np.float32) for _ in range(6)]
@@ -232,24 +221,17 @@ def test_threads_sharing_one_model_each_get_their_own_output(rng):
     batch_expected = [model.predict(b, batch_size=3) for b in batches]
     for x in inputs[:2]:
         model.predict(x)  # recorded: the threads below replay
-    wrong, errors = [], []
+    wrong = []
 
     def predict_many(i):
-        try:
-            for _ in range(200):
-                if not np.array_equal(model.predict(inputs[i]), expected[i]):
-                    wrong.append(("one image", i))
-                if not np.array_equal(model.predict(batches[i], batch_size=3), batch_expected[i]):
-                    wrong.append(("batches", i))
-        except Exception as err:  # noqa: BLE001  (reported below)
-            errors.append(err)
+        for _ in range(200):
+            if not np.array_equal(model.predict(inputs[i]), expected[i]):
+                wrong.append(("one image", i))
+            if not np.array_equal(model.predict(batches[i], batch_size=3), batch_expected[i]):
+                wrong.append(("batches", i))
 
-    threads = [threading.Thread(target=predict_many, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and not wrong, wrong[:5]
+    errors = errors_in_threads(predict_many, range(len(inputs)))
+    assert not errors and not wrong, (errors, wrong[:5])
 
 
 def blas_threads_seen_by_replays(model, x, monkeypatch):

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import errors_in_threads
 import nnjit.kernels._jit as jit
 import nnjit.threads
 from nnjit import (Adam, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
@@ -218,8 +219,6 @@ def test_training_never_wakes_the_blas_thread_pool(first, tmp_path):
 def test_threads_running_models_at_once_leave_the_blas_thread_count_as_it_was():
     """A model pass sets BLAS to one thread and restores it after: threads
     predicting at once must never restore a count another one set."""
-    import threading
-
     from threadpoolctl import threadpool_info
 
     def counts():
@@ -229,20 +228,11 @@ def test_threads_running_models_at_once_leave_the_blas_thread_count_as_it_was():
     assert max(before.values()) > 1, "BLAS is single-threaded: nothing to check"
     models = [build_model(preset, seed=0) for preset in ("cnn", "mlp", "cnn", "mlp")]
     x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
-    errors = []
 
     def predict_many(model):
-        try:
-            for _ in range(30):
-                model.predict(x)
-        except Exception as err:  # noqa: BLE001  (reported below)
-            errors.append(err)
+        for _ in range(30):
+            model.predict(x)
 
-    threads = [threading.Thread(target=predict_many, args=(m,)) for m in models]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    assert not errors_in_threads(predict_many, models)
     after = counts()
     assert all(after[k] == v for k, v in before.items()), (before, after)
