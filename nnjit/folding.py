@@ -51,8 +51,9 @@ class InferenceLayers:
             layer, source = node.layer, (i,)
             norm = _norm_to_fold(nodes, readers, i) if fold else None
             if norm is not None:
-                # With a bias of its own: the norm's shift goes there.
-                config = {**layer.config(), **({"bias": True} if "bias" in layer.config() else {})}
+                # With a bias of its own (the default): the norm's shift goes there.
+                config = layer.config()
+                config.pop("bias", None)
                 copy = type(layer)(**config, dtype=layer.dtype)
                 self.pairs.append((layer, nodes[norm].layer, copy))
                 folded[norm] = i

@@ -123,9 +123,7 @@ def class_weights(spec, labels, num_classes: int) -> np.ndarray:
     what is wrong."""
     if isinstance(spec, str) and spec == "balanced":
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-        with np.errstate(divide="ignore"):
-            w = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
-        return w
+        return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
     values = spec.split(",") if isinstance(spec, str) else list(spec)
     try:
         w = np.array([float(v) for v in values])
