@@ -13,13 +13,14 @@ from .losses import CrossEntropyLoss, softmax_cross_entropy
 from .graph import Input
 from .model import Model, Sequential
 from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError, DataError, NnjitError, SpecError
+from .errors import CheckpointError, DataError, NnjitError, SpecError, TrainingDiverged
 from .optim import SGD, Adam, AdamW, Momentum, Optimizer
 from .params import Parameter
 from .kernels.precompile import compile_ahead
 from .threads import get_num_threads, set_num_threads
 from .planner import ConvAlgorithm, PlanError, using
 from .explain import explain
+from . import callbacks
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "SGD", "Momentum", "Adam", "AdamW", "Optimizer", "Parameter", "softmax_cross_entropy",
     "CrossEntropyLoss",
     "save_checkpoint", "load_checkpoint", "NnjitError", "DataError", "CheckpointError", "SpecError",
+    "TrainingDiverged", "callbacks",
     "set_num_threads", "get_num_threads", "compile_ahead", "using", "explain", "ConvAlgorithm",
     "PlanError",
     "__version__",

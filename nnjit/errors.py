@@ -25,3 +25,15 @@ class SpecError(NnjitError, ValueError):
 class OutOfMemoryError(NnjitError, MemoryError):
     """A computation would need more memory than this machine has; refused before
     anything is allocated."""
+
+
+class TrainingDiverged(NnjitError, FloatingPointError):
+    """The loss became nan or inf; the step that produced it was not applied, so
+    the model keeps the weights from before it. ``epoch`` (from 0) and ``batch``
+    (from 0 within it) say where."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+        super().__init__(f"the loss became nan or inf in epoch {epoch + 1}, batch {batch + 1} "
+                         "(that step was not applied): the learning rate is most likely too "
+                         "high, try a tenth of it")

@@ -323,6 +323,57 @@ class Model:
             self._logits = None
         return loss_sum / weight_sum if weight_sum else 0.0, correct / max(len(x), 1)
 
+    def fit(self, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None,
+            lr_schedule="constant", validation_data=None, validation_split: float = 0.0,
+            augment=None, callbacks=(), shuffle: bool = True, seed: int = 0, verbose: int = 1,
+            initial_epoch: int = 0, initial_batch: int = 0, **options):
+        """Train on (x, y) for ``epochs`` epochs and return a
+        :class:`~nnjit.callbacks.History` (Keras's ``fit``).
+
+        x: images (N, C, H, W) or (N, H, W), uint8 pixels (divided by 255) or
+        float; or an nnjit dataset (``nnjit.data.load_dataset``), y then None.
+        y: int class labels (N,). ``optimizer``: an nnjit Optimizer over
+        ``self.parameters()``, a name ("sgd", "momentum", "adam", "adamw", at
+        their default rates), or None (the one of the last fit, else momentum
+        0.9 at 0.05); kept as ``self.optimizer``. ``lr_schedule``: "constant",
+        "cosine" or "onecycle" (over the whole run, from the optimizer's rate)
+        or a function step -> rate. ``validation_data`` (x, y), or
+        ``validation_split``: the last fraction of (x, y), taken before
+        shuffling (Keras's rule); evaluated after each epoch. ``augment``: an
+        ``nnjit.augment.Augment`` or its text ("crop:4,flip"). ``callbacks``:
+        ``nnjit.callbacks`` objects. The order of each epoch, the dropout
+        masks and the augmentation follow ``seed`` (and the epoch) only, so a
+        run resumed with ``initial_epoch`` (and ``initial_batch``, batches of
+        that epoch already done) sees the batches an uninterrupted run would.
+        ``verbose``: 1 a bar per epoch and a line after it, 2 the line only, 0
+        nothing. Ctrl-C stops after the current batch and returns the History
+        so far (``history.interrupted`` says where); a nan or inf loss raises
+        :class:`~nnjit.errors.TrainingDiverged` with the weights from before
+        that step (unless a callback such as ``TerminateOnNaN`` stops the run).
+        ``epochs`` counts from 0, so with ``initial_epoch`` it is the epoch to
+        reach, as in Keras.
+        """
+        from .fit import fit
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                   lr_schedule=lr_schedule, validation_data=validation_data,
+                   validation_split=validation_split, augment=augment, callbacks=callbacks,
+                   shuffle=shuffle, seed=seed, verbose=verbose, initial_epoch=initial_epoch,
+                   initial_batch=initial_batch, **options)
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of every parameter and buffer (batch norms' running statistics), in order."""
+        return [p.value.copy() for p in self.parameters()] + \
+            [b.copy() for _, b in self.named_buffers()]
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Copy :meth:`get_weights` output back into the parameters and buffers, in place."""
+        targets = [p.value for p in self.parameters()] + [b for _, b in self.named_buffers()]
+        if len(weights) != len(targets) or any(np.shape(w) != t.shape
+                                               for w, t in zip(weights, targets)):
+            raise ValueError("weights do not match the model: pass what get_weights returned")
+        for w, t in zip(weights, targets):
+            t[...] = w
+
     # -- description -------------------------------------------------------
     def summary(self, input_shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int]]:
         """(layer repr, output shape of one sample, parameter count) for each layer.

@@ -49,6 +49,8 @@ class EpochResult:
     seconds: float
     stopped: bool = False
     diverged: bool = False
+    #: seconds spent evaluating after the epoch (validation, test), filled in by the caller
+    evaluation_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -62,17 +64,19 @@ class Trainer:
     each step (``step`` counts optimizer steps from 0), e.g. a cosine schedule.
     ``augment`` (an :class:`~nnjit.augment.Augment`) transforms each batch,
     drawing from a generator seeded by (seed, epoch, batch), so a resumed run
-    sees the same augmented batches.
+    sees the same augmented batches. With ``shuffle`` False every epoch takes
+    the samples in order.
     """
 
     def __init__(self, model: Model, optimizer: Optimizer, batch_size: int, seed: int,
-                 lr_at=None, augment=None):
+                 lr_at=None, augment=None, shuffle: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.model, self.optimizer = model, optimizer
         self.batch_size, self.seed = batch_size, seed
         self.lr_at = lr_at
         self.augment = augment
+        self.shuffle = shuffle
 
     def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
                   on_batch=None, should_stop=lambda: False) -> EpochResult:
@@ -84,24 +88,32 @@ class Trainer:
         on_batch(batches_done, batches, loss, running_accuracy, images_per_second)
         is called after every step; ``should_stop()`` is checked after every
         step too, and a True ends the epoch early (``stopped``). A nan or inf
-        loss ends it before the optimizer applies that step (``diverged``).
+        loss ends it before the optimizer applies that step (``diverged``), with
+        the model's buffers (batch norms' running statistics) as before that
+        batch's forward pass: the model is left as the last good step left it.
         """
         n, bs = len(x), self.batch_size
         batches = math.ceil(n / bs)
-        order = epoch_order(self.seed, epoch, n)
+        order = epoch_order(self.seed, epoch, n) if self.shuffle else np.arange(n)
         xb = np.empty((min(bs, n),) + x.shape[1:], dtype=x.dtype)
         loss_sum, correct, seen, done = 0.0, 0, 0, start_batch
         start = time.perf_counter()
         result = EpochResult(epoch, self.optimizer.steps, done, batches, math.nan, 0.0, 0, 0.0)
+        buffers = [b for _, b in self.model.named_buffers()]
+        kept = [b.copy() for b in buffers]  # small: a few values per channel
         for b in range(start_batch, batches):
             idx = order[b * bs:(b + 1) * bs]
             batch = np.take(x, idx, axis=0, out=xb[:len(idx)])
             if self.augment is not None:
                 batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]))
             labels = y[idx]
+            for b, k in zip(buffers, kept):
+                np.copyto(k, b)
             probs = self.model.forward(batch)
             loss = self.model.backward(labels)
             if not math.isfinite(loss):
+                for b, k in zip(buffers, kept):
+                    np.copyto(b, k)
                 result.diverged = True
                 break
             if self.lr_at is not None:

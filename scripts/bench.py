@@ -429,8 +429,8 @@ def measure(args, peers) -> list[dict]:
                                            ("cifar-cnn", (64,), False),
                                            ("cnn-5x5-pad1", (64,), False),
                                            ("cnn+bn", (64,), False),
-                                           ("resnet20", (128,), False),
-                                           ("mobilenet", (128,), False)):
+                                           ("resnet20", (128,), True),
+                                           ("mobilenet", (128,), True)):
         model, shape = model_for(model_name)
         fwd = forward_flops(model, shape)
         for batch in batches:
