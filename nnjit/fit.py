@@ -145,9 +145,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
                          + " sets: use lr_schedule='constant' with it")
     model.optimizer, model.stop_training = opt, False
     history = History()
-    if verbose:
+    if verbose:  # last: its line shows what the other callbacks added to the logs
         from .progress import ProgressBar
-        callbacks.insert(0, ProgressBar(bar=verbose == 1))
+        callbacks.append(ProgressBar(bar=verbose == 1))
     params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": len(x),
               "verbose": verbose}
     hooks = CallbackList([*callbacks, history], model, params)

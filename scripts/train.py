@@ -11,14 +11,13 @@ import argparse  # noqa: E402
 import contextlib
 import math
 import os
-import signal
 import sys
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 import nnjit
+from nnjit.callbacks import Callback
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
                        fail, non_negative_float, non_negative_int, positive_float, positive_int,
@@ -33,7 +32,7 @@ from nnjit.losses import CrossEntropyLoss, class_weights
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
 from nnjit.spec import SPEC_HELP, build_model
-from nnjit.trainer import LossLog, Trainer
+from nnjit.trainer import LossLog
 
 OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam", "adamw": "AdamW"}
 # The recipe flags a user leaves out come from the model's recipe. Default: chosen on the real
@@ -244,22 +243,46 @@ def restore_run_settings(args, meta, path) -> tuple[int, int, float]:
     return epoch, batches, best or 0.0
 
 
-class StopFlag:
-    """First Ctrl-C: finish the batch, save, exit 130. Second Ctrl-C: stop at once."""
+class RunRecord(Callback):
+    """What the run keeps of each epoch, after fit's validation: the test figures
+    (added to the logs as test_loss and test_accuracy), the loss CSV row and the
+    checkpoints (every --checkpoint-stride epochs, the last, a better validation
+    accuracy (best.json), and when Ctrl-C came)."""
 
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
+    def __init__(self, args, log, checkpoint, write_guard, x_test, y_test, best):
+        self.args, self.log, self.checkpoint, self.write_guard = args, log, checkpoint, write_guard
+        self.x_test, self.y_test = x_test, y_test
+        # best: the best validation accuracy with --val-split (it chooses best.json), else
+        # the best test accuracy, reported but never used to choose anything.
+        self.best, self.accuracy, self.last_path = best, math.nan, None
+        self.train_seconds = self.evaluation_seconds = 0.0
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        console.print("\n[yellow]Ctrl-C: stopping after this batch and saving a checkpoint "
-                      "(Ctrl-C again to quit at once)[/]")
+    def kept(self) -> str:
+        """What an error message says of the checkpoints written so far."""
+        return f"the last good checkpoint is {self.last_path}" if self.last_path else \
+            "no checkpoint was written before it"
 
-    def __call__(self):
-        return self.requested
+    def on_epoch_end(self, epoch, logs=None):
+        result, args = self.epoch_result, self.args
+        if self.x_test is not None:
+            start = time.perf_counter()
+            logs["test_loss"], logs["test_accuracy"] = self.model.evaluate(
+                self.x_test, self.y_test, batch_size=256)
+            result.evaluation_seconds += time.perf_counter() - start
+        self.train_seconds += result.seconds
+        self.evaluation_seconds += result.evaluation_seconds
+        test_loss, self.accuracy = logs.get("test_loss", math.nan), logs.get("test_accuracy",
+                                                                              math.nan)
+        val_loss, val_accuracy = logs.get("val_loss"), logs.get("val_accuracy")
+        is_best = val_accuracy is not None and val_accuracy > self.best
+        self.best = max(self.best, self.accuracy if val_accuracy is None else val_accuracy)
+        with self.write_guard(args.loss_csv_path):
+            self.log.add(epoch + 1, result.step, result.train_loss, test_loss, self.accuracy,
+                         result.seconds, result.images_per_second, val_loss, val_accuracy)
+        if (epoch + 1) % args.checkpoint_stride == 0 or epoch + 1 == args.nb_epochs \
+                or self.model.stop_training or is_best:
+            self.last_path = self.checkpoint(epoch + 1, 0, self.accuracy,
+                                             val_accuracy=val_accuracy, is_best=is_best)
 
 
 def show_header(args, model, data, opt, start_epoch, input_shape, preprocessing):
@@ -306,8 +329,6 @@ def main(argv=None):
                               if matplotlib_available() else None)
     quiet = args.quiet
 
-    # best: the best validation accuracy with --val-split (it chooses best.json), else
-    # the best test accuracy, reported but never used to choose anything.
     start_epoch, start_batch, best = 0, 0, 0.0
     try:
         if args.resume:
@@ -373,8 +394,6 @@ def main(argv=None):
     total_steps = args.nb_epochs * math.ceil(len(x_train) / args.batch_size)
     schedule = {"cosine": cosine_lr, "onecycle": one_cycle_lr}.get(args.lr_schedule)
     lr_at = (lambda step: schedule(args.learning_rate, step, total_steps)) if schedule else None
-    trainer = Trainer(model, opt, args.batch_size, args.seed, lr_at, augment)
-    stop = StopFlag()
     if not quiet:
         show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
     if args.explain:
@@ -394,7 +413,7 @@ def main(argv=None):
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                     label_smoothing=args.label_smoothing, class_weights=args.class_weights,
                     test_accuracy=None if math.isnan(accuracy) else accuracy,
-                    val_accuracy=val_accuracy, best_accuracy=best)
+                    val_accuracy=val_accuracy, best_accuracy=record.best)
         # latest.json first: a run killed between the two writes can still resume.
         targets = [Path(args.checkpoint_folder) / "latest.json", path]
         for target in targets + ([Path(args.checkpoint_folder) / "best.json"] if is_best else []):
@@ -409,10 +428,8 @@ def main(argv=None):
         try:
             yield
         except OSError as err:
-            kept = f"the last good checkpoint is {last_path}" if last_path else \
-                "no checkpoint was written before it"
             fail(f"cannot write {target} (in {Path(target).parent}): {err.strerror or err}; "
-                 f"training stopped, {kept}", code=EXIT_WRITE_FAILED)
+                 f"training stopped, {record.kept()}", code=EXIT_WRITE_FAILED)
 
     with console.status("Preparing kernels (compiled on the first run, then cached)...",
                         spinner="dots") if console.is_terminal and not quiet else contextlib.nullcontext():
@@ -434,64 +451,33 @@ def main(argv=None):
         for (_, live), saved in zip(model.named_buffers(), buffers):
             live[...] = saved
 
-    last_path, accuracy, run_start = None, math.nan, time.perf_counter()
-    train_seconds = evaluation_seconds = 0.0
-    columns = [TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
-                          "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn()]
-    for epoch in range(start_epoch + 1, args.nb_epochs + 1):
-        with Progress(*columns, console=console, transient=True,
-                      disable=quiet or not console.is_terminal) as bar:
-            task = bar.add_task("", total=math.ceil(len(x_train) / args.batch_size),
-                                completed=start_batch, epoch=f"{epoch}/{args.nb_epochs}",
-                                loss=math.nan, acc=0.0, ips=0.0)
-
-            def on_batch(done, total, loss, acc, ips):
-                bar.update(task, completed=done, loss=loss, acc=acc, ips=ips)
-
-            result = trainer.run_epoch(x_train, data.y_train, epoch, start_batch, on_batch, stop)
-        start_batch = 0
-        if result.diverged:
-            where = f"the last good checkpoint is {last_path}" if last_path else \
-                "no checkpoint was written before it"
-            fail(f"loss became nan/inf in epoch {epoch}, batch {result.batches_done + 1}: the "
-                 f"learning rate ({args.learning_rate}) is most likely too high, try a tenth of "
-                 f"it; {where}",
-                 code=1)
-        if result.stopped:
-            path = checkpoint(epoch - 1, result.batches_done, accuracy, "-interrupted")
-            console.print(f"Interrupted in epoch {epoch} after {result.batches_done} batches; "
+    record = RunRecord(args, log, checkpoint, write_failures_stop_the_run, x_test, data.y_test,
+                       best)
+    run_start = time.perf_counter()
+    try:
+        history = model.fit(
+            x_train, data.y_train, epochs=args.nb_epochs, batch_size=args.batch_size,
+            optimizer=opt, lr_schedule=lr_at or "constant", augment=augment, seed=args.seed,
+            validation_data=None if x_val is None else (x_val, y_val), callbacks=[record],
+            verbose=0 if quiet else 1, initial_epoch=start_epoch, initial_batch=start_batch,
+            interrupt_message="\nCtrl-C: stopping after this batch and saving a checkpoint "
+                              "(Ctrl-C again to quit at once)")
+    except nnjit.TrainingDiverged as err:
+        fail(f"loss became nan/inf in epoch {err.epoch + 1}, batch {err.batch + 1}: the "
+             f"learning rate ({args.learning_rate}) is most likely too high, try a tenth of "
+             f"it; {record.kept()}", code=1)
+    if history.interrupted is not None:
+        epoch, batches = history.interrupted
+        if batches < math.ceil(len(x_train) / args.batch_size):
+            path = checkpoint(epoch, batches, record.accuracy, "-interrupted")
+            console.print(f"Interrupted in epoch {epoch + 1} after {batches} batches; "
                           f"saved {path} (resume with --resume {path})")
-            log.close()
-            sys.exit(EXIT_INTERRUPTED)
-        train_seconds += result.seconds
-        evaluation_start = time.perf_counter()
-        val_loss = val_accuracy = None
-        if x_val is not None:
-            val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=256)
-        test_loss, accuracy = (math.nan, math.nan) if x_test is None else \
-            model.evaluate(x_test, data.y_test, batch_size=256)
-        evaluation_seconds += time.perf_counter() - evaluation_start
-        is_best = val_accuracy is not None and val_accuracy > best
-        best = max(best, accuracy if val_accuracy is None else val_accuracy)
-        with write_failures_stop_the_run(args.loss_csv_path):
-            log.add(epoch, result.step, result.train_loss, test_loss, accuracy, result.seconds,
-                    result.images_per_second, val_loss, val_accuracy)
-        if epoch % args.checkpoint_stride == 0 or epoch == args.nb_epochs or stop() or is_best:
-            last_path = checkpoint(epoch, 0, accuracy, val_accuracy=val_accuracy, is_best=is_best)
-        if not quiet:
-            val = "" if val_loss is None else \
-                f"val loss {val_loss:.4f}  val accuracy {val_accuracy:.2%}  "
-            test = "" if x_test is None else \
-                f"test loss {test_loss:.4f}  test accuracy {accuracy:.2%}  "
-            console.print(f"epoch {epoch}/{args.nb_epochs}  train loss {result.train_loss:.4f}  "
-                          f"{val}{test}"
-                          f"{result.seconds:.1f}s  {result.images_per_second:,.0f} img/s")
-        if stop():
-            console.print(f"Interrupted after epoch {epoch}; saved {last_path} "
-                          f"(resume with --resume {last_path})")
-            log.close()
-            sys.exit(EXIT_INTERRUPTED)
+        else:
+            console.print(f"Interrupted after epoch {epoch + 1}; saved {record.last_path} "
+                          f"(resume with --resume {record.last_path})")
+        log.close()
+        sys.exit(EXIT_INTERRUPTED)
+    accuracy, best = record.accuracy, record.best
     log.close()
     if plot_path:
         with write_failures_stop_the_run(plot_path):
@@ -499,8 +485,9 @@ def main(argv=None):
     final = "no test part" if x_test is None else f"final test accuracy {accuracy:.2%}"
     chosen = (f"best validation accuracy {best:.2%} (best.json), {final}" if x_val is not None else
               f"best test accuracy {best:.2%}, final {accuracy:.2%}")
-    console.print(f"done in {time.perf_counter() - run_start:.1f}s (training {train_seconds:.1f}s, "
-                  f"evaluation {evaluation_seconds:.1f}s; start-up before it "
+    console.print(f"done in {time.perf_counter() - run_start:.1f}s (training "
+                  f"{record.train_seconds:.1f}s, evaluation {record.evaluation_seconds:.1f}s; "
+                  f"start-up before it "
                   f"{run_start - START:.1f}s): {chosen}; checkpoints in {args.checkpoint_folder}/ "
                   f"(latest: {Path(args.checkpoint_folder) / 'latest.json'}), "
                   f"loss CSV {args.loss_csv_path}" + (f", plot {plot_path}" if plot_path else ""))
