@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 import warnings
 
 import numpy as np
@@ -323,6 +324,62 @@ class ModelCheckpoint(Callback):
                         epoch=epoch + 1, **{k: float(v) for k, v in logs.items()})
 
 
+class TensorBoard(Callback):
+    """Scalars for TensorBoard (``tensorboard --logdir LOG_DIR``), in Keras's
+    layout: ``LOG_DIR/train`` gets ``epoch_loss``, ``epoch_accuracy`` and
+    ``epoch_learning_rate`` per epoch, ``LOG_DIR/validation`` the validation
+    figures under the same names (and ``test`` any test_ figures); with
+    ``update_freq`` N, the train folder also gets ``batch_loss`` and
+    ``batch_accuracy`` every N batches (step: optimizer steps). Written with
+    TensorBoard's own event writer: ``pip install "nnjit[tensorboard]"``."""
+
+    def __init__(self, log_dir="logs", update_freq="epoch"):
+        try:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        except ImportError:
+            raise ImportError('the TensorBoard callback needs the tensorboard package: pip '
+                              'install "nnjit[tensorboard]"') from None
+        if update_freq != "epoch" and (isinstance(update_freq, bool) or
+                                       not isinstance(update_freq, int) or update_freq < 1):
+            raise ValueError(f"update_freq must be 'epoch' or a whole number of batches >= 1, "
+                             f"got {update_freq!r}")
+        self._writer_type = EventFileWriter
+        self.log_dir, self.update_freq = os.fspath(log_dir), update_freq
+        self._writers = {}
+
+    def _write(self, folder: str, tag: str, value: float, step: int) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        if folder not in self._writers:
+            self._writers[folder] = self._writer_type(os.path.join(self.log_dir, folder))
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+            tag=tag, simple_value=float(value))])
+        self._writers[folder].add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                        summary=summary))
+
+    def on_batch_end(self, batch, logs=None):
+        if self.update_freq == "epoch" or (batch + 1) % self.update_freq:
+            return
+        step = self.model.optimizer.steps
+        for key in ("loss", "accuracy"):
+            if key in (logs or {}):
+                self._write("train", f"batch_{key}", logs[key], step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            folder, name = ("validation", key[4:]) if key.startswith("val_") else \
+                ("test", key[5:]) if key.startswith("test_") else ("train", key)
+            self._write(folder, "epoch_" + ("learning_rate" if name == "lr" else name), value,
+                        epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+
 __all__ = ["Callback", "CallbackList", "History", "EarlyStopping", "ReduceLROnPlateau",
            "LearningRateScheduler", "TerminateOnNaN", "LambdaCallback", "CSVLogger",
-           "ModelCheckpoint"]
+           "ModelCheckpoint", "TensorBoard"]

@@ -3,7 +3,7 @@
 The batches themselves run in :class:`~nnjit.trainer.Trainer` (one epoch of
 shuffled mini-batches); this module is the loop around it: it prepares the
 data, evaluates validation data after each epoch, drives the callbacks
-(``nnjit.callbacks``) and turns Ctrl-C into a clean stop. ``scripts/train.py``
+(``nnjit.callbacks``) and turns Ctrl-C into a clean stop. ``nnjit train``
 is a driver over the same function.
 """
 from __future__ import annotations
@@ -158,6 +158,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         hooks.on_batch_end(done - 1, {"loss": loss, "accuracy": accuracy, "lr": opt.lr,
                                       "images_per_second": images_per_second})
 
+    prepare_kernels(model, x, y, batch_size, show=verbose > 0)
     logs = {}
     with flag.active():
         hooks.on_train_begin()
@@ -192,6 +193,36 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
     return history
 
 
+def prepare_kernels(model, x, y, batch_size: int, show: bool = True, load: bool = False) -> int:
+    """Compile the kernels that training ``model`` on (x, y) in batches of
+    ``batch_size`` (the last, shorter batch included) and predicting need, and
+    the kernel cache lacks: on every core at once, with a progress bar when
+    ``show`` (``nnjit.progress.compile_with_progress``). With ``load``, then
+    run those calls for real, so that the first step loads nothing either.
+    x: float (N, C, H, W); y: int (N,). Leaves the model as it was (weights,
+    batch-norm statistics, dropout's generator). Returns the signatures compiled.
+    """
+    from .progress import compile_with_progress
+
+    state, buffers = model.get_extra_state(), [b.copy() for _, b in model.named_buffers()]
+
+    def first_calls():
+        for size in {min(batch_size, len(x)), len(x) % batch_size or batch_size}:
+            model.forward(x[:size])
+            model.backward(y[:size])
+        model.predict(x[:batch_size])
+
+    try:
+        compiled = compile_with_progress(first_calls, show)
+        if load:
+            first_calls()
+    finally:
+        model.set_extra_state(state)
+        for (_, live), saved in zip(model.named_buffers(), buffers):
+            live[...] = saved
+    return compiled
+
+
 def _lr_at(schedule, base_lr: float, total_steps: int):
     """step -> learning rate for ``schedule`` (a name in LR_SCHEDULES or a
     function of the step), or None for a constant rate."""
@@ -204,4 +235,5 @@ def _lr_at(schedule, base_lr: float, total_steps: int):
     return None if curve is None else (lambda step: curve(base_lr, step, total_steps))
 
 
-__all__ = ["fit", "training_arrays", "make_optimizer", "Callback", "LR_SCHEDULES", "OPTIMIZERS"]
+__all__ = ["fit", "training_arrays", "make_optimizer", "prepare_kernels", "Callback",
+           "LR_SCHEDULES", "OPTIMIZERS"]

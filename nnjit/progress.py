@@ -6,6 +6,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .callbacks import Callback
 
 
+def compile_with_progress(work, show: bool = True, console=None) -> int:
+    """``nnjit.compile_ahead(work)``, showing "compiling kernels (first run only)
+    N of M" while the workers compile, when ``show`` and the console shows
+    bars; nothing at all when the kernel cache already holds everything.
+    Returns what compile_ahead returns (signatures given to the workers)."""
+    from .cli import console as default_console
+    from .kernels.precompile import compile_ahead
+
+    console = console or default_console
+    if not (show and (console.is_terminal or console.is_jupyter)):
+        return compile_ahead(work)
+    bar = Progress(TextColumn("compiling kernels (first run only, then cached)"), BarColumn(),
+                   MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+    task = None
+
+    def on_progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("", total=total)
+        bar.update(task, completed=done)
+
+    try:
+        return compile_ahead(work, on_progress=on_progress)
+    finally:
+        bar.stop()
+
+
 def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, images_per_second: float) -> str:
     """``epoch 3/10  train loss 0.2817  val loss ... val accuracy ...  test loss ...
     test accuracy ...  4.1s  9,390 img/s`` for an epoch (from 0) and its logs:

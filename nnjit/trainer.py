@@ -1,6 +1,6 @@
 """The training loop: epochs of shuffled mini-batches, with stop and divergence checks.
 
-No printing here: callers (scripts/train.py) observe progress through the
+No printing here: callers (``fit``) observe progress through the
 ``on_batch`` callback and the returned :class:`EpochResult`.
 """
 from __future__ import annotations

@@ -87,7 +87,7 @@ def _compile(job) -> None:
     (target if twin is None else target.dispatchers[twin]).compile(types)
 
 
-def compile_ahead(work, processes: int | None = None) -> int:
+def compile_ahead(work, processes: int | None = None, on_progress=None) -> int:
     """Compile, in parallel worker processes, the kernels ``work()`` would compile.
 
     work: a callable doing what is about to be done (e.g. one training step
@@ -99,13 +99,18 @@ def compile_ahead(work, processes: int | None = None) -> int:
     calls compile as usual). Each worker takes the next job, largest first,
     when it finishes one (dealt out in advance, one worker sat idle for 14 of
     the cnn's 26 s). A job that fails, or a worker that dies, leaves its
-    kernels to compile on first call, as without it.
+    kernels to compile on first call, as without it. ``on_progress(done,
+    total)``, when given, is called as the workers start (done 0) and after
+    each job.
     """
     pending = collections.deque(_missing(recorded_calls(work)))
     given = len(pending)
     processes = min(given, processes or os.cpu_count() or 1)
     if processes < 2:
         return 0
+    done = 0
+    if on_progress is not None:
+        on_progress(done, given)
     root = str(Path(__file__).resolve().parents[2])  # where the nnjit package is
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [root, os.environ.get("PYTHONPATH")])))
@@ -125,6 +130,9 @@ def compile_ahead(work, processes: int | None = None) -> int:
             for key, _ in ready.select():
                 if key.fileobj.readline():  # one job done
                     _hand_next(workers[key.fileobj], pending)
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(done, given)
                 else:  # the worker has exited
                     ready.unregister(key.fileobj)
     for worker in workers.values():

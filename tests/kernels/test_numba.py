@@ -82,13 +82,14 @@ def step():
     model.forward(x)
     model.backward(np.array([0, 1, 2, 0]))
 
-compiled = nnjit.compile_ahead(step)
+progress = []
+compiled = nnjit.compile_ahead(step, on_progress=lambda done, total: progress.append([done, total]))
 step()
 kernels = [v for m in list(sys.modules) if m.startswith("nnjit.kernels.")
            for v in vars(sys.modules[m]).values() if isinstance(v, Kernel)]
 stats = [d.stats for k in kernels for d in k.dispatchers]
 parts = [p.stats for k in kernels for p in k.parts]
-print(json.dumps({"compiled_ahead": compiled,
+print(json.dumps({"compiled_ahead": compiled, "progress": progress,
                   "misses": sum(sum(s.cache_misses.values()) for s in stats + parts),
                   "hits": sum(sum(s.cache_hits.values()) for s in stats),
                   "part_hits": sum(sum(s.cache_hits.values()) for s in parts),
@@ -107,6 +108,10 @@ def test_compile_ahead_compiles_in_workers_and_the_first_calls_only_load(tmp_pat
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     cold, warm = runs
     assert cold["compiled_ahead"] >= 6, cold  # conv, dense kernels and their parts, softmax...
+    # the progress it reports: 0 of M as the workers start, then one step per job
+    assert cold["progress"] == [[i, cold["compiled_ahead"]]
+                                for i in range(cold["compiled_ahead"] + 1)], cold
+    assert warm["progress"] == [], warm
     assert cold["misses"] == 0 and cold["hits"] >= 4, cold
     assert cold["part_hits"] >= 2, cold  # the conv's and the dense stack's parts, compiled apart
     assert warm["compiled_ahead"] == 0 and warm["misses"] == 0, warm

@@ -295,3 +295,28 @@ def test_fit_with_early_stopping_learns_real_mnist(mnist_test_set):
     assert accuracy >= 0.96, f"test accuracy {accuracy:.4f}"
     assert max(history.history["val_accuracy"]) >= 0.95
     assert math.isfinite(history.history["loss"][-1])
+
+
+def test_tensorboard_events_read_back_with_tensorboards_reader(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = small_data(n=120)
+    model = small_model()
+    history = model.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0,
+                        callbacks=[nnjit.callbacks.TensorBoard(tmp_path / "logs", update_freq=2)])
+
+    def scalars(folder, tag):
+        acc = EventAccumulator(str(tmp_path / "logs" / folder))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    for folder, prefix in (("train", ""), ("validation", "val_")):
+        for name in ("loss", "accuracy"):
+            got = scalars(folder, f"epoch_{name}")
+            assert [s for s, _ in got] == [0, 1, 2]
+            assert [v for _, v in got] == pytest.approx(history.history[prefix + name], rel=1e-6)
+    assert [v for _, v in scalars("train", "epoch_learning_rate")] == pytest.approx([0.05] * 3)
+    batches = scalars("train", "batch_loss")  # every 2nd of 6 batches per epoch
+    assert [s for s, _ in batches] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    with pytest.raises(ValueError, match="update_freq"):
+        nnjit.callbacks.TensorBoard(tmp_path, update_freq=0)

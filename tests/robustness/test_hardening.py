@@ -218,11 +218,8 @@ def test_fuzz_train_flags_parse_or_exit_2(flag, value):
     import contextlib
     import io
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import train
-    finally:
-        sys.path.pop(0)
+    from nnjit.commands import train
+
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
@@ -237,7 +234,7 @@ EXPORT_FLAGS = ["--checkpoint-path", "--onnx-path"]
 
 @seed(FUZZ_SEED)
 @settings(max_examples=60, deadline=None, print_blob=True)
-@given(script_name=st.sampled_from(["infer", "export_onnx"]), data=st.data())
+@given(script_name=st.sampled_from(["infer", "export"]), data=st.data())
 def test_fuzz_infer_and_export_flags_end_in_a_clear_answer(script_name, data, tmp_path_factory):
     """The scripts' main() on hostile flag values: exit 0 or 2, never an exception."""
     import contextlib
@@ -254,11 +251,7 @@ def test_fuzz_infer_and_export_flags_end_in_a_clear_answer(script_name, data, tm
     for _ in range(data.draw(st.integers(1, 2))):
         argv += [data.draw(st.sampled_from(flags)),
                  data.draw(st.one_of(FLAG_VALUES, st.just(str(folder)), st.just(str(ckpt))))]
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        module = importlib.import_module(script_name)
-    finally:
-        sys.path.pop(0)
+    module = importlib.import_module(f"nnjit.commands.{script_name}")
     out, err = io.StringIO(), io.StringIO()
     try:  # in the example's folder: a value like "-0.0" may become a file name
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
@@ -612,14 +605,14 @@ def test_a_checkpoint_whose_activations_cannot_fit_is_refused_from_the_shapes(tm
 # -- kills between and during writes ----------------------------------------------------
 KILL_AFTER_FIRST_WRITE = """
 import os, sys
-sys.path.insert(0, sys.argv[1])
-import train
+from nnjit.cli import run
+from nnjit.commands import train
 real = train.save_checkpoint
 def save_then_die(model, path, *args, **kwargs):
     real(model, path, *args, **kwargs)
     os._exit(9)  # as a SIGKILL right after the first file of a checkpoint is written
 train.save_checkpoint = save_then_die
-train.run(lambda: train.main(sys.argv[2:]))
+run(lambda: train.main(sys.argv[1:]))
 """
 
 
@@ -628,8 +621,8 @@ def test_a_kill_between_checkpoint_files_leaves_a_latest_json_to_resume_from(tmp
     ck = tmp_path / "ck"
     common = ["--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 2,
               "--checkpoint-folder", ck, "--quiet"]
-    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, ROOT / "scripts",
-                           *map(str, common)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, *map(str, common)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 9, proc.stderr
     assert load_checkpoint(ck / "latest.json").metadata["epoch"] == 1
     resumed = script(TRAIN, *common, "--resume", ck / "latest.json")

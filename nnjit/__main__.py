@@ -1,0 +1,6 @@
+"""``python -m nnjit train|infer|export ...``: the ``nnjit`` command."""
+import sys
+
+from .commands import main
+
+sys.exit(main())
