@@ -18,6 +18,7 @@ import numpy as np
 
 from .callbacks import Callback, CallbackList, History
 from .data.preprocess import Preprocessing
+from .data.streaming import StreamingDataset
 from .errors import DataError, TrainingDiverged
 from .optim import Adam, AdamW, Momentum, Optimizer, SGD, cosine_lr, one_cycle_lr
 from .trainer import Trainer
@@ -34,9 +35,15 @@ def training_arrays(x, y, dtype) -> tuple[np.ndarray, np.ndarray]:
 
     x: an array (N, C, H, W) or (N, H, W), uint8 pixels (divided by 255, as
     ``train.py`` does) or float; or an nnjit dataset (``nnjit.data.load_dataset``:
-    its training part, with y None). y: int (N,). Returns (x as ``dtype``
-    (N, C, H, W), y as int64 (N,)). DataError for anything else.
+    its training part, with y None); or a streaming dataset
+    (``nnjit.data.streaming``, y None), returned as it is. y: int (N,).
+    Returns (x as ``dtype`` (N, C, H, W) or the stream, y as int64 (N,)).
+    DataError for anything else.
     """
+    if isinstance(x, StreamingDataset):
+        if y is not None:
+            raise DataError("a streaming dataset brings its labels: pass y=None")
+        return x, x.labels.astype(np.int64)
     if y is None:
         if not hasattr(x, "x_train"):
             raise DataError("fit needs labels: fit(x, y), or a dataset from nnjit.data.load_dataset")
@@ -122,8 +129,16 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         if cut == 0 or cut == len(x):
             raise ValueError(f"validation_split {validation_split} of {len(x)} images leaves "
                              "no training or no validation images")
-        x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+        if isinstance(x, StreamingDataset):
+            validation_data = (x.subset(np.arange(cut, len(x))), None)
+            x = x.subset(np.arange(cut))
+        else:
+            validation_data = (x[cut:], y[cut:])
+        y = y[:cut]
+        x = x[:cut] if isinstance(x, np.ndarray) else x
     if validation_data is not None:
+        if len(validation_data) != 2:
+            raise ValueError("validation_data must be (x, y), or (stream, None)")
         validation_data = training_arrays(*validation_data, model.dtype)
     if len(x) == 0:
         raise DataError("fit got no training images")

@@ -305,7 +305,8 @@ class Model:
         """The loss (``self.loss``, over the whole set) and accuracy of the model on
         (x, labels).
 
-        x: float (N, C, H, W); labels: int (N,). Returns (loss, accuracy).
+        x: float (N, C, H, W), or a streaming dataset (``nnjit.data.streaming``)
+        read batch by batch; labels: int (N,). Returns (loss, accuracy).
         """
         labels = np.asarray(labels)
         loss_sum, weight_sum, correct = 0.0, 0.0, 0
@@ -331,7 +332,9 @@ class Model:
         :class:`~nnjit.callbacks.History` (Keras's ``fit``).
 
         x: images (N, C, H, W) or (N, H, W), uint8 pixels (divided by 255) or
-        float; or an nnjit dataset (``nnjit.data.load_dataset``), y then None.
+        float; or an nnjit dataset (``nnjit.data.load_dataset``), or a
+        streaming one for data larger than memory (``nnjit.data.ArrayStream``,
+        ``nnjit.data.FolderStream``), y then None.
         y: int class labels (N,). ``optimizer``: an nnjit Optimizer over
         ``self.parameters()``, a name ("sgd", "momentum", "adam", "adamw", at
         their default rates), or None (the one of the last fit, else momentum

@@ -82,8 +82,9 @@ class Trainer:
                   on_batch=None, should_stop=lambda: False) -> EpochResult:
         """Train one epoch (``epoch`` counts from 1).
 
-        x: float32 (N, C, H, W); y: int (N,). ``start_batch`` skips the first
-        batches (resuming mid-epoch).
+        x: float32 (N, C, H, W), or a streaming dataset (``nnjit.data.streaming``)
+        of N images; y: int (N,). ``start_batch`` skips the first batches
+        (resuming mid-epoch).
 
         on_batch(batches_done, batches, loss, running_accuracy, images_per_second)
         is called after every step; ``should_stop()`` is checked after every
@@ -95,45 +96,60 @@ class Trainer:
         n, bs = len(x), self.batch_size
         batches = math.ceil(n / bs)
         order = epoch_order(self.seed, epoch, n) if self.shuffle else np.arange(n)
-        xb = np.empty((min(bs, n),) + x.shape[1:], dtype=x.dtype)
         loss_sum, correct, seen, done = 0.0, 0, 0, start_batch
         start = time.perf_counter()
         result = EpochResult(epoch, self.optimizer.steps, done, batches, math.nan, 0.0, 0, 0.0)
         buffers = [b for _, b in self.model.named_buffers()]
         kept = [b.copy() for b in buffers]  # small: a few values per channel
-        for b in range(start_batch, batches):
-            idx = order[b * bs:(b + 1) * bs]
-            batch = np.take(x, idx, axis=0, out=xb[:len(idx)])
-            if self.augment is not None:
-                batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]))
-            labels = y[idx]
-            for b, k in zip(buffers, kept):
-                np.copyto(k, b)
-            probs = self.model.forward(batch)
-            loss = self.model.backward(labels)
-            if not math.isfinite(loss):
-                for b, k in zip(buffers, kept):
-                    np.copyto(b, k)
-                result.diverged = True
-                break
-            if self.lr_at is not None:
-                self.optimizer.lr = self.lr_at(self.optimizer.steps)
-            self.optimizer.step()
-            done += 1
-            loss_sum += loss * len(idx)
-            correct += int(np.count_nonzero(probs.argmax(axis=1) == labels))
-            seen += len(idx)
-            elapsed = time.perf_counter() - start
-            if on_batch is not None:
-                on_batch(done, batches, loss, correct / seen, seen / elapsed if elapsed else 0.0)
-            if should_stop() and done < batches:
-                result.stopped = True
-                break
+        reading = _batches(x, order[start_batch * bs:], bs)
+        try:
+            for b, (idx, batch) in enumerate(reading, start_batch):
+                if self.augment is not None:
+                    batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]))
+                labels = y[idx]
+                for live, saved in zip(buffers, kept):
+                    np.copyto(saved, live)
+                probs = self.model.forward(batch)
+                loss = self.model.backward(labels)
+                if not math.isfinite(loss):
+                    for live, saved in zip(buffers, kept):
+                        np.copyto(live, saved)
+                    result.diverged = True
+                    break
+                if self.lr_at is not None:
+                    self.optimizer.lr = self.lr_at(self.optimizer.steps)
+                self.optimizer.step()
+                done += 1
+                loss_sum += loss * len(idx)
+                correct += int(np.count_nonzero(probs.argmax(axis=1) == labels))
+                seen += len(idx)
+                elapsed = time.perf_counter() - start
+                if on_batch is not None:
+                    on_batch(done, batches, loss, correct / seen,
+                             seen / elapsed if elapsed else 0.0)
+                if should_stop() and done < batches:
+                    result.stopped = True
+                    break
+        finally:
+            reading.close()
         result.step, result.batches_done = self.optimizer.steps, done
         result.train_loss = loss_sum / seen if seen else math.nan
         result.train_accuracy = correct / seen if seen else 0.0
         result.images, result.seconds = seen, time.perf_counter() - start
         return result
+
+
+def _batches(x, order: np.ndarray, batch_size: int):
+    """(indices, network input) for consecutive ``batch_size`` slices of ``order``:
+    from an array, gathered into one reused buffer; from a streaming dataset
+    (``nnjit.data.streaming``), read ahead by it."""
+    if not isinstance(x, np.ndarray):
+        yield from x.batches(order, batch_size)
+        return
+    xb = np.empty((min(batch_size, len(order)),) + x.shape[1:], dtype=x.dtype)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        yield idx, np.take(x, idx, axis=0, out=xb[:len(idx)])
 
 
 class LossLog:
