@@ -320,3 +320,20 @@ def test_tensorboard_events_read_back_with_tensorboards_reader(tmp_path):
     assert [s for s, _ in batches] == [2, 4, 6, 8, 10, 12, 14, 16, 18]
     with pytest.raises(ValueError, match="update_freq"):
         nnjit.callbacks.TensorBoard(tmp_path, update_freq=0)
+
+
+def test_the_readme_fit_example_runs_as_written(rng):
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(import numpy as np\nimport nnjit\n.*?)```", text, re.S)
+    y = rng.integers(0, 10, 96)
+    x = (y[:, None, None] * 25 + rng.integers(0, 5, (96, 28, 28))).astype(np.uint8)
+    namespace = {"x": x, "y": y, "x_new": x[:5].astype(np.float32)[:, None] / 255}
+    exec(example, namespace)  # noqa: S102  (the project's own README)
+    history = namespace["history"]
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    assert os.path.exists("best.json")  # ModelCheckpoint, in the test's own folder
+    assert namespace["slow"].shape == (5, 10)
