@@ -79,6 +79,9 @@ class Tuning:
     winograd_min_channels: int = 8
     #: Training runs eligible convs by Winograd too (cnn training +8-12%).
     winograd_in_training: bool = True
+    #: Fewest input channels for Winograd without a pool after the conv (at
+    #: inference): every output is then written, not one in four.
+    winograd_unpooled_min_channels: int = 32
     #: Bytes of a Winograd chunk's transformed tiles and products (16 * windows *
     #: (C + OC) floats): chunks of whole images up to this size. Training at
     #: batch 64, two threads, forward / backward ms for chunks of 64 / 128 / 250 /
@@ -89,6 +92,10 @@ class Tuning:
     #: pair of windows reads all of it, so it must stay in the core's L2. The
     #: cnn's first conv: one image 4.1 -> 2.3 us, 1000 images 1.79x faster.
     window_conv_weight_bytes: int = 256 << 10
+    #: Fewest output channels for the direct conv against unfolding onto
+    #: AVX-512 BLAS: ResNet-20's 16-channel 3x3 convs on 32x32, batch 1000
+    #: inference, 247 ms unfolded against 155 ms direct.
+    direct_min_rows: int = 16
     #: Unpooled stride-1 convs run without unfolding where their rows hold less
     #: than this share of dropped columns ((KW-1) of every W+2PW). The lone
     #: 10->20 5x5 conv on 28x28 (4 of 28 dropped): one core 25 vs 31 us per image.
@@ -350,9 +357,18 @@ def _grouped_only(p: ConvProblem) -> str | None:
 
 
 def _winograd_fits(p: ConvProblem) -> str | None:
-    """Why Winograd cannot run ``p``, or None when it can."""
+    """Why Winograd cannot run ``p``, or None when it can: a 3x3 stride-1 conv
+    with a fused 2x2 max-pool after it, or at inference without a pool, of an
+    even output size (its 2x2 tiles written out as they are)."""
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return "needs a 3x3 kernel at stride 1"
+    if p.pool is None:
+        oh, ow = p.output
+        if p.training:
+            return "needs a fused 2x2, stride-2 max-pool after the conv in training"
+        if oh % 2 or ow % 2:
+            return f"needs an even output size without a pool (got {oh}x{ow})"
+        return None
     if p.pool != (2, 2, 2, 2):
         return "needs a fused 2x2, stride-2 max-pool after the conv"
     return None
@@ -412,15 +428,16 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
                         "only direct loops run them", **gemms)
     f32 = np.dtype(p.dtype) == np.float32
     why_not = {}  # algorithm -> why its rule does not hold, for the general path's rule
+    least = t.winograd_min_channels if p.pool else t.winograd_unpooled_min_channels
     why_not["winograd"] = _winograd_fits(p) or (
         "float32 only" if not f32 else
-        f"{p.channels} < {t.winograd_min_channels} input channels"
-        if p.channels < t.winograd_min_channels else
+        f"{p.channels} < {least} input channels" if p.channels < least else
         "off in training" if p.training and not t.winograd_in_training else None)
     if why_not["winograd"] is None:
         return ConvPlan(ConvAlgorithm.WINOGRAD,
-                        f"float32 3x3 stride 1 with a fused 2x2 max-pool, {p.channels} >= "
-                        f"{t.winograd_min_channels} input channels", **gemms)
+                        "float32 3x3 stride 1 " + ("with a fused 2x2 max-pool" if p.pool else
+                                                    "at inference, even output size")
+                        + f", {p.channels} >= {least} input channels", **gemms)
     lanes = -(-oc // 16) * 16
     why_not["windows"] = _windows_fit(p) or (
         "needs AVX-512" if not host().tiles else
@@ -431,7 +448,11 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
                         f"stride 1 with a fused 2x2 max-pool on AVX-512, transposed weight "
                         f"{k * lanes * 4} <= {t.window_conv_weight_bytes} bytes (L2)", **gemms)
     why_not["direct"] = _direct_fits(p) or (
-        f"register tiles do not pay for {oc} rows over {k}" if not gemms["forward_tiles"] else
+        "needs AVX-512" if not host().tiles else
+        f"{oc} < {t.direct_min_rows} output channels (its register tiles' rows)"
+        if oc < t.direct_min_rows and not host().tiles_everywhere else
+        f"a sum of {k} < {t.tiles_min_reduction} per output"
+        if k < t.tiles_min_reduction and not host().tiles_everywhere else
         f"{dropped:.0%} of each padded row dropped >= {t.direct_max_dropped:.0%}"
         if dropped >= t.direct_max_dropped else None)
     if why_not["direct"] is None:

@@ -195,6 +195,19 @@ def transform_tiles(image, C, Wp, POW, t0, t1, row0, Vt, Lp, stage):
                 copy_run(Vt, U(xi) * step + dst + U(c0), stage, U(xi * STAGE_CHANNELS), width)
 
 
+@njit(cache=True, inline="always")
+def _tile_outputs(Mt, s, step):
+    """A^T M A: the 2x2 conv outputs (y00, y01, y10, y11) of the tile whose 4x4 M
+    has element xi at Mt[s + xi*step]."""
+    f0 = _output_column(Mt, s, 0, step)
+    f1 = _output_column(Mt, s, 1, step)
+    f2 = _output_column(Mt, s, 2, step)
+    f3 = _output_column(Mt, s, 3, step)
+    y00, y01 = _output_rows(f0[0], f1[0], f2[0], f3[0])
+    y10, y11 = _output_rows(f0[1], f1[1], f2[1], f3[1])
+    return y00, y01, y10, y11
+
+
 @helper
 def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
     """pooled[t, oc] = max of window t's 2x2 conv outputs (A^T M A, from rows
@@ -210,12 +223,7 @@ def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
         dst = U(t * OC)
         for oc in range(U(OC)):
             s = src + oc
-            f0 = _output_column(Mt, s, 0, step)
-            f1 = _output_column(Mt, s, 1, step)
-            f2 = _output_column(Mt, s, 2, step)
-            f3 = _output_column(Mt, s, 3, step)
-            y00, y01 = _output_rows(f0[0], f1[0], f2[0], f3[0])
-            y10, y11 = _output_rows(f0[1], f1[1], f2[1], f3[1])
+            y00, y01, y10, y11 = _tile_outputs(Mt, s, step)
             best = y00
             at = 0
             if not (y01 <= best):
@@ -235,6 +243,48 @@ def pool_windows(Mt, bias, OC, T, row0, Lp, relu, pooled, train, argmax):
             pooled[dst + oc] = v
             if train:
                 argmax[dst + oc] = at
+
+
+@helper
+def unpooled_tiles(Mt, bias, OC, POW, t0, t1, row0, Lp, relu, stage):
+    """The 2x2 conv outputs of tiles [t0, t1) of one image (tile t = i*POW + j:
+    output rows 2i, 2i+1, columns 2j, 2j+1; A^T M A from row row0 + t - t0 of
+    Mt), plus bias[oc], then max(0, .) with ``relu`` (a NaN stays), written
+    channels-last: stage[((2i+a)*OW + 2j+b)*OC + oc] for output (a, b) of
+    tile t, OW = 2*POW. stage: float (OH*OW*OC,)."""
+    step = U(Lp * OC)
+    row = U(2 * POW * OC)  # from output row 2i to 2i+1
+    zero = np.float32(0)  # float32: a float64 literal would widen float32 code
+    for t in range(t0, t1):
+        src = U((row0 + t - t0) * OC)
+        d = U((2 * (t // POW) * 2 * POW + 2 * (t % POW)) * OC)
+        for oc in range(U(OC)):
+            s = src + oc
+            y00, y01, y10, y11 = _tile_outputs(Mt, s, step)
+            b = bias[oc]
+            y00, y01, y10, y11 = y00 + b, y01 + b, y10 + b, y11 + b
+            if relu:
+                y00 = zero if y00 < 0 else y00
+                y01 = zero if y01 < 0 else y01
+                y10 = zero if y10 < 0 else y10
+                y11 = zero if y11 < 0 else y11
+            stage[d + oc] = y00
+            stage[d + U(OC) + oc] = y01
+            stage[d + row + oc] = y10
+            stage[d + row + U(OC) + oc] = y11
+
+
+@helper
+def unpooled_rows_out(stage, OC, POH, POW, t0, t1, out):
+    """Copy the outputs of tiles [t0, t1) from ``stage`` (``unpooled_tiles``'s
+    channels-last (OH*OW, OC)) into out (OC, OH*OW) of one image, the run of
+    columns each tile row covers in its two output rows."""
+    OW, P = 2 * POW, 4 * POH * POW
+    for i in range(t0 // POW, (t1 - 1) // POW + 1):
+        j0, j1 = max(t0 - i * POW, 0), min(t1 - i * POW, POW)
+        for a in range(2):
+            p0 = (2 * i + a) * OW + 2 * j0
+            transpose_slice(stage, OC, 0, OC, p0, p0 + 2 * (j1 - j0), P, out)
 
 
 @njit(cache=True, inline="always")
@@ -352,8 +402,9 @@ def split_bound(g, L, split):
 
 
 @helper
-def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per,
-                         kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
+def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
+                         per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
+                         blas):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments) refreshing the
     transformed filters (``refresh_filters``) of its share of the output
     channels, all of them when the kernel splits one chunk."""
@@ -363,8 +414,9 @@ def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu,
 
 
 @helper
-def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, N, parts, per,
-                        kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles, blas):
+def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
+                        per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
+                        blas):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments): the pooled
     outputs of images [part*N//parts, (part+1)*N//parts), ``per`` at a time,
     in the part's workspaces, or with split > 1 of thread ``part``'s share of
@@ -375,7 +427,9 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
     (``transform_windows``), 16 GEMMs Mt[xi] (Lp, OC) = Vt[xi] @ Ut[xi]
     (C, OC) over their rows only (the rows Lp pads to are never read), then
     pooled (``pool_windows``) image by image through pooled (POH*POW*OC,)
-    into out and, with ``train``, their winners into argmax."""
+    into out and, with ``train``, their winners into argmax; without ``pool``
+    every 2x2 output of each tile written (``unpooled_tiles``) through pooled
+    (4*POH*POW*OC,) into out (N, OC, 2*POH, 2*POW)."""
     OC = bias.size
     T = POH * POW
     Lp = padded_rows(per * T)
@@ -393,6 +447,10 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
         batched_product(blas, tiles, 16, w1 - w0, C, Vt, Lp * C, Ut, C * OC, OC, Mt, Lp * OC)
         for n in range(w0 // T, -(-w1 // T)):
             t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
+            if not pool:
+                unpooled_tiles(Mt, bias, OC, POW, t0, t1, n * T + t0 - w0, Lp, relu, pooled)
+                unpooled_rows_out(pooled, OC, POH, POW, t0, t1, out[n * OC * 4 * T:])
+                continue
             pool_windows(Mt, bias, OC, t1 - t0, n * T + t0 - w0, Lp, relu, pooled, train,
                          argmax[(n * T + t0) * OC:])
             # (windows, OC) -> out[n, :, t0:t1] (OC, T)
@@ -401,10 +459,12 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
 
 @kernel(blas=True, parts=(forward_filters_part, forward_images_part))
 def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bias, C, H, W, PH,
-                       PW, POH, POW, relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out,
-                       train, argmax, split, tiles, blas):
+                       PW, POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled,
+                       out, train, argmax, split, tiles, blas):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
-    F(2x2, 3x3) (module docstring).
+    F(2x2, 3x3) (module docstring); without ``pool`` (inference only: not
+    ``train``) the conv + [ReLU] alone, of an even output size 2*POH x 2*POW,
+    its 2x2 tiles taking the pooling windows' place.
 
     x: float (N*C*H*W,); weight (OC*C*9,); bias (OC,). kept (OC*C*9,) and
     Ut (16*C*OC,) persist between calls: the filters as last transformed and
@@ -412,7 +472,8 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
     workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
-    Writes out: (N*OC*POH*POW,) and, with ``train``, argmax: int32
+    Writes out: (N*OC*POH*POW,) (without ``pool``: (N*OC*4*POH*POW,), and
+    pooled[p] is (4*POH*POW*OC,)) and, with ``train``, argmax: int32
     (N*POH*POW*OC,) for ``winograd_conv_pool_backward`` (``pool_windows``).
     The GEMMs run in register tiles with ``tiles`` (``nnjit.kernels.tiles``),
     otherwise on BLAS. With split > 1 (one part, one chunk of per = N images), that
@@ -426,20 +487,20 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
     """
     if split > 1:  # the filters on one thread, then the windows shared
         call_part(forward_filters_part, np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW,
-                  relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
-                  tiles, blas)
+                  relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
+                  split, tiles, blas)
     else:
         for p in prange(parts):
             call_part(forward_filters_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH,
-                      POW, relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
+                      POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
                       argmax, split, tiles, blas)
     # The count in a variable: a conditional expression inside prange() leaves
     # the loop serial (Numba converts no parfor there).
     shares = split if split > 1 else parts
     for p in prange(shares):
         call_part(forward_images_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW,
-                  relu, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
-                  tiles, blas)
+                  relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
+                  split, tiles, blas)
 
 
 @helper

@@ -302,8 +302,8 @@ class Conv2D(Layer):
             parts, _, chunk_threads, rows, (_, _, _, _, _, poh, pow_) = \
                 self._winograd_plan(input_shape)
             threads = max(parts, chunk_threads)
-            floats = threads * (hp * wp * c + 16 * rows * (c + oc) + poh * pow_ * oc) \
-                + 2 * 16 * c * oc
+            outputs = poh * pow_ * oc * (1 if self.fused_pool else 4)
+            floats = threads * (hp * wp * c + 16 * rows * (c + oc) + outputs) + 2 * 16 * c * oc
         elif algorithm is ConvAlgorithm.WINDOWS:
             _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
             lanes = -(-oc // LANES) * LANES
@@ -325,11 +325,13 @@ class Conv2D(Layer):
         (N, C, H, W): the threads' parts, images per chunk, the threads that share a
         batch in one chunk on one part (one image, say; forward only, 1: none),
         Lp (``padded_rows``), and (C, H, W, PH, PW, POH, POW). The same for
-        forward and backward on the same batch."""
+        forward and backward on the same batch. Without a fused pool, the 2x2
+        output tiles take the pooling windows' place: (POH, POW) = (OH/2, OW/2)."""
         n, c, h, w = input_shape
         oc = self.out_channels
         _, oh, ow = self.output_shape((c, h, w))
-        _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
+        poh, pow_ = (oh // 2, ow // 2) if self.fused_pool is None else \
+            self.fused_pool.output_shape((oc, oh, ow))[1:]
         windows = poh * pow_
         parts = parts_for(n * windows * 16 * c * oc, n)
         per = max(1, min(planner.tuning().winograd_chunk_bytes
@@ -348,24 +350,27 @@ class Conv2D(Layer):
     def _winograd_forward(self, x, training):
         """Forward by ``winograd_conv_pool``: x float32 (N, C, H, W) -> the pooled
         output (N, OC, POH, POW); in training, with the windows' winners
-        (``pool_windows``) kept for ``_winograd_backward``."""
+        (``pool_windows``) kept for ``_winograd_backward``. Without a fused pool
+        (inference only) -> (N, OC, OH, OW)."""
         n, oc, dtype = x.shape[0], self.out_channels, self.dtype
         parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
         mode = "train" if training else "eval"
-        out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), dtype)
+        pool = self.fused_pool is not None
+        out = self._buffer(f"out/{mode}", (n, oc, poh, pow_) if pool else
+                           (n, oc, 2 * poh, 2 * pow_), dtype)
         argmax = self._buffer("argmax/winograd" if training else "argmax/none",
                               (n * poh * pow_ * oc if training else 1,), np.int32)
         spaces = max(parts, chunk_threads)
         winograd_conv_pool.run(
             spaces > 1, x.reshape(-1), self.weight.value.reshape(-1),
-            self._bias_values(), c, h, w, ph, pw, poh, pow_, self.fused_relu, n, parts, per,
+            self._bias_values(), c, h, w, ph, pw, poh, pow_, self.fused_relu, pool, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
             *self._winograd_workspaces(spaces, rows, *geometry),
             self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
-            self._buffer("winograd/pooled", (spaces, poh * pow_ * oc), dtype),
+            self._buffer("winograd/pooled", (spaces, poh * pow_ * oc * (1 if pool else 4)), dtype),
             out.reshape(-1), training, argmax, chunk_threads, planner.host().tiles, blas_handle())
         self._cache = (x, out, argmax, "winograd") if training else None
         return out

@@ -4,6 +4,8 @@ finite differences."""
 import numpy as np
 import pytest
 
+import nnjit
+
 from nnjit.planner import ConvAlgorithm, Tuning
 import reference as ref
 from test_gradients import check_layer_gradients
@@ -105,6 +107,44 @@ def test_winograd_follows_in_place_weight_changes(rng, monkeypatch, using):
     same_as_unfold()
     model.layers[3].weight.value[0, 0, 0, 0] = np.nan
     assert np.isnan(model.predict(x)).any()
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
+    (1, 16, 10, 10, 16, 1, True),      # one image: two threads split its 25 tiles mid-row
+    (5, 16, 10, 12, 24, 0, False),     # no ReLU, not square
+    (40, 32, 8, 8, 20, 1, True),       # chunks of several images, both threads
+    (3, 17, 6, 14, 5, (1, 0), True),   # rows padded only
+])
+def test_winograd_without_a_pool_matches_the_reference(n, c, h, w, oc, padding, relu, tiles, rng,
+                                                       host_with, using):
+    """At inference a conv with no pool after it writes every output of its 2x2
+    tiles (forced here; the planner chooses it from 32 input channels)."""
+    using(host=host_with(tiles=tiles))
+    model = Sequential([Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []), seed=2)
+    conv = model.layers[0]
+    conv.bias.value[...] = rng.normal(size=oc)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    want = ref.conv2d(x, conv.weight.value, conv.bias.value, (1, 1), conv.padding)
+    want = np.maximum(want, 0) if relu else want
+    using(conv="winograd")
+    for _ in range(3):  # the second call records a replay, the third replays it
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-4, atol=1e-4)
+    assert conv.plan(x.shape, training=False).algorithm is ConvAlgorithm.WINOGRAD
+
+
+def test_winograd_without_a_pool_only_at_inference_and_on_even_outputs(using):
+    conv = Sequential([Conv2D(32, 8, 3, padding=1)], seed=0).layers[0]
+    assert conv.plan((2, 32, 8, 8), training=False).algorithm is ConvAlgorithm.WINOGRAD
+    assert conv.plan((2, 32, 8, 8), training=True).algorithm is not ConvAlgorithm.WINOGRAD
+    assert conv.plan((2, 32, 7, 8), training=False).algorithm is not ConvAlgorithm.WINOGRAD
+    narrow = Sequential([Conv2D(16, 8, 3, padding=1)], seed=0).layers[0]
+    assert narrow.plan((2, 16, 8, 8), training=False).algorithm is not ConvAlgorithm.WINOGRAD
+    using(conv="winograd")
+    with pytest.raises(nnjit.PlanError, match="even output size"):
+        conv.plan((2, 32, 7, 8), training=False)
+    with pytest.raises(nnjit.PlanError, match="in training"):
+        conv.plan((2, 32, 8, 8), training=True)
 
 
 def test_winograd_is_used_only_where_it_applies():
