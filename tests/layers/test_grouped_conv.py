@@ -20,6 +20,10 @@ CONVS = [
     (4, 6, (3, 2), 1, 0, 2, 2),  # two groups, dilated
     (3, 5, 3, 1, 2, 1, 2),       # dilated only
     (6, 3, 1, 1, 0, 3, 1),       # grouped 1x1
+    (6, 6, 3, 2, 1, 6, 1),       # depthwise at stride 2 (MobileNet's): two phases a side
+    (4, 4, 5, 3, 2, 4, 1),       # depthwise 5x5 at stride 3
+    (4, 8, 3, 2, 2, 2, 2),       # grouped, stride 2 and dilation 2: taps in one phase
+    (4, 4, 3, (2, 1), 1, 4, 1),  # different strides: the direct loops
 ]
 
 
