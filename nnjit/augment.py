@@ -36,6 +36,8 @@ class Augment:
                 crop = int(value)
             elif token == "flip":
                 flip = True
+            elif token == "none":  # a recipe's augmentation turned off
+                continue
             else:
                 raise ValueError(f"--augment: unknown or malformed {token!r}; expected {AUGMENT_HELP}")
         return cls(crop, flip)

@@ -243,6 +243,20 @@ def test_cnn_bn_preset_brings_its_recipe_and_flags_still_win(tiny_data, tmp_path
     assert meta.optimizer_state["name"] == "AdamW" and meta.metadata["batch_size"] == 32
 
 
+def test_resnet_mini_brings_its_recipe_and_augment_none_turns_its_flips_off(tiny_data, tmp_path):
+    proc = run("--train-data-dir", tiny_data, "--model", "resnet-mini", "--nb-epochs", 1,
+               "--checkpoint-folder", tmp_path / "a", "--train-limit", 256, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    meta = load_checkpoint(tmp_path / "a" / "latest.json")
+    assert meta.metadata["augment"] == "flip" and meta.metadata["batch_size"] == 128
+    assert meta.optimizer_state["hyperparameters"]["nesterov"] is True
+    proc = run("--train-data-dir", tiny_data, "--model", "resnet-mini", "--nb-epochs", 1,
+               "--augment", "none", "--checkpoint-folder", tmp_path / "b", "--train-limit", 256,
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(tmp_path / "b" / "latest.json").metadata["augment"] == "none"
+
+
 def test_the_default_data_folder_is_made_where_the_command_runs(tmp_path):
     """Run from a folder without data/ (the tests run in their temp dir): the
     default --train-data-dir is made there (downloads go into it), and a dataset
