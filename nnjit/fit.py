@@ -160,9 +160,11 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
                          + " sets: use lr_schedule='constant' with it")
     model.optimizer, model.stop_training = opt, False
     history = History()
+    progress = None
     if verbose:  # last: its line shows what the other callbacks added to the logs
         from .progress import ProgressBar
-        callbacks.append(ProgressBar(bar=verbose == 1))
+        progress = ProgressBar(bar=verbose == 1)
+        callbacks.append(progress)
     params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": len(x),
               "verbose": verbose}
     hooks = CallbackList([*callbacks, history], model, params)
@@ -175,7 +177,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
 
     prepare_kernels(model, x, y, batch_size, show=verbose > 0)
     logs = {}
-    with flag.active():
+    with flag.active(), _closing(progress):
         hooks.on_train_begin()
         for epoch in range(initial_epoch, epochs):
             hooks.on_epoch_begin(epoch)
@@ -206,6 +208,17 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
                 break
         hooks.on_train_end(logs)
     return history
+
+
+@contextlib.contextmanager
+def _closing(progress):
+    """Take a progress bar off the screen however the run ends (an error, a
+    second Ctrl-C): a live bar left running would garble what follows."""
+    try:
+        yield
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def prepare_kernels(model, x, y, batch_size: int, show: bool = True, load: bool = False) -> int:

@@ -76,17 +76,18 @@ class ProgressBar(Callback):
                                   acc=logs.get("accuracy", 0.0),
                                   ips=logs.get("images_per_second", 0.0))
 
-    def _close(self):
+    def close(self):
+        """Stop the live bar, if one is shown."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
     def on_epoch_end(self, epoch, logs=None):
-        self._close()
+        self.close()
         if self.lines:
             r = self.epoch_result
             self.console.print(epoch_line(epoch, self.params["epochs"], logs, r.seconds,
                                           r.images_per_second))
 
     def on_train_end(self, logs=None):
-        self._close()
+        self.close()
