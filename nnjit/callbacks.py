@@ -25,7 +25,8 @@ import numpy as np
 
 class Callback:
     """Base class: every hook does nothing. ``self.model`` and ``self.params``
-    (``epochs``, ``steps`` per epoch, ``batch_size``, ``samples``, ``verbose``)
+    (``epochs``, ``steps`` per epoch, ``batch_size``, ``samples``, ``verbose``,
+    ``input_shape`` of one sample)
     are set by ``fit`` before ``on_train_begin``; ``self.epoch_result`` (the
     epoch's :class:`~nnjit.trainer.EpochResult`: seconds, images, optimizer
     steps) before each ``on_epoch_end``."""
@@ -291,7 +292,8 @@ class CSVLogger(Callback):
 
 class ModelCheckpoint(Callback):
     """Save the model (and its optimizer's state, so a run can resume) as an nnjit
-    JSON checkpoint at the end of each epoch, atomically. ``filepath`` may hold
+    JSON checkpoint at the end of each epoch, atomically, with the epoch, the
+    logs and the input shape as metadata (``nnjit infer`` reads it). ``filepath`` may hold
     format fields: ``{epoch}`` (from 1, as Keras names files) and any log key,
     e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.json"``. With ``save_best_only``,
     only when ``monitor`` improved on the best so far."""
@@ -320,8 +322,10 @@ class ModelCheckpoint(Callback):
             print(f"Epoch {epoch + 1}: saving the model to {path}")
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
+        shape = self.params.get("input_shape")
         save_checkpoint(self.model, path, getattr(self.model, "optimizer", None),
-                        epoch=epoch + 1, **{k: float(v) for k, v in logs.items()})
+                        epoch=epoch + 1, **({"input_shape": list(shape)} if shape else {}),
+                        **{k: float(v) for k, v in logs.items()})
 
 
 class TensorBoard(Callback):

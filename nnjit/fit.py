@@ -166,7 +166,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         progress = ProgressBar(bar=verbose == 1)
         callbacks.append(progress)
     params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": len(x),
-              "verbose": verbose}
+              "verbose": verbose, "input_shape": tuple(x.shape[1:])}
     hooks = CallbackList([*callbacks, history], model, params)
     trainer = Trainer(model, opt, batch_size, seed, lr_at, augment, shuffle)
     flag = _InterruptFlag(model, interrupt_message)

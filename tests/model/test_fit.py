@@ -238,6 +238,7 @@ def test_csv_logger_and_model_checkpoint(tmp_path):
     for a, b in zip(ckpt.model.get_weights(), weights[last]):
         np.testing.assert_array_equal(a, b)
     assert ckpt.metadata["epoch"] == last + 1 and ckpt.make_optimizer() is not None
+    assert ckpt.input_shape() == (1, 12, 12)
 
 
 def test_ctrl_c_stops_after_the_batch_and_returns_the_history():
