@@ -53,13 +53,17 @@ class Augment:
         flip = rng.random(n) < 0.5 if self.flip else np.zeros(n, dtype=bool)
         return dy, dx, flip
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, of=None) -> np.ndarray:
         """An augmented copy of the batch x: float (N, C, H, W), in a buffer the
-        next call reuses; draws from ``rng``."""
+        next call reuses; draws from ``rng``. With ``of`` = (start, total), x is
+        images [start, start + N) of a batch of ``total``: the draws are made
+        for all of it and x takes its share (a rank of a data-parallel run
+        augments as one process would)."""
         n, c, h, w = x.shape
         if self._out is None or self._out.shape != x.shape or self._out.dtype != x.dtype:
             self._out = np.empty_like(x)
-        dy, dx, flip = self.draw(rng, n)
+        start, total = of if of is not None else (0, n)
+        dy, dx, flip = (d[start:start + n] for d in self.draw(rng, total))
         shift_flip(np.ascontiguousarray(x).reshape(-1), n, c, h, w, dy, dx, flip,
                    self._out.reshape(-1))
         return self._out

@@ -26,7 +26,8 @@ import numpy as np
 class Callback:
     """Base class: every hook does nothing. ``self.model`` and ``self.params``
     (``epochs``, ``steps`` per epoch, ``batch_size``, ``samples``, ``verbose``,
-    ``input_shape`` of one sample)
+    ``input_shape`` of one sample, ``rank``: 0 but on the other processes of a
+    data-parallel run, where the callbacks that write files write nothing)
     are set by ``fit`` before ``on_train_begin``; ``self.epoch_result`` (the
     epoch's :class:`~nnjit.trainer.EpochResult`: seconds, images, optimizer
     steps) before each ``on_epoch_end``."""
@@ -268,6 +269,8 @@ class CSVLogger(Callback):
         self._file = self._writer = self._keys = None
 
     def on_train_begin(self, logs=None):
+        if self.params.get("rank", 0):
+            return
         exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename)
         if exists:
             with open(self.filename, newline="", encoding="utf-8") as f:
@@ -278,6 +281,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        if self._file is None:
+            return
         if self._keys is None:
             self._keys = sorted(logs)
             self._writer.writerow(["epoch", *self._keys])
@@ -309,6 +314,8 @@ class ModelCheckpoint(Callback):
         from .checkpoint import save_checkpoint
 
         logs = logs or {}
+        if self.params.get("rank", 0):
+            return
         path = self.filepath.format(epoch=epoch + 1, **logs)
         if self.save_best_only:
             current = _monitored(logs, self.monitor, "ModelCheckpoint")
@@ -354,6 +361,8 @@ class TensorBoard(Callback):
     def _write(self, folder: str, tag: str, value: float, step: int) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
 
+        if self.params.get("rank", 0):
+            return
         if folder not in self._writers:
             self._writers[folder] = self._writer_type(os.path.join(self.log_dir, folder))
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(

@@ -28,7 +28,17 @@ def fail(message: str, code: int = EXIT_BAD_INPUT):
 
 def run(main) -> None:
     """Run a script's ``main()``: any NnjitError that reaches here becomes one
-    ``error:`` line and exit 2; a KeyboardInterrupt exits 130 with one line."""
+    ``error:`` line and exit 2; a KeyboardInterrupt exits 130 with one line.
+    Under an MPI launcher a rank that ends with an error ends the whole job
+    (``MPI_Abort``, its message flushed first): its peers would otherwise wait
+    in their next collective, or in ``MPI_Finalize``, forever."""
+    from .distributed import abort_job_on_error
+
+    with abort_job_on_error():
+        _run(main)
+
+
+def _run(main) -> None:
     from .errors import NnjitError
 
     try:

@@ -115,7 +115,7 @@ class _InterruptFlag:
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None,
         lr_schedule="constant", validation_data=None, validation_split: float = 0.0,
         augment=None, callbacks=(), shuffle: bool = True, seed: int = 0, verbose: int = 1,
-        initial_epoch: int = 0, initial_batch: int = 0,
+        initial_epoch: int = 0, initial_batch: int = 0, distributed=None,
         interrupt_message: str = "\nCtrl-C: stopping after this batch "
                                  "(Ctrl-C again to quit at once)") -> History:
     """Train ``model`` (``Model.fit`` calls this; see there for the arguments)."""
@@ -151,6 +151,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     opt = make_optimizer(model, optimizer)
+    group = _group(distributed)
+    rank = group.rank if group is not None else 0
+    verbose = verbose if rank == 0 else 0
     steps = math.ceil(len(x) / batch_size)
     lr_at = _lr_at(lr_schedule, opt.lr, epochs * steps)
     callbacks = list(callbacks)
@@ -166,9 +169,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         progress = ProgressBar(bar=verbose == 1)
         callbacks.append(progress)
     params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": len(x),
-              "verbose": verbose, "input_shape": tuple(x.shape[1:])}
+              "verbose": verbose, "input_shape": tuple(x.shape[1:]), "rank": rank}
     hooks = CallbackList([*callbacks, history], model, params)
-    trainer = Trainer(model, opt, batch_size, seed, lr_at, augment, shuffle)
+    trainer = Trainer(model, opt, batch_size, seed, lr_at, augment, shuffle, group)
     flag = _InterruptFlag(model, interrupt_message)
 
     def on_batch(done, total, loss, accuracy, images_per_second):
@@ -189,7 +192,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
                     raise TrainingDiverged(epoch, result.batches_done)
                 break
             if result.stopped:
-                if flag.requested:
+                # Ctrl-C here, or on another rank (which stopped them all): not a callback's
+                # own decision on this rank
+                if flag.requested or (group is not None and not model.stop_training):
                     history.interrupted = (epoch, result.batches_done)
                 break
             logs = {"loss": result.train_loss, "accuracy": result.train_accuracy}
@@ -249,6 +254,21 @@ def prepare_kernels(model, x, y, batch_size: int, show: bool = True, load: bool 
         for (_, live), saved in zip(model.named_buffers(), buffers):
             live[...] = saved
     return compiled
+
+
+def _group(distributed):
+    """The MPI group ``fit(distributed=...)`` asks for: None (one process),
+    "mpi" (this process's group when an MPI launcher started it, else None), or
+    an ``nnjit.distributed.MPIGroup``."""
+    if distributed is None:
+        return None
+    if distributed == "mpi":
+        from .distributed import mpi_group
+        return mpi_group()
+    from .distributed import MPIGroup
+    if isinstance(distributed, MPIGroup):
+        return distributed if distributed.size > 1 else None
+    raise ValueError(f"distributed must be None, 'mpi' or an MPIGroup, got {distributed!r}")
 
 
 def _lr_at(schedule, base_lr: float, total_steps: int):

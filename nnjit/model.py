@@ -327,7 +327,7 @@ class Model:
     def fit(self, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None,
             lr_schedule="constant", validation_data=None, validation_split: float = 0.0,
             augment=None, callbacks=(), shuffle: bool = True, seed: int = 0, verbose: int = 1,
-            initial_epoch: int = 0, initial_batch: int = 0, **options):
+            initial_epoch: int = 0, initial_batch: int = 0, distributed=None, **options):
         """Train on (x, y) for ``epochs`` epochs and return a
         :class:`~nnjit.callbacks.History` (Keras's ``fit``).
 
@@ -354,14 +354,18 @@ class Model:
         :class:`~nnjit.errors.TrainingDiverged` with the weights from before
         that step (unless a callback such as ``TerminateOnNaN`` stops the run).
         ``epochs`` counts from 0, so with ``initial_epoch`` it is the epoch to
-        reach, as in Keras.
+        reach, as in Keras. ``distributed="mpi"``: under ``mpiexec -n R``, each
+        process trains on its share of every global batch of ``batch_size`` and
+        the gradients are summed over the ranks before each step
+        (``nnjit.distributed``); rank 0 alone shows progress and writes files
+        from the callbacks.
         """
         from .fit import fit
         return fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
                    lr_schedule=lr_schedule, validation_data=validation_data,
                    validation_split=validation_split, augment=augment, callbacks=callbacks,
                    shuffle=shuffle, seed=seed, verbose=verbose, initial_epoch=initial_epoch,
-                   initial_batch=initial_batch, **options)
+                   initial_batch=initial_batch, distributed=distributed, **options)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter and buffer (batch norms' running statistics), in order."""

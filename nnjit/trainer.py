@@ -65,11 +65,15 @@ class Trainer:
     ``augment`` (an :class:`~nnjit.augment.Augment`) transforms each batch,
     drawing from a generator seeded by (seed, epoch, batch), so a resumed run
     sees the same augmented batches. With ``shuffle`` False every epoch takes
-    the samples in order.
+    the samples in order. With ``group`` (an ``nnjit.distributed.MPIGroup``)
+    this process trains on its share of every global batch of ``batch_size``
+    and the ranks' gradients are summed before each step (see
+    ``nnjit.distributed``); the loss and accuracy reported are the global
+    batch's.
     """
 
     def __init__(self, model: Model, optimizer: Optimizer, batch_size: int, seed: int,
-                 lr_at=None, augment=None, shuffle: bool = True):
+                 lr_at=None, augment=None, shuffle: bool = True, group=None):
         if batch_size < 1:
             raise ValueError(f"batch size must be positive, got {batch_size}")
         self.model, self.optimizer = model, optimizer
@@ -77,6 +81,11 @@ class Trainer:
         self.lr_at = lr_at
         self.augment = augment
         self.shuffle = shuffle
+        self.group = group
+        self._sync = None
+        if group is not None:
+            from .distributed import BufferSync
+            self._sync = BufferSync(group, [b for _, b in model.named_buffers()])
 
     def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
                   on_batch=None, should_stop=lambda: False) -> EpochResult:
@@ -101,16 +110,38 @@ class Trainer:
         result = EpochResult(epoch, self.optimizer.steps, done, batches, math.nan, 0.0, 0, 0.0)
         buffers = [b for _, b in self.model.named_buffers()]
         kept = [b.copy() for b in buffers]  # small: a few values per channel
-        reading = _batches(x, order[start_batch * bs:], bs)
+        batches_of = [order[s:s + bs] for s in range(start_batch * bs, n, bs)]  # global
+        shares = [slice(*self.group.share(len(g))) if self.group else slice(None)
+                  for g in batches_of]
+        reading = _batches(x, [g[share] for g, share in zip(batches_of, shares)])
+        # a global batch's loss sum and correct answers, and whether any rank asks to stop
+        stats = np.zeros(3)
         try:
             for b, (idx, batch) in enumerate(reading, start_batch):
+                whole = len(batches_of[b - start_batch])
                 if self.augment is not None:
-                    batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]))
+                    share = shares[b - start_batch]
+                    batch = self.augment(batch, np.random.default_rng([self.seed, epoch, b]),
+                                         of=(share.start or 0, whole))
                 labels = y[idx]
                 for live, saved in zip(buffers, kept):
                     np.copyto(saved, live)
-                probs = self.model.forward(batch)
-                loss = self.model.backward(labels)
+                if len(idx):
+                    probs = self.model.forward(batch)
+                    loss = self.model.backward(labels)
+                    stats[:2] = loss * len(idx), np.count_nonzero(probs.argmax(axis=1) == labels)
+                else:  # a batch smaller than the ranks: this one has none of it
+                    self.optimizer.zero_grad()
+                    stats[:2] = 0
+                if self.group is not None:  # the global batch's mean: shares weighed by size
+                    # Whether to stop is asked here and summed with the statistics: every
+                    # rank stops after the same batch (a Ctrl-C reaches them at different
+                    # moments).
+                    stats[2] = bool(should_stop())
+                    self.optimizer.flat.grads *= len(idx) / whole
+                    self.group.sum_(self.optimizer.flat.grads)
+                    self.group.sum_(stats)
+                loss = stats[0] / whole
                 if not math.isfinite(loss):
                     for live, saved in zip(buffers, kept):
                         np.copyto(live, saved)
@@ -119,15 +150,18 @@ class Trainer:
                 if self.lr_at is not None:
                     self.optimizer.lr = self.lr_at(self.optimizer.steps)
                 self.optimizer.step()
+                if self._sync is not None:
+                    self._sync()
                 done += 1
-                loss_sum += loss * len(idx)
-                correct += int(np.count_nonzero(probs.argmax(axis=1) == labels))
-                seen += len(idx)
+                loss_sum += stats[0]
+                correct += int(stats[1])
+                seen += whole
                 elapsed = time.perf_counter() - start
                 if on_batch is not None:
                     on_batch(done, batches, loss, correct / seen,
                              seen / elapsed if elapsed else 0.0)
-                if should_stop() and done < batches:
+                stop = stats[2] if self.group is not None else should_stop()
+                if stop and done < batches:
                     result.stopped = True
                     break
         finally:
@@ -139,16 +173,16 @@ class Trainer:
         return result
 
 
-def _batches(x, order: np.ndarray, batch_size: int):
-    """(indices, network input) for consecutive ``batch_size`` slices of ``order``:
-    from an array, gathered into one reused buffer; from a streaming dataset
+def _batches(x, index_arrays):
+    """(indices, network input) for each of ``index_arrays``: from an array,
+    gathered into one reused buffer; from a streaming dataset
     (``nnjit.data.streaming``), read ahead by it."""
     if not isinstance(x, np.ndarray):
-        yield from x.batches(order, batch_size)
+        yield from x.read_ahead(index_arrays)
         return
-    xb = np.empty((min(batch_size, len(order)),) + x.shape[1:], dtype=x.dtype)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+    most = max((len(i) for i in index_arrays), default=0)
+    xb = np.empty((most,) + x.shape[1:], dtype=x.dtype)
+    for idx in index_arrays:
         yield idx, np.take(x, idx, axis=0, out=xb[:len(idx)])
 
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 import nnjit
 from nnjit.callbacks import Callback
+from nnjit.distributed import mpi_group, threads_per_rank
 from nnjit.fit import prepare_kernels
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
@@ -151,8 +152,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed for initial weights, data order, dropout masks, augmentation and "
                         "the validation split")
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="threads for nnjit's kernels (its GEMMs run single-threaded inside them)")
+    p.add_argument("--threads", type=positive_int,
+                   help="threads for nnjit's kernels (its GEMMs run single-threaded inside them); "
+                        "default: the cores, or under mpiexec each rank's share of its node's "
+                        "cores (the flag is then per rank)")
     p.add_argument("--checkpoint-folder", default="checkpoints", help="where checkpoints go")
     p.add_argument("--checkpoint-stride", type=positive_int, default=1,
                    help="save a checkpoint every N epochs (the final one is always saved)")
@@ -335,7 +338,11 @@ def main(argv=None, started: float | None = None):
     perf_counter() time the process began its work (the start-up the summary
     reports is measured from it; default: when this module was imported)."""
     args = parse_args(argv)
-    nnjit.set_num_threads(args.threads)
+    # Under mpiexec: one rank of a data-parallel run (nnjit.distributed); rank 0 alone
+    # prints and writes the checkpoints, the CSV and the plot.
+    group = mpi_group()
+    rank = group.rank if group is not None else 0
+    nnjit.set_num_threads(args.threads or threads_per_rank(group))
     args.loss_csv_path = args.loss_csv_path or str(Path(args.checkpoint_folder) / "loss.csv")
     if args.plot and not matplotlib_available():
         fail(f"--plot: {INSTALL_HINT}")
@@ -343,7 +350,7 @@ def main(argv=None, started: float | None = None):
         fail(f"--plot {args.plot}: folder {Path(args.plot).resolve().parent} does not exist")
     plot_path = args.plot or (str(Path(args.loss_csv_path).with_suffix(".png"))
                               if matplotlib_available() else None)
-    quiet = args.quiet
+    quiet = args.quiet or rank != 0
 
     start_epoch, start_batch, best = 0, 0, 0.0
     try:
@@ -392,13 +399,15 @@ def main(argv=None, started: float | None = None):
             if args.class_weights else None
         model.loss = CrossEntropyLoss(weights, args.label_smoothing)
         model.check_fits(input_shape, min(args.batch_size, len(data.y_train)))
-        os.makedirs(args.checkpoint_folder, exist_ok=True)
-        lock = FolderLock(args.checkpoint_folder)  # held (referenced) until main returns
-        lock.acquire()
-        # Writes killed mid-way (SIGKILL, power cut) leave their temporary files behind.
-        remove_stale_temp_files(args.checkpoint_folder)
-        log = LossLog(args.loss_csv_path, append=bool(args.resume),
-                      up_to_epoch=start_epoch if args.resume else None)
+        log = lock = None
+        if rank == 0:
+            os.makedirs(args.checkpoint_folder, exist_ok=True)
+            lock = FolderLock(args.checkpoint_folder)  # held (referenced) until main returns
+            lock.acquire()
+            # Writes killed mid-way (SIGKILL, power cut) leave their temporary files behind.
+            remove_stale_temp_files(args.checkpoint_folder)
+            log = LossLog(args.loss_csv_path, append=bool(args.resume),
+                          up_to_epoch=start_epoch if args.resume else None)
     except (DataError, CheckpointError, ValueError, OSError, OutOfMemoryError) as err:
         fail(str(err))
 
@@ -459,14 +468,17 @@ def main(argv=None, started: float | None = None):
         history = model.fit(
             x_train, data.y_train, epochs=args.nb_epochs, batch_size=args.batch_size,
             optimizer=opt, lr_schedule=lr_at or "constant", augment=augment, seed=args.seed,
-            validation_data=None if x_val is None else (x_val, y_val), callbacks=[record],
-            verbose=0 if quiet else 1, initial_epoch=start_epoch, initial_batch=start_batch,
+            validation_data=None if x_val is None else (x_val, y_val),
+            callbacks=[record] if rank == 0 else [], verbose=0 if quiet else 1,
+            initial_epoch=start_epoch, initial_batch=start_batch, distributed=group,
             interrupt_message="\nCtrl-C: stopping after this batch and saving a checkpoint "
                               "(Ctrl-C again to quit at once)")
     except nnjit.TrainingDiverged as err:
         fail(f"loss became nan/inf in epoch {err.epoch + 1}, batch {err.batch + 1}: the "
              f"learning rate ({args.learning_rate}) is most likely too high, try a tenth of "
              f"it; {record.kept()}", code=1)
+    if rank != 0:  # rank 0 saves, reports and sets the exit code
+        return
     if history.interrupted is not None:
         epoch, batches = history.interrupted
         if batches < math.ceil(len(x_train) / args.batch_size):

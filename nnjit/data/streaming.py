@@ -77,6 +77,11 @@ class StreamingDataset:
         ``batch_size`` slices of ``order``, read ``prefetch`` batches ahead on a
         background thread. Closing the generator stops the reading."""
         slices = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        yield from self.read_ahead(slices, prefetch)
+
+    def read_ahead(self, slices, prefetch: int = PREFETCH):
+        """Yield (indices, float32 network input) for each int array of
+        ``slices``, read ``prefetch`` ahead on a background thread (``batches``)."""
         if prefetch < 1:
             for idx in slices:
                 yield idx, self[idx]
