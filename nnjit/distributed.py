@@ -62,12 +62,6 @@ class MPIGroup:
         """Rank 0's ``array`` into every rank's, in place."""
         self.comm.Bcast(array, root=0)
 
-    def abort(self, code: int) -> None:
-        """End every rank of the job now (after flushing this rank's output)."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.comm.Abort(code)
-
 
 def launched_by_mpi() -> bool:
     """True when an MPI launcher started this process as one of several."""

@@ -185,7 +185,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         for epoch in range(initial_epoch, epochs):
             hooks.on_epoch_begin(epoch)
             result = trainer.run_epoch(x, y, epoch + 1, initial_batch if epoch == initial_epoch
-                                       else 0, on_batch, lambda: model.stop_training)
+                                       else 0, on_batch, lambda: model.stop_training,
+                                       hooks.on_batch_begin)
             if result.diverged:
                 hooks.on_batch_end(result.batches_done, {"loss": math.nan, "lr": opt.lr})
                 if not model.stop_training:

@@ -88,7 +88,7 @@ class Trainer:
             self._sync = BufferSync(group, [b for _, b in model.named_buffers()])
 
     def run_epoch(self, x: np.ndarray, y: np.ndarray, epoch: int, start_batch: int = 0,
-                  on_batch=None, should_stop=lambda: False) -> EpochResult:
+                  on_batch=None, should_stop=lambda: False, before_batch=None) -> EpochResult:
         """Train one epoch (``epoch`` counts from 1).
 
         x: float32 (N, C, H, W), or a streaming dataset (``nnjit.data.streaming``)
@@ -96,7 +96,8 @@ class Trainer:
         (resuming mid-epoch).
 
         on_batch(batches_done, batches, loss, running_accuracy, images_per_second)
-        is called after every step; ``should_stop()`` is checked after every
+        is called after every step, ``before_batch(batch)`` (the batch's index in
+        the epoch, from 0) before each; ``should_stop()`` is checked after every
         step too, and a True ends the epoch early (``stopped``). A nan or inf
         loss ends it before the optimizer applies that step (``diverged``), with
         the model's buffers (batch norms' running statistics) as before that
@@ -118,6 +119,8 @@ class Trainer:
         stats = np.zeros(3)
         try:
             for b, (idx, batch) in enumerate(reading, start_batch):
+                if before_batch is not None:
+                    before_batch(b)
                 whole = len(batches_of[b - start_batch])
                 if self.augment is not None:
                     share = shares[b - start_batch]

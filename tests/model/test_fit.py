@@ -170,6 +170,35 @@ def test_reduce_lr_on_plateau_cooldown_and_min_lr():
         ReduceLROnPlateau(factor=1.5)
 
 
+def test_every_hook_is_called_in_keras_order():
+    x, y = small_data(n=40)
+    calls = []
+
+    class Recorder(Callback):
+        def on_train_begin(self, logs=None):
+            calls.append("train_begin")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            calls.append(f"epoch_begin {epoch}")
+
+        def on_batch_begin(self, batch, logs=None):
+            calls.append(f"batch_begin {batch}")
+
+        def on_batch_end(self, batch, logs=None):
+            calls.append(f"batch_end {batch}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            calls.append(f"epoch_end {epoch}")
+
+        def on_train_end(self, logs=None):
+            calls.append("train_end")
+
+    small_model().fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[Recorder()])
+    epoch = lambda e: [f"epoch_begin {e}"] + [f"batch_{w} {b}" for b in range(3)  # noqa: E731
+                                              for w in ("begin", "end")] + [f"epoch_end {e}"]
+    assert calls == ["train_begin"] + epoch(0) + epoch(1) + ["train_end"]
+
+
 def test_learning_rate_scheduler_sets_each_epoch_and_refuses_a_step_schedule():
     x, y = small_data()
     model = small_model()
