@@ -155,3 +155,45 @@ def test_a_file_several_times_the_memory_limit_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loaded in memory" not in proc.stdout
     assert f"trained {n}" in proc.stdout, proc.stdout
+
+
+FOLDER_BOUNDED = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    import nnjit
+    from nnjit.data import FolderStream, load_dataset
+    root, allowance = sys.argv[1], int(sys.argv[2])
+    model = nnjit.Sequential([nnjit.AvgPool2D(64), nnjit.Flatten(), nnjit.Dense(64, 4),
+                              nnjit.Softmax()], seed=0)
+    model.fit(np.zeros((8, 1, 512, 512), np.uint8), np.zeros(8, int), verbose=0)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    limit = int(status["VmData"].split()[0]) * 1024 + allowance
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    try:
+        load_dataset(root, show_progress=False)
+        print("loaded in memory")  # the limit does not bind: the test would prove nothing
+    except (MemoryError, nnjit.DataError):
+        pass
+    with FolderStream(root, image_size=(512, 512), channels=1, workers=1) as stream:
+        history = model.fit(stream, epochs=1, batch_size=32, verbose=0)
+    print("trained", len(stream), history.history["loss"][0])
+""")
+
+
+def test_a_folder_several_times_the_memory_limit_trains(tmp_path):
+    """2,400 PNGs of 512x512 (600 MB decoded, as uint8; 2.4 GB as float32 input)
+    trained with 256 MB allowed beyond what the process holds after start-up:
+    decoded batch by batch in a worker process, never all at once."""
+    rng = np.random.default_rng(0)
+    for label in range(4):
+        folder = tmp_path / "train" / f"class{label}"
+        folder.mkdir(parents=True)
+        for i in range(600):  # flat images with a little noise: small files, quick to write
+            pixels = np.full((512, 512), 40 * label + i % 7, np.uint8)
+            pixels[:8] = rng.integers(0, 256, (8, 512), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png", compress_level=1)
+    proc = subprocess.run([sys.executable, "-c", FOLDER_BOUNDED, str(tmp_path), str(256 << 20)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded in memory" not in proc.stdout
+    assert "trained 2400" in proc.stdout, proc.stdout
