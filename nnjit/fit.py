@@ -119,6 +119,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         interrupt_message: str = "\nCtrl-C: stopping after this batch "
                                  "(Ctrl-C again to quit at once)") -> History:
     """Train ``model`` (``Model.fit`` calls this; see there for the arguments)."""
+    batch_size = 32 if batch_size is None else batch_size  # Keras's default for None
     x, y = training_arrays(x, y, model.dtype)
     if validation_data is not None and validation_split:
         raise ValueError("pass validation_data or validation_split, not both")
@@ -156,7 +157,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
     verbose = verbose if rank == 0 else 0
     steps = math.ceil(len(x) / batch_size)
     lr_at = _lr_at(lr_schedule, opt.lr, epochs * steps)
-    callbacks = list(callbacks)
+    callbacks = list(callbacks or ())
     if lr_at is not None and any(c.sets_learning_rate for c in callbacks):
         raise ValueError("a per-step lr_schedule would overwrite what "
                          + ", ".join(type(c).__name__ for c in callbacks if c.sets_learning_rate)

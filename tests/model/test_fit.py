@@ -91,6 +91,18 @@ def test_fit_refuses_bad_arguments_clearly(kwargs, message):
         small_model().fit(x, verbose=0, **args)
 
 
+def test_fit_takes_kerass_none_for_callbacks_and_batch_size_on_a_graph_model():
+    x, y = small_data(n=64)
+    inputs = nnjit.Input((1, 12, 12))
+    h = nnjit.ReLU()(nnjit.Conv2D(1, 4, 3, padding=1)(inputs))
+    h = nnjit.Add()([h, nnjit.Conv2D(1, 4, 1)(inputs)])
+    outputs = nnjit.Softmax()(nnjit.Dense(4 * 12 * 12, 3)(nnjit.Flatten()(h)))
+    model = nnjit.Model(inputs, outputs, seed=0)
+    history = model.fit(x, y, epochs=2, batch_size=None, callbacks=None, verbose=0,
+                        validation_data=(x[:16], y[:16].astype(np.uint8)))
+    assert len(history.history["val_accuracy"]) == 2 and model.optimizer.steps == 4
+
+
 def test_fit_refuses_an_optimizer_over_other_parameters():
     x, y = small_data()
     other = small_model()
