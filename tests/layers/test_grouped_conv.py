@@ -23,7 +23,7 @@ CONVS = [
     (6, 6, 3, 2, 1, 6, 1),       # depthwise at stride 2 (MobileNet's): two phases a side
     (4, 4, 5, 3, 2, 4, 1),       # depthwise 5x5 at stride 3
     (4, 8, 3, 2, 2, 2, 2),       # grouped, stride 2 and dilation 2: taps in one phase
-    (4, 4, 3, (2, 1), 1, 4, 1),  # different strides: the direct loops
+    (4, 4, 3, (2, 1), 1, 4, 1),  # different strides: two phases of rows, one of columns
 ]
 
 
