@@ -2,7 +2,6 @@
 and training in bounded memory on a file several times larger than the memory allowed."""
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -112,29 +111,39 @@ def test_normalisation_applies_per_batch():
     np.testing.assert_allclose(stream[:7], prep.apply(x[:7]))
 
 
-BOUNDED = textwrap.dedent("""
-    import resource, sys
-    import numpy as np
-    import nnjit
-    from nnjit.data import ArrayStream
-    path, allowance = sys.argv[1], int(sys.argv[2])
-    model = nnjit.Sequential([nnjit.AvgPool2D(8), nnjit.Flatten(), nnjit.Dense(64, 10),
-                              nnjit.Softmax()], seed=0)
-    # the limit binds after start-up (the compiler, on a cold cache, and the thread
-    # pools run first): what the process has then, plus the allowance
-    model.fit(np.zeros((64, 1, 64, 64), np.uint8), np.zeros(64, int), verbose=0)
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    limit = int(status["VmData"].split()[0]) * 1024 + allowance
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    try:
-        np.load(path)
-        print("loaded in memory")  # the limit does not bind: the test would prove nothing
-    except MemoryError:
-        pass
-    stream = ArrayStream.from_npy(path, np.arange(len(np.load(path, mmap_mode="r"))) % 10)
-    history = model.fit(stream, epochs=1, batch_size=1024, verbose=0)
-    print("trained", len(stream), history.history["loss"][0])
-""")
+UNDER_A_LIMIT = """
+import resource, sys
+import numpy as np
+import nnjit
+from nnjit.data import ArrayStream, FolderStream, load_dataset
+source, allowance = sys.argv[1], int(sys.argv[2])
+model = nnjit.Sequential([nnjit.AvgPool2D({pool}), nnjit.Flatten(), nnjit.Dense(64, {classes}),
+                          nnjit.Softmax()], seed=0)
+# the limit binds after start-up (the compiler, on a cold cache, and the thread
+# pools run first): what the process has then, plus the allowance
+model.fit(np.zeros((8, 1, {side}, {side}), np.uint8), np.zeros(8, int), verbose=0)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+limit = int(status["VmData"].split()[0]) * 1024 + allowance
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+try:
+    {load_whole}
+    print("loaded in memory")  # the limit does not bind: the test would prove nothing
+except {refusals}:
+    pass
+stream = {stream}
+history = model.fit(stream, epochs=1, batch_size={batch}, verbose=0)
+print("trained", len(stream), history.history["loss"][0])
+"""
+
+
+def trains_under_a_limit(source, images, **script):
+    """Run UNDER_A_LIMIT on ``source`` with 256 MB allowed beyond start-up: the
+    whole data must not load, the stream must train all ``images``."""
+    proc = subprocess.run([sys.executable, "-c", UNDER_A_LIMIT.format(**script), str(source),
+                           str(256 << 20)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded in memory" not in proc.stdout
+    assert f"trained {images}" in proc.stdout, proc.stdout
 
 
 def test_a_file_several_times_the_memory_limit_trains(tmp_path):
@@ -150,34 +159,10 @@ def test_a_file_several_times_the_memory_limit_trains(tmp_path):
             np.uint8)[:, None, None, None]
     x.flush()
     del x
-    proc = subprocess.run([sys.executable, "-c", BOUNDED, str(tmp_path / "x.npy"), str(256 << 20)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "loaded in memory" not in proc.stdout
-    assert f"trained {n}" in proc.stdout, proc.stdout
-
-
-FOLDER_BOUNDED = textwrap.dedent("""
-    import resource, sys
-    import numpy as np
-    import nnjit
-    from nnjit.data import FolderStream, load_dataset
-    root, allowance = sys.argv[1], int(sys.argv[2])
-    model = nnjit.Sequential([nnjit.AvgPool2D(64), nnjit.Flatten(), nnjit.Dense(64, 4),
-                              nnjit.Softmax()], seed=0)
-    model.fit(np.zeros((8, 1, 512, 512), np.uint8), np.zeros(8, int), verbose=0)
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    limit = int(status["VmData"].split()[0]) * 1024 + allowance
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    try:
-        load_dataset(root, show_progress=False)
-        print("loaded in memory")  # the limit does not bind: the test would prove nothing
-    except (MemoryError, nnjit.DataError):
-        pass
-    with FolderStream(root, image_size=(512, 512), channels=1, workers=1) as stream:
-        history = model.fit(stream, epochs=1, batch_size=32, verbose=0)
-    print("trained", len(stream), history.history["loss"][0])
-""")
+    trains_under_a_limit(tmp_path / "x.npy", n, pool=8, classes=10, side=64,
+                         load_whole="np.load(source)", refusals="MemoryError",
+                         stream='ArrayStream.from_npy(source, np.arange(len(np.load(source, '
+                                'mmap_mode="r"))) % 10)', batch=1024)
 
 
 def test_a_folder_several_times_the_memory_limit_trains(tmp_path):
@@ -192,8 +177,8 @@ def test_a_folder_several_times_the_memory_limit_trains(tmp_path):
             pixels = np.full((512, 512), 40 * label + i % 7, np.uint8)
             pixels[:8] = rng.integers(0, 256, (8, 512), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:04d}.png", compress_level=1)
-    proc = subprocess.run([sys.executable, "-c", FOLDER_BOUNDED, str(tmp_path), str(256 << 20)],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "loaded in memory" not in proc.stdout
-    assert "trained 2400" in proc.stdout, proc.stdout
+    trains_under_a_limit(tmp_path, 2400, pool=64, classes=4, side=512,
+                         load_whole="load_dataset(source, show_progress=False)",
+                         refusals="(MemoryError, nnjit.DataError)",
+                         stream="FolderStream(source, image_size=(512, 512), channels=1, "
+                                "workers=1)", batch=32)
