@@ -135,8 +135,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
             x = x.subset(np.arange(cut))
         else:
             validation_data = (x[cut:], y[cut:])
+            x = x[:cut]
         y = y[:cut]
-        x = x[:cut] if isinstance(x, np.ndarray) else x
     if validation_data is not None:
         if len(validation_data) != 2:
             raise ValueError("validation_data must be (x, y), or (stream, None)")
