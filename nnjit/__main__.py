@@ -1,4 +1,4 @@
-"""``python -m nnjit train|infer|export ...``: the ``nnjit`` command."""
+"""``python -m nnjit train|infer|export|sweep ...``: the ``nnjit`` command."""
 import sys
 
 from .commands import main

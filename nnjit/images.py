@@ -1,6 +1,7 @@
 """Reading one image for inference: raw bytes, .npy arrays, PNG/JPEG; grayscale or colour."""
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -70,11 +71,12 @@ def _from_npy(array, shape, path):
 
 
 def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = None,
-                 resample: str = "LANCZOS"):
+                 resample: str = "LANCZOS", data: bytes | None = None):
     """Decode a picture with Pillow: (its original (W, H), its mode, uint8 pixels
     (H, W) or (H, W, 3)), converted to ``mode`` ("L" or "RGB") and resized to
     ``size`` (W, H) when given; with ``mode`` None only the header is read and
-    pixels is None.
+    pixels is None. ``data``: the file's bytes, already read (``path`` then
+    only names it in errors).
 
     Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 M
     pixels) is enforced as an error, not its usual warning. DataError naming
@@ -87,7 +89,7 @@ def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 original, found = img.size, img.mode
                 if found == "P" and _palette_is_gray(img):
                     found = "P;gray"

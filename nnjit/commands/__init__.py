@@ -1,4 +1,4 @@
-"""The ``nnjit`` command: ``nnjit train``, ``nnjit infer`` and ``nnjit export`` (also
+"""The ``nnjit`` command: ``nnjit train``, ``infer``, ``export`` and ``sweep`` (also
 ``python -m nnjit ...``), each with the flags of the script of the same job in
 ``scripts/``, which are wrappers over these modules."""
 from __future__ import annotations
@@ -11,9 +11,10 @@ COMMANDS = {
     "train": ("train", "train a network (MNIST, Fashion-MNIST, CIFAR-10, a folder or an .npz)"),
     "infer": ("infer", "run a checkpoint on one image, or evaluate it on a test set"),
     "export": ("export", "export a checkpoint to ONNX, optionally checked with onnxruntime"),
+    "sweep": ("sweep", "search hyperparameters over many training runs on Ray Tune"),
 }
 
-USAGE = "usage: nnjit {train,infer,export} [flags]   (nnjit COMMAND --help for its flags)\n\n" + \
+USAGE = "usage: nnjit {train,infer,export,sweep} [flags]   (nnjit COMMAND --help for its flags)\n\n" + \
     "\n".join(f"  {name:<8}{text}" for name, (_, text) in COMMANDS.items())
 
 

@@ -18,6 +18,9 @@ from nnjit.data.evaluation import load_test_part
 from nnjit.images import load_image
 from nnjit.progress import compile_with_progress
 
+#: Images decoded at a time when classifying a folder in one process.
+DECODED_PER_CHUNK = 8192
+
 EXAMPLES = """
 examples:
   nnjit infer checkpoints/latest.json image_sample.bin
@@ -25,6 +28,8 @@ examples:
   nnjit infer checkpoints/latest.json --idx data/mnist/t10k-images-idx3-ubyte.gz data/mnist/t10k-labels-idx1-ubyte.gz
   nnjit infer checkpoints/latest.json --data ~/photos    # ~/photos/test/<class>/*.jpg
   nnjit infer checkpoints/latest.json --data mnist.npz   # its x_test, y_test
+  nnjit infer checkpoints/latest.json --data ~/photos --out results.csv          # a row per image
+  nnjit infer checkpoints/latest.json --data ~/inbox --ray --out results.parquet # on Ray Data
   nnjit infer --save-sample 0 --idx data/mnist/t10k-images-idx3-ubyte.gz --output image_sample.bin
 """
 
@@ -43,6 +48,19 @@ def parse_args(argv=None):
     p.add_argument("--top", type=positive_int, default=5, help="how many classes to list")
     p.add_argument("--json", action="store_true", help="print a machine-readable result instead")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="batch size for --idx and --data")
+    p.add_argument("--out", metavar="FILE.csv|FILE.parquet",
+                   help="with --data FOLDER: write one row per image (path, label for class "
+                        "folders, predicted, probability, p_<class> for each class); FOLDER "
+                        "may also be a flat folder of images")
+    p.add_argument("--ray", action="store_true",
+                   help="with --data FOLDER --out FILE: classify on Ray Data (files read and "
+                        "decoded by its tasks, batches through a pool of actors each holding "
+                        "the model once); for folders of any size, on one machine or a cluster")
+    p.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="--ray: a running Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--ray-actors", type=positive_int, metavar="N",
+                   help="--ray: actors in the pool (default: one per CPU but one, which the "
+                        "reading and decoding tasks keep)")
     p.add_argument("--save-sample", type=int, metavar="INDEX",
                    help="write image INDEX of the --idx images file as a raw 784-byte file and exit")
     p.add_argument("--output", default="image_sample.bin", help="file written by --save-sample")
@@ -154,16 +172,23 @@ def evaluate(args, ckpt, shape, preprocessing):
             bar.update(task, advance=len(probs))
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels.astype(np.int64), preds), 1)
-    accuracy = float(np.trace(confusion) / max(len(x), 1))
+    show_accuracy(args, confusion, ckpt.class_names(k))
+
+
+def show_accuracy(args, confusion: np.ndarray, names: list[str]):
+    """Print the accuracy, per-class accuracy and confusion matrix (rows: true
+    class) of an evaluation, or their JSON with --json."""
+    k = len(names)
+    total = int(confusion.sum())
+    accuracy = float(np.trace(confusion) / max(total, 1))
     per_class = [float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
                  for i in range(k)]
-    names = ckpt.class_names(k)
     if args.json:
-        print(json.dumps({"images": len(x), "accuracy": accuracy,
+        print(json.dumps({"images": total, "accuracy": accuracy,
                           "per_class_accuracy": dict(zip(names, per_class)),
                           "confusion": confusion.tolist()}))
         return
-    console.print(f"[bold]accuracy {accuracy:.2%}[/] on {len(x):,} images")
+    console.print(f"[bold]accuracy {accuracy:.2%}[/] on {total:,} images")
     table = Table(title="confusion matrix (rows: true class, columns: predicted)")
     table.add_column("true")
     for i in range(k):
@@ -174,6 +199,50 @@ def evaluate(args, ckpt, shape, preprocessing):
         table.add_row(f"{i} {names[i]}" if names[i] != str(i) else str(i),
                       *[str(v) if v else "." for v in confusion[i]], acc)
     console.print(table)
+
+
+def classify_folder(args, ckpt, shape, preprocessing):
+    """--data FOLDER --out FILE: every image's prediction as a table row, in one
+    process or (--ray) on Ray Data; the confusion matrix for class folders."""
+    from nnjit.data.evaluation import list_images
+    from nnjit.data.folder import read_images
+    from nnjit.predictions import PredictionWriter
+    from nnjit.ray_inference import classify_on_ray
+
+    k = ckpt.model.summary(shape)[-1][1][0]
+    names = ckpt.class_names(k)
+    try:
+        paths, labels = list_images(args.data, names)
+        paths = [p.resolve() for p in paths]
+        with PredictionWriter(args.out, names, labels is not None) as writer:
+            if args.ray:
+                classify_on_ray(args.checkpoint, paths, labels, shape, names, writer,
+                                args.batch_size, args.address, args.ray_actors)
+            else:
+                compile_with_progress(lambda: ckpt.model.predict(
+                    np.zeros((min(args.batch_size, len(paths)), *shape), ckpt.model.dtype),
+                    args.batch_size), show=not args.json)
+                with Progress(console=console, transient=True,
+                              disable=args.json or not console.is_terminal) as bar:
+                    task = bar.add_task("classifying", total=len(paths))
+                    # decoded a few batches at a time: memory stays bounded, the decoding
+                    # processes start once per chunk
+                    chunk = args.batch_size * max(1, DECODED_PER_CHUNK // args.batch_size)
+                    for first in range(0, len(paths), chunk):
+                        x = preprocessing.apply(read_images(paths[first:first + chunk], shape[0],
+                                                            shape[1:], show_progress=False))
+                        for start in range(0, len(x), args.batch_size):
+                            rows = slice(first + start, first + start + args.batch_size)
+                            writer.write(paths[rows], ckpt.model.predict(
+                                x[start:start + args.batch_size], args.batch_size),
+                                None if labels is None else labels[rows])
+                            bar.update(task, advance=len(paths[rows]))
+    except DataError as err:
+        fail(str(err))
+    if not args.json:
+        console.print(f"wrote {writer.rows:,} predictions to {args.out}")
+    if writer.confusion is not None:
+        show_accuracy(args, writer.confusion, names)
 
 
 def main(argv=None):
@@ -189,7 +258,13 @@ def main(argv=None):
     except CheckpointError as err:
         fail(str(err))
     shape, preprocessing = input_spec(ckpt)
-    if args.image:
+    if args.ray and not args.out:
+        fail("--ray writes a table: add --out results.csv (or .parquet)")
+    if args.out and args.data is None:
+        fail("--out needs --data FOLDER (one row per image file)")
+    if args.out:
+        classify_folder(args, ckpt, shape, preprocessing)
+    elif args.image:
         predict_one(args, ckpt, shape, preprocessing)
     else:
         evaluate(args, ckpt, shape, preprocessing)

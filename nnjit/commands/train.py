@@ -88,7 +88,8 @@ def make_optimizer(args, model):
     return OPTIMIZER_TYPES[OPTIMIZERS[args.optimizer]](model.parameters(), **kwargs)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (``nnjit sweep`` checks the flags it sweeps against them)."""
     p = argparse.ArgumentParser(description=__doc__, epilog=EXAMPLES, formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="mnist", metavar="NAME|PATH",
                    help=f"{', '.join(DATASETS)}, cifar10 (the official python archive), a folder "
@@ -170,7 +171,12 @@ def parse_args(argv=None):
                    help="before training, print how each layer runs in a training step and in "
                         "one image's prediction: the algorithm, the rule that chose it, threads, "
                         "workspace, FLOPs (nnjit.explain)")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    """The flags in ``argv``; the recipe flags left out take the model's recipe."""
+    args = build_parser().parse_args(argv)
     recipe = dict(RECIPES.get(args.model, DEFAULT_RECIPE))
     if args.optimizer not in (None, "momentum"):  # another optimizer: no recipe momentum option
         recipe["nesterov"] = False
@@ -333,10 +339,13 @@ def show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
     console.print(layers)
 
 
-def main(argv=None, started: float | None = None):
+def main(argv=None, started: float | None = None, callbacks=()):
     """Run the command with ``argv`` (default: sys.argv[1:]). ``started``: the
     perf_counter() time the process began its work (the start-up the summary
-    reports is measured from it; default: when this module was imported)."""
+    reports is measured from it; default: when this module was imported).
+    ``callbacks``: fit callbacks run on rank 0 after the run's own, which has
+    written the epoch's checkpoints and added test_loss/test_accuracy to the logs
+    (a sweep's trial reports to Ray Tune this way)."""
     args = parse_args(argv)
     # Under mpiexec: one rank of a data-parallel run (nnjit.distributed); rank 0 alone
     # prints and writes the checkpoints, the CSV and the plot.
@@ -469,7 +478,7 @@ def main(argv=None, started: float | None = None):
             x_train, data.y_train, epochs=args.nb_epochs, batch_size=args.batch_size,
             optimizer=opt, lr_schedule=lr_at or "constant", augment=augment, seed=args.seed,
             validation_data=None if x_val is None else (x_val, y_val),
-            callbacks=[record] if rank == 0 else [], verbose=0 if quiet else 1,
+            callbacks=[record, *callbacks] if rank == 0 else [], verbose=0 if quiet else 1,
             initial_epoch=start_epoch, initial_batch=start_batch, distributed=group,
             interrupt_message="\nCtrl-C: stopping after this batch and saving a checkpoint "
                               "(Ctrl-C again to quit at once)")

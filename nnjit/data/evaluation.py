@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 
 from .idx import DataError
 
@@ -29,10 +30,31 @@ def load_test_part(path, shape: tuple[int, int, int], class_names: list[str]):
         return x, y
     if not path.is_dir():
         raise DataError(f"--data {path}: neither a folder nor an .npz file")
-    from .folder import read_images, scan
+    from .folder import read_images
 
-    folder = path / "test" if (path / "test").is_dir() else path
-    _, paths, labels = scan(folder, list(class_names))
-    if not paths:
-        raise DataError(f"{folder}: no images in class folders named after the model's classes")
+    paths, labels = list_images(path, class_names)
+    if labels is None:
+        raise DataError(f"{path}: no class folders (PATH/<class>/...) to evaluate on")
     return read_images(paths, shape[0], shape[1:]), labels
+
+
+def list_images(path, class_names: list[str]) -> tuple[list[Path], np.ndarray | None]:
+    """The images of a folder to classify, sorted, with uint8 labels (indices into
+    ``class_names``) when it has the class layout (PATH/test/<class>/... when
+    PATH/test exists, else PATH/<class>/...), or None for a flat folder of images."""
+    from .folder import EXTENSIONS, scan
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder")
+    folder = path / "test" if (path / "test").is_dir() else path
+    if any(d.is_dir() and not d.name.startswith(".") for d in folder.iterdir()):
+        _, paths, labels = scan(folder, list(class_names))
+        if not paths:
+            raise DataError(f"{folder}: no images in class folders named after the model's "
+                            "classes")
+        return paths, labels
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
+    if not paths:
+        raise DataError(f"{folder}: no {'/'.join(EXTENSIONS)} images")
+    return paths, None

@@ -70,16 +70,22 @@ def _headers(paths):
     return [read_picture(p)[:2] for p in paths]
 
 
+def decode(path, channels: int, size: tuple[int, int], data: bytes | None = None) -> np.ndarray:
+    """One picture of a folder as a model's input: uint8 (channels, H, W), converted
+    to grayscale or RGB and resized (bilinear) to ``size`` (W, H) where it differs.
+    ``data``: the file's bytes when already read. DataError naming the file."""
+    _, _, pixels = read_picture(path, "L" if channels == 1 else "RGB", size, "BILINEAR", data)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
 def _decode(task):
     """Decode paths into rows [start, start + len(paths)) of the shared (N, C, H, W) array."""
     shm_name, shape, start, paths, size, channels = task
-    mode = "L" if channels == 1 else "RGB"
     shm = shared_memory.SharedMemory(name=shm_name)
     try:
         out = np.ndarray(shape, dtype=np.uint8, buffer=shm.buf)
         for i, path in enumerate(paths):
-            _, _, pixels = read_picture(path, mode, size, resample="BILINEAR")
-            out[start + i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+            out[start + i] = decode(path, channels, size)
         del out
     finally:
         shm.close()
