@@ -12,6 +12,7 @@ import tempfile
 import numpy as np
 
 from .data import DataError
+from .ray_cluster import start_ray
 
 RAY_HINT = "--ray needs Ray Data: pip install 'nnjit[ray]'"
 
@@ -87,7 +88,7 @@ def classify_on_ray(checkpoint_path, paths: list, labels: np.ndarray | None, sha
         checkpoint_bytes = f.read()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        start_ray(address, log_to_driver=False)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows in the folder's order

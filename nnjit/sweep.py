@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .callbacks import Callback
 from .errors import NnjitError
+from .ray_cluster import start_ray
 
 #: The nnjit checkpoint's name inside each Tune checkpoint.
 CHECKPOINT_NAME = "checkpoint.json"
@@ -152,8 +153,9 @@ def _parse_train_flags(argv: list[str], what: str):
         with contextlib.redirect_stderr(stderr):
             return parse_args(argv)
     except SystemExit:
-        message = stderr.getvalue().strip().splitlines()
-        raise SweepError(f"{what}: {message[-1] if message else 'not accepted'}") from None
+        lines = stderr.getvalue().strip().splitlines()
+        message = lines[-1].split("error: ", 1)[-1] if lines else "not accepted"
+        raise SweepError(f"{what}: {message}") from None
 
 
 def check_flags(fixed: list[str], dimensions: list[Dimension], root: str | os.PathLike):
@@ -328,7 +330,7 @@ def sweep(space, train_flags: list[str], *, trials: int, cpus_per_trial: int = 1
     experiment = str(storage / name)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 0)
+        start_ray(address, log_to_driver=verbose > 0)
     try:
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, fixed=fixed, cpus=cpus_per_trial,

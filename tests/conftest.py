@@ -133,3 +133,52 @@ def errors_in_threads(fn, args) -> list:
     for t in threads:
         t.join()
     return errors
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """The address of one local Ray (2 CPUs, a 256 MB object store) that every Ray
+    test of the run shares: each Ray start costs seconds and about 1 GB here.
+    Started on first use, in a temp dir, and torn down after the run."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        pytest.skip("Ray is not installed (pip install -e '.[test]' installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Without a token on either side: Ray's token authentication would keep one in
+    # ~/.ray; the test processes (sweep.py, infer.py --ray) inherit this.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    temp = tempfile.mkdtemp(prefix="nnjit-ray-")  # short: Ray's socket paths must fit
+    log = open(os.path.join(temp, "head.log"), "w")
+    head = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+         "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2", "--object-store-memory", str(256 << 20),
+         "--temp-dir", temp, "--include-dashboard", "false", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while "Ray runtime started" not in open(log.name).read():
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the shared Ray did not start:\n{open(log.name).read()[-3000:]}")
+            time.sleep(0.2)
+        yield address
+    finally:
+        # It drains the node and stops the processes it started; with idle workers left
+        # the drain waits 30 s for them, so they are killed after a few seconds.
+        head.terminate()
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)

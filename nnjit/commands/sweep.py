@@ -71,11 +71,12 @@ def show(rows, dimensions, best):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
     ordered = sorted(rows, key=lambda r: -r.val_accuracy if not math.isnan(r.val_accuracy)
                      else math.inf)
+    shown = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     for row in ordered:
-        mark = " (best)" if row is best else ""
-        table.add_row(row.trial_id + mark, *(str(row.values[d.flag]) for d in dimensions),
+        table.add_row(row.trial_id, *(shown(row.values[d.flag]) for d in dimensions),
                       "-" if math.isnan(row.val_accuracy) else f"{row.val_accuracy:.2%}",
-                      str(row.epochs), row.status)
+                      str(row.epochs), row.status + (", best" if row is best else ""),
+                      style="bold" if row is best else None)
     console.print(table)
 
 
