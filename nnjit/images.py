@@ -86,10 +86,11 @@ def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = N
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise DataError("reading PNG/JPEG needs Pillow: pip install 'nnjit[image]'") from None
+    source = path if data is None else io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            with Image.open(source) as img:
                 original, found = img.size, img.mode
                 if found == "P" and _palette_is_gray(img):
                     found = "P;gray"
@@ -101,7 +102,8 @@ def read_picture(path, mode: str | None = None, size: tuple[int, int] | None = N
                 return original, found, np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
+        raise DataError(f"{path}: not a readable image "
+                        f"({str(err).replace(repr(source), repr(str(path)))})") from None
     except (SyntaxError, IndexError, TypeError, struct.error, zlib.error, EOFError) as err:
         # what Pillow's decoders raise on some malformed files
         raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None

@@ -28,12 +28,19 @@ def actor_plan(cpus: float, actors: int | None = None) -> tuple[int, float]:
 
 
 def _decode_batch(batch: dict, channels: int, size: tuple[int, int]) -> dict:
-    """Ray Data task: file bytes -> uint8 (N, channels, H, W) pixels (``size`` is (W, H))."""
+    """Ray Data task: file bytes -> uint8 (N, channels, H, W) pixels (``size`` is (W, H)).
+    An unreadable file gets blank pixels and its message in ``error`` (which the
+    driver raises: Ray would only hand back the text of a task's exception)."""
     from .data.folder import decode
 
-    pixels = np.stack([decode(path, channels, size, bytes(data))
-                       for path, data in zip(batch["path"], batch["bytes"])])
-    return {"path": batch["path"], "pixels": pixels}
+    pixels = np.zeros((len(batch["path"]), channels, size[1], size[0]), np.uint8)
+    errors = np.full(len(pixels), "", dtype=object)
+    for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
+        try:
+            pixels[i] = decode(path, channels, size, bytes(data))
+        except DataError as err:
+            errors[i] = str(err)
+    return {"path": batch["path"], "pixels": pixels, "error": errors}
 
 
 class _Predictor:
@@ -56,36 +63,32 @@ class _Predictor:
 
     def __call__(self, batch: dict) -> dict:
         x = self.preprocessing.apply(batch["pixels"])
-        return {"path": batch["path"], "probabilities": self.model.predict(x, len(x))}
+        return {"path": batch["path"], "probabilities": self.model.predict(x, len(x)),
+                "error": batch["error"]}
 
 
-def _data_error(err: BaseException) -> DataError | None:
-    """The DataError a Ray task raised, found in the exceptions Ray wraps it in."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, DataError):
-            return err
-        err = getattr(err, "cause", None) or err.__cause__
-    return None
-
-
-def classify_on_ray(checkpoint_path, paths: list, labels: np.ndarray | None, shape,
-                    class_names: list[str], writer, batch_size: int = 1000,
-                    address: str | None = None, actors: int | None = None) -> None:
-    """Classify the images at ``paths`` (models taking uint8-derived (C, H, W)
-    ``shape`` inputs) with the checkpoint, writing each batch to ``writer`` (a
-    PredictionWriter) in ``paths``' order, ``labels`` alongside. ``address``: a
-    Ray cluster's (default: the one ray.init finds, else a local Ray started and
+def classify_on_ray(checkpoint_path, folder, paths: list, labels: np.ndarray | None, shape,
+                    writer, batch_size: int = 1000, address: str | None = None,
+                    actors: int | None = None) -> None:
+    """Classify the images at ``paths`` (all under ``folder``; absolute) with the
+    checkpoint, whose model takes (C, H, W) ``shape`` inputs, writing each batch
+    to ``writer`` (a PredictionWriter) in ``paths``' order, ``labels`` alongside.
+    Ray Data reads the whole folder (one listing: a list of paths costs a request
+    per file); files it finds that are not in ``paths`` (deeper in the folder) are
+    dropped. ``address``: a Ray
+    cluster's (default: the one ray.init finds, else a local Ray started and
     shut down here). ``actors``: the pool's size (default: ``actor_plan``).
-    DataError for an unreadable image or a missing Ray."""
+    DataError for an unreadable image, a missing Ray, or a folder that changed."""
     try:
         import ray
         import ray.data
     except ImportError:
         raise DataError(RAY_HINT) from None
+    from .data.folder import EXTENSIONS
+
     with open(checkpoint_path, "rb") as f:
         checkpoint_bytes = f.read()
+    row = {str(p): i for i, p in enumerate(paths)}
     started_here = not ray.is_initialized()
     if started_here:
         start_ray(address, log_to_driver=False)
@@ -93,23 +96,27 @@ def classify_on_ray(checkpoint_path, paths: list, labels: np.ndarray | None, sha
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows in the folder's order
         count, each = actor_plan(ray.cluster_resources().get("CPU", 1), actors)
-        threads = max(1, math.floor(each))
-        ds = ray.data.read_binary_files([str(p) for p in paths], include_paths=True,
-                                        override_num_blocks=max(1, math.ceil(len(paths) / 256)))
+        ds = ray.data.read_binary_files(str(folder), include_paths=True,
+                                        file_extensions=[e[1:] for e in EXTENSIONS])
         ds = ds.map_batches(_decode_batch, batch_size=256,
                             fn_kwargs={"channels": shape[0], "size": (shape[2], shape[1])})
-        ds = ds.map_batches(_Predictor, fn_constructor_args=(checkpoint_bytes, threads),
-                            batch_size=batch_size, concurrency=count, num_cpus=each)
-        row = {str(p): i for i, p in enumerate(paths)}
+        ds = ds.map_batches(_Predictor, fn_constructor_args=(checkpoint_bytes,
+                                                              max(1, math.floor(each))),
+                            batch_size=batch_size, num_cpus=each,
+                            compute=ray.data.ActorPoolStrategy(size=count))
+        done = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            rows = [row[p] for p in batch["path"]]
-            writer.write(batch["path"], batch["probabilities"],
+            listed = np.array([p in row for p in batch["path"]], bool)  # not a nested file
+            failed = [e for e, keep in zip(batch["error"], listed) if e and keep]
+            if failed:
+                raise DataError(failed[0])
+            rows = [row[p] for p in batch["path"][listed]]
+            writer.write(batch["path"][listed], batch["probabilities"][listed],
                          None if labels is None else labels[rows])
-    except Exception as err:  # noqa: BLE001 - Ray wraps the tasks' errors
-        found = _data_error(err)
-        if found is not None:
-            raise DataError(str(found)) from None
-        raise
+            done += len(rows)
     finally:
         if started_here:
             ray.shutdown()
+    if done != len(paths):
+        raise DataError(f"{folder}: {len(paths)} images were listed, {done} were read: did the "
+                        "folder change while it was classified?")

@@ -212,11 +212,11 @@ def classify_folder(args, ckpt, shape, preprocessing):
     k = ckpt.model.summary(shape)[-1][1][0]
     names = ckpt.class_names(k)
     try:
-        paths, labels = list_images(args.data, names)
+        folder, paths, labels = list_images(args.data, names)
         paths = [p.resolve() for p in paths]
         with PredictionWriter(args.out, names, labels is not None) as writer:
             if args.ray:
-                classify_on_ray(args.checkpoint, paths, labels, shape, names, writer,
+                classify_on_ray(args.checkpoint, folder.resolve(), paths, labels, shape, writer,
                                 args.batch_size, args.address, args.ray_actors)
             else:
                 compile_with_progress(lambda: ckpt.model.predict(

@@ -32,16 +32,17 @@ def load_test_part(path, shape: tuple[int, int, int], class_names: list[str]):
         raise DataError(f"--data {path}: neither a folder nor an .npz file")
     from .folder import read_images
 
-    paths, labels = list_images(path, class_names)
+    _, paths, labels = list_images(path, class_names)
     if labels is None:
         raise DataError(f"{path}: no class folders (PATH/<class>/...) to evaluate on")
     return read_images(paths, shape[0], shape[1:]), labels
 
 
-def list_images(path, class_names: list[str]) -> tuple[list[Path], np.ndarray | None]:
-    """The images of a folder to classify, sorted, with uint8 labels (indices into
-    ``class_names``) when it has the class layout (PATH/test/<class>/... when
-    PATH/test exists, else PATH/<class>/...), or None for a flat folder of images."""
+def list_images(path, class_names: list[str]) -> tuple[Path, list[Path], np.ndarray | None]:
+    """(the folder the images are in or under, its images to classify, sorted,
+    uint8 labels): the labels are indices into ``class_names`` when the folder has
+    the class layout (PATH/test/<class>/... when PATH/test exists, else
+    PATH/<class>/...), None for a flat folder of images."""
     from .folder import EXTENSIONS, scan
 
     path = Path(path)
@@ -53,8 +54,8 @@ def list_images(path, class_names: list[str]) -> tuple[list[Path], np.ndarray | 
         if not paths:
             raise DataError(f"{folder}: no images in class folders named after the model's "
                             "classes")
-        return paths, labels
+        return folder, paths, labels
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS)
     if not paths:
         raise DataError(f"{folder}: no {'/'.join(EXTENSIONS)} images")
-    return paths, None
+    return folder, paths, None
