@@ -164,8 +164,11 @@ def check_flags(fixed: list[str], dimensions: list[Dimension], root: str | os.Pa
     ``--val-split`` and none of the flags the sweep sets, and that every swept
     value parses with them. Returns (fixed flags, their parsed args)."""
     names = {d.flag for d in dimensions}
+    # --flag=value as two words, so that paths given either way are found below
+    fixed = [part for word in fixed for part in
+             (word.split("=", 1) if word.startswith("--") and "=" in word else [word])]
     for word in fixed:
-        name = word[2:].split("=", 1)[0] if word.startswith("--") else None
+        name = word[2:] if word.startswith("--") else None
         if name in TRIAL_FLAGS:
             raise SweepError(f"--{name} is set by the sweep for each trial; leave it out of the "
                              "flags after --")
@@ -180,7 +183,6 @@ def check_flags(fixed: list[str], dimensions: list[Dimension], root: str | os.Pa
             _parse_train_flags(fixed + flag_arguments({d.flag: value}),
                                f"{d.flag} = {json.dumps(value)}")
     root = Path(root)
-    fixed = list(fixed)
     if args.train_data_dir is None:
         fixed += ["--train-data-dir", str(root / "data")]
     for i, word in enumerate(fixed[:-1]):

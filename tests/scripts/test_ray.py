@@ -139,7 +139,7 @@ def test_sweep_flags_become_train_words_with_absolute_paths(tmp_path):
                            "image-size": [8, 8], "model": "cnn"}) == \
         ["--learning-rate", "0.1", "--nesterov", "--image-size", "8", "8", "--model", "cnn"]
     (tmp_path / "d.npz").write_bytes(b"")
-    fixed, args = check_flags(["--dataset", "d.npz", "--val-split", "0.1"],
+    fixed, args = check_flags(["--dataset=d.npz", "--val-split", "0.1"],
                               [Dimension("nb-epochs", "randint", (1, 4))], tmp_path)
     assert fixed == ["--dataset", str(tmp_path / "d.npz"), "--val-split", "0.1",
                      "--train-data-dir", str(tmp_path / "data")]
@@ -230,25 +230,40 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, ray_address):
 
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"learning-rate": {"loguniform": [0.01, 0.1]}}))
+    flags = [a if a != "2" else "4" for a in TRAIN_FLAGS]  # 4 epochs, none stopped by ASHA
     cmd = [sys.executable, SWEEP, str(space), "--trials", "4", "--storage", str(tmp_path / "s"),
-           "--address", ray_address, "--", *[a if a != "2" else "3" for a in TRAIN_FLAGS]]
+           "--address", ray_address, "--grace-period", "4", "--", *flags]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "s" / "sweep").glob("*/checkpoint_000000")):
+
+    def reported():
+        return {p.parent.name: [int(r["epoch"]) for r in read_csv(p)]
+                for p in (tmp_path / "s" / "sweep").glob("*/progress.csv") if p.stat().st_size}
+
+    # Ctrl-C once a trial's second epoch has been taken in by Tune: its first
+    # checkpoint is then in the experiment's state for certain (one reported just
+    # before the Ctrl-C may not be, and that trial would start that epoch again)
+    while not [t for t, epochs in reported().items() if len(epochs) >= 2]:
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
-        time.sleep(0.1)
+        time.sleep(0.05)
     first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment's state and stops
     out = first.communicate(timeout=120)[0]
+    before = reported()
     assert first.returncode == 130 and "run the same command again to resume" in out, out[-3000:]
+    interrupted = [t for t, epochs in before.items() if 2 <= len(epochs) < 4]
+    assert interrupted, before  # (the Ctrl-C came too late to interrupt any trial)
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     rows = read_csv(tmp_path / "s" / "trials.csv")
-    assert len(rows) == 4 and {r["status"] for r in rows} <= {"done", "stopped"}, rows
-    # each trial's reports, across both runs: epochs 1, 2, ... once each (a trial
-    # restarted from scratch would report its first epochs again)
-    for progress in (tmp_path / "s" / "sweep").glob("*/progress.csv"):
-        epochs = [int(r["epoch"]) for r in read_csv(progress)]
-        assert epochs == list(range(1, len(epochs) + 1)), (progress, epochs)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}, rows
+    after = reported()
+    for trial in interrupted:  # continued from its checkpoint, not from its first epoch
+        assert after[trial][:len(before[trial])] == before[trial] == list(
+            range(1, len(before[trial]) + 1))
+        assert after[trial].count(1) == 1 and after[trial][-1] == 4, after[trial]
+    for trial, epochs in before.items():
+        if epochs[-1:] == [4]:  # finished before the Ctrl-C: not run again
+            assert after[trial] == epochs
 
 
 def test_ray_infer_names_an_unreadable_image_and_writes_nothing(classified_folder, tmp_path,
