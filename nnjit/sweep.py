@@ -327,7 +327,10 @@ def sweep(space, train_flags: list[str], *, trials: int, cpus_per_trial: int = 1
 
     dimensions = read_space(space) if isinstance(space, (str, os.PathLike)) else list(space)
     fixed, args = check_flags(list(train_flags), dimensions, Path.cwd())
-    storage = Path(storage).resolve()  # Tune takes an absolute path (or a URI)
+    if "://" in str(storage):
+        raise SweepError(f"--storage {storage}: give a folder (on a cluster, one every node "
+                         "mounts); URIs such as s3:// are not supported")
+    storage = Path(storage).resolve()  # Tune takes an absolute path
     storage.mkdir(parents=True, exist_ok=True)
     experiment = str(storage / name)
     started_here = not ray.is_initialized()

@@ -41,8 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--cpus-per-trial", type=positive_int, default=1, metavar="C",
                    help="CPUs Ray reserves for each trial, and the trial's kernel threads")
     p.add_argument("--storage", default="sweeps", metavar="DIR",
-                   help="where the experiment (DIR/NAME), trials.csv and best.json go; on a "
-                        "cluster, storage every node reaches")
+                   help="folder for the experiment (DIR/NAME), trials.csv and best.json; on a "
+                        "cluster, a folder every node mounts (URIs such as s3:// are not "
+                        "supported)")
     p.add_argument("--name", default="sweep",
                    help="the experiment's name: the same name in the same storage resumes it")
     p.add_argument("--address", metavar="RAY_ADDRESS",

@@ -123,10 +123,15 @@ def test_sweep_refuses_bad_spaces_and_flags_in_one_line(tmp_path):
              ({"learning-rate": {"choice": [0.1]}}, ["--nb-epochs", "2"],
               "must include --val-split"),
              ({"learning-rate": {"choice": [0.1]}}, ["--val-split", "100", "--learning-rate", "1"],
-              "--learning-rate is both swept (SPACE.json) and fixed")]
+              "--learning-rate is both swept (SPACE.json) and fixed"),
+             ({"learning-rate": {"choice": [0.1]}}, ["--val-split", "100", "--storage",
+                                                     "s3://bucket/sweeps"],
+              "URIs such as s3:// are not supported")]
     for content, flags, message in cases:
         space.write_text(json.dumps(content))
-        proc = run(SWEEP, space, "--trials", 2, "--", *flags, timeout=60)
+        own = flags[flags.index("--storage"):] if "--storage" in flags else []
+        flags = flags[:len(flags) - len(own)]
+        proc = run(SWEEP, space, "--trials", 2, *own, "--", *flags, timeout=60)
         assert proc.returncode == 2, (content, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "sweeps").exists()
