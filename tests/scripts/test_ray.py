@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,37 +29,6 @@ def run(*cmd, timeout=300, env=None):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def test_a_sweep_of_four_trials_keeps_the_best_by_validation(tmp_path, ray_address,
-                                                             mnist_test_set):
-    space = tmp_path / "space.json"
-    # a rate 1000x too small cannot win against a usable one
-    space.write_text(json.dumps({"learning-rate": {"choice": [0.00005, 0.05]},
-                                 "model": {"choice": ["cnn", "cnn-bn"]}}))
-    proc = run(SWEEP, space, "--trials", 4, "--storage", tmp_path / "sweeps",
-               "--address", ray_address, "--", *TRAIN_FLAGS)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = read_csv(tmp_path / "sweeps" / "trials.csv")
-    assert len(rows) == 4
-    assert list(rows[0]) == ["trial_id", "learning-rate", "model", "val_accuracy", "status"]
-    assert {r["status"] for r in rows} <= {"done", "stopped"}
-    assert len({r["trial_id"] for r in rows}) == 4
-    best = max(rows, key=lambda r: float(r["val_accuracy"]))
-    assert float(best["learning-rate"]) == 0.05 and float(best["val_accuracy"]) > 0.8
-
-    from nnjit.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(tmp_path / "sweeps" / "best.json")
-    meta = ckpt.metadata
-    # the best trial's best epoch, with the flags it was sampled with
-    assert meta["val_accuracy"] == float(best["val_accuracy"])
-    assert meta["learning_rate"] == 0.05 and meta["model_spec"] == best["model"]
-    assert meta["val_split"] == 500 and meta["split_test"] == 2000
-    x, y = mnist_test_set
-    predictions = ckpt.model.predict(x[2000:3000, None] / np.float32(255)).argmax(axis=1)
-    assert (predictions == y[2000:3000]).mean() > 0.8
-    assert "best: trial " + best["trial_id"] in proc.stdout
 
 
 KILLED_ONCE = textwrap.dedent("""
@@ -111,6 +81,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_nothing_is_left_running(
 
 
 def test_sweep_refuses_bad_spaces_and_flags_in_one_line(tmp_path):
+    from nnjit.sweep import SweepError, check_flags, read_space
+
     space = tmp_path / "space.json"
     cases = [({"learning-rat": {"choice": [0.1]}}, ["--val-split", "100"],
               "'learning-rat' is not a flag of nnjit train"),
@@ -123,17 +95,20 @@ def test_sweep_refuses_bad_spaces_and_flags_in_one_line(tmp_path):
              ({"learning-rate": {"choice": [0.1]}}, ["--nb-epochs", "2"],
               "must include --val-split"),
              ({"learning-rate": {"choice": [0.1]}}, ["--val-split", "100", "--learning-rate", "1"],
-              "--learning-rate is both swept (SPACE.json) and fixed"),
-             ({"learning-rate": {"choice": [0.1]}}, ["--val-split", "100", "--storage",
-                                                     "s3://bucket/sweeps"],
-              "URIs such as s3:// are not supported")]
+              "--learning-rate is both swept (SPACE.json) and fixed")]
     for content, flags, message in cases:
         space.write_text(json.dumps(content))
-        own = flags[flags.index("--storage"):] if "--storage" in flags else []
-        flags = flags[:len(flags) - len(own)]
-        proc = run(SWEEP, space, "--trials", 2, *own, "--", *flags, timeout=60)
-        assert proc.returncode == 2, (content, proc.stderr)
-        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        with pytest.raises(SweepError, match=re.escape(message)):
+            check_flags(flags, read_space(space), tmp_path)
+    # the command line: one error line, exit 2, nothing started or written
+    space.write_text(json.dumps({"learning-rate": {"choice": [-1]}}))
+    proc = run(SWEEP, space, "--trials", 2, "--", "--val-split", 100, timeout=60)
+    assert proc.returncode == 2 and "error: learning-rate = -1: argument --learning-rate" \
+        in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    space.write_text(json.dumps({"learning-rate": {"choice": [0.1]}}))
+    proc = run(SWEEP, space, "--trials", 2, "--storage", "s3://bucket/sweeps", "--",
+               "--val-split", 100, timeout=60)
+    assert proc.returncode == 2 and "URIs such as s3:// are not supported" in proc.stderr
     assert not (tmp_path / "sweeps").exists()
 
 
@@ -229,20 +204,23 @@ def test_infer_out_refuses_what_it_cannot_write(classified_folder, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, ray_address):
+def test_a_sweep_interrupted_and_resumed_keeps_the_best_trial_by_validation(
+        tmp_path, ray_address, mnist_test_set):
     import signal
     import time
 
     space = tmp_path / "space.json"
-    space.write_text(json.dumps({"learning-rate": {"loguniform": [0.01, 0.1]}}))
+    space.write_text(json.dumps({"learning-rate": {"loguniform": [0.01, 0.1]},
+                                 "model": {"choice": ["cnn", "cnn-bn"]}}))
     flags = [a if a != "2" else "4" for a in TRAIN_FLAGS]  # 4 epochs, none stopped by ASHA
     cmd = [sys.executable, SWEEP, str(space), "--trials", "4", "--storage", str(tmp_path / "s"),
            "--address", ray_address, "--grace-period", "4", "--", *flags]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
 
-    def reported():
-        return {p.parent.name: [int(r["epoch"]) for r in read_csv(p)]
+    def reported(column="epoch"):
+        """Each trial's reports so far (Tune's progress.csv), by its folder's name."""
+        return {p.parent.name: [float(r[column]) for r in read_csv(p)]
                 for p in (tmp_path / "s" / "sweep").glob("*/progress.csv") if p.stat().st_size}
 
     # Ctrl-C once a trial's second epoch has been taken in by Tune: its first
@@ -259,8 +237,6 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, ray_address):
     assert interrupted, before  # (the Ctrl-C came too late to interrupt any trial)
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    rows = read_csv(tmp_path / "s" / "trials.csv")
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}, rows
     after = reported()
     for trial in interrupted:  # continued from its checkpoint, not from its first epoch
         assert after[trial][:len(before[trial])] == before[trial] == list(
@@ -269,6 +245,29 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path, ray_address):
     for trial, epochs in before.items():
         if epochs[-1:] == [4]:  # finished before the Ctrl-C: not run again
             assert after[trial] == epochs
+
+    rows = read_csv(tmp_path / "s" / "trials.csv")
+    assert list(rows[0]) == ["trial_id", "learning-rate", "model", "val_accuracy", "status"]
+    assert len({r["trial_id"] for r in rows}) == 4 and {r["status"] for r in rows} == {"done"}
+    accuracies = reported("val_accuracy")
+    for row in rows:  # each trial's best epoch, as its reports to Tune say
+        (folder,) = [t for t in accuracies if f"_{row['trial_id']}_" in t]
+        assert float(row["val_accuracy"]) == max(accuracies[folder])
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+
+    from nnjit.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "s" / "best.json")
+    meta, model = ckpt.metadata, ckpt.model
+    # the best trial's best epoch, trained with the flags it was sampled with
+    assert meta["val_accuracy"] == float(best["val_accuracy"])
+    assert meta["learning_rate"] == float(best["learning-rate"])
+    assert meta["model_spec"] == best["model"]
+    assert meta["val_split"] == 500 and meta["split_test"] == 2000
+    x, y = mnist_test_set
+    predictions = model.predict(x[2000:3000, None] / np.float32(255)).argmax(axis=1)
+    assert (predictions == y[2000:3000]).mean() > 0.8
+    assert "best: trial " + best["trial_id"] in second.stdout
 
 
 def test_ray_infer_names_an_unreadable_image_and_writes_nothing(classified_folder, tmp_path,
