@@ -1,7 +1,7 @@
-"""Classify a folder of any size on Ray Data: files read by Ray Data, decoded in
-its tasks by the decoder infer.py uses (``nnjit.data.folder.decode``), batches
-through a pool of actors that each hold the model once, rows streamed back in
-the folder's order into a CSV or Parquet table. Ray is an optional extra:
+"""Classify a folder of any size on Ray Data: files listed and read by Ray Data,
+decoded in its workers by the decoder infer.py uses (``nnjit.data.folder.decode``),
+batches through a pool of actors that each hold the model once, rows streamed back
+in the folder's order into a CSV or Parquet table. Ray is an optional extra:
 ``pip install "nnjit[ray]"``."""
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def classify_on_ray(checkpoint_path, folder, paths: list, labels: np.ndarray | N
     to ``writer`` (a PredictionWriter) in ``paths``' order, ``labels`` alongside.
     Ray Data reads the whole folder (one listing: a list of paths costs a request
     per file); files it finds that are not in ``paths`` (deeper in the folder) are
-    dropped. ``address``: a Ray
-    cluster's (default: the one ray.init finds, else a local Ray started and
-    shut down here). ``actors``: the pool's size (default: ``actor_plan``).
+    dropped. ``address``: a Ray cluster's (default: the one ray.init finds, else
+    a local Ray started and shut down here). ``actors``: the pool's size
+    (default: ``actor_plan``).
     DataError for an unreadable image, a missing Ray, or a folder that changed."""
     try:
         import ray

@@ -205,7 +205,6 @@ def classify_folder(args, ckpt, shape, preprocessing):
     """--data FOLDER --out FILE: every image's prediction as a table row, in one
     process or (--ray) on Ray Data; the confusion matrix for class folders."""
     from nnjit.data.evaluation import list_images
-    from nnjit.data.folder import read_images
     from nnjit.predictions import PredictionWriter
     from nnjit.ray_inference import classify_on_ray
 
@@ -219,30 +218,37 @@ def classify_folder(args, ckpt, shape, preprocessing):
                 classify_on_ray(args.checkpoint, folder.resolve(), paths, labels, shape, writer,
                                 args.batch_size, args.address, args.ray_actors)
             else:
-                compile_with_progress(lambda: ckpt.model.predict(
-                    np.zeros((min(args.batch_size, len(paths)), *shape), ckpt.model.dtype),
-                    args.batch_size), show=not args.json)
-                with Progress(console=console, transient=True,
-                              disable=args.json or not console.is_terminal) as bar:
-                    task = bar.add_task("classifying", total=len(paths))
-                    # decoded a few batches at a time: memory stays bounded, the decoding
-                    # processes start once per chunk
-                    chunk = args.batch_size * max(1, DECODED_PER_CHUNK // args.batch_size)
-                    for first in range(0, len(paths), chunk):
-                        x = preprocessing.apply(read_images(paths[first:first + chunk], shape[0],
-                                                            shape[1:], show_progress=False))
-                        for start in range(0, len(x), args.batch_size):
-                            rows = slice(first + start, first + start + args.batch_size)
-                            writer.write(paths[rows], ckpt.model.predict(
-                                x[start:start + args.batch_size], args.batch_size),
-                                None if labels is None else labels[rows])
-                            bar.update(task, advance=len(paths[rows]))
+                classify_in_process(args, ckpt, shape, preprocessing, paths, labels, writer)
     except DataError as err:
         fail(str(err))
     if not args.json:
         console.print(f"wrote {writer.rows:,} predictions to {args.out}")
     if writer.confusion is not None:
         show_accuracy(args, writer.confusion, names)
+
+
+def classify_in_process(args, ckpt, shape, preprocessing, paths, labels, writer):
+    """The images at ``paths`` through the model in batches of --batch-size, written
+    to ``writer``; decoded a few batches at a time (bounded memory; the decoding
+    processes start once per chunk)."""
+    from nnjit.data.folder import read_images
+
+    compile_with_progress(lambda: ckpt.model.predict(
+        np.zeros((min(args.batch_size, len(paths)), *shape), ckpt.model.dtype), args.batch_size),
+        show=not args.json)
+    chunk = args.batch_size * max(1, DECODED_PER_CHUNK // args.batch_size)
+    with Progress(console=console, transient=True,
+                  disable=args.json or not console.is_terminal) as bar:
+        task = bar.add_task("classifying", total=len(paths))
+        for first in range(0, len(paths), chunk):
+            x = preprocessing.apply(read_images(paths[first:first + chunk], shape[0], shape[1:],
+                                                show_progress=False))
+            for start in range(0, len(x), args.batch_size):
+                rows = slice(first + start, first + start + args.batch_size)
+                writer.write(paths[rows],
+                             ckpt.model.predict(x[start:start + args.batch_size], args.batch_size),
+                             None if labels is None else labels[rows])
+                bar.update(task, advance=len(paths[rows]))
 
 
 def main(argv=None):
