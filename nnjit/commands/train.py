@@ -229,7 +229,7 @@ RESUMED = {
     "split_test": _whole(1), "train_limit": _whole(1),
     "val_split": lambda v: count_or_fraction(str(v)),
     "channels": _one_of(1, 3), "image_size": _image_size,
-    "augment": lambda v: Augment.parse(_text(v)) and v,
+    "augment": lambda v: str(Augment.parse(_text(v))),
     "learning_rate": _number_in(1e-300, 1e300),
     "lr_schedule": _one_of("cosine", "onecycle", "constant"),
     "label_smoothing": _number_in(0, 0.999999),
@@ -392,7 +392,7 @@ def main(argv=None, started: float | None = None, callbacks=()):
             data.description += f"; {size} training images held out for validation"
         input_shape = tuple(data.x_train.shape[1:])
         augment = Augment.parse(args.augment) if args.augment else None
-        augment = augment if augment and (augment.crop or augment.flip) else None
+        augment = augment or None
         if args.resume:
             preprocessing = Preprocessing.from_metadata(meta)
         else:

@@ -199,6 +199,48 @@ def test_augmentation_kernel_equals_numpy_and_is_seeded(spec, rng):
         Augment.parse("rotate:10")
 
 
+def test_random_erasing_zeroes_one_rectangle_drawn_as_torchvision_does(rng):
+    """erase:P after the shifts and flips: with probability P one rectangle of
+    2-40% of the image, aspect 0.3-3.3, each side below the image's, zero in every
+    channel; the rest as without it. Statistics over 4,000 images of 12 x 20."""
+    n, h, w = 4000, 12, 20
+    x = rng.uniform(1, 2, size=(n, 3, h, w)).astype(np.float32)  # no zero before erasing
+    aug = Augment.parse("flip,erase:0.3")
+    assert str(aug) == "flip,erase:0.3" and str(Augment.parse("erase:1")) == "erase:1"
+    out = aug(x, np.random.default_rng(7)).copy()
+    plain = Augment(flip=True)(x, np.random.default_rng(7))
+    zero = out == 0
+    assert (zero.all(axis=1) == zero.any(axis=1)).all()  # every channel, or none
+    np.testing.assert_array_equal(out[~zero], plain[~zero])
+    zero = zero[:, 0]
+    erased = zero.any(axis=(1, 2))
+    assert 0.27 < erased.mean() < 0.33
+    areas, ratios = [], []
+    for i in np.flatnonzero(erased):
+        rows, cols = np.flatnonzero(zero[i].any(axis=1)), np.flatnonzero(zero[i].any(axis=0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        assert zero[i, top:bottom, left:right].all()  # one solid rectangle
+        assert bottom - top < h and right - left < w
+        areas.append((bottom - top) * (right - left) / (h * w))
+        ratios.append((bottom - top) / (right - left))
+    # sides are rounded to whole pixels: the bounds hold to about a pixel a side
+    assert 0.01 < min(areas) < 0.03 and 0.3 < max(areas) < 0.45, (min(areas), max(areas))
+    assert 0.15 < min(ratios) < 0.4 and 2.5 < max(ratios) < 6, (min(ratios), max(ratios))
+    np.testing.assert_array_equal(aug(x, np.random.default_rng(7)), out)  # seeded
+    # with shifts too: erased after them, their draws unchanged
+    shifted = Augment.parse("crop:2,flip,erase:0.3")
+    both = shifted(x, np.random.default_rng(7)).copy()
+    alone = Augment(crop=2, flip=True)(x, np.random.default_rng(7))
+    np.testing.assert_array_equal(both[both != 0], alone[both != 0])
+    assert (both == 0).sum() > (alone == 0).sum()
+    # a rank's share of a batch is erased as that share of the whole batch
+    share = shifted(x[1000:1500], np.random.default_rng(7), of=(1000, n))
+    np.testing.assert_array_equal(share, both[1000:1500])
+    for bad in ("erase:0", "erase:1.5", "erase:x", "erase"):
+        with pytest.raises(ValueError, match="--augment"):
+            Augment.parse(bad)
+
+
 # -- presets adapt --------------------------------------------------------------
 def test_presets_adapt_to_input_shape_and_class_count():
     for preset in ("cnn", "mlp", "cnn-bn"):
