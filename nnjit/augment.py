@@ -10,7 +10,7 @@ from .kernels.augment import shift_flip
 AUGMENT_HELP = ("comma-separated: crop:P (shift each image by up to P pixels each way, zero "
                 "filled: a random crop of the image padded by P), flip (mirror half the images "
                 "left-right; wrong for digits and text), erase:P (with probability P, set a "
-                "random rectangle of 2-40%% of the image, aspect 0.3-3.3, to 0 in every "
+                "random rectangle of 2 to 40 percent of the image, aspect 0.3-3.3, to 0 in every "
                 "channel: torchvision's RandomErasing)")
 #: Random erasing's rectangle: area as a fraction of the image, aspect ratio (h / w)
 #: drawn log-uniformly, and the draws per image before it gives up (torchvision's
