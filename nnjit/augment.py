@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels.augment import shift_flip
+from .kernels.augment import erase_rectangles, shift_flip
 
 AUGMENT_HELP = ("comma-separated: crop:P (shift each image by up to P pixels each way, zero "
                 "filled: a random crop of the image padded by P), flip (mirror half the images "
@@ -107,9 +107,8 @@ class Augment:
         shift_flip(np.ascontiguousarray(x).reshape(-1), n, c, h, w, dy, dx, flip,
                    self._out.reshape(-1))
         if self.erase:  # drawn after the shifts and flips: their draws stay as they were
-            for i, (top, left, eh, ew) in enumerate(self.draw_erasing(rng, total, h, w)
-                                                    [start:start + n]):
-                self._out[i, :, top:top + eh, left:left + ew] = 0
+            erase = np.ascontiguousarray(self.draw_erasing(rng, total, h, w)[start:start + n])
+            erase_rectangles(self._out.reshape(-1), n, c, h, w, erase.reshape(-1))
         return self._out
 
 

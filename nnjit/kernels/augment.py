@@ -26,3 +26,16 @@ def shift_flip(x, N, C, H, W, dy, dx, flip, out):
             for j in range(W):
                 sj = (W - 1 - j if mirror else j) + sx
                 row[j] = srow[sj] if 0 <= sj < W else 0
+
+
+@kernel
+def erase_rectangles(out, N, C, H, W, erase):
+    """Zero out[n, :, top:top + height, left:left + width] for each image n, with
+    erase[4n:4n + 4] = (top, left, height, width) (height 0: none).
+    out: float (N*C*H*W,), in place; erase: int64 (N*4,)."""
+    o3 = out.reshape((N * C, H, W))
+    for pl in prange(N * C):
+        n = pl // C
+        top, left, eh, ew = erase[4 * n], erase[4 * n + 1], erase[4 * n + 2], erase[4 * n + 3]
+        for i in range(top, top + eh):
+            o3[pl, i, left:left + ew] = 0
