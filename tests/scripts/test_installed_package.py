@@ -70,7 +70,7 @@ def test_the_installed_nnjit_is_the_wheels(installed):
     assert str(python.parent.parent) in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "infer", "export"])
+@pytest.mark.parametrize("command", ["train", "infer", "export", "sweep"])
 def test_installed_command_and_module_show_every_subcommands_help(installed, command):
     python, bin_dir, outside = installed
     for cmd in ([bin_dir / "nnjit", command, "--help"], [python, "-m", "nnjit", command, "--help"]):
@@ -78,7 +78,8 @@ def test_installed_command_and_module_show_every_subcommands_help(installed, com
         assert proc.returncode == 0, proc.stderr
         assert f"usage: nnjit {command}" in proc.stdout
     overview = run_in(outside, bin_dir / "nnjit", "--help")
-    assert overview.returncode == 0 and all(c in overview.stdout for c in ("train", "infer", "export"))
+    assert overview.returncode == 0 and all(c in overview.stdout for c in ("train", "infer", "export",
+                                                                             "sweep"))
     unknown = run_in(outside, bin_dir / "nnjit", "fly")
     assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
 
