@@ -28,7 +28,7 @@ def actor_plan(cpus: float, actors: int | None = None) -> tuple[int, float]:
 
 
 def _decode_batch(batch: dict, channels: int, size: tuple[int, int]) -> dict:
-    """Ray Data task: file bytes -> uint8 (N, channels, H, W) pixels (``size`` is (W, H)).
+    """Ray Data batch function: file bytes -> uint8 (N, channels, H, W) pixels (``size`` (W, H)).
     An unreadable file gets blank pixels and its message in ``error`` (which the
     driver raises: Ray would only hand back the text of a task's exception)."""
     from .data.folder import decode

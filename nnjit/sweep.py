@@ -214,13 +214,15 @@ class ReportToTune(Callback):
 
 def run_trial(config: dict, fixed: list[str], cpus: int, callbacks=()) -> None:
     """Ray Tune's function trainable: one ``nnjit train`` run with ``fixed`` +
-    ``config``'s flags on ``cpus`` threads, in the trial's folder (``run/``),
+    ``config``'s flags on ``cpus`` threads, in the trial's folder (``run-<trial id>/``),
     resumed from the trial's last Tune checkpoint when Tune restarts it.
     ``callbacks``: more fit callbacks (after the reporting one)."""
     tune = ray_tune()
     from .commands import train
 
-    folder = Path.cwd() / "run"  # Tune runs each trial in its own working folder
+    # Tune runs each trial in its own working folder; the id keeps trials apart
+    # even where it does not (RAY_CHDIR_TO_TRIAL_DIR=0)
+    folder = Path.cwd() / f"run-{tune.get_context().get_trial_id()}"
     folder.mkdir(parents=True, exist_ok=True)
     argv = [*fixed, *flag_arguments(config), "--checkpoint-folder", str(folder),
             "--checkpoint-stride", "1", "--threads", str(cpus), "--quiet"]
