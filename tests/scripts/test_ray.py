@@ -172,8 +172,9 @@ def test_ray_data_classifies_a_folder_as_infer_does_in_one_process(classified_fo
     # the same rows in the same order, the same predicted classes (and labels)
     for column in ("path", "predicted", *(["label"] if layout == "classes" else [])):
         assert [r[column] for r in table] == [r[column] for r in one_table], column
-    # probabilities to float32 rounding: the kernels split a batch's last rows into
-    # their tiles differently, and Ray's batches need not end where infer's do
+    # probabilities to float32 rounding: OpenBLAS's small-matrix GEMM (the Dense
+    # layer's) computes a GEMM's last 1-3 rows by another path than the groups of 4
+    # before them, and Ray's batches need not end where infer's do
     probs, one_probs = ([[float(r[f"p_{k}"]) for k in range(10)] for r in t]
                         for t in (table, one_table))
     np.testing.assert_allclose(probs, one_probs, rtol=0, atol=1e-6)
