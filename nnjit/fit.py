@@ -145,7 +145,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
         raise DataError("fit got no training images")
     if isinstance(augment, str):
         from .augment import Augment
-        augment = Augment.parse(augment)
+        augment = Augment.parse(augment) or None  # "none": no copy of every batch
     for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
                                ("initial_epoch", initial_epoch, 0),
                                ("initial_batch", initial_batch, 0)):
