@@ -7,6 +7,8 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
+#: The loss became nan or inf (``nnjit train``): the run stops, its checkpoints stay.
+EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
 #: A checkpoint, CSV or plot could not be written (disk full, folder gone or read-only).
 EXIT_WRITE_FAILED = 74

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .callbacks import Callback
+from .cli import EXIT_DIVERGED
 from .errors import NnjitError
 from .ray_cluster import start_ray
 
@@ -234,8 +235,10 @@ def run_trial(config: dict, fixed: list[str], cpus: int, callbacks=()) -> None:
         argv += ["--resume", str(resumed)]
     try:
         train.main(argv, callbacks=[ReportToTune(folder), *callbacks])
-    except SystemExit as err:  # train's errors: one line printed, then exit 2
-        if err.code not in (0, None):
+    except SystemExit as err:  # train's errors: one line printed, then its exit code
+        # A diverged run ends the trial with what it reported (it would diverge
+        # again from its checkpoint); anything else is an error Tune may retry.
+        if err.code not in (0, None, EXIT_DIVERGED):
             raise RuntimeError(f"nnjit train {' '.join(argv)} exited with code {err.code}") \
                 from None
 
@@ -254,7 +257,8 @@ class TrialRow:
 
 def trial_rows(results, dimensions: list[Dimension]) -> list[TrialRow]:
     """A row per trial of a Tune ResultGrid. status: done (all its epochs),
-    stopped (by ASHA), failed (an error after its retries) or unfinished."""
+    stopped (by ASHA, or its loss diverged), failed (an error after its retries)
+    or unfinished."""
     rows = []
     for result in results:
         history = result.metrics_dataframe

@@ -20,7 +20,7 @@ from nnjit.callbacks import Callback
 from nnjit.distributed import mpi_group, threads_per_rank
 from nnjit.fit import prepare_kernels
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nnjit.cli import (EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
+from nnjit.cli import (EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
                        fail, non_negative_float, non_negative_int, positive_float, positive_int,
                        smoothing)
 from nnjit.augment import AUGMENT_HELP, Augment
@@ -485,7 +485,7 @@ def main(argv=None, started: float | None = None, callbacks=()):
     except nnjit.TrainingDiverged as err:
         fail(f"loss became nan/inf in epoch {err.epoch + 1}, batch {err.batch + 1}: the "
              f"learning rate ({args.learning_rate}) is most likely too high, try a tenth of "
-             f"it; {record.kept()}", code=1)
+             f"it; {record.kept()}", code=EXIT_DIVERGED)
     if rank != 0:  # rank 0 saves, reports and sets the exit code
         return
     if history.interrupted is not None:

@@ -284,3 +284,16 @@ def test_ray_infer_names_an_unreadable_image_and_writes_nothing(classified_folde
     assert f"error: {folder / '7020.png'}: not a readable image" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no table, no temp file
+
+
+def test_a_diverged_trial_ends_without_retries(tmp_path, ray_address):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning-rate": {"choice": [1e30]}}))  # nan in the first epoch
+    proc = run(SWEEP, space, "--trials", 1, "--max-failures", 2, "--storage", tmp_path / "s",
+               "--address", ray_address, "--", *TRAIN_FLAGS)
+    # it would diverge again from its checkpoint: it ends as stopped, where an error
+    # would be retried twice and end as failed
+    assert [r["status"] for r in read_csv(tmp_path / "s" / "trials.csv")] == ["stopped"], \
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1 and "error: no trial finished an epoch" in proc.stderr
+    assert not (tmp_path / "s" / "best.json").exists()
