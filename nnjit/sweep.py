@@ -302,7 +302,7 @@ def best_trial(rows: list[TrialRow]) -> TrialRow | None:
     return max(ranked, key=lambda r: r.val_accuracy) if ranked else None
 
 
-def save_checkpoint_file(row: TrialRow, path) -> None:
+def copy_checkpoint(row: TrialRow, path) -> None:
     """Copy ``row``'s best checkpoint to ``path``: an nnjit checkpoint, as infer.py takes."""
     tmp = Path(f"{path}.tmp")
     with row.checkpoint.as_directory() as where:
@@ -366,7 +366,7 @@ def sweep(space, train_flags: list[str], *, trials: int, cpus_per_trial: int = 1
         write_trials_csv(storage / "trials.csv", rows, dimensions)
         best = best_trial(rows)
         if best is not None:
-            save_checkpoint_file(best, storage / "best.json")
+            copy_checkpoint(best, storage / "best.json")
         return rows
     finally:
         if started_here:

@@ -67,6 +67,7 @@ def parse_args(argv=None):
 
 
 def show(rows, dimensions, best):
+    """Print the trials as a table, best validation accuracy first."""
     table = Table(title=f"{len(rows)} trials, by validation accuracy")
     for col in ("trial", *(d.flag for d in dimensions), "val accuracy", "epochs", "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
