@@ -28,7 +28,7 @@ from .ray_cluster import start_ray
 
 #: The nnjit checkpoint's name inside each Tune checkpoint.
 CHECKPOINT_NAME = "checkpoint.json"
-#: SPACE.json's distributions: name -> (Ray Tune's function name, what it takes).
+#: SPACE.json's distributions (each the Ray Tune function of that name) -> what they take.
 DISTRIBUTIONS = {"choice": "a non-empty list of values",
                  "uniform": "[low, high], numbers with low < high",
                  "loguniform": "[low, high], numbers with 0 < low < high",
