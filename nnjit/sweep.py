@@ -276,10 +276,17 @@ def trial_rows(results, dimensions: list[Dimension]) -> list[TrialRow]:
             status = "unfinished"
         kept = [(m.get(METRIC, -math.inf), c) for c, m in (result.best_checkpoints or [])]
         checkpoint = max(kept, key=lambda pair: pair[0])[1] if kept else None
-        rows.append(TrialRow(metrics.get("trial_id") or Path(result.path).name.split("_")[1],
+        rows.append(TrialRow(metrics.get("trial_id") or _trial_id(result.path),
                              {d.flag: (result.config or {}).get(d.flag) for d in dimensions},
                              best, epochs, status, checkpoint))
     return rows
+
+
+def _trial_id(trial_dir) -> str:
+    """The trial id in the name Tune gives a trial's folder (run_trial_<id>_<index>_...,
+    the id itself <experiment>_<number>): for a trial that reported nothing."""
+    name = Path(trial_dir).name.removeprefix(f"{run_trial.__name__}_")
+    return "_".join(name.split("_")[:2])
 
 
 def write_trials_csv(path, rows: list[TrialRow], dimensions: list[Dimension]) -> None:

@@ -153,8 +153,14 @@ def test_set(args, ckpt, shape, k):
         fail(str(err))
 
 
+def model_classes(ckpt, shape) -> list[str]:
+    """The checkpoint's class names, one per output of its model on ``shape`` samples."""
+    return ckpt.class_names(ckpt.model.summary(shape)[-1][1][0])
+
+
 def evaluate(args, ckpt, shape, preprocessing):
-    k = ckpt.model.summary(shape)[-1][1][0]
+    names = model_classes(ckpt, shape)
+    k = len(names)
     images, labels = test_set(args, ckpt, shape, k)
     if images.shape[1:] != shape:
         size = lambda s: f"{s[1]}x{s[2]}" + (f" with {s[0]} channels" if s[0] != 1 else "")  # noqa: E731
@@ -172,7 +178,7 @@ def evaluate(args, ckpt, shape, preprocessing):
             bar.update(task, advance=len(probs))
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (labels.astype(np.int64), preds), 1)
-    show_accuracy(args, confusion, ckpt.class_names(k))
+    show_accuracy(args, confusion, names)
 
 
 def show_accuracy(args, confusion: np.ndarray, names: list[str]):
@@ -208,8 +214,7 @@ def classify_folder(args, ckpt, shape, preprocessing):
     from nnjit.predictions import PredictionWriter
     from nnjit.ray_inference import classify_on_ray
 
-    k = ckpt.model.summary(shape)[-1][1][0]
-    names = ckpt.class_names(k)
+    names = model_classes(ckpt, shape)
     try:
         folder, paths, labels = list_images(args.data, names)
         paths = [p.resolve() for p in paths]

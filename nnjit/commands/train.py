@@ -20,9 +20,9 @@ from nnjit.callbacks import Callback
 from nnjit.distributed import mpi_group, threads_per_rank
 from nnjit.fit import prepare_kernels
 from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from nnjit.cli import (EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console, count_or_fraction,
-                       fail, non_negative_float, non_negative_int, positive_float, positive_int,
-                       smoothing)
+from nnjit.cli import (EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console,
+                       count_or_fraction, fail, non_negative_float, non_negative_int,
+                       positive_float, positive_int, smoothing)
 from nnjit.augment import AUGMENT_HELP, Augment
 from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
@@ -391,8 +391,7 @@ def main(argv=None, started: float | None = None, callbacks=()):
             data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
             data.description += f"; {size} training images held out for validation"
         input_shape = tuple(data.x_train.shape[1:])
-        augment = Augment.parse(args.augment) if args.augment else None
-        augment = augment or None
+        augment = Augment.parse(args.augment or "none") or None  # None: nothing to change
         if args.resume:
             preprocessing = Preprocessing.from_metadata(meta)
         else:
