@@ -26,12 +26,14 @@ from numba.extending import intrinsic
 U = np.uint64
 _VECTOR_BYTES = 64
 
-COPY, ZERO = range(2)
+COPY, ZERO, RELU = range(3)
 
 
 def _masked_run_step(mode):
     """An intrinsic doing ``mode`` on dst[d:d+n] (from src[s:s+n]) for n up to
-    one vector (64 bytes) of dst's dtype, as one masked load/store."""
+    one vector (64 bytes) of dst's dtype, as one masked load/store: COPY, ZERO,
+    or RELU (copy max(v, 0), with ``v < 0`` as the test: NaN and -0.0 pass
+    unchanged, as in the kernels' scalar ReLU)."""
 
     @intrinsic
     def step(typingctx, dst, d, src, s, n):
@@ -73,6 +75,9 @@ def _masked_run_step(mode):
             else:
                 source = address(signature.args[2], src_value, s_value)
                 value = builder.call(load, [source, align, mask, ir.Constant(vector, None)])
+                if mode == RELU:
+                    zero = ir.Constant(vector, None)
+                    value = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
             builder.call(store, [value, target, align, mask])
             return context.get_dummy_value()
 
@@ -83,6 +88,7 @@ def _masked_run_step(mode):
 
 _copy_step = _masked_run_step(COPY)
 _zero_step = _masked_run_step(ZERO)
+_relu_step = _masked_run_step(RELU)
 
 
 @njit(cache=True, inline="always")
@@ -91,14 +97,17 @@ def _lanes(a):
 
 
 @njit(cache=True, inline="always")
-def _run(dst, d, src, s, n, zero):
-    """dst[d:d+n] = src[s:s+n], or = 0 with ``zero``, one vector step at a time."""
+def _run(dst, d, src, s, n, mode):
+    """dst[d:d+n] = src[s:s+n] as ``mode`` says (``_masked_run_step``), one
+    vector step at a time."""
     step = _lanes(dst)
     j = U(0)
     while j < n:
         width = min(step, n - j)
-        if zero:
+        if mode == ZERO:
             _zero_step(dst, d + j, dst, d + j, width)
+        elif mode == RELU:
+            _relu_step(dst, d + j, src, s + j, width)
         else:
             _copy_step(dst, d + j, src, s + j, width)
         j += width
@@ -107,10 +116,17 @@ def _run(dst, d, src, s, n, zero):
 @njit(cache=True, inline="always")
 def copy_run(dst, d, src, s, n):
     """dst[d:d+n] = src[s:s+n]. dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
-    _run(dst, d, src, s, n, False)
+    _run(dst, d, src, s, n, COPY)
+
+
+@njit(cache=True, inline="always")
+def relu_copy_run(dst, d, src, s, n):
+    """dst[d:d+n] = max(src[s:s+n], 0) (values below zero become 0; NaN stays).
+    dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
+    _run(dst, d, src, s, n, RELU)
 
 
 @njit(cache=True, inline="always")
 def zero_run(dst, d, n):
     """dst[d:d+n] = 0. dst: 1-D float array; d, n: uint64."""
-    _run(dst, d, dst, d, n, True)
+    _run(dst, d, dst, d, n, ZERO)
