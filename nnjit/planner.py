@@ -166,6 +166,9 @@ class ConvAlgorithm(str, enum.Enum):
     #: Stride 1 without unfolding: shifted products over the image in register
     #: tiles. Backward: unfold.
     DIRECT = "direct"
+    #: 1x1 at stride 1, unpadded: one product per image, read and written in
+    #: place (register tiles or BLAS). Backward: unfold.
+    POINTWISE = "pointwise"
     #: im2col blocks of a few hundred KB and a GEMM each (register tiles or BLAS),
     #: the epilogue (bias, ReLU, max-pool) fused into moving the product out.
     UNFOLD = "unfold"
@@ -222,7 +225,8 @@ def tuning() -> Tuning:
 def using(conv=None, fusion=None, replay=None, host=None, **thresholds):
     """Change how nnjit runs while the block runs (for the whole process).
 
-    conv: "winograd", "windows", "direct" or "unfold" (:class:`ConvAlgorithm`):
+    conv: "winograd", "windows", "direct", "pointwise", "grouped" or "unfold"
+        (:class:`ConvAlgorithm`):
         every conv runs it, and a conv it cannot run raises
         :class:`PlanError` naming the layer and the reason.
     fusion: False runs every layer alone (no epilogues, no norm folded into a
@@ -398,9 +402,18 @@ def _direct_fits(p: ConvProblem) -> str | None:
     return None
 
 
+def _pointwise_fits(p: ConvProblem) -> str | None:
+    """Why the pointwise product cannot run ``p``, or None when it can."""
+    if p.kernel != (1, 1) or p.stride != (1, 1) or p.padding != (0, 0):
+        return "needs a 1x1 kernel at stride 1 without padding"
+    if p.pool is not None:
+        return "runs without a fused max-pool"
+    return None
+
+
 def plan_conv(p: ConvProblem) -> ConvPlan:
     """The plan for ``p``: the forced algorithm (``using(conv=...)``), or the first
-    of Winograd, window by window, direct and unfold whose rule holds.
+    of Winograd, pointwise, window by window, direct and unfold whose rule holds.
 
     Raises PlanError when a forced algorithm cannot run ``p``.
     """
@@ -418,7 +431,8 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     if forced is not None:
         why = None if forced is ConvAlgorithm.GROUPED else _grouped_only(p) or {
             ConvAlgorithm.WINOGRAD: _winograd_fits, ConvAlgorithm.WINDOWS: _windows_fit,
-            ConvAlgorithm.DIRECT: _direct_fits}.get(forced, lambda _: None)(p)
+            ConvAlgorithm.DIRECT: _direct_fits,
+            ConvAlgorithm.POINTWISE: _pointwise_fits}.get(forced, lambda _: None)(p)
         if why is not None:
             raise PlanError(f"conv={forced.value!r} cannot run this conv: it {why}")
         return ConvPlan(forced, "forced by nnjit.using(conv=...)", **gemms,
@@ -438,6 +452,10 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
                         "float32 3x3 stride 1 " + ("with a fused 2x2 max-pool" if p.pool else
                                                     "at inference, even output size")
                         + f", {p.channels} >= {least} input channels", **gemms)
+    why_not["pointwise"] = _pointwise_fits(p)
+    if why_not["pointwise"] is None:
+        return ConvPlan(ConvAlgorithm.POINTWISE, "1x1, stride 1, unpadded, no pool: each "
+                        "image is already its product's right-hand side", **gemms)
     lanes = -(-oc // 16) * 16
     why_not["windows"] = _windows_fit(p) or (
         "needs AVX-512" if not host().tiles else

@@ -114,22 +114,29 @@ def maxpool_backward(dy, argmax, planes, H, W, OH, OW, dx):
             dst[idx[j]] += src[j]
 
 
-@kernel
+@kernel(reassociate=True)
 def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
     """Average pooling without padding. x: float (planes*H*W,).
-    Writes out: float (planes*OH*OW,), each window's mean."""
+    Writes out: float (planes*OH*OW,), each window's mean, summed in float64
+    (reordered: on vector lanes). A window of whole rows (global pooling) is
+    one run of KH*W values: rows of 8 summed one by one ran at 4.5 GB/s."""
     x3 = x.reshape((planes, H, W))
     o3 = out.reshape((planes, OH, OW))
     scale = 1.0 / (KH * KW)
     for pl in prange(planes):
         plane = x3[pl]
+        flat = x[pl * H * W:(pl + 1) * H * W]
         for oh in range(OH):
             for ow in range(OW):
                 acc = 0.0
-                for kh in range(KH):
-                    row = plane[oh * SH + kh]
-                    for kw in range(KW):
-                        acc += row[ow * SW + kw]
+                if KW == W:
+                    for j in range(oh * SH * W, (oh * SH + KH) * W):
+                        acc += flat[j]
+                else:
+                    for kh in range(KH):
+                        row = plane[oh * SH + kh]
+                        for kw in range(KW):
+                            acc += row[ow * SW + kw]
                 o3[pl, oh, ow] = acc * scale
 
 

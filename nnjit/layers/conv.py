@@ -11,6 +11,7 @@ from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_gra
                                     grouped_conv_weight_grad)
 from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
                             conv_forward_direct)
+from ..kernels.pointwise import pointwise_conv_forward
 from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
@@ -304,6 +305,8 @@ class Conv2D(Layer):
             threads = max(parts, chunk_threads)
             outputs = poh * pow_ * oc * (1 if self.fused_pool else 4)
             floats = threads * (hp * wp * c + 16 * rows * (c + oc) + outputs) + 2 * 16 * c * oc
+        elif algorithm is ConvAlgorithm.POINTWISE:
+            threads, floats = self._pointwise_split(n, c, h * w)[0], 0
         elif algorithm is ConvAlgorithm.WINDOWS:
             _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
             lanes = -(-oc // LANES) * LANES
@@ -445,6 +448,28 @@ class Conv2D(Layer):
             if training else None
         return out
 
+    def _pointwise_forward(self, x, geometry, training, tiles):
+        """Forward by ``pointwise_conv_forward`` (1x1, stride 1, unpadded, no pool):
+        x float (N, C, H, W) -> (N, OC, H, W), one product per image in place."""
+        n, oc, p = x.shape[0], self.out_channels, geometry.H * geometry.W
+        parts, chunks = self._pointwise_split(n, geometry.C, p)
+        out = self._buffer("out/train" if training else "out/eval", (n, oc, geometry.OH,
+                                                                        geometry.OW), self.dtype)
+        pointwise_conv_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
+                                   self._bias_values(), p, parts, chunks, self.fused_relu,
+                                   tiles, blas_handle(), out.reshape(-1))
+        self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), False) \
+            if training else None
+        return out
+
+    def _pointwise_split(self, n, c, p):
+        """(parts, chunks) of ``pointwise_conv_forward`` on n images of c x p values:
+        the threads, and the pieces of output channels (of 8 or more) each image is
+        cut into so that fewer images than threads still use them all."""
+        most = max(1, self.out_channels // 8)
+        parts = parts_for(n * p * self.out_channels * c, n * most)
+        return parts, min(most, -(-parts // n))
+
     def _grouped_forward(self, x, geometry, training):
         """Forward by ``grouped_conv_forward`` (groups, dilation; ReLU fused); a
         fused max-pool runs after it, by the pool layer itself."""
@@ -504,6 +529,8 @@ class Conv2D(Layer):
             return self._direct_forward(x, geometry, training, plan.skip_dropped)
         if algorithm is ConvAlgorithm.GROUPED:
             return self._grouped_forward(x, geometry, training)
+        if algorithm is ConvAlgorithm.POINTWISE:
+            return self._pointwise_forward(x, geometry, training, plan.forward_tiles)
         oh, ow = geometry.OH, geometry.OW
         oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         mode = "train" if training else "eval"

@@ -90,7 +90,7 @@ def test_a_grouped_conv_before_a_pooled_norm_trains_right(rng):
                                    atol=1e-8, err_msg=p.name)
 
 
-@pytest.mark.parametrize("forced", ["unfold", "winograd", "windows", "direct"])
+@pytest.mark.parametrize("forced", ["unfold", "winograd", "windows", "direct", "pointwise"])
 def test_other_algorithms_refuse_grouped_convs(forced):
     conv = Conv2D(4, 4, 3, groups=4)
     with using(conv=forced), pytest.raises(PlanError, match="groups"):

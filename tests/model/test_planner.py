@@ -57,6 +57,8 @@ def test_each_algorithm_forced_agrees_with_the_unfold_reference(algorithm, follo
     ("windows", [Conv2D(4, 8, 3, stride=2), MaxPool2D(2)], "stride 1"),
     ("direct", [Conv2D(4, 8, 3), MaxPool2D(2)], "without a fused max-pool"),
     ("direct", [Conv2D(4, 2, 3)], "4 output channels"),
+    ("pointwise", [Conv2D(4, 8, 3)], "1x1 kernel at stride 1 without padding"),
+    ("pointwise", [Conv2D(4, 8, 1), MaxPool2D(2)], "without a fused max-pool"),
 ])
 def test_a_forced_algorithm_that_cannot_run_a_conv_says_why(algorithm, layers, words):
     model = Sequential(layers, seed=0)
@@ -105,6 +107,10 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
         assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD
     with nnjit.using(direct_max_dropped=0.0):
         assert plan_conv(unpooled).algorithm is ConvAlgorithm.UNFOLD
+    pointwise = problem(pool=None, kernel=(1, 1))
+    assert plan_conv(pointwise).algorithm is ConvAlgorithm.POINTWISE
+    assert plan_conv(dataclasses.replace(pointwise, padding=(1, 1))).algorithm is not \
+        ConvAlgorithm.POINTWISE
     for p in (problem(), problem(channels=4), unpooled):
         assert plan_conv(p).rule  # every choice says why
 
