@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit
 
 from ._jit import kernel, prange
-from .runs import copy_run, relu_copy_run
+from .runs import copy_run, deinterleave_run, interleave_run, relu_copy_run
 
 U = np.uint64
 
@@ -79,6 +79,14 @@ def tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F):
 
 
 @njit(cache=True, inline="always")
+def stride2_columns(PW, F):
+    """At column stride 2, where an input row's even and odd columns start in a
+    phase row of ``phase_planes``'s output (padded column w + PW lies in
+    phase (w + PW) % 2 at (w + PW) // 2)."""
+    return (PW % 2) * F + PW // 2, ((PW + 1) % 2) * F + (PW + 1) // 2
+
+
+@njit(cache=True, inline="always")
 def phase_planes(x, plane, H, W, PH, PW, SH, SW, Hq, Wq, F, out):
     """out[(a*SW + b)*F + r*Wq + q] = plane ``plane`` of x at row SH*r + a - PH,
     column SW*q + b - PW, for the SH*SW phases (a, b) (``phase_geometry``), where
@@ -89,6 +97,12 @@ def phase_planes(x, plane, H, W, PH, PW, SH, SW, Hq, Wq, F, out):
         for h in range(H):
             copy_run(out, U((h + PH) * Wq + PW), xp, U(h * W), U(W))
         return
+    if SW == 2:  # each row split into its even and odd columns (``stride2_columns``)
+        even, odd = stride2_columns(PW, F)
+        for h in range(H):
+            row = _tap_offset(h + PH, 0, SH, SW, Wq, F)
+            deinterleave_run(out, U(row + even), U(row + odd), xp, U(h * W), U(W))
+        return
     for a in range(SH):
         r0, r1 = tap_range(a, 1, SH, PH, H, Hq)  # the rows r with SH*r + a - PH in [0, H)
         for b in range(SW):
@@ -97,28 +111,24 @@ def phase_planes(x, plane, H, W, PH, PW, SH, SW, Hq, Wq, F, out):
             for r in range(r0, r1):
                 d = U(base + r * Wq + q0)
                 src = U((SH * r + a - PH) * W + SW * q0 + b - PW)
-                if SW == 2:  # a constant stride: the loop vectorises (de-interleaving loads)
-                    for i in range(U(q1 - q0)):
-                        out[d + i] = xp[src + U(2) * i]
-                else:
-                    for i in range(U(q1 - q0)):
-                        out[d + i] = xp[src + U(SW) * i]
+                for i in range(U(q1 - q0)):
+                    out[d + i] = xp[src + U(SW) * i]
 
 
 @njit(cache=True, inline="always")
 def tap_sums(out, o, src, weight, wbase, taps, offsets, t, n, init, b):
     """out[o + j] = (b if init else out[o + j]) + the sum over entries e of
-    weight[wbase + taps[e]] * src[offsets[e] + j], for j < n and the entries e
+    weight[k + taps[e]] * src[offsets[e] + j], for j < n and the entries e
     from t on: nine of them where nine are left, else three, else one. Returns
     how many it took. One pass over out for up to nine taps: a pass per tap
     stored out nine times (a depthwise 3x3 on 16x16 planes: 380 -> 130 ns a
     plane with the planes' copies below)."""
     left = taps.size - t
-    o = U(o)
+    o, k = U(o), wbase
     if left >= 9:
-        w0, w1, w2 = weight[wbase + taps[t]], weight[wbase + taps[t + 1]], weight[wbase + taps[t + 2]]
-        w3, w4, w5 = weight[wbase + taps[t + 3]], weight[wbase + taps[t + 4]], weight[wbase + taps[t + 5]]
-        w6, w7, w8 = weight[wbase + taps[t + 6]], weight[wbase + taps[t + 7]], weight[wbase + taps[t + 8]]
+        w0, w1, w2 = weight[k + taps[t]], weight[k + taps[t + 1]], weight[k + taps[t + 2]]
+        w3, w4, w5 = weight[k + taps[t + 3]], weight[k + taps[t + 4]], weight[k + taps[t + 5]]
+        w6, w7, w8 = weight[k + taps[t + 6]], weight[k + taps[t + 7]], weight[k + taps[t + 8]]
         s0, s1, s2 = U(offsets[t]), U(offsets[t + 1]), U(offsets[t + 2])
         s3, s4, s5 = U(offsets[t + 3]), U(offsets[t + 4]), U(offsets[t + 5])
         s6, s7, s8 = U(offsets[t + 6]), U(offsets[t + 7]), U(offsets[t + 8])
@@ -129,13 +139,13 @@ def tap_sums(out, o, src, weight, wbase, taps, offsets, t, n, init, b):
                           + w6 * src[s6 + j] + w7 * src[s7 + j] + w8 * src[s8 + j])
         return 9
     if left >= 3:
-        w0, w1, w2 = weight[wbase + taps[t]], weight[wbase + taps[t + 1]], weight[wbase + taps[t + 2]]
+        w0, w1, w2 = weight[k + taps[t]], weight[k + taps[t + 1]], weight[k + taps[t + 2]]
         s0, s1, s2 = U(offsets[t]), U(offsets[t + 1]), U(offsets[t + 2])
         for j in range(U(n)):
             start = b if init else out[o + j]
             out[o + j] = start + w0 * src[s0 + j] + w1 * src[s1 + j] + w2 * src[s2 + j]
         return 3
-    w0, s0 = weight[wbase + taps[t]], U(offsets[t])
+    w0, s0 = weight[k + taps[t]], U(offsets[t])
     for j in range(U(n)):
         start = b if init else out[o + j]
         out[o + j] = start + w0 * src[s0 + j]
@@ -286,16 +296,20 @@ def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
                 for p in range(phases):
                     e = first[p]
                     while e < first[p + 1]:
-                        e += tap_sums(dpad, p * F, wide, weight[(oc * CG + ci) * T:(oc * CG + ci + 1) * T],
-                                      0, taps[:first[p + 1]], gather[:first[p + 1]], e, Hq * Wq,
+                        e += tap_sums(dpad, p * F, wide, weight, (oc * CG + ci) * T,
+                                      taps[:first[p + 1]], gather[:first[p + 1]], e, Hq * Wq,
                                       oco == 0 and e == first[p], np.float32(0))
             d = dx[plane * H * W:(plane + 1) * H * W]
+            even, odd = stride2_columns(PW, F)
             for h in range(H):
                 if SW == 1:  # a contiguous run
                     copy_run(d, U(h * W), dpad, U(at_row[h] + PW), U(W))
-                    continue
-                for w in range(W):
-                    d[h * W + w] = dpad[at_row[h] + at_col[w]]
+                elif SW == 2:
+                    interleave_run(d, U(h * W), dpad, U(at_row[h] + even), U(at_row[h] + odd),
+                                   U(W))
+                else:
+                    for w in range(W):
+                        d[h * W + w] = dpad[at_row[h] + at_col[w]]
 
 
 @kernel(cost=16, reassociate=True)

@@ -11,8 +11,6 @@ over the image in place, the output moved out row by row) against in place:
 16->32 on 32x32 18.5 -> 9.3 ms, 32->64 on 16x16 10.5 -> 7.1, 64->64 16.4 ->
 12.9, 64->128 on 8x8 6.8 -> 4.8, 128->128 10.6 -> 8.3.
 """
-import numpy as np
-
 from ._jit import kernel, prange
 from .blas import NO_TRANS, gemm
 from .tiles import tiled_gemm

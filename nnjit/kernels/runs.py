@@ -29,6 +29,64 @@ _VECTOR_BYTES = 64
 COPY, ZERO, RELU = range(3)
 
 
+class _Vectors:
+    """What a step's code generation needs for arrays of one float dtype: the
+    vector type of 64 bytes of it, masks over its lanes, element addresses and
+    LLVM's masked load and store of it."""
+
+    def __init__(self, context, builder, dtype):
+        self.context, self.builder = context, builder
+        self.lanes = _VECTOR_BYTES // np.dtype(str(dtype)).itemsize
+        self.vector = ir.VectorType(context.get_value_type(dtype), self.lanes)
+        self.i32, self.i64 = ir.IntType(32), ir.IntType(64)
+        self.align = ir.Constant(self.i32, np.dtype(str(dtype)).itemsize)
+        self.zero = ir.Constant(self.vector, None)
+        suffix = f"v{self.lanes}{'f32' if dtype == types.float32 else 'f64'}.p0"
+        mask = ir.VectorType(ir.IntType(1), self.lanes)
+        module = builder.module
+
+        def declare(name, fnty):
+            return module.globals.get(name) or ir.Function(module, fnty, name)
+
+        address = ir.PointerType(self.vector.element)
+        self._load = declare(f"llvm.masked.load.{suffix}",
+                             ir.FunctionType(self.vector, [address, self.i32, mask, self.vector]))
+        self._store = declare(f"llvm.masked.store.{suffix}",
+                              ir.FunctionType(ir.VoidType(), [self.vector, address, self.i32,
+                                                              mask]))
+
+    def uint(self, value, numba_type):
+        """An argument as an unsigned 64-bit LLVM integer."""
+        return self.context.cast(self.builder, value, numba_type, types.uint64)
+
+    def address(self, array_type, array, offset):
+        """The address of array[offset]."""
+        data = self.context.make_array(array_type)(self.context, self.builder, array).data
+        return self.builder.gep(data, [offset])
+
+    def mask(self, count, first=0):
+        """Lanes i with first + i < count (count: uint64; first: a constant)."""
+        b = self.builder
+        index = ir.Constant(ir.VectorType(self.i64, self.lanes),
+                            [first + i for i in range(self.lanes)])
+        splat = b.insert_element(ir.VectorType(self.i64, self.lanes)(ir.Undefined), count,
+                                 ir.Constant(self.i32, 0))
+        splat = b.shuffle_vector(splat, ir.VectorType(self.i64, self.lanes)(ir.Undefined),
+                                 ir.Constant(ir.VectorType(self.i32, self.lanes),
+                                             [0] * self.lanes))
+        return b.icmp_unsigned("<", index, splat)
+
+    def load(self, address, mask):
+        return self.builder.call(self._load, [address, self.align, mask, self.zero])
+
+    def store(self, value, address, mask):
+        self.builder.call(self._store, [value, address, self.align, mask])
+
+    def shuffle(self, a, b, lanes):
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, len(lanes)),
+                                                             lanes))
+
+
 def _masked_run_step(mode):
     """An intrinsic doing ``mode`` on dst[d:d+n] (from src[s:s+n]) for n up to
     one vector (64 bytes) of dst's dtype, as one masked load/store: COPY, ZERO,
@@ -40,50 +98,79 @@ def _masked_run_step(mode):
         sig = types.void(dst, d, src, s, n)
 
         def codegen(context, builder, signature, args):
-            dst_value, src_value = args[0], args[2]
-            d_value, s_value, n_value = (context.cast(builder, args[i], signature.args[i],
-                                                      types.uint64) for i in (1, 3, 4))
-            dtype = signature.args[0].dtype
-            element = context.get_value_type(dtype)
-            lanes = _VECTOR_BYTES // np.dtype(str(dtype)).itemsize
-            vector, i32, i64 = ir.VectorType(element, lanes), ir.IntType(32), ir.IntType(64)
-            align = ir.Constant(i32, np.dtype(str(dtype)).itemsize)
-
-            def address(array_type, array, offset):
-                data = context.make_array(array_type)(context, builder, array).data
-                return builder.gep(data, [offset])
-
-            index = ir.Constant(ir.VectorType(i64, lanes), list(range(lanes)))
-            count = builder.insert_element(ir.VectorType(i64, lanes)(ir.Undefined), n_value,
-                                           ir.Constant(i32, 0))
-            count = builder.shuffle_vector(count, ir.VectorType(i64, lanes)(ir.Undefined),
-                                           ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-            mask = builder.icmp_unsigned("<", index, count)
-            target = address(signature.args[0], dst_value, d_value)
-            suffix = f"v{lanes}{'f32' if dtype == types.float32 else 'f64'}.p0"
-            module = builder.module
-
-            def declare(name, fnty):
-                return module.globals.get(name) or ir.Function(module, fnty, name)
-
-            load = declare(f"llvm.masked.load.{suffix}",
-                           ir.FunctionType(vector, [target.type, i32, mask.type, vector]))
-            store = declare(f"llvm.masked.store.{suffix}",
-                            ir.FunctionType(ir.VoidType(), [vector, target.type, i32, mask.type]))
+            v = _Vectors(context, builder, signature.args[0].dtype)
+            d_value, s_value, n_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 4))
+            mask = v.mask(n_value)
+            target = v.address(signature.args[0], args[0], d_value)
             if mode == ZERO:
-                value = ir.Constant(vector, None)
+                value = v.zero
             else:
-                source = address(signature.args[2], src_value, s_value)
-                value = builder.call(load, [source, align, mask, ir.Constant(vector, None)])
+                value = v.load(v.address(signature.args[2], args[2], s_value), mask)
                 if mode == RELU:
-                    zero = ir.Constant(vector, None)
-                    value = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
-            builder.call(store, [value, target, align, mask])
+                    value = builder.select(builder.fcmp_ordered("<", value, v.zero), v.zero,
+                                           value)
+            v.store(value, target, mask)
             return context.get_dummy_value()
 
         return sig, codegen
 
     return step
+
+
+@intrinsic
+def _deinterleave_step(typingctx, dst, d_even, d_odd, src, s, n):
+    """dst[d_even + i] = src[s + 2i], dst[d_odd + i] = src[s + 2i + 1] for the
+    n (up to two vectors' worth) values src[s:s+n]: two masked loads, two
+    shuffles, two masked stores."""
+    sig = types.void(dst, d_even, d_odd, src, s, n)
+
+    def codegen(context, builder, signature, args):
+        v = _Vectors(context, builder, signature.args[0].dtype)
+        d_even, d_odd, s_value, n_value = (v.uint(args[i], signature.args[i])
+                                           for i in (1, 2, 4, 5))
+        lanes = v.lanes
+        low = v.load(v.address(signature.args[3], args[3], s_value), v.mask(n_value))
+        high = v.load(v.address(signature.args[3], args[3],
+                                builder.add(s_value, ir.Constant(v.i64, lanes))),
+                      v.mask(n_value, lanes))
+        even = v.shuffle(low, high, list(range(0, 2 * lanes, 2)))
+        odd = v.shuffle(low, high, list(range(1, 2 * lanes, 2)))
+        one = ir.Constant(v.i64, 1)
+        v.store(even, v.address(signature.args[0], args[0], d_even),
+                v.mask(builder.lshr(builder.add(n_value, one), one)))
+        v.store(odd, v.address(signature.args[0], args[0], d_odd),
+                v.mask(builder.lshr(n_value, one)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _interleave_step(typingctx, dst, d, src, s_even, s_odd, n):
+    """dst[d + 2i] = src[s_even + i], dst[d + 2i + 1] = src[s_odd + i] for the n
+    (up to two vectors' worth) values dst[d:d+n]: the inverse of
+    ``_deinterleave_step``."""
+    sig = types.void(dst, d, src, s_even, s_odd, n)
+
+    def codegen(context, builder, signature, args):
+        v = _Vectors(context, builder, signature.args[0].dtype)
+        d_value, s_even, s_odd, n_value = (v.uint(args[i], signature.args[i])
+                                           for i in (1, 3, 4, 5))
+        lanes = v.lanes
+        one = ir.Constant(v.i64, 1)
+        even = v.load(v.address(signature.args[2], args[2], s_even),
+                      v.mask(builder.lshr(builder.add(n_value, one), one)))
+        odd = v.load(v.address(signature.args[2], args[2], s_odd),
+                     v.mask(builder.lshr(n_value, one)))
+        low = v.shuffle(even, odd, [i // 2 + (i % 2) * lanes for i in range(lanes)])
+        high = v.shuffle(even, odd, [lanes // 2 + i // 2 + (i % 2) * lanes for i in range(lanes)])
+        v.store(low, v.address(signature.args[0], args[0], d_value), v.mask(n_value))
+        v.store(high, v.address(signature.args[0], args[0],
+                                builder.add(d_value, ir.Constant(v.i64, lanes))),
+                v.mask(n_value, lanes))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 _copy_step = _masked_run_step(COPY)
@@ -130,3 +217,30 @@ def relu_copy_run(dst, d, src, s, n):
 def zero_run(dst, d, n):
     """dst[d:d+n] = 0. dst: 1-D float array; d, n: uint64."""
     _run(dst, d, dst, d, n, ZERO)
+
+
+@njit(cache=True, inline="always")
+def deinterleave_run(dst, d_even, d_odd, src, s, n):
+    """dst[d_even + i] = src[s + 2i] and dst[d_odd + i] = src[s + 2i + 1] for the
+    n values src[s:s+n] (a row split into its even and odd columns, as a
+    stride-2 conv's phases hold it). dst, src: 1-D float arrays of one dtype;
+    d_even, d_odd, s, n: uint64."""
+    step = U(2) * _lanes(dst)
+    j = U(0)
+    while j < n:
+        width = min(step, n - j)
+        _deinterleave_step(dst, d_even + j // U(2), d_odd + j // U(2), src, s + j, width)
+        j += width
+
+
+@njit(cache=True, inline="always")
+def interleave_run(dst, d, src, s_even, s_odd, n):
+    """dst[d + 2i] = src[s_even + i] and dst[d + 2i + 1] = src[s_odd + i] for the
+    n values dst[d:d+n] (the inverse of ``deinterleave_run``). dst, src: 1-D
+    float arrays of one dtype; d, s_even, s_odd, n: uint64."""
+    step = U(2) * _lanes(dst)
+    j = U(0)
+    while j < n:
+        width = min(step, n - j)
+        _interleave_step(dst, d + j, src, s_even + j // U(2), s_odd + j // U(2), width)
+        j += width

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nnjit.kernels.runs import copy_run, zero_run
+from nnjit.kernels.runs import copy_run, deinterleave_run, interleave_run, relu_copy_run, zero_run
 
 U = np.uint64
 
@@ -33,3 +33,53 @@ def test_runs_touch_exactly_their_elements(dtype, rng):
                     want[d:d + n] = 0
                 _apply(kind, dst, d, src, s, n)
                 np.testing.assert_array_equal(dst, want, err_msg=f"kind {kind} n {n} d {d} s {s}")
+
+
+@njit(cache=False)
+def _relu(dst, d, src, s, n):
+    relu_copy_run(dst, U(d), src, U(s), U(n))
+
+
+@njit(cache=False)
+def _split(dst, d_even, d_odd, src, s, n):
+    deinterleave_run(dst, U(d_even), U(d_odd), src, U(s), U(n))
+
+
+@njit(cache=False)
+def _merge(dst, d, src, s_even, s_odd, n):
+    interleave_run(dst, U(d), src, U(s_even), U(s_odd), U(n))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_copy_run_keeps_nan_and_negative_zero(dtype, rng):
+    for n in range(0, 40):
+        src = rng.normal(size=41).astype(dtype)
+        src[::5] = np.nan
+        src[1::7] = -0.0
+        dst = rng.normal(size=40).astype(dtype)
+        want = dst.copy()
+        want[40 - n:] = np.where(src[1:1 + n] < 0, 0, src[1:1 + n])
+        _relu(dst, 40 - n, src, 1, n)
+        np.testing.assert_array_equal(dst, want, err_msg=f"n {n}")
+        assert (np.signbit(dst[40 - n:]) == np.signbit(want[40 - n:])).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_even_and_odd_columns_split_and_merge_exactly(dtype, rng):
+    """Every length to past two vector pairs; the halves written at the ends of
+    their arrays (nothing past them touched), and merged back."""
+    for n in range(0, 70):
+        src = rng.normal(size=n + 3).astype(dtype)
+        halves = rng.normal(size=80).astype(dtype)
+        want = halves.copy()
+        even, odd = src[3::2], src[4::2]
+        d_even, d_odd = 2, 80 - len(odd)
+        want[d_even:d_even + len(even)] = even
+        want[d_odd:] = odd
+        _split(halves, d_even, d_odd, src, 3, n)
+        np.testing.assert_array_equal(halves, want, err_msg=f"split n {n}")
+        merged = rng.normal(size=n + 5).astype(dtype)
+        want_merged = merged.copy()
+        want_merged[5:] = src[3:]
+        _merge(merged, 5, halves, d_even, d_odd, n)
+        np.testing.assert_array_equal(merged, want_merged, err_msg=f"merge n {n}")

@@ -51,6 +51,21 @@ def test_gradients_match_finite_differences(c, oc, k, s, p, groups, dilation, bi
     check_layer_gradients(conv, rng.normal(size=(2, c, 9, 8)), rng)
 
 
+@pytest.mark.parametrize("width", [7, 8, 33, 40])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_stride2_rows_of_any_width_and_padding(width, pad, rng):
+    """At column stride 2 each input row is split into its even and odd columns
+    (and the input gradient's rows merged back) a vector pair at a time: odd and
+    even widths, rows longer than one pair, each padding parity."""
+    conv = Conv2D(2, 2, 3, stride=2, padding=pad, groups=2, dtype=F64)
+    conv.bias.value[...] = rng.normal(size=2)
+    x = rng.normal(size=(2, 2, 5, width))
+    want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
+                              2, conv.dilation)
+    np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=1e-12, atol=1e-12)
+    check_layer_gradients(conv, x, rng)
+
+
 @pytest.mark.parametrize("tail", [[], [ReLU], [ReLU, MaxPool2D]])
 def test_forced_grouped_path_agrees_with_unfold_on_plain_convs(tail, rng, using):
     """The grouped kernels run any conv: forced on a plain one (with the fused
