@@ -37,34 +37,35 @@ def channel_mean_var(x3, c):
 
 
 @kernel(reassociate=True)
-def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, relu, out, xhat, invstd,
+def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, relu, out, mean, invstd,
                             running_mean, running_var):
     """Normalise with the batch statistics (biased variance) and update the running ones.
 
     x: float (N*C*P,). Writes out = xhat * weight + bias (then max(0, .) with
-    ``relu``, a fused ReLU) and xhat (both like x), invstd: (C,) =
-    1 / sqrt(var + eps); updates running_mean and running_var (C,) by
+    ``relu``, a fused ReLU), xhat = (x - mean) * invstd, like x; mean and
+    invstd: (C,), invstd = 1 / sqrt(var + eps), rounded to their dtype
+    (``batchnorm_backward`` recomputes xhat from x with them: storing xhat
+    cost a write of every activation); updates running_mean and running_var (C,) by
     ``momentum`` toward the batch mean and the unbiased batch variance
     (PyTorch's convention). Needs N*P > 1.
     """
     M = N * P
-    x3, o3, h3 = x.reshape((N, C, P)), out.reshape((N, C, P)), xhat.reshape((N, C, P))
+    x3, o3 = x.reshape((N, C, P)), out.reshape((N, C, P))
     for c in prange(C):
-        mean, var = channel_mean_var(x3, c)
+        mu, var = channel_mean_var(x3, c)
         inv = 1.0 / np.sqrt(var + eps)
+        mean[c] = mu
         invstd[c] = inv
         w, b = weight[c], bias[c]
         for n in range(N):
-            row, hrow, orow = x3[n, c], h3[n, c], o3[n, c]
+            row, orow = x3[n, c], o3[n, c]
             for p in range(P):
-                h = (row[p] - mean) * inv
-                hrow[p] = h
-                v = h * w + b
+                v = (row[p] - mu) * inv * w + b
                 if relu and v < 0:
                     orow[p] = 0
                 else:
                     orow[p] = v
-        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mean
+        running_mean[c] = (1.0 - momentum) * running_mean[c] + momentum * mu
         running_var[c] = (1.0 - momentum) * running_var[c] + momentum * var * M / (M - 1)
 
 
@@ -98,39 +99,42 @@ def batchnorm_inference_affine(weight, bias, running_mean, running_var, eps, sca
 
 
 @kernel(reassociate=True)
-def batchnorm_backward(dy, xhat, out, invstd, weight, N, C, P, relu, need_dx, dx, dweight, dbias):
+def batchnorm_backward(dy, x, out, mean, invstd, weight, N, C, P, relu, need_dx, dx, dweight,
+                       dbias):
     """Gradients of ``batchnorm_forward_train`` (batch statistics depend on x too).
 
-    dy, xhat, out: float (N*C*P,); with ``relu`` (fused), dy counts only
-    where out > 0: call that g. Writes dweight = sum(g * xhat), dbias =
-    sum(g) per channel and, with ``need_dx``, dx = weight * invstd / M *
-    (M * g - sum(g) - xhat * sum(g * xhat)), M = N*P.
+    dy, x, out: float (N*C*P,); mean, invstd: (C,) as the forward wrote them,
+    and xhat = (x - mean) * invstd recomputed here. With ``relu`` (fused), dy
+    counts only where out > 0: call that g. Writes dweight = sum(g * xhat),
+    dbias = sum(g) per channel and, with ``need_dx``, dx = weight * invstd /
+    M * (M * g - sum(g) - xhat * sum(g * xhat)), M = N*P.
     """
     M = N * P
-    d3, h3, x3 = dy.reshape((N, C, P)), xhat.reshape((N, C, P)), dx.reshape((N, C, P))
-    o3 = out.reshape((N, C, P))
+    d3, x3, o3, dx3 = (dy.reshape((N, C, P)), x.reshape((N, C, P)), out.reshape((N, C, P)),
+                       dx.reshape((N, C, P)))
     for c in prange(C):
+        mu, inv = mean[c], invstd[c]
         s = 0.0
         sx = 0.0
         for n in range(N):
-            grow, hrow, orow = d3[n, c], h3[n, c], o3[n, c]
+            grow, xrow, orow = d3[n, c], x3[n, c], o3[n, c]
             for p in range(P):
                 g = grow[p]
                 if relu and not orow[p] > 0:
                     g = 0.0
                 s += g
-                sx += g * hrow[p]
+                sx += g * ((xrow[p] - mu) * inv)
         dweight[c] = sx
         dbias[c] = s
         if need_dx:
-            k = weight[c] * invstd[c] / M
+            k = weight[c] * inv / M
             for n in range(N):
-                grow, hrow, xrow, orow = d3[n, c], h3[n, c], x3[n, c], o3[n, c]
+                grow, xrow, orow, drow = d3[n, c], x3[n, c], o3[n, c], dx3[n, c]
                 for p in range(P):
                     g = grow[p]
                     if relu and not orow[p] > 0:
                         g = 0.0
-                    xrow[p] = k * (M * g - s - hrow[p] * sx)
+                    drow[p] = k * (M * g - s - (xrow[p] - mu) * inv * sx)
 
 
 @kernel(reassociate=True)

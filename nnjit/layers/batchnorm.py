@@ -122,12 +122,14 @@ class BatchNorm1D(AppliesReLU, Layer):
         if n * p < 2:
             raise ValueError(f"{type(self).__name__} needs more than one value per channel "
                              f"to train, got input of shape {x.shape}")
-        xhat = self._buffer("xhat", x.shape, self.dtype)
+        mean = self._buffer("mean", (c,), self.dtype)
         invstd = self._buffer("invstd", (c,), self.dtype)
         batchnorm_forward_train(x.reshape(-1), n, c, p, self.eps, self.momentum, self.weight.value,
-                                self.bias.value, self.fused_relu, out.reshape(-1),
-                                xhat.reshape(-1), invstd, self.running_mean, self.running_var)
-        self._cache = (xhat, out, invstd)
+                                self.bias.value, self.fused_relu, out.reshape(-1), mean, invstd,
+                                self.running_mean, self.running_var)
+        # x itself, not a copy: the layer before keeps its output until its own
+        # backward, which runs after this one's
+        self._cache = (x, out, mean, invstd)
         return out
 
     def backward(self, dy, need_input_grad=True):
@@ -135,12 +137,12 @@ class BatchNorm1D(AppliesReLU, Layer):
             raise self._no_cache()
         if self.fused_pool is not None:
             return self._backward_pooled(dy, need_input_grad)
-        xhat, out, invstd = self._cache
+        x, out, mean, invstd = self._cache
         self._cache = None
-        dy = self._check_grad(dy, xhat.shape, self.dtype)
-        n, c, p = self._layout(xhat)
-        dx = self._buffer("dx", xhat.shape, self.dtype) if need_input_grad else xhat
-        batchnorm_backward(dy.reshape(-1), xhat.reshape(-1), out.reshape(-1), invstd,
+        dy = self._check_grad(dy, x.shape, self.dtype)
+        n, c, p = self._layout(x)
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else dy  # dy: not written
+        batchnorm_backward(dy.reshape(-1), x.reshape(-1), out.reshape(-1), mean, invstd,
                            self.weight.value, n, c, p, self.fused_relu, need_input_grad,
                            dx.reshape(-1), self.weight.grad, self.bias.grad)
         return dx if need_input_grad else None
