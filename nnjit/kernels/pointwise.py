@@ -12,7 +12,7 @@ over the image in place, the output moved out row by row) against in place:
 12.9, 64->128 on 8x8 6.8 -> 4.8, 128->128 10.6 -> 8.3.
 """
 from ._jit import kernel, prange
-from .blas import NO_TRANS, gemm
+from .blas import NO_TRANS, TRANS, gemm
 from .tiles import tiled_gemm
 
 
@@ -52,3 +52,56 @@ def pointwise_conv_forward(x, weight, bias, P, parts, chunks, relu, tiles, blas,
                 else:
                     for j in range(P):
                         row[j] += bo
+
+
+@kernel(blas=True, reassociate=True)
+def pointwise_conv_backward(x, dy, out, weight, P, bounds, relu, need_dx, masked, dw_parts,
+                            db_parts, dx, dweight, dbias, blas):
+    """The gradients of ``pointwise_conv_forward`` for the gradient dy at its
+    output, each a product per image read in place:
+    dweight (OC, C) = sum_n g[n] (OC, P) @ x[n]^T, dbias = sum_n,p g[n],
+    dx[n] (C, P) = weight^T @ g[n], where g = dy, or dy where out > 0 with
+    ``relu`` (written to masked[part] first).
+
+    x: float (N*C*P,); dy, out: (N*OC*P,); weight (OC*C,). bounds: int64
+    (parts+1,), part p takes images [bounds[p], bounds[p+1]). masked:
+    (parts, OC*P) (unused without relu); dw_parts (parts, OC*C), db_parts
+    (parts, OC): the parts' sums, added up into dweight (OC*C,) and dbias
+    (OC,) at the end. Writes dx (N*C*P,) with ``need_dx``.
+    """
+    OC = dbias.size
+    C = weight.size // OC
+    parts = bounds.size - 1
+    for part in prange(parts):
+        dwp, dbp = dw_parts[part], db_parts[part]
+        dwp[:] = 0
+        dbp[:] = 0
+        for n in range(bounds[part], bounds[part + 1]):
+            g = dy[n * OC * P:(n + 1) * OC * P]
+            if relu:
+                o, m = out[n * OC * P:(n + 1) * OC * P], masked[part]
+                for j in range(OC * P):
+                    if o[j] > 0:  # separate stores: a ternary would widen to float64
+                        m[j] = g[j]
+                    else:
+                        m[j] = 0
+                g = m
+            gemm(blas, NO_TRANS, TRANS, OC, C, P, 1.0, g, P, x[n * C * P:], P, 1.0, dwp, C)
+            for oc in range(OC):
+                acc = 0.0
+                for j in range(oc * P, (oc + 1) * P):
+                    acc += g[j]
+                dbp[oc] += acc
+            if need_dx:
+                gemm(blas, TRANS, NO_TRANS, C, P, OC, 1.0, weight, C, g, P, 0.0,
+                     dx[n * C * P:], P)
+    for i in range(OC * C):
+        acc = 0.0
+        for part in range(parts):
+            acc += dw_parts[part, i]
+        dweight[i] = acc
+    for oc in range(OC):
+        acc = 0.0
+        for part in range(parts):
+            acc += db_parts[part, oc]
+        dbias[oc] = acc

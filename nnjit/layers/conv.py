@@ -11,7 +11,7 @@ from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_gra
                                     grouped_conv_weight_grad)
 from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
                             conv_forward_direct)
-from ..kernels.pointwise import pointwise_conv_forward
+from ..kernels.pointwise import pointwise_conv_backward, pointwise_conv_forward
 from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
@@ -458,9 +458,28 @@ class Conv2D(Layer):
         pointwise_conv_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
                                    self._bias_values(), p, parts, chunks, self.fused_relu,
                                    tiles, blas_handle(), out.reshape(-1))
-        self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), False) \
-            if training else None
+        self._cache = (x, out, None, "pointwise") if training else None
         return out
+
+    def _pointwise_backward(self, x, out, dy, need_input_grad):
+        """Backward by ``pointwise_conv_backward``: dy float (N, OC, H, W) at the
+        output (masked by a fused ReLU in the kernel); returns dx (N, C, H, W)."""
+        n, c, h, w = x.shape
+        oc, p = self.out_channels, h * w
+        dy = self._check_grad(dy, out.shape, self.dtype)
+        parts = parts_for(n * p * oc * c * 2, n)
+        bounds = np.array([0] + [stop for _, stop in split(n, parts)], np.int64)
+        parts = bounds.size - 1
+        dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
+        pointwise_conv_backward.run(
+            parts > 1, x.reshape(-1), dy.reshape(-1), out.reshape(-1),
+            self.weight.value.reshape(-1), p, bounds, self.fused_relu, need_input_grad,
+            self._buffer("pointwise/masked", (parts, oc * p if self.fused_relu else 1),
+                         self.dtype),
+            self._buffer("dw", (parts, oc * c), self.dtype),
+            self._buffer("db", (parts, oc), self.dtype), dx.reshape(-1),
+            self.weight.grad.reshape(-1), self._bias_grads(), blas_handle())
+        return dx if need_input_grad else None
 
     def _pointwise_split(self, n, c, p):
         """(parts, chunks) of ``pointwise_conv_forward`` on n images of c x p values:
@@ -572,6 +591,11 @@ class Conv2D(Layer):
         if path == "grouped":
             return self._grouped_backward(dy, need_input_grad)
         norm = isinstance(dy, PooledNormGrad)
+        if path == "pointwise" and not norm:
+            self._cache = None
+            return self._pointwise_backward(x, out, dy, need_input_grad)
+        if argmax is None:  # the unfold backward reads an argmax array, unused here
+            argmax = self._buffer("argmax/none", (1,), np.int32)
         if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1

@@ -39,11 +39,14 @@ def test_pointwise_matches_numpy(n, c, oc, h, w, relu, tiles, rng, host_with, us
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_pointwise_gradients_match_finite_differences(bias, rng):
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("n", [1, 3])
+def test_pointwise_gradients_match_finite_differences(bias, relu, n, rng):
     layer = Conv2D(5, 11, 1, bias=bias, dtype=np.float64)
+    layer.set_epilogue(relu=relu)
     if bias:
         layer.bias.value[...] = rng.normal(size=11)
-    x = rng.standard_normal((3, 5, 4, 6))
+    x = rng.standard_normal((n, 5, 4, 6))
     assert layer.plan(x.shape, True).algorithm is ConvAlgorithm.POINTWISE
     check_layer_gradients(layer, x, rng)
 
