@@ -85,6 +85,7 @@ class Model:
             self._needs_grad.append(bool(layer.parameters()) or any(
                 j >= 0 and self._needs_grad[j] for j in inputs))
         self._grad_sums: dict[int, np.ndarray] = {}  # where gradients of shared outputs add up
+        self._output_bytes: dict[tuple, int] = {}  # input shape -> ``_largest_output``
 
     def nodes(self) -> list[Node]:
         """The graph as the fusion pass reads it: each layer with the indices it reads."""
@@ -275,7 +276,9 @@ class Model:
             yield start, self._run(x[start:start + batch_size], training=False)
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Inference only (no caches kept for backward), in batches.
+        """Inference only (no caches kept for backward), in batches of at most
+        ``batch_size``, each run in passes of as many images as keep a layer's
+        output in cache for the next (``planner.inference_pass``).
 
         x: float (N, C, H, W). Returns a new float array (N, K) of outputs
         (probabilities for a model ending in Softmax); (0, K) for no images.
@@ -287,19 +290,42 @@ class Model:
         # buffers are shared), and each copies its results out before the next.
         # (BLAS is set to one thread by the parts that call it: ``_run``, a
         # replay that calls BLAS.)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        # Many images run in passes that keep each layer's output in cache for
+        # the next (the planner's size). Within one batch the passes replay
+        # (``ReplayedInference``); a loop over several batches runs the layers.
+        step = min(batch_size, planner.inference_pass(len(x), self._largest_output(x.shape[1:])))
         with single_threaded_blas.lock:
-            if len(x) <= batch_size:
+            if len(x) <= step:
                 self._inference.refresh()
                 out = self._replayed(x)
                 self._logits = None
                 return out
+            if len(x) <= batch_size:
+                self._inference.refresh()
+                passes = ((start, self._replayed(x[start:start + step]))
+                          for start in range(0, len(x), step))
+            else:
+                passes = self._batches(x, step)
             out = None
-            for start, y in self._batches(x, batch_size):
+            for start, y in passes:
                 if out is None:
                     out = np.empty((len(x),) + y.shape[1:], dtype=y.dtype)
                 out[start:start + len(y)] = y
             self._logits = None
             return out
+
+    def _largest_output(self, input_shape) -> int:
+        """Bytes of one sample's largest layer output on input (C, H, W)."""
+        key = tuple(input_shape)
+        if key not in self._output_bytes:
+            if len(self._output_bytes) >= 16:
+                self._output_bytes.clear()
+            self._output_bytes[key] = max(int(np.prod(shape, dtype=np.int64))
+                                          for _, shape, _ in self.summary(key)) \
+                * self.dtype.itemsize
+        return self._output_bytes[key]
 
     def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
         """The loss (``self.loss``, over the whole set) and accuracy of the model on

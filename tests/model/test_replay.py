@@ -360,3 +360,30 @@ def test_one_image_on_two_threads_races_a_single_threaded_recording(rng, monkeyp
         assert race.serving == 0
     finally:
         nnjit.set_num_threads(threads)
+
+
+def test_a_large_batch_runs_in_passes_that_equal_the_layers_path(rng, using):
+    """predict on more images than a pass holds (``planner.inference_pass``)
+    replays pass by pass, the last one shorter; the result is the layers' on the
+    same passes (the kernels split their work by the images they get, so other
+    passes may differ in the last bits)."""
+    model = small_cnn_bn(seed=3)
+    largest = model._largest_output((1, 12, 12))
+    using(inference_pass_bytes=16 * largest)
+    assert nnjit.planner.inference_pass(70, largest) == 16
+    x = rng.random((70, 1, 12, 12), dtype=np.float32)
+    want = np.concatenate([layers_path(model, x[i:i + 16]) for i in range(0, 70, 16)])
+    for _ in range(3):  # recorded on the second call, replayed after
+        np.testing.assert_array_equal(model.predict(x), want)
+    assert {key[0][0] for key in model._replayed._recordings} == {16, 6}
+
+
+def test_inference_pass_sizes():
+    from nnjit.planner import inference_pass, tuning
+
+    limit = tuning().inference_pass_bytes
+    assert inference_pass(1000, limit // 100) == 64  # a power of two that fits
+    assert inference_pass(1000, limit // 64) == 64
+    assert inference_pass(1000, limit) == 16  # at least 16 images
+    assert inference_pass(10, limit // 64) == 10  # a small batch in one pass
+    assert inference_pass(1000, 100) == 1000
