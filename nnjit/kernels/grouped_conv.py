@@ -28,7 +28,7 @@ SH, SW, PH, PW, OH, OW).
 import numpy as np
 from numba import njit
 
-from ._jit import kernel, prange
+from ._jit import call_part, helper, kernel, prange
 from .runs import copy_run, deinterleave_run, interleave_run, relu_copy_run
 
 U = np.uint64
@@ -242,13 +242,10 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
                     copy_run(out, d, acc, s, U(OW))
 
 
-@kernel(cost=16, reassociate=True)
-def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
-    """dx = the gradient of ``grouped_conv_forward`` at x for the gradient dy:
-    float (N*OC*OH*OW,) at its output (masked by a fused ReLU beforehand).
-    Writes dx: (N*C*H*W,). Parallel over input planes: each owns its plane,
-    gathering for each of its values the taps that reach it (one pass per
-    phase, ``tap_sums``) from a zero-bordered copy of each dy plane."""
+@helper(reassociate=True)
+def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx):
+    """Piece ``piece`` of ``grouped_conv_input_grad`` (same arguments): its share
+    of the input planes (``chunks_of``)."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     N = dx.size // (C * H * W)
     OC = dy.size // (N * OH * OW)
@@ -283,44 +280,49 @@ def grouped_conv_input_grad(dy, weight, g, groups, DH, DW, dx):
     for w in range(W):
         at_col[w] = _tap_offset(0, w + PW, SH, SW, Wq, F)
     pieces = chunks_of(N * C)
-    for piece in prange(pieces):
-        dpad = np.zeros(phases * F, dy.dtype)  # phases without taps stay 0
-        wide = np.zeros(margin + max(Hq, OH) * Wq, dy.dtype)  # its zeros stay 0
-        for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
-            n, c = plane // C, plane % C
-            ci = c % CG
-            for oco in range(OCG):
-                oc = (c // CG) * OCG + oco
-                for oh in range(OH):
-                    copy_run(wide, U(margin + oh * Wq), dy, U((n * OC + oc) * P + oh * OW), U(OW))
-                for p in range(phases):
-                    e = first[p]
-                    while e < first[p + 1]:
-                        e += tap_sums(dpad, p * F, wide, weight, (oc * CG + ci) * T,
-                                      taps[:first[p + 1]], gather[:first[p + 1]], e, Hq * Wq,
-                                      oco == 0 and e == first[p], np.float32(0))
-            d = dx[plane * H * W:(plane + 1) * H * W]
-            even, odd = stride2_columns(PW, F)
-            for h in range(H):
-                if SW == 1:  # a contiguous run
-                    copy_run(d, U(h * W), dpad, U(at_row[h] + PW), U(W))
-                elif SW == 2:
-                    interleave_run(d, U(h * W), dpad, U(at_row[h] + even), U(at_row[h] + odd),
-                                   U(W))
-                else:
-                    for w in range(W):
-                        d[h * W + w] = dpad[at_row[h] + at_col[w]]
+    dpad = np.zeros(phases * F, dy.dtype)  # phases without taps stay 0
+    wide = np.zeros(margin + max(Hq, OH) * Wq, dy.dtype)  # its zeros stay 0
+    for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
+        n, c = plane // C, plane % C
+        ci = c % CG
+        for oco in range(OCG):
+            oc = (c // CG) * OCG + oco
+            for oh in range(OH):
+                copy_run(wide, U(margin + oh * Wq), dy, U((n * OC + oc) * P + oh * OW), U(OW))
+            for p in range(phases):
+                e = first[p]
+                while e < first[p + 1]:
+                    e += tap_sums(dpad, p * F, wide, weight, (oc * CG + ci) * T,
+                                  taps[:first[p + 1]], gather[:first[p + 1]], e, Hq * Wq,
+                                  oco == 0 and e == first[p], np.float32(0))
+        d = dx[plane * H * W:(plane + 1) * H * W]
+        even, odd = stride2_columns(PW, F)
+        for h in range(H):
+            if SW == 1:  # a contiguous run
+                copy_run(d, U(h * W), dpad, U(at_row[h] + PW), U(W))
+            elif SW == 2:
+                interleave_run(d, U(h * W), dpad, U(at_row[h] + even), U(at_row[h] + odd),
+                               U(W))
+            else:
+                for w in range(W):
+                    d[h * W + w] = dpad[at_row[h] + at_col[w]]
 
 
-@kernel(cost=16, reassociate=True)
-def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
-    """The gradients of ``grouped_conv_forward``'s weight and bias for the
-    gradient dy: float (N*OC*OH*OW,) at its output. Writes dweight
-    (OC*C/G*KH*KW,) and dbias (OC,). Parallel over output channels: each owns
-    its filters, and walks the batch once, every tap of an (image, channel)
-    plane summed while the plane is in cache (up to nine in one pass,
-    ``tap_dots``). Its sums may be reordered (``reassociate``): they then run
-    on vector lanes."""
+@kernel(cost=16, parts=(grouped_conv_input_grad_part,))
+def grouped_conv_input_grad(grouped_conv_input_grad_part, dy, weight, g, groups, DH, DW, dx):
+    """dx = the gradient of ``grouped_conv_forward`` at x for the gradient dy:
+    float (N*OC*OH*OW,) at its output (masked by a fused ReLU beforehand).
+    Writes dx: (N*C*H*W,). Parallel over input planes: each owns its plane,
+    gathering for each of its values the taps that reach it (one pass per
+    phase, ``tap_sums``) from a zero-bordered copy of each dy plane."""
+    for piece in prange(chunks_of(dx.size // (g[1] * g[2]))):
+        call_part(grouped_conv_input_grad_part, np.int64(piece), dy, weight, g, groups, DH, DW,
+                  dx)
+
+
+@helper(reassociate=True)
+def grouped_conv_weight_grad_part(oc, x, dy, g, groups, DH, DW, dweight, dbias):
+    """Output channel ``oc`` of ``grouped_conv_weight_grad`` (same arguments)."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     OC = dbias.size
     N = x.size // (C * H * W)
@@ -330,23 +332,37 @@ def grouped_conv_weight_grad(x, dy, g, groups, DH, DW, dweight, dbias):
     zero = np.float32(0)  # float32 sums of float32 values; float64 ones of float64
     Hq, Wq, F = phase_geometry(H, W, PH, PW, KW, DW, SH, SW)
     offsets = tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F)
-    for oc in prange(OC):
-        pad = np.zeros(SH * SW * F, x.dtype)
-        wide = np.zeros(OH * Wq, dy.dtype)  # columns OW.. stay 0
-        sums = np.zeros(CG * T, dy.dtype)
-        total = zero
-        for n in range(N):
-            at = (n * OC + oc) * P
-            for j in range(P):
-                total += dy[at + j]
-            for oh in range(OH):
-                copy_run(wide, U(oh * Wq), dy, U(at + oh * OW), U(OW))
-            for ci in range(CG):
-                c = (oc // OCG) * CG + ci
-                phase_planes(x, n * C + c, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
-                t = 0
-                while t < T:
-                    t += tap_dots(sums, ci * T, wide, pad, offsets, t, OH * Wq)
-        dbias[oc] = total
-        for j in range(CG * T):
-            dweight[oc * CG * T + j] = sums[j]
+    pad = np.zeros(SH * SW * F, x.dtype)
+    wide = np.zeros(OH * Wq, dy.dtype)  # columns OW.. stay 0
+    sums = np.zeros(CG * T, dy.dtype)
+    total = zero
+    for n in range(N):
+        at = (n * OC + oc) * P
+        for j in range(P):
+            total += dy[at + j]
+        for oh in range(OH):
+            copy_run(wide, U(oh * Wq), dy, U(at + oh * OW), U(OW))
+        for ci in range(CG):
+            c = (oc // OCG) * CG + ci
+            phase_planes(x, n * C + c, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
+            t = 0
+            while t < T:
+                t += tap_dots(sums, ci * T, wide, pad, offsets, t, OH * Wq)
+    dbias[oc] = total
+    for j in range(CG * T):
+        dweight[oc * CG * T + j] = sums[j]
+
+
+@kernel(cost=16, parts=(grouped_conv_weight_grad_part,))
+def grouped_conv_weight_grad(grouped_conv_weight_grad_part, x, dy, g, groups, DH, DW, dweight,
+                             dbias):
+    """The gradients of ``grouped_conv_forward``'s weight and bias for the
+    gradient dy: float (N*OC*OH*OW,) at its output. Writes dweight
+    (OC*C/G*KH*KW,) and dbias (OC,). Parallel over output channels: each owns
+    its filters, and walks the batch once, every tap of an (image, channel)
+    plane summed while the plane is in cache (up to nine in one pass,
+    ``tap_dots``). Its sums may be reordered (``reassociate``): they then run
+    on vector lanes."""
+    for oc in prange(dbias.size):
+        call_part(grouped_conv_weight_grad_part, np.int64(oc), x, dy, g, groups, DH, DW, dweight,
+                  dbias)
