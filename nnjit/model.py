@@ -286,16 +286,17 @@ class Model:
         if len(x) == 0:  # the layers' kernels split work by images: none to split
             rows = self.summary(np.shape(x)[1:])
             return np.empty((0, *(rows[-1][1] if rows else np.shape(x)[1:])), self.dtype)
-        # Held throughout: passes from several threads take turns (the layers'
-        # buffers are shared), and each copies its results out before the next.
-        # (BLAS is set to one thread by the parts that call it: ``_run``, a
-        # replay that calls BLAS.)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         # Many images run in passes that keep each layer's output in cache for
         # the next (the planner's size). Within one batch the passes replay
         # (``ReplayedInference``); a loop over several batches runs the layers.
-        step = min(batch_size, planner.inference_pass(len(x), self._largest_output(x.shape[1:])))
+        step = len(x) if len(x) <= min(batch_size, planner.INFERENCE_PASS_MIN) else min(
+            batch_size, planner.inference_pass(len(x), self._largest_output(x.shape[1:])))
+        # Held throughout: passes from several threads take turns (the layers'
+        # buffers are shared), and each copies its results out before the next.
+        # (BLAS is set to one thread by the parts that call it: ``_run``, a
+        # replay that calls BLAS.)
         with single_threaded_blas.lock:
             if len(x) <= step:
                 self._inference.refresh()

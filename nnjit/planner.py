@@ -555,13 +555,17 @@ def plan_dense(rows: int, in_features: int, out_features: int, dtype, training: 
     return DensePlan(algorithm, rule, packed, dot_below, everywhere)
 
 
+#: The fewest images ``inference_pass`` puts in a pass.
+INFERENCE_PASS_MIN = 16
+
+
 def inference_pass(batch: int, largest_output_bytes: int) -> int:
     """Images per pass of a ``predict`` on ``batch`` images whose largest layer
     output takes ``largest_output_bytes`` an image: the largest power of two,
-    at least 16, whose outputs fit ``Tuning.inference_pass_bytes``; the whole
-    batch when it is no larger."""
+    at least INFERENCE_PASS_MIN, whose outputs fit
+    ``Tuning.inference_pass_bytes``; the whole batch when it is no larger."""
     fit = max(1, tuning().inference_pass_bytes // max(1, largest_output_bytes))
-    return min(batch, max(16, 1 << (fit.bit_length() - 1)))
+    return min(batch, max(INFERENCE_PASS_MIN, 1 << (fit.bit_length() - 1)))
 
 
 def log_choice(what: str, problem: str, choice: str, rule: str) -> None:
