@@ -174,7 +174,8 @@ class ConvAlgorithm(str, enum.Enum):
     #: tiles. Backward: unfold.
     DIRECT = "direct"
     #: 1x1 at stride 1, unpadded: one product per image, read and written in
-    #: place (register tiles or BLAS). Backward: unfold.
+    #: place (register tiles or BLAS); its own backward, likewise in place
+    #: (unfold's where a batch norm hands its gradient back).
     POINTWISE = "pointwise"
     #: im2col blocks of a few hundred KB and a GEMM each (register tiles or BLAS),
     #: the epilogue (bias, ReLU, max-pool) fused into moving the product out.

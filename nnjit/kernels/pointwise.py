@@ -31,7 +31,8 @@ def pointwise_conv_forward(x, weight, bias, P, parts, chunks, relu, tiles, blas,
     C = weight.size // OC
     N = x.size // (C * P)
     units = N * chunks
-    step = -(-(-(-OC // chunks)) // 8) * 8
+    per = -(-OC // chunks)  # output channels per chunk, rounded up to whole tiles of 8
+    step = -(-per // 8) * 8
     for part in prange(parts):
         for u in range(units * part // parts, units * (part + 1) // parts):
             n, m0 = u // chunks, (u % chunks) * step
