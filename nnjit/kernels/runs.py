@@ -76,6 +76,22 @@ class _Vectors:
                                              [0] * self.lanes))
         return b.icmp_unsigned("<", index, splat)
 
+    def pair_masks(self, count):
+        """Masks of the two vectors that hold ``count`` values (up to two vectors'
+        worth): lanes below count, and lanes below count - one vector."""
+        return self.mask(count), self.mask(count, self.lanes)
+
+    def half_masks(self, count):
+        """Masks of the ceil(count / 2) even-placed and floor(count / 2)
+        odd-placed values of ``count`` interleaved ones."""
+        one = ir.Constant(self.i64, 1)
+        b = self.builder
+        return self.mask(b.lshr(b.add(count, one), one)), self.mask(b.lshr(count, one))
+
+    def next_vector(self, offset):
+        """offset plus one vector's worth of elements."""
+        return self.builder.add(offset, ir.Constant(self.i64, self.lanes))
+
     def load(self, address, mask):
         return self.builder.call(self._load, [address, self.align, mask, self.zero])
 
@@ -128,18 +144,15 @@ def _deinterleave_step(typingctx, dst, d_even, d_odd, src, s, n):
         v = _Vectors(context, builder, signature.args[0].dtype)
         d_even, d_odd, s_value, n_value = (v.uint(args[i], signature.args[i])
                                            for i in (1, 2, 4, 5))
-        lanes = v.lanes
-        low = v.load(v.address(signature.args[3], args[3], s_value), v.mask(n_value))
-        high = v.load(v.address(signature.args[3], args[3],
-                                builder.add(s_value, ir.Constant(v.i64, lanes))),
-                      v.mask(n_value, lanes))
-        even = v.shuffle(low, high, list(range(0, 2 * lanes, 2)))
-        odd = v.shuffle(low, high, list(range(1, 2 * lanes, 2)))
-        one = ir.Constant(v.i64, 1)
-        v.store(even, v.address(signature.args[0], args[0], d_even),
-                v.mask(builder.lshr(builder.add(n_value, one), one)))
-        v.store(odd, v.address(signature.args[0], args[0], d_odd),
-                v.mask(builder.lshr(n_value, one)))
+        src, dst = (signature.args[3], args[3]), (signature.args[0], args[0])
+        low_mask, high_mask = v.pair_masks(n_value)
+        low = v.load(v.address(*src, s_value), low_mask)
+        high = v.load(v.address(*src, v.next_vector(s_value)), high_mask)
+        even_mask, odd_mask = v.half_masks(n_value)
+        v.store(v.shuffle(low, high, list(range(0, 2 * v.lanes, 2))), v.address(*dst, d_even),
+                even_mask)
+        v.store(v.shuffle(low, high, list(range(1, 2 * v.lanes, 2))), v.address(*dst, d_odd),
+                odd_mask)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -156,18 +169,16 @@ def _interleave_step(typingctx, dst, d, src, s_even, s_odd, n):
         v = _Vectors(context, builder, signature.args[0].dtype)
         d_value, s_even, s_odd, n_value = (v.uint(args[i], signature.args[i])
                                            for i in (1, 3, 4, 5))
-        lanes = v.lanes
-        one = ir.Constant(v.i64, 1)
-        even = v.load(v.address(signature.args[2], args[2], s_even),
-                      v.mask(builder.lshr(builder.add(n_value, one), one)))
-        odd = v.load(v.address(signature.args[2], args[2], s_odd),
-                     v.mask(builder.lshr(n_value, one)))
-        low = v.shuffle(even, odd, [i // 2 + (i % 2) * lanes for i in range(lanes)])
-        high = v.shuffle(even, odd, [lanes // 2 + i // 2 + (i % 2) * lanes for i in range(lanes)])
-        v.store(low, v.address(signature.args[0], args[0], d_value), v.mask(n_value))
-        v.store(high, v.address(signature.args[0], args[0],
-                                builder.add(d_value, ir.Constant(v.i64, lanes))),
-                v.mask(n_value, lanes))
+        src, dst, lanes = (signature.args[2], args[2]), (signature.args[0], args[0]), v.lanes
+        even_mask, odd_mask = v.half_masks(n_value)
+        even = v.load(v.address(*src, s_even), even_mask)
+        odd = v.load(v.address(*src, s_odd), odd_mask)
+        low_mask, high_mask = v.pair_masks(n_value)
+        v.store(v.shuffle(even, odd, [i // 2 + (i % 2) * lanes for i in range(lanes)]),
+                v.address(*dst, d_value), low_mask)
+        v.store(v.shuffle(even, odd, [lanes // 2 + i // 2 + (i % 2) * lanes
+                                      for i in range(lanes)]),
+                v.address(*dst, v.next_vector(d_value)), high_mask)
         return context.get_dummy_value()
 
     return sig, codegen
