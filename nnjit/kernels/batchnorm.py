@@ -43,7 +43,7 @@ def batchnorm_forward_train(x, N, C, P, eps, momentum, weight, bias, relu, out, 
 
     x: float (N*C*P,). Writes out = xhat * weight + bias (then max(0, .) with
     ``relu``, a fused ReLU), xhat = (x - mean) * invstd, like x; mean and
-    invstd: (C,), invstd = 1 / sqrt(var + eps), rounded to their dtype
+    invstd: float64 (C,), invstd = 1 / sqrt(var + eps)
     (``batchnorm_backward`` recomputes xhat from x with them: storing xhat
     cost a write of every activation); updates running_mean and running_var (C,) by
     ``momentum`` toward the batch mean and the unbiased batch variance
@@ -103,8 +103,8 @@ def batchnorm_backward(dy, x, out, mean, invstd, weight, N, C, P, relu, need_dx,
                        dbias):
     """Gradients of ``batchnorm_forward_train`` (batch statistics depend on x too).
 
-    dy, x, out: float (N*C*P,); mean, invstd: (C,) as the forward wrote them,
-    and xhat = (x - mean) * invstd recomputed here. With ``relu`` (fused), dy
+    dy, x, out: float (N*C*P,); mean, invstd: float64 (C,) as the forward
+    wrote them, and xhat = (x - mean) * invstd recomputed here in float64. With ``relu`` (fused), dy
     counts only where out > 0: call that g. Writes dweight = sum(g * xhat),
     dbias = sum(g) per channel and, with ``need_dx``, dx = weight * invstd /
     M * (M * g - sum(g) - xhat * sum(g * xhat)), M = N*P.

@@ -122,8 +122,11 @@ class BatchNorm1D(AppliesReLU, Layer):
         if n * p < 2:
             raise ValueError(f"{type(self).__name__} needs more than one value per channel "
                              f"to train, got input of shape {x.shape}")
-        mean = self._buffer("mean", (c,), self.dtype)
-        invstd = self._buffer("invstd", (c,), self.dtype)
+        # float64: the backward recomputes xhat = (x - mean) * invstd from them, and
+        # a mean rounded to float32 is off by ~1e-7 of itself, which invstd
+        # multiplies (a feature far from 0 with a small spread lost 3 digits)
+        mean = self._buffer("mean", (c,), np.float64)
+        invstd = self._buffer("invstd", (c,), np.float64)
         batchnorm_forward_train(x.reshape(-1), n, c, p, self.eps, self.momentum, self.weight.value,
                                 self.bias.value, self.fused_relu, out.reshape(-1), mean, invstd,
                                 self.running_mean, self.running_var)

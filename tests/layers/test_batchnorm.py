@@ -290,3 +290,28 @@ def test_a_handed_back_norm_gradient_is_refused_by_another_conv(rng):
     grad = model.layers[1].backward(np.ones((2, 2, 2, 2), np.float32))
     with pytest.raises(ValueError, match="not about its output"):
         other.backward(grad)
+
+
+@pytest.mark.parametrize("make,shape", [(BatchNorm1D, (16, 6)), (BatchNorm2D, (4, 3, 5, 5))])
+def test_float32_gradients_of_features_far_from_zero_keep_their_digits(make, shape, rng):
+    """Values near 1000 spread by 0.1: xhat = (x - mean) / std multiplies any
+    rounding of the mean by 10. The float32 layer's gradients against the
+    batch-norm gradient formula in float64 on the same inputs."""
+    x = (1000 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    layer = make(shape[1])
+    layer.weight.value[...] = rng.uniform(0.5, 1.5, shape[1])
+    layer.forward(x)
+    dx = layer.backward(dy.copy())
+    axes = (0,) + tuple(range(2, x.ndim))
+    b = [1, -1] + [1] * (x.ndim - 2)
+    x64, g = x.astype(F64), dy.astype(F64)
+    m = x64.size // shape[1]
+    invstd = 1 / np.sqrt(x64.var(axis=axes, keepdims=True) + layer.eps)
+    xhat = (x64 - x64.mean(axis=axes, keepdims=True)) * invstd
+    dxhat = g * layer.weight.value.astype(F64).reshape(b)
+    want = invstd / m * (m * dxhat - dxhat.sum(axis=axes, keepdims=True)
+                         - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
+    np.testing.assert_allclose(dx, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(layer.weight.grad, (g * xhat).sum(axis=axes), rtol=1e-4,
+                               atol=1e-4)
