@@ -50,8 +50,8 @@ class Augment:
             kind, _, value = token.partition(":")
             if kind == "crop" and value.isdigit():
                 crop = int(value)
-            elif kind == "erase" and _probability(value) is not None:
-                erase = _probability(value)
+            elif kind == "erase" and (probability := _probability(value)) is not None:
+                erase = probability
             elif token == "flip":
                 flip = True
             elif token == "none":  # a recipe's augmentation turned off

@@ -298,13 +298,12 @@ class Model:
         # (BLAS is set to one thread by the parts that call it: ``_run``, a
         # replay that calls BLAS.)
         with single_threaded_blas.lock:
-            if len(x) <= step:
-                self._inference.refresh()
-                out = self._replayed(x)
-                self._logits = None
-                return out
             if len(x) <= batch_size:
                 self._inference.refresh()
+                if len(x) <= step:
+                    out = self._replayed(x)
+                    self._logits = None
+                    return out
                 passes = ((start, self._replayed(x[start:start + step]))
                           for start in range(0, len(x), step))
             else:

@@ -458,7 +458,8 @@ class Conv2D(Layer):
         pointwise_conv_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
                                    self._bias_values(), p, parts, chunks, self.fused_relu,
                                    tiles, blas_handle(), out.reshape(-1))
-        self._cache = (x, out, None, "pointwise") if training else None
+        self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), "pointwise") \
+            if training else None
         return out
 
     def _pointwise_backward(self, x, out, dy, need_input_grad):
@@ -594,8 +595,6 @@ class Conv2D(Layer):
         if path == "pointwise" and not norm:
             self._cache = None
             return self._pointwise_backward(x, out, dy, need_input_grad)
-        if argmax is None:  # the unfold backward reads an argmax array, unused here
-            argmax = self._buffer("argmax/none", (1,), np.int32)
         if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1
