@@ -56,7 +56,8 @@ KILLED_ONCE = textwrap.dedent("""
 """)
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_and_nothing_is_left_running(tmp_path, request):
+def test_a_killed_trial_resumes_from_its_checkpoint_and_nothing_is_left_running(tmp_path, request,
+                                                                           mnist_test_set):
     pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[test]')")
     script, space = tmp_path / "killed_once.py", tmp_path / "space.json"
     script.write_text(KILLED_ONCE)
@@ -286,7 +287,7 @@ def test_ray_infer_names_an_unreadable_image_and_writes_nothing(classified_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no table, no temp file
 
 
-def test_a_diverged_trial_ends_without_retries(tmp_path, ray_address):
+def test_a_diverged_trial_ends_without_retries(tmp_path, ray_address, mnist_test_set):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"learning-rate": {"choice": [1e30]}}))  # nan in the first epoch
     proc = run(SWEEP, space, "--trials", 1, "--max-failures", 2, "--storage", tmp_path / "s",
