@@ -30,6 +30,8 @@ exactly those types. (An address is a plain int: Numba's first-class
 functions cost ~2 us per call to unbox, 17 us on the cnn's single-image
 predict.)
 
+Every cached function saves to the disk cache under a lock (``cache.py``:
+Numba's own save can mix up two signatures compiled by two processes at once).
 Numba's disk cache is keyed by each kernel's own source file: a kernel that
 calls a helper from another module (``pool_plane``, ``shifted_exp_rows``,
 ``gemm``, ``tiled_gemm``) is not recompiled when only the helper changes. After editing such
@@ -48,6 +50,7 @@ from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
 from .blas import single_threaded_blas
+from .cache import with_locked_cache
 
 #: Below this many elements in its first array, a parallel kernel runs its
 #: serial compilation instead: handing work to the pool (~2 us while its
@@ -87,8 +90,8 @@ class Kernel:
         # dependence between them, and it sees nothing inside a call_part: fused,
         # part p of the second loop would run before the first loop's other parts.
         parallel = {"fusion": False} if parts else True
-        self.dispatchers = (njit(parallel=parallel, **options)(fn),
-                            njit(**options)(_renamed(fn, "_serial")))
+        self.dispatchers = (with_locked_cache(njit(parallel=parallel, **options)(fn)),
+                            with_locked_cache(njit(**options)(_renamed(fn, "_serial"))))
         self._parallel, self._serial = self.dispatchers
         self.blas = blas
         self.cost = cost
@@ -283,7 +286,8 @@ def helper(fn=None, *, reassociate=False):
     ``reassociate`` as for ``kernel``."""
     if fn is None:
         return lambda f: helper(f, reassociate=reassociate)
-    return njit(**_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)(fn)
+    options = dict(_OPTIONS, fastmath=_REASSOCIATE if reassociate else False)
+    return with_locked_cache(njit(**options)(fn))
 
 
 def kernel(fn=None, *, blas=False, reassociate=False, cost=1, parts=()):

@@ -3,10 +3,10 @@ softmax, over flat buffers."""
 import math
 
 import numpy as np
-from numba import njit
 from numba.cpython.unsafe.numbers import viewer
 
 from ._jit import kernel, prange
+from .cache import cached_njit
 
 
 @kernel
@@ -43,7 +43,7 @@ _EXP_MAX, _EXP_MIN = _F32(88.72283), _F32(-103.97208)
 _TWO_TO_MINUS_64 = _F32(2.0 ** -64)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def exp_float32(x):
     """exp(x) for a float32 x, in float32 operations that vectorise (libm's expf
     does not: 23 vs 7 us for 10,000 values).
@@ -83,7 +83,7 @@ def exp_float32(x):
 ROWS_PER_BLOCK = 64
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def row_max(z, r, K):
     """The largest of z[r:r+K] (r: uint64)."""
     m = z[r]
@@ -92,7 +92,7 @@ def row_max(z, r, K):
     return m
 
 
-@njit(cache=True)
+@cached_njit()
 def shifted_exp_rows(z, n0, n1, K, out):
     """out[r:r+K] = exp(z[r:r+K] - max(z[r:r+K])) for the rows r = n*K, n in
     [n0, n1): the stable exps of softmax and log-sum-exp (none overflows).
@@ -111,7 +111,7 @@ def shifted_exp_rows(z, n0, n1, K, out):
             out[i] = np.exp(out[i])
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def row_sum(x, r, K):
     """sum(x[r:r+K]) (r: uint64), accumulated in float64."""
     s = 0.0
@@ -156,7 +156,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def mixed_bits(key, i):
     """64 random-looking bits for position i (int) under key (uint64): the
     SplitMix64 output for state key + (i + 1) * golden ratio. Counter-based:
@@ -199,7 +199,7 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _GELU_CUBIC = 0.044715
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _sigmoid(v):
     if v >= 0:
         return 1.0 / (1.0 + math.exp(-v))
@@ -207,7 +207,7 @@ def _sigmoid(v):
     return e / (1.0 + e)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def activate(v, op, alpha):
     """Activation ``op`` of one value (float64 arithmetic)."""
     if op == LEAKY_RELU:
@@ -228,7 +228,7 @@ def activate(v, op, alpha):
     return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def derivative(v, y, op, alpha):
     """d activation / d input at input v with output y, as PyTorch's backward
     takes it at the kinks (LeakyReLU: slope at 0; ReLU6: 0 at 0 and 6;

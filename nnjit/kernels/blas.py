@@ -33,8 +33,10 @@ import warnings
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
+
+from .cache import cached_njit
 
 NO_TRANS, TRANS = 111, 112  # CBLAS_TRANSPOSE
 
@@ -243,7 +245,7 @@ class SingleThreadedBlas:
 single_threaded_blas = SingleThreadedBlas()
 
 
-@njit(cache=True)
+@cached_njit()
 def gemm(blas, trans_a, trans_b, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc):
     """c = alpha * op(a) @ op(b) + beta * c, row-major, on the calling thread.
 

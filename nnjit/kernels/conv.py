@@ -25,19 +25,19 @@ element on signed indices, which stops vectorisation (measured 5x slower).
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
 from ._jit import call_part, helper, kernel, prange
 from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
+from .cache import cached_njit
 from .pool import pool_plane
-from .tiles import shifted_rows_gemm, skipping_rows_gemm, tiled_gemm, tiled_gemm_nt
 from .runs import copy_run, zero_run
+from .tiles import shifted_rows_gemm, skipping_rows_gemm, tiled_gemm, tiled_gemm_nt
 
 U = np.uint64
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def valid_range(k, S, P, W, OW):
     """Output columns [lo, hi) whose input column ow*S + k - P lies inside [0, W).
 
@@ -418,7 +418,7 @@ class PoolGeometry(NamedTuple):
 NO_POOL = PoolGeometry(0, 0, 1, 1, 1, 1, 1, 1)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def block_rows(pool_major, OW, r0, r1, pr0, pr1, PKH, PKW, POW):
     """(width, r0, R, G) of a block's conv rows as ``im2col`` takes them: in
     pool-major order, the PKH rows of each of the pooled rows [pr0, pr1),

@@ -26,15 +26,15 @@ out and dy (N, OC, OH, OW). ``g`` is the ``ConvGeometry`` (C, H, W, KH, KW,
 SH, SW, PH, PW, OH, OW).
 """
 import numpy as np
-from numba import njit
 
 from ._jit import call_part, helper, kernel, prange
+from .cache import cached_njit
 from .runs import copy_run, deinterleave_run, interleave_run, relu_copy_run
 
 U = np.uint64
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def tap_range(k, D, S, P, size, out_size):
     """The outputs [o0, o1) along one axis whose input o*S - P + k*D (tap k,
     dilation D, stride S, padding P) lies in [0, size)."""
@@ -44,14 +44,14 @@ def tap_range(k, D, S, P, size, out_size):
     return o0, max(o0, o1)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def chunks_of(count):
     """How many pieces a prange over ``count`` planes is cut into: each piece
     allocates its padded planes once."""
     return min(count, 64)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def phase_geometry(H, W, PH, PW, KW, DW, SH, SW):
     """(Hq, Wq, F) of ``phase_planes``: a phase's rows and columns, and the
     floats from one phase to the next (Hq*Wq, then the slack a tap's run reads
@@ -60,13 +60,13 @@ def phase_geometry(H, W, PH, PW, KW, DW, SH, SW):
     return Hq, Wq, Hq * Wq + (KW - 1) * DW // SW
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _tap_offset(dh, dw, SH, SW, Wq, F):
     """Where padded row dh, column dw lands in ``phase_planes``'s output."""
     return ((dh % SH) * SW + dw % SW) * F + (dh // SH) * Wq + dw // SW
 
 
-@njit(cache=True)
+@cached_njit()
 def tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F):
     """int64 (KH*KW,): where the run of each tap (kh, kw) starts in
     ``phase_planes``'s output. Computed once per call: on 16x16 planes the
@@ -78,7 +78,7 @@ def tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F):
     return offsets
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def stride2_columns(PW, F):
     """At column stride 2, where an input row's even and odd columns start in a
     phase row of ``phase_planes``'s output (padded column w + PW lies in
@@ -86,7 +86,7 @@ def stride2_columns(PW, F):
     return (PW % 2) * F + PW // 2, ((PW + 1) % 2) * F + (PW + 1) // 2
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def phase_planes(x, plane, H, W, PH, PW, SH, SW, Hq, Wq, F, out):
     """out[(a*SW + b)*F + r*Wq + q] = plane ``plane`` of x at row SH*r + a - PH,
     column SW*q + b - PW, for the SH*SW phases (a, b) (``phase_geometry``), where
@@ -115,7 +115,7 @@ def phase_planes(x, plane, H, W, PH, PW, SH, SW, Hq, Wq, F, out):
                     out[d + i] = xp[src + U(SW) * i]
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def tap_sums(out, o, src, weight, wbase, taps, offsets, t, n, init, b):
     """out[o + j] = (b if init else out[o + j]) + the sum over entries e of
     weight[wbase + taps[e]] * src[offsets[e] + j], for j < n and the entries e
@@ -151,7 +151,7 @@ def tap_sums(out, o, src, weight, wbase, taps, offsets, t, n, init, b):
     return 1
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def tap_dots(sums, sbase, wide, src, offsets, t, n):
     """sums[sbase + t + e] += the sum over j < n of wide[j] * src[offsets[t + e] + j]
     for the entries e from t on: nine where nine are left, else three, else one

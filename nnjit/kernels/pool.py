@@ -4,12 +4,12 @@ Windows that do not fit are dropped (floor mode, like PyTorch's default).
 Forward stores, per output, the flat index ``ih*W + iw`` of the maximum inside
 its plane, so backward routes each gradient to exactly one input even on ties.
 """
-from numba import njit
 
 from ._jit import kernel, prange
+from .cache import cached_njit
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def pool_plane(plane, KH, KW, SH, SW, OH, OW, dst, pos):
     """Max-pool one plane: the loop shared by every pooling kernel.
 

@@ -20,8 +20,10 @@ hence numba >= 0.62 (llvmlite 0.45, LLVM 20) in pyproject.toml.
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
+
+from .cache import cached_njit
 
 U = np.uint64
 _VECTOR_BYTES = 64
@@ -189,12 +191,12 @@ _zero_step = _masked_run_step(ZERO)
 _relu_step = _masked_run_step(RELU)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _lanes(a):
     return U(_VECTOR_BYTES // a.itemsize)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _run(dst, d, src, s, n, mode):
     """dst[d:d+n] = src[s:s+n] as ``mode`` says (``_masked_run_step``), one
     vector step at a time."""
@@ -211,26 +213,26 @@ def _run(dst, d, src, s, n, mode):
         j += width
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def copy_run(dst, d, src, s, n):
     """dst[d:d+n] = src[s:s+n]. dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
     _run(dst, d, src, s, n, COPY)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def relu_copy_run(dst, d, src, s, n):
     """dst[d:d+n] = max(src[s:s+n], 0) (values below zero become 0; NaN stays).
     dst, src: 1-D float arrays of one dtype; d, s, n: uint64."""
     _run(dst, d, src, s, n, RELU)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def zero_run(dst, d, n):
     """dst[d:d+n] = 0. dst: 1-D float array; d, n: uint64."""
     _run(dst, d, dst, d, n, ZERO)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def deinterleave_run(dst, d_even, d_odd, src, s, n):
     """dst[d_even + i] = src[s + 2i] and dst[d_odd + i] = src[s + 2i + 1] for the
     n values src[s:s+n] (a row split into its even and odd columns, as a
@@ -244,7 +246,7 @@ def deinterleave_run(dst, d_even, d_odd, src, s, n):
         j += width
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def interleave_run(dst, d, src, s_even, s_odd, n):
     """dst[d + 2i] = src[s_even + i] and dst[d + 2i + 1] = src[s_odd + i] for the
     n values dst[d:d+n] (the inverse of ``deinterleave_run``). dst, src: 1-D

@@ -20,10 +20,11 @@ import numba
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from .blas import NO_TRANS, TRANS, gemm
+from .cache import cached_njit
 
 TILE_ROWS, TILE_COLS = 8, 32
 U = np.uint64
@@ -267,7 +268,7 @@ masked_4x32, masked_4x16 = _row_tile(4, 2, True), _row_tile(4, 1, True)
 skipping_8x32, skipping_4x32 = _row_tile(TILE_ROWS, 2, True, True), _row_tile(4, 2, True, True)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def row_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols):
     """One tile of ``rows`` (8 or 4) rows over ``cols`` <= 32 columns (``_row_tile``'s
     arguments): a whole tile, or a masked one for fewer columns (16 wide when
@@ -286,7 +287,7 @@ def row_tile(rows, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accu
         masked_4x32(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate, cols)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def panel_tiles(M, overlap_last, a, a_off, a_row, a_col, b, b_off, ldb, K, c, ldc, l0, cols,
                 accumulate):
     """Columns [l0, l0 + cols) (cols <= 32) of c = a @ b over rows [0, M4) in
@@ -308,7 +309,7 @@ def panel_tiles(M, overlap_last, a, a_off, a_row, a_col, b, b_off, ldb, K, c, ld
                  (M - 4) * ldc + l0, ldc, accumulate, cols)
 
 
-@njit(cache=True)
+@cached_njit()
 def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
     """c (M, L) = op(a) (M, K) @ b (K, L), added to c with ``accumulate`` (bool),
     in register tiles (``panel_tiles``: 8x32, 4x32 for 4 of the last M % 8
@@ -336,7 +337,7 @@ def tiled_gemm(blas, trans_a, M, K, a, lda, b, L, c, accumulate):
         gemm(blas, trans_a, NO_TRANS, M - M4, L, K, 1.0, a_rest, lda, b, L, beta, c[M4 * L:], L)
 
 
-@njit(cache=True)
+@cached_njit()
 def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
     """c (M, L) = a (M, K) @ B (K, L) in register tiles, where row k of B is the L
     values from b[b_off + offsets[k]]: rows read in place wherever they lie,
@@ -354,7 +355,7 @@ def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
                     min(TILE_COLS, L - l0), False)
 
 
-@njit(cache=True)
+@cached_njit()
 def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c):
     """``shifted_rows_gemm`` over a conv's kept output positions only: column p of
     B is position (p // OW, p % OW) of output rows Wp apart in b, row k of B
@@ -381,7 +382,7 @@ def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c):
                           L, False, cols, second, s0, s1, gap)
 
 
-@njit(cache=True)
+@cached_njit()
 def product(blas, tiles, trans_a, M, K, a, lda, b, L, c, accumulate):
     """``tiled_gemm``'s product (same arguments) in register tiles with ``tiles``,
     otherwise all by BLAS: for callers that pick the tiles per layer."""
@@ -392,7 +393,7 @@ def product(blas, tiles, trans_a, M, K, a, lda, b, L, c, accumulate):
              L)
 
 
-@njit(cache=True)
+@cached_njit()
 def batched_product(blas, tiles, count, M, K, a, a_step, b, b_step, L, c, c_step):
     """c[i] (M, L) = a[i] (M, K) @ b[i] (K, L) for i < count, matrix i of each
     at i*step (a_step, b_step, c_step) of its flat buffer, rows contiguous;
@@ -413,7 +414,7 @@ def batched_product(blas, tiles, count, M, K, a, a_step, b, b_step, L, c, c_step
                         min(TILE_COLS, L - l0), False)
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@cached_njit(fastmath={"reassoc", "contract"})
 def dot_rows_nt(r0, r1, K, a, b, N, c, accumulate):
     """c[i, n] = a[i] . b[n] (added to c with ``accumulate``) for rows i in [r0, r1)
     of a (M, K), every row n of b (N, K); c (M, N): dot products along K,
@@ -432,7 +433,7 @@ def dot_rows_nt(r0, r1, K, a, b, N, c, accumulate):
                 c[i * N + n] = acc
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def tiled_rows(M):
     """(M8, M4): rows [0, M8) of a product run in 8-row tiles, [M8, M4) in one
     4-row tile (when 4 or more rows are left), the rest on BLAS."""
@@ -446,7 +447,7 @@ def tiled_rows(M):
 NT_REDUCTION_STEP = 256
 
 
-@njit(cache=True)
+@cached_njit()
 def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
     """c (M, N) += a (M, K) @ b (N, K)^T in register tiles (as ``tiled_gemm``'s,
     the columns from N//32*32 in masked tiles), the last M % 4 rows as dot
@@ -471,7 +472,7 @@ def tiled_gemm_nt(blas, M, K, a, b, N, bt, c):
     dot_rows_nt(M4, M, K, a, b, N, c, True)  # the last 0-3 rows
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def transpose_slice(b, K, k0, steps, n0, n1, N, bt):
     """bt[j*N + n] = b[n*K + k0 + j] for j < steps, n in [n0, n1): rows [n0, n1)
     of b: float (>= n1*K,) as (N, K), columns [k0, k0+steps), transposed into
@@ -496,7 +497,7 @@ def transpose_slice(b, K, k0, steps, n0, n1, N, bt):
             bt[U(j * N + n)] = b[U(n * K + k0 + j)]
 
 
-@njit(cache=True)
+@cached_njit()
 def refresh_kept(values, kept, lo, hi):
     """True when values[lo:hi] differ from kept[lo:hi] (in value or sign bit; a
     NaN always differs), which then takes them; False when they are the same.
@@ -515,7 +516,7 @@ def refresh_kept(values, kept, lo, hi):
     return changed
 
 
-@njit(cache=True)
+@cached_njit()
 def refresh_transpose(b, K, n0, n1, N, packed):
     """Keep packed[:K*N] = b^T for rows [n0, n1) of b: float (N*K,) as (N, K),
     transposing them again only when they changed (``refresh_kept``, against

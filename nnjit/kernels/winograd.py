@@ -29,10 +29,10 @@ Mt (16, Lp, OC), pooled (T, OC), with T = POH*POW windows per image and Lp
 matrices (the products cover the windows' rows only); out (N, OC, POH, POW).
 """
 import numpy as np
-from numba import njit
 
 from ._jit import call_part, helper, kernel, prange
 from .blas import TRANS
+from .cache import cached_njit
 from .runs import copy_run, zero_run
 from .tiles import batched_product, product, refresh_kept, transpose_slice
 
@@ -46,38 +46,38 @@ STAGE_CHANNELS = 64
 _HALF = np.float32(0.5)  # float32: a float64 literal would widen float32 code
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _input_rows(a0, a1, a2, a3):
     """B^T times a column of 4 values (B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]])."""
     return a0 - a2, a1 + a2, a2 - a1, a1 - a3
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _filter_rows(g0, g1, g2):
     """G times a column of 3 filter taps (G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]])."""
     return g0, (g0 + g1 + g2) * _HALF, (g0 - g1 + g2) * _HALF, g2
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _filter_adjoint(a0, a1, a2, a3):
     """G^T times a column of 4 values: the adjoint of ``_filter_rows``."""
     return a0 + (a1 + a2) * _HALF, (a1 - a2) * _HALF, (a1 + a2) * _HALF + a3
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _filter_row_adjoint(dUt, s, step, r):
     """G^T times row r of a 4x4 gradient, element xi at dUt[s + xi*step]."""
     return _filter_adjoint(dUt[s + (4 * r) * step], dUt[s + (4 * r + 1) * step],
                            dUt[s + (4 * r + 2) * step], dUt[s + (4 * r + 3) * step])
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _input_adjoint(a0, a1, a2, a3):
     """B times a column of 4 values: the adjoint of ``_input_rows``."""
     return a0, a1 - a2 + a3, a1 + a2 - a0, -a3
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _output_rows(m0, m1, m2, m3):
     """A^T times a column of 4 values (A^T = [[1,1,1,0],[0,1,-1,-1]])."""
     return m0 + m1 + m2, m1 - m2 - m3
@@ -155,13 +155,13 @@ def channels_last(x, n, C, H, W, PH, PW, r0, r1, image):
         transpose_slice(plane, H * W, h * W, W, 0, C, C, image[row + PW * C:])
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _input_column(image, s, row):
     """B^T times the 4 values image[s + a*row], a < 4 (a tile's column, one channel)."""
     return _input_rows(image[s], image[s + row], image[s + U(2) * row], image[s + U(3) * row])
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _output_column(Mt, s, q, step):
     """A^T times column q of a window's 4x4 M, element xi at Mt[s + xi*step]."""
     return _output_rows(Mt[s + U(q) * step], Mt[s + U(4 + q) * step],
@@ -195,7 +195,7 @@ def transform_tiles(image, C, Wp, POW, t0, t1, row0, Vt, Lp, stage):
                 copy_run(Vt, U(xi) * step + dst + U(c0), stage, U(xi * STAGE_CHANNELS), width)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _tile_outputs(Mt, s, step):
     """A^T M A: the 2x2 conv outputs (y00, y01, y10, y11) of the tile whose 4x4 M
     has element xi at Mt[s + xi*step]."""
@@ -287,7 +287,7 @@ def unpooled_rows_out(stage, OC, POH, POW, t0, t1, out):
             transpose_slice(stage, OC, 0, OC, p0, p0 + 2 * (j1 - j0), P, out)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def _stage_gradient_row(stage, r, j, g, low_col, zero):
     """Row r of a window's dM = g_r A[:, b]^T, element q into stage[(4r+q)*STAGE_CHANNELS
     + j] (A's column b is (1, 1, 1, 0) with ``low_col``, otherwise (0, 1, -1, -1))."""
@@ -368,7 +368,7 @@ def scatter_tiles(dVt, C, Wp, POH, POW, row0, Lp, dimage, stage):
                         dimage[dst + c] += stage[src_stage + c]
 
 
-@njit(cache=True)
+@cached_njit()
 def padded_rows(windows):
     """Rows of a chunk's Vt[xi] and Mt[xi] for ``windows`` pooling windows: a
     multiple of 4, and not of 16, so that the 16 matrices Vt[xi] do not start
@@ -393,7 +393,7 @@ def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage
         transform_tiles(image, C, W + 2 * PW, POW, t0, t1, n * T + t0 - w0, Vt, Lp, stage)
 
 
-@njit(cache=True, inline="always")
+@cached_njit(inline="always")
 def split_bound(g, L, split):
     """Where thread g's windows start when ``split`` threads share L: near g*L/split,
     at a multiple of 8 (whole 8-row register tiles: of one image's 25, 16 and

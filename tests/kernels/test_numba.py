@@ -174,3 +174,47 @@ def test_recorded_calls_run_no_kernel(rng):
 
     recorded_calls(work)
     np.testing.assert_allclose(results[0], before)
+
+
+SAVER = """
+import sys
+from nnjit.kernels.cache import LockedCacheFile
+cache = LockedCacheFile(cache_path=sys.argv[1], filename_base="f", source_stamp=("stamp",))
+for i in range(200):
+    cache.save((sys.argv[2], i), f"code of {sys.argv[2]} {i}")
+"""
+
+
+def test_processes_saving_signatures_of_one_function_at_once_keep_each_its_own(tmp_path):
+    """Four processes each save 200 signatures of one function into one cache at
+    once: every signature is then in the index and loads its own data. (Numba's own
+    save, in the same race, lost 209 of the 800 and named 69 with another's data.)"""
+    from nnjit.kernels.cache import LockedCacheFile
+
+    savers = [subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path), name])
+              for name in "abcd"]
+    assert [s.wait(timeout=120) for s in savers] == [0] * 4
+    cache = LockedCacheFile(cache_path=str(tmp_path), filename_base="f", source_stamp=("stamp",))
+    loaded = {(name, i): cache.load((name, i)) for name in "abcd" for i in range(200)}
+    assert loaded == {(name, i): f"code of {name} {i}" for name in "abcd" for i in range(200)}
+
+
+def test_every_cached_kernel_and_helper_saves_under_the_lock():
+    import importlib
+    import pkgutil
+
+    import nnjit.kernels
+    from nnjit.kernels._jit import Kernel
+    from nnjit.kernels.cache import LockedCacheFile
+    from numba.core.dispatcher import Dispatcher
+
+    dispatchers = []
+    for info in pkgutil.iter_modules(nnjit.kernels.__path__):
+        module = importlib.import_module(f"nnjit.kernels.{info.name}")
+        for obj in vars(module).values():
+            dispatchers += obj.dispatchers if isinstance(obj, Kernel) else \
+                [obj] if isinstance(obj, Dispatcher) else []
+    assert len(dispatchers) > 100
+    unlocked = [d.py_func.__qualname__ for d in dispatchers
+                if type(d._cache._cache_file) is not LockedCacheFile]
+    assert not unlocked
