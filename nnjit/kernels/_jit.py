@@ -47,6 +47,7 @@ from numba import njit, prange, typeof
 from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
 from numba.core import types as nbtypes
+from numba.core.cpu import ParallelOptions
 from numba.extending import intrinsic
 
 from .blas import single_threaded_blas
@@ -89,7 +90,9 @@ class Kernel:
         # Numba fuses consecutive prange loops of one range when it sees no
         # dependence between them, and it sees nothing inside a call_part: fused,
         # part p of the second loop would run before the first loop's other parts.
-        parallel = {"fusion": False} if parts else True
+        # As ParallelOptions, not a dict: Numba pops the keys of a dict on the first
+        # compilation, so a second signature (float64 after float32) compiled fused.
+        parallel = ParallelOptions({"fusion": False}) if parts else True
         self.dispatchers = (with_locked_cache(njit(parallel=parallel, **options)(fn)),
                             with_locked_cache(njit(**options)(_renamed(fn, "_serial"))))
         self._parallel, self._serial = self.dispatchers

@@ -218,3 +218,42 @@ def test_every_cached_kernel_and_helper_saves_under_the_lock():
     unlocked = [d.py_func.__qualname__ for d in dispatchers
                 if type(d._cache._cache_file) is not LockedCacheFile]
     assert not unlocked
+
+
+
+TWO_SIGNATURES = """
+import numpy as np
+from numba.core.cpu import ParallelOptions
+from nnjit.kernels._jit import call_part, helper, kernel, prange
+
+@helper
+def add_one(p, out):
+    out[p] += 1
+
+@kernel(parts=(add_one,))
+def add_ones(add, out):
+    for p in prange(out.size):
+        call_part(add, np.int64(p), out)
+    for p in prange(out.size):
+        call_part(add, np.int64(p), out)
+
+for dtype in (np.float64, np.float32):
+    out = np.zeros(64, dtype)
+    add_ones.run(True, out)
+    assert (out == 2).all(), out
+options = add_ones.dispatchers[0].targetoptions["parallel"]
+print(ParallelOptions(options).fusion)
+"""
+
+
+def test_a_kernel_with_parts_compiles_every_signature_with_its_loops_apart(tmp_path):
+    """Loops over parts must never be fused (Numba cannot see what a part reads and
+    writes), in the first signature compiled and in those after it: Numba consumed
+    a dict of parallel options on the first compilation, and later ones fused (a
+    Winograd weight gradient compiled for float32 after float64 came out wrong)."""
+    (tmp_path / "two_signatures.py").write_text(TWO_SIGNATURES)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, str(tmp_path / "two_signatures.py")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"  # fusion, after two compilations
