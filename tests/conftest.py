@@ -82,6 +82,24 @@ def force_row_blocks(using):
     return force
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernels_compile_behind(request):
+    """A run of many tests starts ``compile_behind.py``: on a cold Numba cache it
+    compiles the kernels on the second core while the tests run on the first
+    (see that module). Stopped at the end of the run if it has not finished."""
+    import subprocess
+    import sys
+
+    if len(request.session.items) < 200:
+        yield
+        return
+    worker = subprocess.Popen([sys.executable, str(ROOT / "tests" / "compile_behind.py")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield
+    worker.kill()
+    worker.wait()
+
+
 @pytest.fixture(scope="session")
 def mnist_test_set():
     """The real MNIST test set as (uint8 images (10000, 28, 28), uint8 labels (10000,)).
