@@ -121,6 +121,33 @@ def training_step(model, x, labels):
     return out, loss, grads
 
 
+def relu_input_at_its_kink(model, x, within=2e-7):
+    """Whether a ReLU's input, in the reference path's training forward of x, has a
+    nonzero value within ``within`` (relative to the largest of that input) of 0. There
+    the two paths' last-bit differences can fall on either side of 0: the ReLU
+    passes the gradient on one path and not on the other, and the sums built on
+    it differ by that element's share (a batch norm's output of 1.2e-7 on one
+    path was <= 0 on the other)."""
+    state = model.get_extra_state()
+    buffers = [b.copy() for _, b in model.named_buffers()]
+    relus = [layer for layer in model.layers if isinstance(layer, ReLU)]
+    seen = []
+    for relu in relus:  # each records its input, then runs as it does
+        relu.forward = lambda x, *args, run=relu.forward, **kwargs: \
+            seen.append(np.abs(x)) or run(x, *args, **kwargs)
+    try:
+        reference(lambda: model.forward(x))
+    finally:
+        for relu in relus:
+            del relu.forward
+    model.set_extra_state(state)
+    for (_, b), saved in zip(model.named_buffers(), buffers):
+        b[...] = saved
+    # (exact zeros, as of zero padding, are zero on both paths)
+    return any(((size > 0) & (size <= within * max(float(size.max()), 1.0))).any()
+               for size in seen)
+
+
 @pytest.mark.parametrize("case", range(40))
 def test_random_networks_agree_with_the_reference_path(case):
     rng = np.random.default_rng([FUZZ_SEED, case])
@@ -130,7 +157,10 @@ def test_random_networks_agree_with_the_reference_path(case):
         x = rng.standard_normal((n, *shape)).astype(np.float32)
         assert_predict_agrees(model, x, f"{what}, batch {n}")
 
-    x = rng.standard_normal((int(rng.integers(2, 70)), *shape)).astype(np.float32)
+    for _ in range(10):  # a batch whose gradients both paths define alike
+        x = rng.standard_normal((int(rng.integers(2, 70)), *shape)).astype(np.float32)
+        if not relu_input_at_its_kink(model, x):
+            break
     labels = rng.integers(0, 10, len(x))
     assert_training_agrees(model, x, labels, what)
 
