@@ -412,7 +412,7 @@ class Conv2D(Layer):
         mode = "train" if training else "eval"
         out = self._buffer(f"out/{mode}", (n, oc, poh, pow_), self.dtype)
         argmax = self._buffer("argmax/train", (n, oc, poh, pow_), np.int32) if training \
-            else self._buffer("argmax/none", (1,), np.int32)
+            else self._no_argmax()
         window_conv_pool.run(
             parts > 1, x.reshape(-1), self.weight.value.reshape(-1), self._bias_values(),
             c, h, w, kh, kw, ph, pw, poh, pow_, self.fused_relu, n, parts,
@@ -444,8 +444,7 @@ class Conv2D(Layer):
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
             self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
-        self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), False) \
-            if training else None
+        self._cache = (x, out, self._no_argmax(), False) if training else None
         return out
 
     def _pointwise_forward(self, x, geometry, training, tiles):
@@ -458,9 +457,13 @@ class Conv2D(Layer):
         pointwise_conv_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
                                    self._bias_values(), p, parts, chunks, self.fused_relu,
                                    tiles, blas_handle(), out.reshape(-1))
-        self._cache = (x, out, self._buffer("argmax/none", (1,), np.int32), "pointwise") \
-            if training else None
+        self._cache = (x, out, self._no_argmax(), "pointwise") if training else None
         return out
+
+    def _no_argmax(self) -> np.ndarray:
+        """int32 (1,): what a path without a fused max-pool passes (and keeps for
+        backward) where the pooling kernels take their argmax array."""
+        return self._buffer("argmax/none", (1,), np.int32)
 
     def _pointwise_backward(self, x, out, dy, need_input_grad):
         """Backward by ``pointwise_conv_backward``: dy float (N, OC, H, W) at the
@@ -557,7 +560,7 @@ class Conv2D(Layer):
         pool = self.fused_pool
         if pool is None:
             out = self._buffer(f"out/{mode}", (n, oc, oh, ow), self.dtype)
-            argmax = self._buffer("argmax/none", (1,), np.int32)
+            argmax = self._no_argmax()
             fused = NO_POOL
         else:
             _, poh, pow_ = pool.output_shape((oc, oh, ow))
