@@ -4,6 +4,8 @@ folding, replayed predict) against the reference path forced through
 predict, a training forward and the gradients, and predict again after
 training steps, ``load_state_dict`` and in-place changes of parameters and
 buffers."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -107,18 +109,27 @@ def assert_training_agrees(model, x, labels, what, reference=reference):
         assert_close(g, want, f"{what}: gradient of {p.name}")
 
 
+@contextlib.contextmanager
+def state_kept(model):
+    """While the block runs, the model's running statistics and dropout generators
+    may change: afterwards they are as they were before it."""
+    state = model.get_extra_state()
+    buffers = [b.copy() for _, b in model.named_buffers()]
+    try:
+        yield
+    finally:
+        model.set_extra_state(state)
+        for (_, b), saved in zip(model.named_buffers(), buffers):
+            b[...] = saved
+
+
 def training_step(model, x, labels):
     """(output, loss, gradients) of a forward and backward on (x, labels), leaving
     the running statistics and dropout generators as they were."""
-    state = model.get_extra_state()
-    buffers = [b.copy() for _, b in model.named_buffers()]
-    out = model.forward(x)
-    loss = model.backward(labels)
-    grads = [p.grad.copy() for p in model.parameters()]
-    model.set_extra_state(state)
-    for (_, b), saved in zip(model.named_buffers(), buffers):
-        b[...] = saved
-    return out, loss, grads
+    with state_kept(model):
+        out = model.forward(x)
+        loss = model.backward(labels)
+        return out, loss, [p.grad.copy() for p in model.parameters()]
 
 
 def relu_input_at_its_kink(model, x, within=2e-7):
@@ -128,21 +139,17 @@ def relu_input_at_its_kink(model, x, within=2e-7):
     passes the gradient on one path and not on the other, and the sums built on
     it differ by that element's share (a batch norm's output of 1.2e-7 on one
     path was <= 0 on the other)."""
-    state = model.get_extra_state()
-    buffers = [b.copy() for _, b in model.named_buffers()]
     relus = [layer for layer in model.layers if isinstance(layer, ReLU)]
     seen = []
     for relu in relus:  # each records its input, then runs as it does
         relu.forward = lambda x, *args, run=relu.forward, **kwargs: \
             seen.append(np.abs(x)) or run(x, *args, **kwargs)
     try:
-        reference(lambda: model.forward(x))
+        with state_kept(model):
+            reference(lambda: model.forward(x))
     finally:
         for relu in relus:
             del relu.forward
-    model.set_extra_state(state)
-    for (_, b), saved in zip(model.named_buffers(), buffers):
-        b[...] = saved
     # (exact zeros, as of zero padding, are zero on both paths)
     return any(((size > 0) & (size <= within * max(float(size.max()), 1.0))).any()
                for size in seen)
