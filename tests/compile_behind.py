@@ -58,7 +58,8 @@ def chains(dtype):
                                                     Dense(800, 10, dtype), Softmax()], (1, 28, 28)
     yield conv_block(dtype, 8, 8, 3, stride=2, padding=1) + \
         conv_block(dtype, 8, 8, 3, groups=8, padding=1) + \
-        conv_block(dtype, 8, 16, 1) + conv_block(dtype, 16, 16, 3, groups=4, dilation=2, padding=2) + \
+        conv_block(dtype, 8, 16, 1) + \
+        conv_block(dtype, 16, 16, 3, groups=4, dilation=2, padding=2) + \
         [AvgPool2D(2), GlobalAvgPool2D(), Flatten(), BatchNorm1D(16, dtype=dtype),
          Dense(16, 10, dtype)], (8, 12, 12)
     yield conv_block(dtype, 2, 4, 5, padding=2) + [MaxPool2D(3, stride=2, padding=1),
