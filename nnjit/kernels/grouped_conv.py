@@ -29,7 +29,7 @@ import numpy as np
 
 from ._jit import call_part, helper, kernel, prange
 from .cache import cached_njit
-from .runs import copy_run, deinterleave_run, interleave_run, relu_copy_run
+from .runs import copy_run, deinterleave_run, interleave_run, nine_tap_rows, relu_copy_run
 
 U = np.uint64
 
@@ -220,12 +220,29 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
     Hq, Wq, F = phase_geometry(H, W, PH, PW, KW, DW, SH, SW)
     offsets = tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F)
     taps = np.arange(T)
+    # A depthwise 3x3 conv whose output rows fill a vector sums its rows in
+    # place (``nine_tap_rows``): no pass over a plane of sums with the padded
+    # width, no copy of its rows out.
+    rows_in_place = T == 9 and CG == 1 and OW >= 64 // x.itemsize
+    o9 = np.zeros(9, np.int64)
+    o9[:min(T, 9)] = offsets[:min(T, 9)]
+    offsets9 = (U(o9[0]), U(o9[1]), U(o9[2]), U(o9[3]), U(o9[4]), U(o9[5]), U(o9[6]),
+                U(o9[7]), U(o9[8]))
     pieces = chunks_of(N * OC)
     for piece in prange(pieces):
         pad = np.zeros(SH * SW * F, x.dtype)
         acc = np.empty(OH * Wq, x.dtype)
         for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
             n, oc = plane // OC, plane % OC
+            if rows_in_place:
+                phase_planes(x, n * C + oc // OCG, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
+                k = oc * 9
+                weights9 = (weight[k], weight[k + 1], weight[k + 2], weight[k + 3],
+                            weight[k + 4], weight[k + 5], weight[k + 6], weight[k + 7],
+                            weight[k + 8])
+                nine_tap_rows(out, U(plane * P), U(OW), pad, U(0), U(Wq), offsets9, weights9,
+                              U(OH), U(OW), bias[oc], relu)
+                continue
             for ci in range(CG):
                 c = (oc // OCG) * CG + ci
                 phase_planes(x, n * C + c, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)

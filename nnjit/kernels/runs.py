@@ -90,6 +90,13 @@ class _Vectors:
         b = self.builder
         return self.mask(b.lshr(b.add(count, one), one)), self.mask(b.lshr(count, one))
 
+    def splat(self, value):
+        """A vector with ``value`` (of the element type) in every lane."""
+        b = self.builder
+        lanes = b.insert_element(self.vector(ir.Undefined), value, ir.Constant(self.i32, 0))
+        return b.shuffle_vector(lanes, self.vector(ir.Undefined),
+                                ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes))
+
     def next_vector(self, offset):
         """offset plus one vector's worth of elements."""
         return self.builder.add(offset, ir.Constant(self.i64, self.lanes))
@@ -186,6 +193,39 @@ def _interleave_step(typingctx, dst, d, src, s_even, s_odd, n):
     return sig, codegen
 
 
+@intrinsic
+def _nine_taps_step(typingctx, out, o, src, s, offsets, weights, n, b, relu):
+    """out[o + j] = b + the sum over taps t < 9 of weights[t] * src[s + offsets[t]
+    + j] for the n (up to one vector's worth) values out[o:o+n], then max(., 0)
+    with ``relu`` (NaN and -0.0 pass, as in ``_masked_run_step``). offsets: a
+    9-tuple of uint64; weights: a 9-tuple of out's dtype. Each tap is one masked
+    load and a fused multiply-add on the whole vector."""
+    sig = types.void(out, o, src, s, offsets, weights, n, b, relu)
+
+    def codegen(context, builder, signature, args):
+        dtype = signature.args[0].dtype
+        v = _Vectors(context, builder, dtype)
+        o_value, s_value, n_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 6))
+        mask = v.mask(n_value)
+        name = f"llvm.fmuladd.v{v.lanes}{'f32' if dtype == types.float32 else 'f64'}"
+        fma = builder.module.globals.get(name) or ir.Function(
+            builder.module, ir.FunctionType(v.vector, [v.vector] * 3), name)
+        offset_type, weight_type = signature.args[4].dtype, signature.args[5].dtype
+        total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+        for t in range(9):
+            offset = v.uint(builder.extract_value(args[4], t), offset_type)
+            weight = context.cast(builder, builder.extract_value(args[5], t), weight_type, dtype)
+            x = v.load(v.address(signature.args[2], args[2], builder.add(s_value, offset)), mask)
+            total = builder.call(fma, [v.splat(weight), x, total])
+        clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+        relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
+        v.store(builder.select(relu_value, clipped, total),
+                v.address(signature.args[0], args[0], o_value), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _copy_step = _masked_run_step(COPY)
 _zero_step = _masked_run_step(ZERO)
 _relu_step = _masked_run_step(RELU)
@@ -257,3 +297,22 @@ def interleave_run(dst, d, src, s_even, s_odd, n):
         width = min(step, n - j)
         _interleave_step(dst, d + j, src, s_even + j // U(2), s_odd + j // U(2), width)
         j += width
+
+
+@cached_njit(inline="always")
+def nine_tap_rows(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
+    """For r < rows: out[o + r*ldo + j] = b + the sum over taps t < 9 of
+    weights[t] * src[s + r*lds + offsets[t] + j] for j < n, then max(., 0) with
+    ``relu`` (``_nine_taps_step``, a vector of j at a time): the rows of a 3x3
+    conv's output plane summed from a zero-bordered copy of its input, no
+    other pass over them. out, src: 1-D float arrays of one dtype; o, ldo, s,
+    lds, rows, n: uint64; offsets: a 9-tuple of uint64; weights: a 9-tuple of
+    out's dtype; b: out's dtype."""
+    step = _lanes(out)
+    for r in range(rows):
+        d, e = o + r * ldo, s + r * lds
+        j = U(0)
+        while j < n:
+            width = min(step, n - j)
+            _nine_taps_step(out, d + j, src, e + j, offsets, weights, width, b, relu)
+            j += width

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nnjit.kernels.runs import copy_run, deinterleave_run, interleave_run, relu_copy_run, zero_run
+from nnjit.kernels.runs import (copy_run, deinterleave_run, interleave_run, nine_tap_rows,
+                                relu_copy_run, zero_run)
 
 U = np.uint64
 
@@ -83,3 +84,42 @@ def test_even_and_odd_columns_split_and_merge_exactly(dtype, rng):
         want_merged[5:] = src[3:]
         _merge(merged, 5, halves, d_even, d_odd, n)
         np.testing.assert_array_equal(merged, want_merged, err_msg=f"merge n {n}")
+
+
+@njit(cache=False)
+def _nine_taps(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
+    nine_tap_rows(out, U(o), U(ldo), src, U(s), U(lds),
+                  (U(offsets[0]), U(offsets[1]), U(offsets[2]), U(offsets[3]), U(offsets[4]),
+                   U(offsets[5]), U(offsets[6]), U(offsets[7]), U(offsets[8])),
+                  (weights[0], weights[1], weights[2], weights[3], weights[4], weights[5],
+                   weights[6], weights[7], weights[8]), U(rows), U(n), b, relu)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nine_tap_rows_sum_their_taps_and_touch_only_their_rows(dtype, rng):
+    """Row lengths from 1 to past two vectors, rows apart by more than their length,
+    taps at any offsets (overlapping, unordered); the rows end at the end of out
+    and the values between and around them stay; ReLU keeps NaN and -0.0."""
+    for n in range(1, 40):
+        for relu in (False, True):
+            rows, ldo, lds = 3, n + 2, n + 5
+            offsets = rng.integers(0, 12, 9)
+            src = rng.normal(size=(rows - 1) * lds + 12 + n).astype(dtype)
+            src[::11] = np.nan
+            weights = rng.normal(size=9).astype(dtype)
+            b = dtype(rng.normal())
+            out = rng.normal(size=(rows - 1) * ldo + n + 4).astype(dtype)
+            o = out.size - ((rows - 1) * ldo + n)
+            want = out.copy()
+            for r in range(rows):
+                total = np.full(n, b, dtype)
+                for t in range(9):
+                    start = r * lds + offsets[t]
+                    total = total + weights[t] * src[start:start + n]
+                if relu:
+                    total = np.where(total < 0, 0, total)
+                want[o + r * ldo:o + r * ldo + n] = total
+            _nine_taps(out, o, ldo, src, 0, lds, offsets, weights, rows, n, b, relu)
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=f"n {n} relu {relu}")
+            assert np.isnan(out).sum() == np.isnan(want).sum()
