@@ -119,10 +119,19 @@ def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
     """Average pooling without padding. x: float (planes*H*W,).
     Writes out: float (planes*OH*OW,), each window's mean, summed in float64
     (reordered: on vector lanes). A window of whole rows (global pooling) is
-    one run of KH*W values: rows of 8 summed one by one ran at 4.5 GB/s."""
+    one run of KH*W values: rows of 8 summed one by one ran at 4.5 GB/s, and
+    a plane's views per window cost more than its 64 values' sum (MobileNet's
+    global pool, 128 planes of 8x8: 2.5 -> 1.8 us an image)."""
+    scale = 1.0 / (KH * KW)
+    if OH == 1 and OW == 1 and KW == W:
+        for pl in prange(planes):
+            acc = 0.0
+            for j in range(pl * H * W, pl * H * W + KH * W):
+                acc += x[j]
+            out[pl] = acc * scale
+        return
     x3 = x.reshape((planes, H, W))
     o3 = out.reshape((planes, OH, OW))
-    scale = 1.0 / (KH * KW)
     for pl in prange(planes):
         plane = x3[pl]
         flat = x[pl * H * W:(pl + 1) * H * W]
