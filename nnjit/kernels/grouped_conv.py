@@ -19,7 +19,10 @@ zero). A pass over the plane adds up to nine taps' runs at once
 per thread, not once per plane. A 64-channel depthwise 3x3 on 16x16 at batch
 128, two threads, per image: forward 11 -> 5.7 us, input gradient 11-12 ->
 7.4, weight gradient 17-19 -> 10.5, against a pass per tap that re-bordered
-every plane (and summed the weight gradient in float64).
+every plane (and summed the weight gradient in float64). A depthwise 3x3
+forward whose output rows fill a vector sums each row straight into the
+output (``nine_tap_rows``) instead of summing the plane at the padded width
+and copying its rows out: 6.9 -> 4.8 us an image on the same conv at batch 64.
 
 Layouts (flat, C-contiguous): x (N, C, H, W); weight (OC, C/G, KH, KW);
 out and dy (N, OC, OH, OW). ``g`` is the ``ConvGeometry`` (C, H, W, KH, KW,

@@ -12,7 +12,8 @@ per 1000 images. Masked-off lanes are never read or written, so a run may end
 anywhere in its array. Only for runs that are written, not read back soon:
 a masked load right after a masked store within the same 64 bytes waits for
 the store (the fold's ``dx[run] += ...`` with masked adds ran 2.4x slower
-than a plain loop).
+than a plain loop). ``nine_tap_rows`` sums a 3x3 conv's nine shifted runs
+into each output row the same way, a vector at a time.
 
 Offsets and lengths are unsigned 64-bit element counts. The intrinsics are
 named as LLVM 17+ names them (opaque pointers: ``llvm.masked.load.v16f32.p0``),
@@ -193,37 +194,62 @@ def _interleave_step(typingctx, dst, d, src, s_even, s_odd, n):
     return sig, codegen
 
 
-@intrinsic
-def _nine_taps_step(typingctx, out, o, src, s, offsets, weights, n, b, relu):
-    """out[o + j] = b + the sum over taps t < 9 of weights[t] * src[s + offsets[t]
-    + j] for the n (up to one vector's worth) values out[o:o+n], then max(., 0)
-    with ``relu`` (NaN and -0.0 pass, as in ``_masked_run_step``). offsets: a
-    9-tuple of uint64; weights: a 9-tuple of out's dtype. Each tap is one masked
-    load and a fused multiply-add on the whole vector."""
-    sig = types.void(out, o, src, s, offsets, weights, n, b, relu)
+def _nine_taps_step(masked):
+    """An intrinsic step(out, o, src, s, offsets, weights, n, b, relu): out[o + j] =
+    b + the sum over taps t < 9 of weights[t] * src[s + offsets[t] + j] for the
+    n values out[o:o+n], then max(., 0) with ``relu`` (NaN and -0.0 pass, as in
+    ``_masked_run_step``). offsets: a 9-tuple of uint64; weights: a 9-tuple of
+    out's dtype. Each tap is one vector load and a fused multiply-add. Not
+    ``masked``: n is one whole vector, read and written by plain loads and
+    stores (masked ones took 5.6 against 4.3 ns a vector of 16 float32:
+    their masks compete with the multiply-adds for the vector ports);
+    ``masked``: n up to one vector."""
 
-    def codegen(context, builder, signature, args):
-        dtype = signature.args[0].dtype
-        v = _Vectors(context, builder, dtype)
-        o_value, s_value, n_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 6))
-        mask = v.mask(n_value)
-        name = f"llvm.fmuladd.v{v.lanes}{'f32' if dtype == types.float32 else 'f64'}"
-        fma = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(v.vector, [v.vector] * 3), name)
-        offset_type, weight_type = signature.args[4].dtype, signature.args[5].dtype
-        total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
-        for t in range(9):
-            offset = v.uint(builder.extract_value(args[4], t), offset_type)
-            weight = context.cast(builder, builder.extract_value(args[5], t), weight_type, dtype)
-            x = v.load(v.address(signature.args[2], args[2], builder.add(s_value, offset)), mask)
-            total = builder.call(fma, [v.splat(weight), x, total])
-        clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
-        relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
-        v.store(builder.select(relu_value, clipped, total),
-                v.address(signature.args[0], args[0], o_value), mask)
-        return context.get_dummy_value()
+    @intrinsic
+    def step(typingctx, out, o, src, s, offsets, weights, n, b, relu):
+        sig = types.void(out, o, src, s, offsets, weights, n, b, relu)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            dtype = signature.args[0].dtype
+            v = _Vectors(context, builder, dtype)
+            o_value, s_value, n_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 6))
+            mask = v.mask(n_value) if masked else None
+            name = f"llvm.fmuladd.v{v.lanes}{'f32' if dtype == types.float32 else 'f64'}"
+            fma = builder.module.globals.get(name) or ir.Function(
+                builder.module, ir.FunctionType(v.vector, [v.vector] * 3), name)
+
+            def load(address):
+                if masked:
+                    return v.load(address, mask)
+                return builder.load(builder.bitcast(address, v.vector.as_pointer()),
+                                    align=v.align.constant)
+
+            offset_type, weight_type = signature.args[4].dtype, signature.args[5].dtype
+            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+            for t in range(9):
+                offset = v.uint(builder.extract_value(args[4], t), offset_type)
+                weight = context.cast(builder, builder.extract_value(args[5], t), weight_type,
+                                      dtype)
+                x = load(v.address(signature.args[2], args[2], builder.add(s_value, offset)))
+                total = builder.call(fma, [v.splat(weight), x, total])
+            clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
+            value = builder.select(relu_value, clipped, total)
+            target = v.address(signature.args[0], args[0], o_value)
+            if masked:
+                v.store(value, target, mask)
+            else:
+                builder.store(value, builder.bitcast(target, v.vector.as_pointer()),
+                              align=v.align.constant)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return step
+
+
+_nine_taps_vector = _nine_taps_step(masked=False)
+_nine_taps_tail = _nine_taps_step(masked=True)
 
 
 _copy_step = _masked_run_step(COPY)
@@ -303,16 +329,19 @@ def interleave_run(dst, d, src, s_even, s_odd, n):
 def nine_tap_rows(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
     """For r < rows: out[o + r*ldo + j] = b + the sum over taps t < 9 of
     weights[t] * src[s + r*lds + offsets[t] + j] for j < n, then max(., 0) with
-    ``relu`` (``_nine_taps_step``, a vector of j at a time): the rows of a 3x3
-    conv's output plane summed from a zero-bordered copy of its input, no
-    other pass over them. out, src: 1-D float arrays of one dtype; o, ldo, s,
-    lds, rows, n: uint64; offsets: a 9-tuple of uint64; weights: a 9-tuple of
-    out's dtype; b: out's dtype."""
+    ``relu`` (``_nine_taps_step``: a vector of j at a time, the last under a
+    mask): the rows of a 3x3 conv's output plane summed from a zero-bordered
+    copy of its input, no other pass over them. out, src: 1-D float arrays of
+    one dtype; o, ldo, s, lds, rows, n: uint64; offsets: a 9-tuple of uint64;
+    weights: a 9-tuple of out's dtype; b: out's dtype."""
     step = _lanes(out)
     for r in range(rows):
         d, e = o + r * ldo, s + r * lds
         j = U(0)
         while j < n:
             width = min(step, n - j)
-            _nine_taps_step(out, d + j, src, e + j, offsets, weights, width, b, relu)
+            if width == step:
+                _nine_taps_vector(out, d + j, src, e + j, offsets, weights, width, b, relu)
+            else:
+                _nine_taps_tail(out, d + j, src, e + j, offsets, weights, width, b, relu)
             j += width
