@@ -1,4 +1,6 @@
 """The masked-vector run helpers against numpy slicing, at every length around a vector."""
+import itertools
+
 import numpy as np
 import pytest
 from numba import njit
@@ -97,29 +99,31 @@ def _nine_taps(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nine_tap_rows_sum_their_taps_and_touch_only_their_rows(dtype, rng):
-    """Row lengths from 1 to past two vectors, rows apart by more than their length,
-    taps at any offsets (overlapping, unordered); the rows end at the end of out
-    and the values between and around them stay; ReLU keeps NaN and -0.0."""
-    for n in range(1, 40):
-        for relu in (False, True):
-            rows, ldo, lds = 3, n + 2, n + 5
-            offsets = rng.integers(0, 12, 9)
-            src = rng.normal(size=(rows - 1) * lds + 12 + n).astype(dtype)
-            src[::11] = np.nan
-            weights = rng.normal(size=9).astype(dtype)
-            b = dtype(rng.normal())
-            out = rng.normal(size=(rows - 1) * ldo + n + 4).astype(dtype)
-            o = out.size - ((rows - 1) * ldo + n)
-            want = out.copy()
-            for r in range(rows):
-                total = np.full(n, b, dtype)
-                for t in range(9):
-                    start = r * lds + offsets[t]
-                    total = total + weights[t] * src[start:start + n]
-                if relu:
-                    total = np.where(total < 0, 0, total)
-                want[o + r * ldo:o + r * ldo + n] = total
-            _nine_taps(out, o, ldo, src, 0, lds, offsets, weights, rows, n, b, relu)
-            tol = 1e-5 if dtype == np.float32 else 1e-12
-            np.testing.assert_allclose(out, want, rtol=tol, atol=tol, err_msg=f"n {n} relu {relu}")
-            assert np.isnan(out).sum() == np.isnan(want).sum()
+    """Row lengths from 1 to past two vectors, rows apart by more than their length
+    or next to each other in out (half-vector rows then go in pairs, an odd
+    count leaving one), taps at any offsets (overlapping, unordered); the rows
+    end at the end of out and the values between and around them stay; ReLU
+    keeps NaN and -0.0."""
+    for n, relu, rows, gap in itertools.product(range(1, 40), (False, True), (3, 4), (0, 2)):
+        ldo, lds = n + gap, n + 5
+        offsets = rng.integers(0, 12, 9)
+        src = rng.normal(size=(rows - 1) * lds + 12 + n).astype(dtype)
+        src[::11] = np.nan
+        weights = rng.normal(size=9).astype(dtype)
+        b = dtype(rng.normal())
+        out = rng.normal(size=(rows - 1) * ldo + n + 4).astype(dtype)
+        o = out.size - ((rows - 1) * ldo + n)
+        want = out.copy()
+        for r in range(rows):
+            total = np.full(n, b, dtype)
+            for t in range(9):
+                start = r * lds + offsets[t]
+                total = total + weights[t] * src[start:start + n]
+            if relu:
+                total = np.where(total < 0, 0, total)
+            want[o + r * ldo:o + r * ldo + n] = total
+        _nine_taps(out, o, ldo, src, 0, lds, offsets, weights, rows, n, b, relu)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, want, rtol=tol, atol=tol,
+                                   err_msg=f"n {n} relu {relu} rows {rows} gap {gap}")
+        assert np.isnan(out).sum() == np.isnan(want).sum()

@@ -66,17 +66,18 @@ def test_stride2_rows_of_any_width_and_padding(width, pad, rng):
     check_layer_gradients(conv, x, rng)
 
 
-@pytest.mark.parametrize("width", [15, 16, 17, 33, 40])
+@pytest.mark.parametrize("width", [4, 8, 9, 15, 16, 17, 33, 40])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)])
 @pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (np.float32, 1e-5)])
 def test_wide_depthwise_planes_with_and_without_relu(width, stride, dilation, dtype, tol, rng,
                                                      using):
-    """Depthwise 3x3 planes whose output rows fill a vector or more are summed row by
-    row in place: every width around one and two vectors, both strides, dilation,
+    """Depthwise 3x3 planes whose output rows fill half a vector or more are summed
+    row by row in place (half-vector rows two at a time, an odd count leaving
+    one): every width around half, one and two vectors, both strides, dilation,
     the fused ReLU (at inference) or not, against numpy."""
     conv = Conv2D(4, 4, 3, stride=stride, padding=1, groups=4, dilation=dilation, dtype=dtype)
     conv.bias.value[...] = rng.normal(size=4)
-    x = rng.normal(size=(3, 4, 6, width)).astype(dtype)
+    x = rng.normal(size=(3, 4, 7, width)).astype(dtype)
     want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
                               4, conv.dilation)
     np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=tol, atol=tol)
