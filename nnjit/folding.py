@@ -13,6 +13,7 @@ from __future__ import annotations
 from .fusion import Node, plan_fusion
 from .graph import MODEL_INPUT
 from .layers import BatchNorm1D, Conv2D, Dense, Layer
+from .kernels.batchnorm import fold_batchnorm
 from .layers.dense import DenseStack
 
 #: Layers whose weight is (out channels, ...) and bias (out channels,).
@@ -97,13 +98,12 @@ class InferenceLayers:
     def refresh(self) -> None:
         """Fold each norm's current statistics into its copy's weight and bias."""
         for source, norm, copy in self.pairs:
-            scale, shift = norm.inference_affine()
-            axes = (-1,) + (1,) * (source.weight.value.ndim - 1)
-            copy.weight.value[...] = source.weight.value * scale.reshape(axes)
-            if source.bias is None:
-                copy.bias.value[...] = shift
-            else:
-                copy.bias.value[...] = source.bias.value * scale + shift
+            has_bias = source.bias is not None
+            fold_batchnorm(source.weight.value.reshape(-1),
+                           source.bias.value if has_bias else copy.bias.value, has_bias,
+                           norm.weight.value, norm.bias.value, norm.running_mean,
+                           norm.running_var, norm.eps, copy.weight.value.reshape(-1),
+                           copy.bias.value)
 
 
 def _readers(nodes: list[Node]) -> list[int]:

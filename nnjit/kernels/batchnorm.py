@@ -87,15 +87,40 @@ def batchnorm_forward_eval(x, N, C, P, eps, weight, bias, running_mean, running_
                     orow[p] = v
 
 
+@helper
+def channel_affine(weight, bias, running_mean, running_var, eps, c):
+    """(scale, shift), float64, of channel c of a batch norm at inference:
+    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale."""
+    s = np.float64(weight[c]) / np.sqrt(np.float64(running_var[c]) + eps)
+    return s, np.float64(bias[c]) - np.float64(running_mean[c]) * s
+
+
 @kernel
 def batchnorm_inference_affine(weight, bias, running_mean, running_var, eps, scale, shift):
-    """The per-channel affine map of a batch norm at inference, computed in float64:
-    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale.
+    """The per-channel affine map of a batch norm at inference (``channel_affine``).
     All arrays (C,); writes scale and shift (the layer's dtype)."""
     for c in range(weight.size):
-        s = np.float64(weight[c]) / np.sqrt(np.float64(running_var[c]) + eps)
-        scale[c] = s
-        shift[c] = np.float64(bias[c]) - np.float64(running_mean[c]) * s
+        scale[c], shift[c] = channel_affine(weight, bias, running_mean, running_var, eps, c)
+
+
+@kernel
+def fold_batchnorm(layer_weight, layer_bias, has_bias, weight, bias, running_mean, running_var,
+                   eps, folded_weight, folded_bias):
+    """A batch norm folded into the conv or Dense layer before it: for each output
+    channel c, folded_weight[c, :] = layer_weight[c, :] * scale[c] and folded_bias[c]
+    = layer_bias[c] * scale[c] + shift[c] (shift[c] alone without ``has_bias``),
+    scale and shift the norm's (``channel_affine``), in float64. layer_weight,
+    folded_weight: float (C*K,), channel c's K weights at c*K; layer_bias,
+    folded_bias and the norm's arrays: (C,) (layer_bias not read without a
+    bias). One call for a pair: folding with numpy took ~8 us a pair on each
+    predict, ~90 of MobileNet's ~400 us on one image."""
+    C = weight.size
+    K = layer_weight.size // C
+    for c in range(C):
+        s, shift = channel_affine(weight, bias, running_mean, running_var, eps, c)
+        for k in range(c * K, (c + 1) * K):
+            folded_weight[k] = layer_weight[k] * s
+        folded_bias[c] = np.float64(layer_bias[c]) * s + shift if has_bias else shift
 
 
 @kernel(reassociate=True)

@@ -82,12 +82,6 @@ class BatchNorm1D(AppliesReLU, Layer):
     def config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
-    def inference_affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """(scale, shift), float64 (C,): at inference the output is x * scale + shift
-        per channel (what ``predict`` folds into a preceding Conv2D or Dense)."""
-        scale = self.weight.value / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-        return scale, self.bias.value - self.running_mean * scale
-
     def output_shape(self, input_shape):
         if len(input_shape) not in self.sample_dims or input_shape[0] != self.num_features:
             raise ValueError(f"{type(self).__name__} expects samples of {self.num_features} "
