@@ -51,8 +51,10 @@ def tap_range(k, D, S, P, size, out_size):
 @cached_njit(inline="always")
 def chunks_of(count):
     """How many pieces a prange over ``count`` planes is cut into: each piece
-    allocates its padded planes once."""
-    return min(count, 64)
+    allocates its padded planes once, so a piece holds at least 8 planes (as
+    many pieces as planes, MobileNet's five depthwise convs on one image took
+    95 against 83 us, two threads)."""
+    return min(64, max(1, count // 8))
 
 
 @cached_njit(inline="always")
