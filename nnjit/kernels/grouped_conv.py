@@ -211,12 +211,10 @@ def tap_dots(sums, sbase, wide, src, offsets, t, n):
     return 1
 
 
-@kernel(cost=16, reassociate=True)
-def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
-    """out = conv(x, weight) + bias with ``groups`` and dilation (DH, DW), then
-    max(., 0) with ``relu``. x: float (N*C*H*W,); weight (OC*C/G*KH*KW,);
-    bias (OC,). Writes out: (N*OC*OH*OW,). Parallel over output planes. The
-    taps' sums may be reordered (``reassociate``)."""
+@helper(reassociate=True)
+def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, out):
+    """Piece ``piece`` of ``grouped_conv_forward`` (same arguments): its share of
+    the output planes (``chunks_of``)."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
     OC = bias.size
     N = x.size // (C * H * W)
@@ -235,33 +233,43 @@ def grouped_conv_forward(x, weight, bias, g, groups, DH, DW, relu, out):
     offsets9 = (U(o9[0]), U(o9[1]), U(o9[2]), U(o9[3]), U(o9[4]), U(o9[5]), U(o9[6]),
                 U(o9[7]), U(o9[8]))
     pieces = chunks_of(N * OC)
-    for piece in prange(pieces):
-        pad = np.zeros(SH * SW * F, x.dtype)
-        acc = np.empty(OH * Wq, x.dtype)
-        for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
-            n, oc = plane // OC, plane % OC
-            if rows_in_place:
-                phase_planes(x, n * C + oc // OCG, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
-                k = oc * 9
-                weights9 = (weight[k], weight[k + 1], weight[k + 2], weight[k + 3],
-                            weight[k + 4], weight[k + 5], weight[k + 6], weight[k + 7],
-                            weight[k + 8])
-                nine_tap_rows(out, U(plane * P), U(OW), pad, U(0), U(Wq), offsets9, weights9,
-                              U(OH), U(OW), bias[oc], relu)
-                continue
-            for ci in range(CG):
-                c = (oc // OCG) * CG + ci
-                phase_planes(x, n * C + c, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
-                t = 0
-                while t < T:
-                    t += tap_sums(acc, 0, pad, weight, (oc * CG + ci) * T, taps, offsets, t,
-                                  OH * Wq, ci == 0 and t == 0, bias[oc])
-            for oh in range(OH):
-                d, s = U(plane * P + oh * OW), U(oh * Wq)
-                if relu:
-                    relu_copy_run(out, d, acc, s, U(OW))
-                else:
-                    copy_run(out, d, acc, s, U(OW))
+    pad = np.zeros(SH * SW * F, x.dtype)
+    acc = np.empty(OH * Wq, x.dtype)
+    for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
+        n, oc = plane // OC, plane % OC
+        if rows_in_place:
+            phase_planes(x, n * C + oc // OCG, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
+            k = oc * 9
+            weights9 = (weight[k], weight[k + 1], weight[k + 2], weight[k + 3], weight[k + 4],
+                        weight[k + 5], weight[k + 6], weight[k + 7], weight[k + 8])
+            nine_tap_rows(out, U(plane * P), U(OW), pad, U(0), U(Wq), offsets9, weights9,
+                          U(OH), U(OW), bias[oc], relu)
+            continue
+        for ci in range(CG):
+            c = (oc // OCG) * CG + ci
+            phase_planes(x, n * C + c, H, W, PH, PW, SH, SW, Hq, Wq, F, pad)
+            t = 0
+            while t < T:
+                t += tap_sums(acc, 0, pad, weight, (oc * CG + ci) * T, taps, offsets, t,
+                              OH * Wq, ci == 0 and t == 0, bias[oc])
+        for oh in range(OH):
+            d, s = U(plane * P + oh * OW), U(oh * Wq)
+            if relu:
+                relu_copy_run(out, d, acc, s, U(OW))
+            else:
+                copy_run(out, d, acc, s, U(OW))
+
+
+@kernel(cost=16, parts=(grouped_conv_forward_part,))
+def grouped_conv_forward(grouped_conv_forward_part, x, weight, bias, g, groups, DH, DW, relu,
+                         out):
+    """out = conv(x, weight) + bias with ``groups`` and dilation (DH, DW), then
+    max(., 0) with ``relu``. x: float (N*C*H*W,); weight (OC*C/G*KH*KW,);
+    bias (OC,). Writes out: (N*OC*OH*OW,). Parallel over output planes. The
+    taps' sums may be reordered (``reassociate``)."""
+    for piece in prange(chunks_of(x.size // (g[0] * g[1] * g[2]) * bias.size)):
+        call_part(grouped_conv_forward_part, np.int64(piece), x, weight, bias, g, groups, DH, DW,
+                  relu, out)
 
 
 @helper(reassociate=True)
