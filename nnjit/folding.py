@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from .fusion import Node, plan_fusion
 from .graph import MODEL_INPUT
-from .layers import BatchNorm1D, Conv2D, Dense, Layer
 from .kernels.batchnorm import fold_batchnorm
+from .layers import BatchNorm1D, Conv2D, Dense, Layer
 from .layers.dense import DenseStack
 
 #: Layers whose weight is (out channels, ...) and bias (out channels,).
