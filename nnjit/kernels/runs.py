@@ -57,6 +57,8 @@ class _Vectors:
         self._store = declare(f"llvm.masked.store.{suffix}",
                               ir.FunctionType(ir.VoidType(), [self.vector, address, self.i32,
                                                               mask]))
+        self._fma = declare(f"llvm.fmuladd.{suffix[:-3]}",
+                            ir.FunctionType(self.vector, [self.vector] * 3))
 
     def uint(self, value, numba_type):
         """An argument as an unsigned 64-bit LLVM integer."""
@@ -97,6 +99,10 @@ class _Vectors:
         lanes = b.insert_element(self.vector(ir.Undefined), value, ir.Constant(self.i32, 0))
         return b.shuffle_vector(lanes, self.vector(ir.Undefined),
                                 ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes))
+
+    def fma(self, a, b, c):
+        """a * b + c, lane by lane, fused where the target can."""
+        return self.builder.call(self._fma, [a, b, c])
 
     def next_vector(self, offset):
         """offset plus one vector's worth of elements."""
@@ -194,53 +200,66 @@ def _interleave_step(typingctx, dst, d, src, s_even, s_odd, n):
     return sig, codegen
 
 
-def _nine_taps_step(masked):
-    """An intrinsic step(out, o, src, s, offsets, weights, n, b, relu): out[o + j] =
-    b + the sum over taps t < 9 of weights[t] * src[s + offsets[t] + j] for the
+VECTOR, TAIL, ROW_PAIR = range(3)
+
+
+def _nine_taps_step(kind):
+    """An intrinsic step(out, o, src, s, lds, offsets, weights, n, b, relu): out[o + j]
+    = b + the sum over taps t < 9 of weights[t] * src[s + offsets[t] + j] for the
     n values out[o:o+n], then max(., 0) with ``relu`` (NaN and -0.0 pass, as in
     ``_masked_run_step``). offsets: a 9-tuple of uint64; weights: a 9-tuple of
-    out's dtype. Each tap is one vector load and a fused multiply-add. Not
-    ``masked``: n is one whole vector, read and written by plain loads and
-    stores (masked ones took 5.6 against 4.3 ns a vector of 16 float32:
-    their masks compete with the multiply-adds for the vector ports);
-    ``masked``: n up to one vector."""
+    out's dtype. Each tap is one vector load and a fused multiply-add.
+
+    VECTOR: n is one whole vector, read and written by plain loads and stores
+    (masked ones took 5.6 against 4.3 ns a vector of 16 float32: their masks
+    compete with the multiply-adds for the vector ports). TAIL: n up to one
+    vector, under a mask. ROW_PAIR: two rows of half a vector each, lds apart
+    in src and next to each other in out (n is one vector): each tap is two
+    half-vector loads joined, the second from s + lds (8-wide planes of
+    float32: a whole vector's multiply-adds for 16 outputs instead of 8).
+    lds is read only by ROW_PAIR, n only by TAIL."""
 
     @intrinsic
-    def step(typingctx, out, o, src, s, offsets, weights, n, b, relu):
-        sig = types.void(out, o, src, s, offsets, weights, n, b, relu)
+    def step(typingctx, out, o, src, s, lds, offsets, weights, n, b, relu):
+        sig = types.void(out, o, src, s, lds, offsets, weights, n, b, relu)
 
         def codegen(context, builder, signature, args):
             dtype = signature.args[0].dtype
             v = _Vectors(context, builder, dtype)
-            o_value, s_value, n_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 6))
-            mask = v.mask(n_value) if masked else None
-            name = f"llvm.fmuladd.v{v.lanes}{'f32' if dtype == types.float32 else 'f64'}"
-            fma = builder.module.globals.get(name) or ir.Function(
-                builder.module, ir.FunctionType(v.vector, [v.vector] * 3), name)
+            o_value, s_value, lds_value, n_value = (v.uint(args[i], signature.args[i])
+                                                    for i in (1, 3, 4, 7))
+            mask = v.mask(n_value) if kind == TAIL else None
+            half = ir.VectorType(v.vector.element, v.lanes // 2)
 
-            def load(address):
-                if masked:
+            def plain(address, vector):
+                return builder.bitcast(address, vector.as_pointer())
+
+            def load(start):
+                address = v.address(signature.args[2], args[2], start)
+                if kind == TAIL:
                     return v.load(address, mask)
-                return builder.load(builder.bitcast(address, v.vector.as_pointer()),
-                                    align=v.align.constant)
+                if kind == VECTOR:
+                    return builder.load(plain(address, v.vector), align=v.align.constant)
+                second = v.address(signature.args[2], args[2], builder.add(start, lds_value))
+                rows = [builder.load(plain(a, half), align=v.align.constant)
+                        for a in (address, second)]
+                return v.shuffle(rows[0], rows[1], list(range(v.lanes)))
 
-            offset_type, weight_type = signature.args[4].dtype, signature.args[5].dtype
-            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+            offset_type, weight_type = signature.args[5].dtype, signature.args[6].dtype
+            total = v.splat(context.cast(builder, args[8], signature.args[8], dtype))
             for t in range(9):
-                offset = v.uint(builder.extract_value(args[4], t), offset_type)
-                weight = context.cast(builder, builder.extract_value(args[5], t), weight_type,
+                offset = v.uint(builder.extract_value(args[5], t), offset_type)
+                weight = context.cast(builder, builder.extract_value(args[6], t), weight_type,
                                       dtype)
-                x = load(v.address(signature.args[2], args[2], builder.add(s_value, offset)))
-                total = builder.call(fma, [v.splat(weight), x, total])
+                total = v.fma(v.splat(weight), load(builder.add(s_value, offset)), total)
             clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
-            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
+            relu_value = context.cast(builder, args[9], signature.args[9], types.boolean)
             value = builder.select(relu_value, clipped, total)
             target = v.address(signature.args[0], args[0], o_value)
-            if masked:
+            if kind == TAIL:
                 v.store(value, target, mask)
             else:
-                builder.store(value, builder.bitcast(target, v.vector.as_pointer()),
-                              align=v.align.constant)
+                builder.store(value, plain(target, v.vector), align=v.align.constant)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -248,45 +267,9 @@ def _nine_taps_step(masked):
     return step
 
 
-_nine_taps_vector = _nine_taps_step(masked=False)
-_nine_taps_tail = _nine_taps_step(masked=True)
-
-
-@intrinsic
-def _nine_taps_row_pair(typingctx, out, o, src, s, lds, offsets, weights, b, relu):
-    """``_nine_taps_step`` for two rows of half a vector each, lds apart in src and
-    next to each other in out: out[o + j] for j < one vector, its first half
-    summed from src at s, its second from src at s + lds. Each tap is two
-    half-vector loads joined (8-wide planes of float32: a whole vector's
-    multiply-adds for 16 outputs instead of 8)."""
-    sig = types.void(out, o, src, s, lds, offsets, weights, b, relu)
-
-    def codegen(context, builder, signature, args):
-        dtype = signature.args[0].dtype
-        v = _Vectors(context, builder, dtype)
-        o_value, s_value, lds_value = (v.uint(args[i], signature.args[i]) for i in (1, 3, 4))
-        half = ir.VectorType(v.vector.element, v.lanes // 2)
-        name = f"llvm.fmuladd.v{v.lanes}{'f32' if dtype == types.float32 else 'f64'}"
-        fma = builder.module.globals.get(name) or ir.Function(
-            builder.module, ir.FunctionType(v.vector, [v.vector] * 3), name)
-        offset_type, weight_type = signature.args[5].dtype, signature.args[6].dtype
-        total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
-        for t in range(9):
-            offset = builder.add(s_value, v.uint(builder.extract_value(args[5], t), offset_type))
-            rows = [builder.load(builder.bitcast(v.address(signature.args[2], args[2], start),
-                                                 half.as_pointer()), align=v.align.constant)
-                    for start in (offset, builder.add(offset, lds_value))]
-            x = v.shuffle(rows[0], rows[1], list(range(v.lanes)))
-            weight = context.cast(builder, builder.extract_value(args[6], t), weight_type, dtype)
-            total = builder.call(fma, [v.splat(weight), x, total])
-        clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
-        relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
-        builder.store(builder.select(relu_value, clipped, total),
-                      builder.bitcast(v.address(signature.args[0], args[0], o_value),
-                                      v.vector.as_pointer()), align=v.align.constant)
-        return context.get_dummy_value()
-
-    return sig, codegen
+_nine_taps_vector = _nine_taps_step(VECTOR)
+_nine_taps_tail = _nine_taps_step(TAIL)
+_nine_taps_row_pair = _nine_taps_step(ROW_PAIR)
 
 
 _copy_step = _masked_run_step(COPY)
@@ -375,8 +358,8 @@ def nine_tap_rows(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
     r = U(0)
     if U(2) * n == step and ldo == n:  # rows of half a vector, next to each other in out
         while r + U(2) <= rows:
-            _nine_taps_row_pair(out, o + r * ldo, src, s + r * lds, lds, offsets, weights, b,
-                                relu)
+            _nine_taps_row_pair(out, o + r * ldo, src, s + r * lds, lds, offsets, weights, step,
+                                b, relu)
             r += U(2)
     for r in range(r, rows):
         d, e = o + r * ldo, s + r * lds
@@ -384,7 +367,7 @@ def nine_tap_rows(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
         while j < n:
             width = min(step, n - j)
             if width == step:
-                _nine_taps_vector(out, d + j, src, e + j, offsets, weights, width, b, relu)
+                _nine_taps_vector(out, d + j, src, e + j, lds, offsets, weights, width, b, relu)
             else:
-                _nine_taps_tail(out, d + j, src, e + j, offsets, weights, width, b, relu)
+                _nine_taps_tail(out, d + j, src, e + j, lds, offsets, weights, width, b, relu)
             j += width
