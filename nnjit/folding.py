@@ -99,11 +99,10 @@ class InferenceLayers:
         """Fold each norm's current statistics into its copy's weight and bias."""
         for source, norm, copy in self.pairs:
             has_bias = source.bias is not None
-            fold_batchnorm(source.weight.value.reshape(-1),
+            fold_batchnorm(norm.weight.value, norm.bias.value, norm.running_mean,
+                           norm.running_var, norm.eps, source.weight.value.reshape(-1),
                            source.bias.value if has_bias else copy.bias.value, has_bias,
-                           norm.weight.value, norm.bias.value, norm.running_mean,
-                           norm.running_var, norm.eps, copy.weight.value.reshape(-1),
-                           copy.bias.value)
+                           copy.weight.value.reshape(-1), copy.bias.value)
 
 
 def _readers(nodes: list[Node]) -> list[int]:

@@ -104,8 +104,8 @@ def batchnorm_inference_affine(weight, bias, running_mean, running_var, eps, sca
 
 
 @kernel
-def fold_batchnorm(layer_weight, layer_bias, has_bias, weight, bias, running_mean, running_var,
-                   eps, folded_weight, folded_bias):
+def fold_batchnorm(weight, bias, running_mean, running_var, eps, layer_weight, layer_bias,
+                   has_bias, folded_weight, folded_bias):
     """A batch norm folded into the conv or Dense layer before it: for each output
     channel c, folded_weight[c, :] = layer_weight[c, :] * scale[c] and folded_bias[c]
     = layer_bias[c] * scale[c] + shift[c] (shift[c] alone without ``has_bias``),
@@ -113,7 +113,9 @@ def fold_batchnorm(layer_weight, layer_bias, has_bias, weight, bias, running_mea
     folded_weight: float (C*K,), channel c's K weights at c*K; layer_bias,
     folded_bias and the norm's arrays: (C,) (layer_bias not read without a
     bias). One call for a pair: folding with numpy took ~8 us a pair on each
-    predict, ~90 of MobileNet's ~400 us on one image."""
+    predict, ~90 of MobileNet's ~400 us on one image. The norm's (C,) weight
+    comes first, so the kernel's serial twin always runs it (a loop without
+    prange has nothing for the parallel one)."""
     C = weight.size
     K = layer_weight.size // C
     for c in range(C):
