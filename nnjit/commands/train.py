@@ -19,7 +19,7 @@ import nnjit
 from nnjit.callbacks import Callback
 from nnjit.distributed import mpi_group, threads_per_rank
 from nnjit.fit import prepare_kernels
-from nnjit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nnjit.checkpoint import CheckpointError, checkpoint_text, load_checkpoint
 from nnjit.cli import (EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console,
                        count_or_fraction, fail, non_negative_float, non_negative_int,
                        positive_float, positive_int, smoothing)
@@ -28,7 +28,7 @@ from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
 from nnjit.data.split import stratified_split, validation_size
 from nnjit.errors import OutOfMemoryError
-from nnjit.fileio import FolderLock, remove_stale_temp_files
+from nnjit.fileio import FolderLock, atomic_write_text, remove_stale_temp_files
 from nnjit.losses import CrossEntropyLoss, class_weights
 from nnjit.optim import OPTIMIZER_TYPES, cosine_lr, one_cycle_lr
 from nnjit.plot import INSTALL_HINT, matplotlib_available, plot_loss_log
@@ -450,9 +450,10 @@ def main(argv=None, started: float | None = None, callbacks=()):
                     val_accuracy=val_accuracy, best_accuracy=record.best)
         # latest.json first: a run killed between the two writes can still resume.
         targets = [Path(args.checkpoint_folder) / "latest.json", path]
+        text = checkpoint_text(model, opt, **meta)  # one state, rendered once
         for target in targets + ([Path(args.checkpoint_folder) / "best.json"] if is_best else []):
             with write_failures_stop_the_run(target):
-                save_checkpoint(model, target, opt, **meta)
+                atomic_write_text(target, text)
         return path
 
     @contextlib.contextmanager

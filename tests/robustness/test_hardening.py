@@ -287,8 +287,10 @@ def final_weights(folder):
 
 
 def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
-    """20 SIGKILLs, some during checkpoint writes; each time latest.json loads and
-    --resume from it finishes the run with exactly the uninterrupted run's weights."""
+    """8 SIGKILLs, each a random moment after the run's first checkpoint write
+    (in an epoch, in a checkpoint or loss-log write); each time latest.json loads
+    and --resume from it finishes the run with exactly the uninterrupted run's
+    weights."""
     write_dataset(tmp_path / "d", n_train=3000, n_test=100)
     common = ["--train-data-dir", tmp_path / "d", "--model", "mlp", "--nb-epochs", 40,
               "--batch-size", 50, "--quiet"]
@@ -298,21 +300,36 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
                             str(tmp_path / "ref")], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
     ck = tmp_path / "ck"
+    latest = ck / "latest.json"
+
+    def written():
+        """latest.json's identity: a new one after every (atomic) checkpoint write."""
+        try:
+            st = latest.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     rng = random.Random(FUZZ_SEED)
     kills = 0
-    while kills < 20:
-        resume = ["--resume", ck / "latest.json"] if (ck / "latest.json").exists() else []
+    while kills < 8:
+        resume = ["--resume", latest] if latest.exists() else []
+        before = written()
         proc = subprocess.Popen([sys.executable, TRAIN, *map(str, common), "--checkpoint-folder",
                                  str(ck), *map(str, resume)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.5, 2.0))  # start-up ~1.5 s, then epochs of ~0.1 s
+        # Start-up (~1.5 s) writes nothing: wait for this run's first checkpoint,
+        # then kill within the next few epochs (~0.1 s each, three writes after each).
+        while written() == before and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.2))
         if proc.poll() is not None:
             break  # finished before the kill: the rest of the test checks the result
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        if (ck / "latest.json").exists():
-            load_checkpoint(ck / "latest.json")  # always whole
+        if latest.exists():
+            load_checkpoint(latest)  # always whole
     for _ in range(30):
         if (ck / "latest.json").exists() and final_weights(ck)[0] == 40:
             break
@@ -323,7 +340,7 @@ def test_sigkill_at_random_moments_never_loses_the_run(tmp_path):
     assert ref.returncode == 0, ref_err
     epoch, weights = final_weights(ck)
     _, want = final_weights(tmp_path / "ref")
-    assert epoch == 40 and kills == 20, kills
+    assert epoch == 40 and kills == 8, kills
     for name in want:
         np.testing.assert_array_equal(weights[name], want[name], err_msg=name)
 
@@ -612,11 +629,12 @@ KILL_AFTER_FIRST_WRITE = """
 import os, sys
 from nnjit.cli import run
 from nnjit.commands import train
-real = train.save_checkpoint
-def save_then_die(model, path, *args, **kwargs):
-    real(model, path, *args, **kwargs)
-    os._exit(9)  # as a SIGKILL right after the first file of a checkpoint is written
-train.save_checkpoint = save_then_die
+real = train.atomic_write_text
+def write_then_die(path, text):
+    real(path, text)
+    if path.name == "latest.json":
+        os._exit(9)  # as a SIGKILL right after the first file of a checkpoint is written
+train.atomic_write_text = write_then_die
 run(lambda: train.main(sys.argv[1:]))
 """
 
