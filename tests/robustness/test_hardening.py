@@ -20,6 +20,7 @@ from nnjit.checkpoint import load_checkpoint, save_checkpoint
 from nnjit.data import read_idx, write_idx
 from nnjit.images import load_image
 from nnjit.spec import build_model
+from one_process import run_in_one_process
 from synthetic import write_dataset
 
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -263,18 +264,31 @@ def test_fuzz_infer_and_export_flags_end_in_a_clear_answer(script_name, data, tm
         pass  # what run() turns into one error line
 
 
-@pytest.mark.parametrize("args,match", [
+HOSTILE_FLAGS = [
     (["--batch-size", "1000000000000", "--nb-epochs", "1"], ""),
     (["--val-split", "0.9999999"], "--val-split"),
     (["--augment", "crop:100000"], ""),
     (["--model", "conv:100000000:3,dense:10,softmax"], ""),
     (["--model", "dense:" + "9" * 20], ""),
     (["--image-size", "100000", "100000"], "image folders"),
-])
-def test_hostile_flag_combinations_end_in_a_clear_answer(tmp_path, args, match):
-    write_dataset(tmp_path / "d", n_train=64, n_test=16)
-    proc = script(TRAIN, "--train-data-dir", tmp_path / "d", "--checkpoint-folder", tmp_path / "ck",
-                  "--model", "mlp", *args)
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_flag_runs(tmp_path_factory):
+    """Each of HOSTILE_FLAGS on tiny data (in one child process, ``one_process``)."""
+    runs = []
+    for i, (args, _) in enumerate(HOSTILE_FLAGS):
+        tmp = tmp_path_factory.mktemp(f"hostile{i}")
+        write_dataset(tmp / "d", n_train=64, n_test=16)
+        runs.append(("train", ["--train-data-dir", tmp / "d", "--checkpoint-folder", tmp / "ck",
+                               "--model", "mlp", *args]))
+    return run_in_one_process(runs, cwd=tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.mark.parametrize("case", range(len(HOSTILE_FLAGS)))
+def test_hostile_flag_combinations_end_in_a_clear_answer(hostile_flag_runs, case):
+    proc, match = hostile_flag_runs[case], HOSTILE_FLAGS[case][1]
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode in (0, 2), proc.stderr
     assert match in proc.stderr
@@ -473,25 +487,39 @@ def one_epoch_run(tmp_path_factory):
     return root / "d", root / "ck" / "latest.json"
 
 
-@pytest.mark.parametrize("key,value", [("best_accuracy", 7), ("batch_size", "64"), ("epoch", -3),
-                                       ("val_split", 7.5), ("image_size", [28]),
-                                       ("augment", "spin"), ("learning_rate", "fast"),
-                                       ("lr_schedule", "wild"), ("dataset", 7),
-                                       ("optimizer", {"name": "SGD", "hyperparameters": {"lr": "x"},
-                                                      "steps": 1, "state": {}})])
-def test_resuming_from_a_checkpoint_with_nonsense_settings_is_one_clear_error(one_epoch_run,
-                                                                            tmp_path, key, value):
-    """Also null settings: a null dataset keeps the command line's."""
+NONSENSE_SETTINGS = [("best_accuracy", 7), ("batch_size", "64"), ("epoch", -3), ("val_split", 7.5),
+                     ("image_size", [28]), ("augment", "spin"), ("learning_rate", "fast"),
+                     ("lr_schedule", "wild"), ("dataset", 7),
+                     ("optimizer", {"name": "SGD", "hyperparameters": {"lr": "x"}, "steps": 1,
+                                    "state": {}})]
+
+
+@pytest.fixture(scope="module")
+def nonsense_resume_runs(one_epoch_run, tmp_path_factory):
+    """--resume from one_epoch_run's checkpoint with each of NONSENSE_SETTINGS
+    written into it (in one child process, ``one_process``)."""
     data, latest = one_epoch_run
-    doc = json.loads(latest.read_text())
-    if key == "optimizer":
-        doc[key] = value
-    else:
-        doc["metadata"][key] = value
-    (tmp_path / "bad.json").write_text(json.dumps(doc))
-    err = one_error_line(script(TRAIN, "--train-data-dir", data, "--resume", tmp_path / "bad.json",
-                                "--nb-epochs", 2, "--checkpoint-folder", tmp_path / "ck2"))
-    assert key in err
+    runs = []
+    for i, (key, value) in enumerate(NONSENSE_SETTINGS):
+        tmp = tmp_path_factory.mktemp(f"nonsense{i}")
+        doc = json.loads(latest.read_text())
+        if key == "optimizer":
+            doc[key] = value
+        else:
+            doc["metadata"][key] = value
+        (tmp / "bad.json").write_text(json.dumps(doc))
+        runs.append(("train", ["--train-data-dir", data, "--resume", tmp / "bad.json",
+                               "--nb-epochs", 2, "--checkpoint-folder", tmp / "ck2"]))
+    return run_in_one_process(runs, cwd=tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.mark.parametrize("case", range(len(NONSENSE_SETTINGS)),
+                         ids=[key for key, _ in NONSENSE_SETTINGS])
+def test_resuming_from_a_checkpoint_with_nonsense_settings_is_one_clear_error(
+        nonsense_resume_runs, case):
+    """Also null settings: a null dataset keeps the command line's."""
+    err = one_error_line(nonsense_resume_runs[case])
+    assert NONSENSE_SETTINGS[case][0] in err
 
 
 def test_resuming_with_null_settings_keeps_the_command_lines(one_epoch_run, tmp_path):
@@ -504,21 +532,34 @@ def test_resuming_with_null_settings_keeps_the_command_lines(one_epoch_run, tmp_
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("key,value", [("input_shape", "x"), ("input_shape", [0, 28, 28]),
-                                       ("input_shape", [1, 28]), ("input_shape", [3, 32, 32]),
-                                       ("class_names", 5), ("class_names", [1, None]),
-                                       ("preprocessing", {"pixels": "yes"}),
-                                       ("preprocessing", [1]), ("dataset", {"a": 1})])
-def test_infer_and_export_on_checkpoints_with_nonsense_metadata(real_checkpoint, tmp_path, key,
-                                                               value):
-    doc = json.loads(real_checkpoint.read_text())
-    doc["metadata"][key] = value
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(doc))
-    (tmp_path / "img.bin").write_bytes(bytes(784))
-    for proc in (script(INFER, bad, tmp_path / "img.bin", "--json"),
-                 script(str(ROOT / "scripts" / "export_onnx.py"), "--checkpoint-path", bad,
-                        "--onnx-path", tmp_path / "m.onnx")):
+NONSENSE_METADATA = [("input_shape", "x"), ("input_shape", [0, 28, 28]), ("input_shape", [1, 28]),
+                     ("input_shape", [3, 32, 32]), ("class_names", 5), ("class_names", [1, None]),
+                     ("preprocessing", {"pixels": "yes"}), ("preprocessing", [1]),
+                     ("dataset", {"a": 1})]
+
+
+@pytest.fixture(scope="module")
+def nonsense_metadata_runs(real_checkpoint, tmp_path_factory):
+    """infer and export on real_checkpoint with each of NONSENSE_METADATA written
+    into it: (infer's, export's) results (in one child process, ``one_process``)."""
+    runs = []
+    for i, (key, value) in enumerate(NONSENSE_METADATA):
+        tmp = tmp_path_factory.mktemp(f"metadata{i}")
+        doc = json.loads(real_checkpoint.read_text())
+        doc["metadata"][key] = value
+        bad = tmp / "bad.json"
+        bad.write_text(json.dumps(doc))
+        (tmp / "img.bin").write_bytes(bytes(784))
+        runs += [("infer", [bad, tmp / "img.bin", "--json"]),
+                 ("export", ["--checkpoint-path", bad, "--onnx-path", tmp / "m.onnx"])]
+    results = run_in_one_process(runs, cwd=tmp_path_factory.mktemp("cwd"))
+    return list(zip(results[::2], results[1::2]))
+
+
+@pytest.mark.parametrize("case", range(len(NONSENSE_METADATA)),
+                         ids=[key for key, _ in NONSENSE_METADATA])
+def test_infer_and_export_on_checkpoints_with_nonsense_metadata(nonsense_metadata_runs, case):
+    for proc in nonsense_metadata_runs[case]:
         assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
 
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT
 from nnjit.checkpoint import load_checkpoint
 from nnjit.trainer import CSV_COLUMNS
+from one_process import run_in_one_process
 from synthetic import write_dataset
 
 TRAIN = str(ROOT / "scripts" / "train.py")
@@ -140,7 +141,7 @@ def mismatched(folder):
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(31, np.uint8))
 
 
-@pytest.mark.parametrize("args,setup,match", [
+BAD_INPUTS = [
     (["--train-data-dir", "{tmp}/missing"], None, "does not exist"),
     (["--train-data-dir", "{tmp}/d"], corrupt, "truncated|corrupt"),
     (["--train-data-dir", "{tmp}/d"], mismatched, "32 images but .* 31 labels"),
@@ -159,17 +160,31 @@ def mismatched(folder):
     (["--class-weights", "1,2"], None, "2 numbers for 10 classes"),
     (["--class-weights", "heavy"], None, "balanced"),
     (["--model", "res:8:0"], None, "stride"),
-])
-def test_bad_input_gets_one_line_and_exit_2(tmp_path, tiny_data, args, setup, match):
-    if setup:
-        setup(tmp_path / "d")
-    args = [a.format(tmp=tmp_path) for a in args]
-    if "--train-data-dir" not in args:
-        args += ["--train-data-dir", str(tiny_data)]
-    proc = run(*args, "--checkpoint-folder", tmp_path / "ck", "--nb-epochs", 1, timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory, tiny_data):
+    """Each of BAD_INPUTS run as a command line (in one child process, ``one_process``)."""
+    runs = []
+    for i, (args, setup, _) in enumerate(BAD_INPUTS):
+        tmp = tmp_path_factory.mktemp(f"bad{i}")
+        if setup:
+            setup(tmp / "d")
+        args = [a.format(tmp=tmp) for a in args]
+        if "--train-data-dir" not in args:
+            args += ["--train-data-dir", str(tiny_data)]
+        runs.append(("train", [*args, "--checkpoint-folder", tmp / "ck", "--nb-epochs", 1]))
+    return run_in_one_process(runs, timeout=300, cwd=tmp_path_factory.mktemp("cwd"))
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUTS)), ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_2(bad_input_runs, case):
+    import re
+
+    proc, match = bad_input_runs[case], BAD_INPUTS[case][2]
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    import re
     assert re.search(match, proc.stderr), proc.stderr
 
 
