@@ -450,7 +450,10 @@ def main(argv=None, started: float | None = None, callbacks=()):
                     val_accuracy=val_accuracy, best_accuracy=record.best)
         # latest.json first: a run killed between the two writes can still resume.
         targets = [Path(args.checkpoint_folder) / "latest.json", path]
-        text = checkpoint_text(model, opt, **meta)  # one state, rendered once
+        try:
+            text = checkpoint_text(model, opt, **meta)  # one state, rendered once
+        except CheckpointError as err:
+            raise CheckpointError(f"{targets[0]}: {err}") from None
         for target in targets + ([Path(args.checkpoint_folder) / "best.json"] if is_best else []):
             with write_failures_stop_the_run(target):
                 atomic_write_text(target, text)
