@@ -191,10 +191,11 @@ def ray_address():
         yield address
     finally:
         # It drains the node and stops the processes it started; with idle workers left
-        # the drain waits 30 s for them, so they are killed after a few seconds.
+        # the drain waits 30 s for them (5 s was never enough at the end of a run), so
+        # they are killed after a second.
         head.terminate()
         try:
-            head.wait(timeout=5)
+            head.wait(timeout=1)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
