@@ -702,17 +702,23 @@ def conv_backward(conv_backward_part, bounds, blocks, x, dy, out, argmax, weight
         call_part(conv_backward_part, np.int64(part), bounds, blocks, x, dy, out, argmax, weight,
                   g, relu, pool, norm, norm_out, coef, image, cols, dyblock, dyblock_t, dw_parts,
                   db_parts, need_dx, dx, dweight, dbias, slice_cols, tiles, nt_tiles, blas)
-    # The parts hold dW transposed (see conv_backward_part): sum them back to (OC, K).
+    sum_parts(dw_parts, db_parts, bounds.size - 1, dweight, dbias)
+
+
+@helper
+def sum_parts(dw_parts, db_parts, parts, dweight, dbias):
+    """dweight (OC*K,) = the sum of dw_parts[:parts] (each K*OC: dW transposed)
+    back in (OC, K) order, and dbias (OC,) = the sum of db_parts[:parts]."""
     OC = dbias.size
     K = dweight.size // OC
     for k in range(K):
         for oc in range(OC):
             acc = dw_parts[0, k * OC + oc]
-            for part in range(1, bounds.size - 1):
+            for part in range(1, parts):
                 acc += dw_parts[part, k * OC + oc]
             dweight[oc * K + k] = acc
     for oc in range(OC):
         acc = db_parts[0, oc]
-        for part in range(1, bounds.size - 1):
+        for part in range(1, parts):
             acc += db_parts[part, oc]
         dbias[oc] = acc

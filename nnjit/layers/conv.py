@@ -11,6 +11,7 @@ from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_gra
                                     grouped_conv_weight_grad)
 from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
                             conv_forward_direct)
+from ..kernels.direct_grad import conv_weight_grad_direct, flipped_transposed
 from ..kernels.pointwise import pointwise_conv_backward, pointwise_conv_forward
 from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP
@@ -320,7 +321,9 @@ class Conv2D(Layer):
                 floats = threads * (c * hp * wp + kw + oc * rows * wp)
             else:
                 floats = threads * (k + oc) * most
-        return {"algorithm": algorithm.value, "rule": plan.rule, "threads": threads,
+        rule = plan.rule + ("; gradients without unfolding (direct_backward)"
+                            if plan.direct_backward else "")
+        return {"algorithm": algorithm.value, "rule": rule, "threads": threads,
                 "workspace": floats * size, "flops": problem.flops}
 
     def _winograd_plan(self, input_shape):
@@ -493,6 +496,48 @@ class Conv2D(Layer):
         parts = parts_for(n * p * self.out_channels * c, n * most)
         return parts, min(most, -(-parts // n))
 
+    def _direct_backward(self, x, out, dy, skipping, need_input_grad):
+        """Backward of a stride-1 conv without unfolding (the planner's
+        ``direct_backward``): x float32 (N, C, H, W), out and dy (N, OC, OH, OW),
+        the layer's output and the gradient there. The weight gradient by
+        ``conv_weight_grad_direct``; the input gradient (N, C, H, W) as the direct
+        conv of dy with the weight flipped and transposed, padding KH-1-PH."""
+        if self.fused_relu:
+            masked = self._buffer("direct/masked", dy.shape, self.dtype)
+            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
+            dy = masked
+        n, oc = x.shape[0], self.out_channels
+        geometry = self._geometry(x)
+        c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
+        hp, wp = h + 2 * ph, w + 2 * pw
+        parts = parts_for(n * oh * ow * oc * c * kh * kw, n)
+        bounds = np.array([0] + [stop for _, stop in split(n, parts)], np.int64)
+        conv_weight_grad_direct.run(
+            parts > 1, bounds, x.reshape(-1), dy.reshape(-1), geometry, self.bias is not None,
+            self._buffer("direct/grad_image", (parts, c * hp * wp + kw), self.dtype, fill=0),
+            self._buffer("direct/dy_t", (parts, max(1, NT_REDUCTION_STEP // wp) * wp * oc),
+                         self.dtype),
+            self._buffer("dw", (parts, oc * c * kh * kw), self.dtype),
+            self._buffer("db", (parts, oc), self.dtype),
+            self.weight.grad.reshape(-1), self._bias_grads())
+        if not need_input_grad:
+            return None
+        weight_t = self._buffer("direct/weight_t", (c * oc * kh * kw,), self.dtype)
+        flipped_transposed(self.weight.value.reshape(-1), oc, c, kh, kw, weight_t)
+        transposed = ConvGeometry(oc, oh, ow, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, h, w)
+        thp, twp = oh + 2 * (kh - 1 - ph), ow + 2 * (kw - 1 - pw)
+        bounds, blocks, _ = self._plan(n, h, w, oc * kh * kw, share_images=False)
+        parts = len(bounds) - 1
+        rows = int((blocks[:, 3] - blocks[:, 2]).max())
+        dx = self._buffer("dx", x.shape, self.dtype)
+        conv_forward_direct.run(
+            parts > 1, bounds, blocks, dy.reshape(-1), weight_t,
+            self._buffer("direct/no_bias", (c,), self.dtype, fill=0), transposed, False,
+            skipping, self._buffer("direct/dx_offsets", (oc * kh * kw,), np.int64),
+            self._buffer("direct/dy_image", (parts, oc * thp * twp + kw), self.dtype, fill=0),
+            self._buffer("direct/dx_y", (parts, c * rows * twp), self.dtype), dx.reshape(-1))
+        return dx
+
     def _grouped_forward(self, x, geometry, training):
         """Forward by ``grouped_conv_forward`` (groups, dilation; ReLU fused); a
         fused max-pool runs after it, by the pool layer itself."""
@@ -600,6 +645,11 @@ class Conv2D(Layer):
             return self._pointwise_backward(x, out, dy, need_input_grad)
         if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
+        plan = self.plan(x.shape, True)
+        if plan.direct_backward and not norm:
+            self._cache = None
+            return self._direct_backward(x, out, self._check_grad(dy, out.shape, self.dtype),
+                                         plan.input_grad_skip, need_input_grad)
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1
         if norm:
             (pkh, _), (psh, _) = dy.pool_kernel, dy.pool_stride
@@ -610,7 +660,6 @@ class Conv2D(Layer):
             dy = self._check_grad(dy, out.shape, self.dtype)
         n = x.shape[0]
         geometry = self._geometry(x)
-        plan = self.plan(x.shape, True)
         oh, ow = geometry.OH, geometry.OW
         oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         bounds, blocks, most = self._plan(n, oh, ow, k, share_images=False)
