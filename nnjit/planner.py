@@ -105,6 +105,13 @@ class Tuning:
     #: than this share of dropped columns ((KW-1) of every W+2PW). The lone
     #: 10->20 5x5 conv on 28x28 (4 of 28 dropped): one core 25 vs 31 us per image.
     direct_max_dropped: float = 0.25
+    #: Most output channels for a stride-1 conv's gradients without unfolding
+    #: (``direct_backward_fits``): from 64 the unfolded input gradient's GEMM
+    #: sums over enough channels for the register tiles. Batch 64, two threads,
+    #: backward ms direct against unfolded: 16->32 3x3 pad 1 on 32x32 6.4 vs 9.6,
+    #: 32->16 7.0 vs 11.3, 64->32 on 13x13 4.1 vs 5.5; 32->64 on 13x13 4.8 vs
+    #: 4.4 (pad 1) and 3.8 vs 3.1 (pad 0), 64->64 on 11x11 5.2 vs 4.3.
+    direct_backward_max_out_channels: int = 32
     #: The direct conv skips the columns a row drops (skipping tiles) where they
     #: are this share of the padded row or more and OW >= 16: each vector's
     #: row-end crossing costs ~4-6% (10->20 5x5, one image, one core: 28x28, 14%
@@ -436,8 +443,8 @@ def direct_backward_fits(p: ConvProblem) -> str | None:
     gradient as the direct conv of the output gradient with the weight flipped
     and transposed (C output channels, a sum of OC*KH*KW each, padding KH-1-PH).
     Training at batch 128, two threads, ms for the weight / input gradient
-    unfolded against direct: 16->16 3x3 on 32x32 7.0 / 6.0 against ...,
-    32->32 on 16x16 4.5 / 4.1 against ..., 64->64 on 8x8 3.5 / 3.8 against ...
+    unfolded against direct: 16->16 3x3 pad 1 on 32x32 7.0 / 6.0 against 3.5 /
+    3.5, 32->32 on 16x16 4.5 / 4.1 against 3.2 / 2.7 (ResNet-20's convs).
     """
     t = _settings.tuning
     (kh, kw), (ph, pw), (oh, ow) = p.kernel, p.padding, p.output
@@ -451,6 +458,9 @@ def direct_backward_fits(p: ConvProblem) -> str | None:
         return f"needs a multiple of 4 input channels (tile rows), got {p.channels}"
     if ph >= kh or pw >= kw:
         return "needs padding below the kernel size"
+    if p.out_channels > t.direct_backward_max_out_channels:
+        return (f"{p.out_channels} > {t.direct_backward_max_out_channels} output channels "
+                "(the unfolded input gradient sums over enough of them for the tiles)")
     if p.channels < t.direct_min_rows and not host().tiles_everywhere:
         return f"{p.channels} < {t.direct_min_rows} input channels (the input gradient's rows)"
     if p.out_channels * kh * kw < t.direct_min_reduction:

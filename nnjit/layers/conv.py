@@ -577,7 +577,7 @@ class Conv2D(Layer):
     def _pooled_norm_grad(self, grad: PooledNormGrad) -> np.ndarray:
         """The dense gradient a handed-back batch norm + max-pool gradient stands for."""
         n, c, h, w = grad.x.shape
-        dx = self._buffer("grouped/norm_grad", grad.x.shape, self.dtype)
+        dx = self._buffer("norm/grad", grad.x.shape, self.dtype)
         batchnorm_pool_input_grad(grad.x.reshape(-1), grad.dy.reshape(-1), grad.out.reshape(-1),
                                   grad.argmax.reshape(-1), grad.coef, n, c, h * w,
                                   grad.out[0, 0].size, grad.relu, dx.reshape(-1))
@@ -646,8 +646,9 @@ class Conv2D(Layer):
         if norm and not (self.fused_pool is None and not self.fused_relu and dy.x is out):
             raise ValueError("Conv2D.backward got a PooledNormGrad that is not about its output")
         plan = self.plan(x.shape, True)
-        if plan.direct_backward and not norm:
+        if plan.direct_backward:
             self._cache = None
+            dy = self._pooled_norm_grad(dy) if norm else dy
             return self._direct_backward(x, out, self._check_grad(dy, out.shape, self.dtype),
                                          plan.input_grad_skip, need_input_grad)
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1

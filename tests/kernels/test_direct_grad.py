@@ -35,9 +35,11 @@ def test_direct_gradients_match_the_float64_layer(c, oc, h, w, k, padding, bias,
     """Input, weight and bias gradients of the direct backward (tiles forced on,
     as where BLAS lacks AVX-512 kernels, so every case here takes it) equal the
     float64 unfolded layer's, with and without a fused ReLU, for batches split
-    among the threads or not. The rule's limit on dropped columns is lifted so
-    that small images (whose gradient rows drop more) take it too."""
-    using(host=host_with(tiles=True, blas_avx512=False), direct_max_dropped=0.9)
+    among the threads or not. The rule's limits on dropped columns and output
+    channels are lifted so that small images (whose gradient rows drop more) and
+    more than 32 output channels (two column panels) take it too."""
+    using(host=host_with(tiles=True, blas_avx512=False), direct_max_dropped=0.9,
+          direct_backward_max_out_channels=64)
 
     def build(dtype):
         conv = Conv2D(c, oc, k, padding=padding, bias=bias, dtype=dtype)
@@ -94,6 +96,7 @@ def test_the_reference_path_and_other_convs_keep_unfolding(host_with, using):
     assert not Conv2D(16, 16, 3, padding=1, groups=4).plan(shape, True).direct_backward
     assert not Conv2D(16, 16, 3, padding=1, dtype=np.float64).plan(shape, True).direct_backward
     assert not Conv2D(6, 16, 3, padding=1).plan((2, 6, 10, 10), True).direct_backward
+    assert not Conv2D(16, 64, 3, padding=1).plan(shape, True).direct_backward
     pooled = Conv2D(16, 16, 3, padding=1)
     pooled.set_epilogue(pool=MaxPool2D(2))
     assert not pooled.plan(shape, True).direct_backward
@@ -105,3 +108,32 @@ def test_flipped_transposed_weight(rng):
     flipped_transposed(weight.reshape(-1), 5, 3, 2, 4, out)
     want = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
     np.testing.assert_array_equal(out.reshape(3, 5, 2, 4), want)
+
+
+def test_a_handed_back_norm_gradient_takes_the_direct_backward(rng, host_with, using):
+    """conv -> batch norm -> ReLU -> max-pool, the norm's gradient handed back to
+    the conv (fusion): the direct backward evaluates it first; the gradients
+    equal those of the reference path (unfolded, nothing fused)."""
+    from nnjit import BatchNorm2D, Dense, Flatten, MaxPool2D, ReLU, Sequential, Softmax
+
+    using(host=host_with(tiles=True, blas_avx512=False))
+    x = rng.standard_normal((6, 8, 12, 12)).astype(np.float32)
+    labels = rng.integers(0, 10, 6)
+
+    def gradients():
+        model = Sequential([Conv2D(8, 16, 3, padding=1, bias=False), BatchNorm2D(16), ReLU(),
+                            Conv2D(16, 24, 3, padding=1, bias=False), BatchNorm2D(24), ReLU(),
+                            MaxPool2D(2),
+                            Flatten(), Dense(24 * 36, 10), Softmax()], seed=5)
+        model.forward(x)
+        model.backward(labels)
+        return model, [p.grad.copy() for p in model.parameters()]
+
+    fast, got = gradients()
+    assert fast.layers[3].plan(x[:, :16].shape, True).direct_backward
+    assert {5, 6} <= fast.fused_layers()  # the norm's ReLU and pool
+    assert "norm/grad" in fast.layers[3]._buffers and "direct/dy_t" in fast.layers[3]._buffers
+    with nnjit.using(conv="unfold", fusion=False):
+        _, want = gradients()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
