@@ -112,6 +112,12 @@ class Tuning:
     #: 32->16 7.0 vs 11.3, 64->32 on 13x13 4.1 vs 5.5; 32->64 on 13x13 4.8 vs
     #: 4.4 (pad 1) and 3.8 vs 3.1 (pad 0), 64->64 on 11x11 5.2 vs 4.3.
     direct_backward_max_out_channels: int = 32
+    #: Fewest input channels for them (the weight gradient's tile rows, the input
+    #: gradient's output channels; a multiple of 4). Batch 128, backward ms direct
+    #: against unfolded, 3x3 pad 1 on 32x32: 8->16 4.0 vs 6.5-7.8, 8->8 3.0 vs
+    #: 3.9, 4->16 2.8-3.1 both; the weight gradient alone of 1->32 on 28x28 2.0-2.4
+    #: vs 1.1 with its channel padded to four (three rows of zeros a tile).
+    direct_backward_min_channels: int = 8
     #: The direct conv skips the columns a row drops (skipping tiles) where they
     #: are this share of the padded row or more and OW >= 16: each vector's
     #: row-end crossing costs ~4-6% (10->20 5x5, one image, one core: 28x28, 14%
@@ -454,15 +460,14 @@ def direct_backward_fits(p: ConvProblem) -> str | None:
         return "needs stride 1, no groups, dilation or fused pool"
     if np.dtype(p.dtype) != np.float32 or not host().tiles:
         return "runs float32 on AVX-512 only"
-    if p.channels % 4:
-        return f"needs a multiple of 4 input channels (tile rows), got {p.channels}"
     if ph >= kh or pw >= kw:
         return "needs padding below the kernel size"
     if p.out_channels > t.direct_backward_max_out_channels:
         return (f"{p.out_channels} > {t.direct_backward_max_out_channels} output channels "
                 "(the unfolded input gradient sums over enough of them for the tiles)")
-    if p.channels < t.direct_min_rows and not host().tiles_everywhere:
-        return f"{p.channels} < {t.direct_min_rows} input channels (the input gradient's rows)"
+    if p.channels % 4 or p.channels < t.direct_backward_min_channels:
+        return (f"needs a multiple of 4 input channels (tile rows), at least "
+                f"{t.direct_backward_min_channels}, got {p.channels}")
     if p.out_channels * kh * kw < t.direct_min_reduction:
         return f"a sum of {p.out_channels * kh * kw} < {t.direct_min_reduction} per input"
     if (kw - 1) / (ow + 2 * (kw - 1 - pw)) >= t.direct_max_dropped:

@@ -36,10 +36,11 @@ def test_direct_gradients_match_the_float64_layer(c, oc, h, w, k, padding, bias,
     as where BLAS lacks AVX-512 kernels, so every case here takes it) equal the
     float64 unfolded layer's, with and without a fused ReLU, for batches split
     among the threads or not. The rule's limits on dropped columns and output
-    channels are lifted so that small images (whose gradient rows drop more) and
-    more than 32 output channels (two column panels) take it too."""
+    channels are lifted so that small images (whose gradient rows drop more), 4
+    input channels (a 4-row tile alone) and more than 32 output channels (two
+    column panels) take it too."""
     using(host=host_with(tiles=True, blas_avx512=False), direct_max_dropped=0.9,
-          direct_backward_max_out_channels=64)
+          direct_backward_min_channels=4, direct_backward_max_out_channels=64)
 
     def build(dtype):
         conv = Conv2D(c, oc, k, padding=padding, bias=bias, dtype=dtype)
@@ -95,7 +96,9 @@ def test_the_reference_path_and_other_convs_keep_unfolding(host_with, using):
     assert not Conv2D(16, 16, 3, stride=2, padding=1).plan(shape, True).direct_backward
     assert not Conv2D(16, 16, 3, padding=1, groups=4).plan(shape, True).direct_backward
     assert not Conv2D(16, 16, 3, padding=1, dtype=np.float64).plan(shape, True).direct_backward
+    assert Conv2D(8, 16, 3, padding=1).plan((2, 8, 10, 10), True).direct_backward
     assert not Conv2D(6, 16, 3, padding=1).plan((2, 6, 10, 10), True).direct_backward
+    assert not Conv2D(4, 16, 3, padding=1).plan((2, 4, 10, 10), True).direct_backward
     assert not Conv2D(16, 64, 3, padding=1).plan(shape, True).direct_backward
     pooled = Conv2D(16, 16, 3, padding=1)
     pooled.set_epilogue(pool=MaxPool2D(2))
