@@ -12,9 +12,11 @@ window instead of 36*C*OC (2.25x fewer). Each window's 2x2 outputs are
 pooled at once (max, then bias, then the optional ReLU, as
 ``block_to_pool_major`` does): the conv output is never stored.
 
-Backward is the exact adjoint, per chunk of windows: dM = A dY A^T from
-each window's winner (kept by forward), dU[xi] (C, OC) += Vt[xi]^T dM[xi]
-for the weight (dW = G^T dU G), and dV[xi] = dM[xi] U[xi]^T, whose tiles'
+Without a pool every 2x2 output of a tile is written (its 2x2 tiles take
+the windows' place). Backward is the exact adjoint, per chunk of windows:
+dM = A dY A^T from each window's winner (kept by forward), or from the
+tile's four output gradients without a pool; dU[xi] (C, OC) += Vt[xi]^T
+dM[xi] for the weight (dW = G^T dU G), and dV[xi] = dM[xi] U[xi]^T, whose tiles'
 B dV B^T are added back onto the image for the input gradient.
 
 Channels are the contiguous axis of every transform (the image is first
@@ -330,6 +332,47 @@ def window_gradients(dy, argmax, n, OC, T, row0, Lp, dyt, dMt, dbias, stage):
                 copy_run(dMt, U(xi) * step + dst, stage, U(xi * STAGE_CHANNELS), width)
 
 
+@cached_njit(inline="always")
+def _stage_tile_row(stage, r, j, u0, u1):
+    """Row r of a tile's dM = A dY A^T from u = (A dY)[r] = (u0, u1): element q
+    into stage[(4r+q)*STAGE_CHANNELS + j] (A's rows (1, 0), (1, 1), (1, -1), (0, -1))."""
+    d = U(4 * r * STAGE_CHANNELS) + j
+    stage[d] = u0
+    stage[d + U(STAGE_CHANNELS)] = u0 + u1
+    stage[d + U(2 * STAGE_CHANNELS)] = u0 - u1
+    stage[d + U(3 * STAGE_CHANNELS)] = -u1
+
+
+@helper
+def tile_gradients(dy, n, OC, POH, POW, row0, Lp, dyt, dMt, dbias, stage):
+    """The adjoint of ``unpooled_tiles`` for image n: dM = A dY A^T of each 2x2
+    output tile t (dY: its four output gradients), into rows row0 + t of dMt
+    (16, Lp, OC); adds every gradient to dbias (OC,).
+
+    dy: float (N*OC*OH*OW,) at the conv's output, OH = 2*POH, OW = 2*POW;
+    dyt: workspace (OH*OW*OC,); stage: as ``transform_tiles``'s."""
+    OW, P = 2 * POW, 4 * POH * POW
+    transpose_slice(dy[n * OC * P:], P, 0, P, 0, OC, OC, dyt)  # dy[n] (OC, P) -> (P, OC)
+    step = U(Lp * OC)
+    for t in range(POH * POW):
+        top = U((2 * (t // POW) * OW + 2 * (t % POW)) * OC)
+        below = top + U(OW * OC)
+        for oc0 in range(0, OC, STAGE_CHANNELS):
+            width = U(min(STAGE_CHANNELS, OC - oc0))
+            for j in range(width):
+                k = U(oc0) + j
+                d00, d01 = dyt[top + k], dyt[top + U(OC) + k]
+                d10, d11 = dyt[below + k], dyt[below + U(OC) + k]
+                dbias[k] += (d00 + d01) + (d10 + d11)
+                _stage_tile_row(stage, 0, j, d00, d01)
+                _stage_tile_row(stage, 1, j, d00 + d10, d01 + d11)
+                _stage_tile_row(stage, 2, j, d00 - d10, d01 - d11)
+                _stage_tile_row(stage, 3, j, -d10, -d11)
+            dst = U((row0 + t) * OC + oc0)
+            for xi in range(16):
+                copy_run(dMt, U(xi) * step + dst, stage, U(xi * STAGE_CHANNELS), width)
+
+
 @helper
 def scatter_tiles(dVt, C, Wp, POH, POW, row0, Lp, dimage, stage):
     """The adjoint of ``transform_tiles``: adds B dV B^T of each window t's
@@ -462,9 +505,9 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
                        PW, POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled,
                        out, train, argmax, split, tiles, blas):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
-    F(2x2, 3x3) (module docstring); without ``pool`` (inference only: not
-    ``train``) the conv + [ReLU] alone, of an even output size 2*POH x 2*POW,
-    its 2x2 tiles taking the pooling windows' place.
+    F(2x2, 3x3) (module docstring); without ``pool`` the conv + [ReLU] alone,
+    of an even output size 2*POH x 2*POW, its 2x2 tiles taking the pooling
+    windows' place (in training too: ``train`` then keeps nothing).
 
     x: float (N*C*H*W,); weight (OC*C*9,); bias (OC,). kept (OC*C*9,) and
     Ut (16*C*OC,) persist between calls: the filters as last transformed and
@@ -504,9 +547,9 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
 
 
 @helper
-def backward_filters_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
-                          UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
-                          dweight, dbias, tiles, blas):
+def backward_filters_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, pool, N,
+                          parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                          need_dx, dx, dweight, dbias, tiles, blas):
     """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): the
     filters' transform as (16, OC, C) into UtT for its share of the output
     channels."""
@@ -515,9 +558,9 @@ def backward_filters_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW
 
 
 @helper
-def backward_images_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
-                         UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
-                         dweight, dbias, tiles, blas):
+def backward_images_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, pool, N,
+                         parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                         need_dx, dx, dweight, dbias, tiles, blas):
     """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): images
     [part*N//parts, (part+1)*N//parts), ``per`` at a time, in the part's
     workspaces; writes its partial sums dU_parts[part] and db_parts[part] and,
@@ -536,7 +579,11 @@ def backward_images_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW,
         transform_windows(x, n0 * T, n1 * T, C, H, W, PH, PW, POH, POW, image[part], vt, Lp,
                           stage)
         for n in range(n0, n1):
-            window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[part], dmt, db, stage)
+            if pool:
+                window_gradients(dy, argmax, n, OC, T, (n - n0) * T, Lp, dyt[part], dmt, db,
+                                 stage)
+            else:
+                tile_gradients(dy, n, OC, POH, POW, (n - n0) * T, Lp, dyt[part], dmt, db, stage)
         rows = (n1 - n0) * T  # the chunk's windows: the rows past them are never read
         for xi in range(16):
             product(blas, tiles, TRANS, C, rows, vt[xi * Lp * C:], C, dmt[xi * Lp * OC:], OC,
@@ -553,9 +600,9 @@ def backward_images_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW,
 
 
 @helper
-def weight_gradient_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
-                         UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts, need_dx, dx,
-                         dweight, dbias, tiles, blas):
+def weight_gradient_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, pool, N,
+                         parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
+                         need_dx, dx, dweight, dbias, tiles, blas):
     """Part ``part`` of ``winograd_conv_pool_backward`` (same arguments): for its
     share of the output channels, the parts' dU_parts summed into dU_parts[0]
     and dweight from it; part 0 also sums db_parts into dbias."""
@@ -577,34 +624,37 @@ def weight_gradient_part(part, x, dy, argmax, weight, C, H, W, PH, PW, POH, POW,
 
 @kernel(blas=True, parts=(backward_filters_part, backward_images_part, weight_gradient_part))
 def winograd_conv_pool_backward(backward_filters_part, backward_images_part, weight_gradient_part,
-                                x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, N, parts, per,
-                                UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
-                                need_dx, dx, dweight, dbias, tiles, blas):
+                                x, dy, argmax, weight, C, H, W, PH, PW, POH, POW, pool, N,
+                                parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                                db_parts, need_dx, dx, dweight, dbias, tiles, blas):
     """Backward of ``winograd_conv_pool`` (``train``), over the same parts and chunks.
 
     dy: float (N*OC*POH*POW,), the gradient at the pooled output; argmax from
-    forward. Per chunk: Vt (16, Lp, C) of the input tiles again
-    (``transform_windows``), dMt (16, Lp, OC) from dy (``window_gradients``),
+    forward. Without ``pool``, dy: (N*OC*4*POH*POW,), the gradient at the
+    conv's output (its ReLU, if any, already applied), argmax unread. Per
+    chunk: Vt (16, Lp, C) of the input tiles again (``transform_windows``),
+    dMt (16, Lp, OC) from dy (``window_gradients``, ``tile_gradients``),
     then 16 GEMMs dU[xi] (C, OC) += Vt[xi]^T dMt[xi] and, with ``need_dx``,
     16 dVt[xi] (Lp, C) = dMt[xi] UtT[xi] (UtT: (16*OC*C,), the filters'
     transform as (16, OC, C), made here) scattered back onto the image
     (``scatter_tiles``) and written to dx: (N*C*H*W,). Writes dweight
     (OC*C*9,) = G^T dU G summed over the parts' dU_parts (parts, 16*C*OC),
     and dbias (OC,) over db_parts (parts, OC). Workspaces per part as in
-    forward, plus dimage[p] ((H+2PH)*(W+2PW)*C,) and dyt[p] (POH*POW*OC,).
+    forward, plus dimage[p] ((H+2PH)*(W+2PW)*C,) and dyt[p] (POH*POW*OC,; 4
+    times that without ``pool``).
     The parts (``backward_filters_part``, ``backward_images_part``,
     ``weight_gradient_part``) are taken by address (``nnjit.kernels._jit``).
     """
     if need_dx:
         for p in prange(parts):
             call_part(backward_filters_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW,
-                      POH, POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
-                      db_parts, need_dx, dx, dweight, dbias, tiles, blas)
+                      POH, POW, pool, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt,
+                      dU_parts, db_parts, need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
         call_part(backward_images_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH,
-                  POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
-                  need_dx, dx, dweight, dbias, tiles, blas)
+                  POW, pool, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                  db_parts, need_dx, dx, dweight, dbias, tiles, blas)
     for p in prange(parts):
         call_part(weight_gradient_part, np.int64(p), x, dy, argmax, weight, C, H, W, PH, PW, POH,
-                  POW, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts, db_parts,
-                  need_dx, dx, dweight, dbias, tiles, blas)
+                  POW, pool, N, parts, per, UtT, image, Vt, dMt, dVt, dimage, dyt, dU_parts,
+                  db_parts, need_dx, dx, dweight, dbias, tiles, blas)

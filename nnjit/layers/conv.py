@@ -357,7 +357,7 @@ class Conv2D(Layer):
         """Forward by ``winograd_conv_pool``: x float32 (N, C, H, W) -> the pooled
         output (N, OC, POH, POW); in training, with the windows' winners
         (``pool_windows``) kept for ``_winograd_backward``. Without a fused pool
-        (inference only) -> (N, OC, OH, OW)."""
+        -> (N, OC, OH, OW)."""
         n, oc, dtype = x.shape[0], self.out_channels, self.dtype
         parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
@@ -365,8 +365,9 @@ class Conv2D(Layer):
         pool = self.fused_pool is not None
         out = self._buffer(f"out/{mode}", (n, oc, poh, pow_) if pool else
                            (n, oc, 2 * poh, 2 * pow_), dtype)
-        argmax = self._buffer("argmax/winograd" if training else "argmax/none",
-                              (n * poh * pow_ * oc if training else 1,), np.int32)
+        winners = training and pool
+        argmax = self._buffer("argmax/winograd" if winners else "argmax/none",
+                              (n * poh * pow_ * oc if winners else 1,), np.int32)
         spaces = max(parts, chunk_threads)
         winograd_conv_pool.run(
             spaces > 1, x.reshape(-1), self.weight.value.reshape(-1),
@@ -381,23 +382,32 @@ class Conv2D(Layer):
         self._cache = (x, out, argmax, "winograd") if training else None
         return out
 
-    def _winograd_backward(self, x, dy, argmax, need_input_grad):
+    def _winograd_backward(self, x, out, dy, argmax, need_input_grad):
         """Backward of a training ``_winograd_forward`` by ``winograd_conv_pool_backward``:
-        dy float32 (N, OC, POH, POW) -> dx (N, C, H, W) or None; fills the gradients."""
+        dy float32 (N, OC, POH, POW) at the pooled output (without a fused pool:
+        (N, OC, OH, OW), or a norm's ``PooledNormGrad``) -> dx (N, C, H, W) or
+        None; fills the gradients."""
         oc, dtype = self.out_channels, self.dtype
         parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
+        pool = self.fused_pool is not None
+        dy = self._check_grad(self._pooled_norm_grad(dy) if isinstance(dy, PooledNormGrad)
+                              else dy, out.shape, dtype)
+        if self.fused_relu and not pool:  # with a pool, the winners carry the ReLU
+            masked = self._buffer("winograd/masked", dy.shape, dtype)
+            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
+            dy = masked
         dx = self._buffer("dx", x.shape, dtype) if need_input_grad else x  # x: never written
         winograd_conv_pool_backward.run(
             parts > 1, x.reshape(-1), dy.reshape(-1), argmax, self.weight.value.reshape(-1),
-            c, h, w, ph, pw, poh, pow_, x.shape[0], parts, per,
+            c, h, w, ph, pw, poh, pow_, pool, x.shape[0], parts, per,
             self._buffer("winograd/UtT", (16 * oc * c,), dtype),
             # as many as forward's (its first `parts` used): the same buffers
             *self._winograd_workspaces(max(parts, chunk_threads), rows, *geometry),
             self._buffer("winograd/dMt", (parts, 16 * rows * oc), dtype),
             self._buffer("winograd/dVt", (parts, 16 * rows * c), dtype),
             self._buffer("winograd/dimage", (parts, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
-            self._buffer("winograd/dyt", (parts, poh * pow_ * oc), dtype),
+            self._buffer("winograd/dyt", (parts, poh * pow_ * oc * (1 if pool else 4)), dtype),
             self._buffer("winograd/dU", (parts, 16 * c * oc), dtype),
             self._buffer("db", (parts, oc), dtype),
             need_input_grad, dx.reshape(-1), self.weight.grad.reshape(-1), self._bias_grads(),
@@ -633,10 +643,8 @@ class Conv2D(Layer):
             raise self._no_cache()
         x, out, argmax, path = self._cache
         if path == "winograd":
-            dx = self._winograd_backward(x, self._check_grad(dy, out.shape, self.dtype), argmax,
-                                         need_input_grad)
             self._cache = None
-            return dx
+            return self._winograd_backward(x, out, dy, argmax, need_input_grad)
         if path == "grouped":
             return self._grouped_backward(dy, need_input_grad)
         norm = isinstance(dy, PooledNormGrad)

@@ -133,18 +133,77 @@ def test_winograd_without_a_pool_matches_the_reference(n, c, h, w, oc, padding, 
     assert conv.plan(x.shape, training=False).algorithm is ConvAlgorithm.WINOGRAD
 
 
-def test_winograd_without_a_pool_only_at_inference_and_on_even_outputs(using):
+def test_winograd_without_a_pool_only_on_even_outputs_from_32_channels(using):
     conv = Sequential([Conv2D(32, 8, 3, padding=1)], seed=0).layers[0]
-    assert conv.plan((2, 32, 8, 8), training=False).algorithm is ConvAlgorithm.WINOGRAD
-    assert conv.plan((2, 32, 8, 8), training=True).algorithm is not ConvAlgorithm.WINOGRAD
-    assert conv.plan((2, 32, 7, 8), training=False).algorithm is not ConvAlgorithm.WINOGRAD
     narrow = Sequential([Conv2D(16, 8, 3, padding=1)], seed=0).layers[0]
-    assert narrow.plan((2, 16, 8, 8), training=False).algorithm is not ConvAlgorithm.WINOGRAD
+    for training in (False, True):
+        assert conv.plan((2, 32, 8, 8), training).algorithm is ConvAlgorithm.WINOGRAD
+        assert conv.plan((2, 32, 7, 8), training).algorithm is not ConvAlgorithm.WINOGRAD
+        assert narrow.plan((2, 16, 8, 8), training).algorithm is not ConvAlgorithm.WINOGRAD
     using(conv="winograd")
-    with pytest.raises(nnjit.PlanError, match="even output size"):
-        conv.plan((2, 32, 7, 8), training=False)
-    with pytest.raises(nnjit.PlanError, match="in training"):
-        conv.plan((2, 32, 8, 8), training=True)
+    for training in (False, True):
+        with pytest.raises(nnjit.PlanError, match="even output size"):
+            conv.plan((2, 32, 7, 8), training)
+
+
+@pytest.mark.parametrize("tiles", [True, False])
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu, need_input_grad", [
+    (5, 32, 16, 16, 64, 1, True, True),      # ResNet-20's middle stage, a ReLU fused
+    (3, 12, 8, 10, 20, 1, False, True),      # not square, no ReLU
+    (40, 16, 6, 8, 70, 0, True, False),      # chunks of several images, two stages of channels
+    (2, 8, 6, 10, 12, (1, 0), False, True),  # rows padded, columns not
+])
+def test_winograd_training_without_a_pool_matches_unfold_path(n, c, h, w, oc, padding, relu,
+                                                              need_input_grad, tiles, rng,
+                                                              host_with, using):
+    """Every output of each 2x2 tile in training, and the adjoint of each tile's
+    four output gradients: forward, the input, weight and bias gradients equal
+    the unfold path's (Winograd forced below 32 channels)."""
+    import nnjit
+    using(host=host_with(tiles=tiles))
+    conv = Sequential([Conv2D(c, oc, 3, padding=padding)] + ([ReLU()] if relu else []),
+                      seed=3).layers[0]
+    conv.bias.value[...] = rng.normal(size=oc)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    dy = rng.normal(size=(n, oc, *conv.problem(x.shape, True).output)).astype(np.float32)
+    results = []
+    for algorithm in ("winograd", "unfold"):
+        with nnjit.using(conv=algorithm):
+            assert conv.plan(x.shape, True).algorithm.value == algorithm
+            out = conv.forward(x).copy()
+            dx = conv.backward(dy if not relu else dy * (out > 0), need_input_grad)
+        results.append((out, None if dx is None else dx.copy(), conv.weight.grad.copy(),
+                        conv.bias.grad.copy()))
+    for a, b, name in zip(*results, ("out", "dx", "dweight", "dbias"), strict=True):
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
+
+
+def test_a_handed_back_norm_gradient_reaches_an_unpooled_winograd_conv(rng):
+    """conv (Winograd, no pool of its own) -> batch norm -> ReLU -> max-pool: the
+    norm hands its gradient back; the conv evaluates it first. The gradients
+    equal the reference path's (unfolded, nothing fused)."""
+    import nnjit
+    from nnjit import BatchNorm2D, Dense, Flatten, Softmax
+
+    x = rng.normal(size=(4, 32, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+
+    def gradients():
+        model = Sequential([Conv2D(32, 32, 3, padding=1, bias=False), BatchNorm2D(32), ReLU(),
+                            MaxPool2D(2), Flatten(), Dense(32 * 16, 10), Softmax()], seed=6)
+        model.forward(x)
+        model.backward(labels)
+        return model, [p.grad.copy() for p in model.parameters()]
+
+    fast, got = gradients()
+    assert runs_winograd(fast.layers[0], training=True) and "norm/grad" in fast.layers[0]._buffers
+    with nnjit.using(conv="unfold", fusion=False):
+        _, want = gradients()
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
 
 
 def test_winograd_is_used_only_where_it_applies():
@@ -220,15 +279,19 @@ def test_winograd_training_on_a_batch_two_threads_share(n, rng, monkeypatch, hos
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("n, c, h, w, oc, padding, relu", [
-    (2, 3, 6, 7, 4, 1, True),
-    (3, 2, 5, 5, 3, 0, False),
+@pytest.mark.parametrize("n, c, h, w, oc, padding, relu, pool", [
+    (2, 3, 6, 7, 4, 1, True, True),
+    (3, 2, 5, 5, 3, 0, False, True),
+    (2, 3, 6, 4, 4, 1, True, False),
+    (2, 2, 6, 8, 3, 0, False, False),
 ])
-def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, relu, rng, using):
+def test_winograd_gradients_match_finite_differences(n, c, h, w, oc, padding, relu, pool, rng,
+                                                     using):
     """The Winograd forward and backward in float64 (the path is float32-only in
-    use: forced on here) against central differences of its own forward."""
+    use: forced on here), with a fused pool and without, against central
+    differences of its own forward."""
     layers = [Conv2D(c, oc, 3, padding=padding, dtype=np.float64)] + \
-        ([ReLU()] if relu else []) + [MaxPool2D(2)]
+        ([ReLU()] if relu else []) + ([MaxPool2D(2)] if pool else [])
     conv = Sequential(layers, seed=5).layers[0]
     assert not runs_winograd(conv)
     using(conv="winograd")

@@ -99,9 +99,13 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
     assert plan_conv(problem(channels=4)).algorithm is \
         (ConvAlgorithm.WINDOWS if tiles else ConvAlgorithm.UNFOLD)
     assert plan_conv(problem(dtype="float64", channels=4)).algorithm is ConvAlgorithm.UNFOLD
-    unpooled = problem(pool=None, width=28, height=28)
+    unpooled = problem(pool=None, width=28, height=28, channels=16)
     assert plan_conv(unpooled).algorithm is \
         (ConvAlgorithm.DIRECT if tiles else ConvAlgorithm.UNFOLD)
+    assert plan_conv(problem(pool=None, width=14, height=14)).algorithm is \
+        ConvAlgorithm.WINOGRAD  # 32 channels, an even output
+    assert plan_conv(problem(pool=None, width=13, height=13)).algorithm is not \
+        ConvAlgorithm.WINOGRAD
     with nnjit.using(winograd_in_training=False):
         assert plan_conv(problem()).algorithm is not ConvAlgorithm.WINOGRAD
         assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD
