@@ -443,6 +443,13 @@ def _pointwise_fits(p: ConvProblem) -> str | None:
     return None
 
 
+def _input_grad_dropped(p: ConvProblem) -> float:
+    """The share of each padded row the input gradient's direct conv drops: KW-1
+    of every OW + 2*(KW-1-PW) (the output gradient padded by KW-1-PW)."""
+    (_, kw), (_, pw), (_, ow) = p.kernel, p.padding, p.output
+    return (kw - 1) / (ow + 2 * (kw - 1 - pw))
+
+
 def direct_backward_fits(p: ConvProblem) -> str | None:
     """Why ``p``'s gradients cannot run without unfolding, or None when they can
     (``nnjit.kernels.direct_grad``): the weight gradient in register tiles over
@@ -454,7 +461,7 @@ def direct_backward_fits(p: ConvProblem) -> str | None:
     3.5, 32->32 on 16x16 4.5 / 4.1 against 3.2 / 2.7 (ResNet-20's convs).
     """
     t = _settings.tuning
-    (kh, kw), (ph, pw), (oh, ow) = p.kernel, p.padding, p.output
+    (kh, kw), (ph, pw) = p.kernel, p.padding
     if not p.training:
         return "inference"
     if _grouped_only(p) or p.stride != (1, 1) or p.pool is not None:
@@ -471,7 +478,7 @@ def direct_backward_fits(p: ConvProblem) -> str | None:
                 f"{t.direct_backward_min_channels}, got {p.channels}")
     if p.out_channels * kh * kw < t.direct_min_reduction:
         return f"a sum of {p.out_channels * kh * kw} < {t.direct_min_reduction} per input"
-    if (kw - 1) / (ow + 2 * (kw - 1 - pw)) >= t.direct_max_dropped:
+    if _input_grad_dropped(p) >= t.direct_max_dropped:
         return f"the input gradient's rows drop {t.direct_max_dropped:.0%} or more"
     return None
 
@@ -493,10 +500,9 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     dropped = (p.kernel[1] - 1) / wp
     skip = dropped >= t.skipping_min_dropped and ow >= 16
     backward = {}
-    if direct_backward_fits(p) is None:
-        kw, pw = p.kernel[1], p.padding[1]
-        backward = dict(direct_backward=True, input_grad_skip=p.width >= 16 and (
-            (kw - 1) / (ow + 2 * (kw - 1 - pw)) >= t.skipping_min_dropped))
+    if direct_backward_fits(p) is None:  # the input gradient's output is the input
+        backward = dict(direct_backward=True, input_grad_skip=p.width >= 16 and
+                        _input_grad_dropped(p) >= t.skipping_min_dropped)
     forced = _settings.conv
     if forced is not None:
         why = None if forced is ConvAlgorithm.GROUPED else _grouped_only(p) or {
