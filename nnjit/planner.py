@@ -171,8 +171,9 @@ class Tuning:
     #: (``inference_pass``): each layer then reads what the one before wrote while
     #: it is still in cache. Batch-1000 predict on the Intel host, 2 threads, ms in
     #: one pass / passes of 128 / 64 / 32 images: mobilenet (largest output 128
-    #: KB an image) 104 / 100 / 84 / 80, resnet-mini 97 / 85 / 79 / 98, cnn 16.2 /
-    #: 13.3 / 13.7 / 18.6, resnet20 (64 KB) 442 / 440 / 455 / 473.
+    #: KB an image) 104 / 100 / 84 / 80, a residual network on 1x28x28 (conv 32,
+    #: pool, res:32, res:64:2, global pool) 97 / 85 / 79 / 98, cnn 16.2 / 13.3 /
+    #: 13.7 / 18.6, resnet20 (64 KB) 442 / 440 / 455 / 473.
     inference_pass_bytes: int = 8 << 20
 
 
