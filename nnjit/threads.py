@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 import numba
+import numpy as np
 from numba.np.ufunc import parallel as _numba_parallel
 
 #: Work (multiply-adds, roughly) that pays for one more thread in a layer's
@@ -62,3 +63,9 @@ def split(n: int, parts: int) -> list[tuple[int, int]]:
     """[0, n) cut into at most ``parts`` contiguous non-empty ranges of near-equal length."""
     parts = max(1, min(parts, n))
     return [(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+
+
+def split_bounds(n: int, parts: int):
+    """``split(n, parts)`` as a kernel takes it: int64 (k + 1,) bounds, range p being
+    [bounds[p], bounds[p+1])."""
+    return np.array([0] + [stop for _, stop in split(n, parts)], np.int64)

@@ -8,7 +8,7 @@ from ..kernels.batchnorm import (affine_pool_forward, batchnorm_backward, batchn
                                  batchnorm_pool_coefficients,
                                  batchnorm_pool_input_grad, batchnorm_statistics)
 from ..params import Parameter
-from ..threads import parts_for, split
+from ..threads import parts_for, split_bounds
 from .activation import AppliesReLU
 from .base import Layer, PooledNormGrad, float_dtype, positive_int
 
@@ -190,7 +190,7 @@ class BatchNorm2D(BatchNorm1D):
             batchnorm_inference_affine(self.weight.value, self.bias.value, self.running_mean,
                                        self.running_var, self.eps, scale, shift)
         parts = parts_for(x.size * AFFINE_POOL_WORK, n * c)
-        bounds = np.array([0] + [stop for _, stop in split(n * c, parts)], np.int64)
+        bounds = split_bounds(n * c, parts)
         affine_pool_forward.run(parts > 1, x.reshape(-1), n * c, c, h, w, scale, shift,
                                 self.fused_relu, kh, kw, sh, sw, oh, ow, bounds,
                                 self._buffer("scratch", (len(bounds) - 1, h * w), self.dtype),

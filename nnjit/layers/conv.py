@@ -18,7 +18,7 @@ from ..kernels.tiles import NT_REDUCTION_STEP
 from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
 from ..params import Parameter
 from ..planner import ConvAlgorithm, ConvProblem, PlanError, plan_conv
-from ..threads import get_num_threads, parts_for, split
+from ..threads import get_num_threads, parts_for, split, split_bounds
 from .base import Layer, PooledNormGrad, float_dtype, he_uniform, pair, positive_int
 
 
@@ -391,12 +391,8 @@ class Conv2D(Layer):
         parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
         pool = self.fused_pool is not None
-        dy = self._check_grad(self._pooled_norm_grad(dy) if isinstance(dy, PooledNormGrad)
-                              else dy, out.shape, dtype)
-        if self.fused_relu and not pool:  # with a pool, the winners carry the ReLU
-            masked = self._buffer("winograd/masked", dy.shape, dtype)
-            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
-            dy = masked
+        # with a pool, the winners kept by forward carry the ReLU
+        dy = self._check_grad(dy, out.shape, dtype) if pool else self._grad_at_output(dy, out)
         dx = self._buffer("dx", x.shape, dtype) if need_input_grad else x  # x: never written
         winograd_conv_pool_backward.run(
             parts > 1, x.reshape(-1), dy.reshape(-1), argmax, self.weight.value.reshape(-1),
@@ -485,7 +481,7 @@ class Conv2D(Layer):
         oc, p = self.out_channels, h * w
         dy = self._check_grad(dy, out.shape, self.dtype)
         parts = parts_for(n * p * oc * c * 2, n)
-        bounds = np.array([0] + [stop for _, stop in split(n, parts)], np.int64)
+        bounds = split_bounds(n, parts)
         parts = bounds.size - 1
         dx = self._buffer("dx", x.shape, self.dtype) if need_input_grad else x  # x: never written
         pointwise_conv_backward.run(
@@ -508,20 +504,17 @@ class Conv2D(Layer):
 
     def _direct_backward(self, x, out, dy, skipping, need_input_grad):
         """Backward of a stride-1 conv without unfolding (the planner's
-        ``direct_backward``): x float32 (N, C, H, W), out and dy (N, OC, OH, OW),
-        the layer's output and the gradient there. The weight gradient by
+        ``direct_backward``): x float32 (N, C, H, W), out (N, OC, OH, OW) the
+        layer's output and dy the gradient there (or a norm's ``PooledNormGrad``). The weight gradient by
         ``conv_weight_grad_direct``; the input gradient (N, C, H, W) as the direct
         conv of dy with the weight flipped and transposed, padding KH-1-PH."""
-        if self.fused_relu:
-            masked = self._buffer("direct/masked", dy.shape, self.dtype)
-            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
-            dy = masked
+        dy = self._grad_at_output(dy, out)
         n, oc = x.shape[0], self.out_channels
         geometry = self._geometry(x)
         c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
         hp, wp = h + 2 * ph, w + 2 * pw
-        parts = parts_for(n * oh * ow * oc * c * kh * kw, n)
-        bounds = np.array([0] + [stop for _, stop in split(n, parts)], np.int64)
+        bounds = split_bounds(n, parts_for(n * oh * ow * oc * c * kh * kw, n))
+        parts = bounds.size - 1
         conv_weight_grad_direct.run(
             parts > 1, bounds, x.reshape(-1), dy.reshape(-1), geometry, self.bias is not None,
             self._buffer("direct/grad_image", (parts, c * hp * wp + kw), self.dtype, fill=0),
@@ -564,15 +557,9 @@ class Conv2D(Layer):
     def _grouped_backward(self, dy, need_input_grad):
         x, conv, _, _ = self._cache
         self._cache = None
-        if isinstance(dy, PooledNormGrad):  # the norm after this conv handed it back
-            dy = self._pooled_norm_grad(dy)
-        elif self.fused_pool is not None:
+        if self.fused_pool is not None and not isinstance(dy, PooledNormGrad):
             dy = self.fused_pool.backward(dy)
-        dy = self._check_grad(dy, conv.shape, self.dtype)
-        if self.fused_relu:
-            masked = self._buffer("grouped/masked", dy.shape, self.dtype)
-            relu_backward(conv.reshape(-1), dy.reshape(-1), masked.reshape(-1))
-            dy = masked
+        dy = self._grad_at_output(dy, conv)
         geometry = self._geometry(x)
         grouped_conv_weight_grad(x.reshape(-1), dy.reshape(-1), geometry, self.groups,
                                  *self.dilation, self.weight.grad.reshape(-1),
@@ -583,6 +570,20 @@ class Conv2D(Layer):
         grouped_conv_input_grad(dy.reshape(-1), self.weight.value.reshape(-1), geometry,
                                 self.groups, *self.dilation, dx.reshape(-1))
         return dx
+
+    def _grad_at_output(self, dy, out) -> np.ndarray:
+        """The gradient at the conv's own output ``out`` (N, OC, OH, OW), before
+        any fused pool: a handed-back norm gradient evaluated (the norm after
+        this conv), the shape checked, and with a fused ReLU passed only where
+        out > 0."""
+        if isinstance(dy, PooledNormGrad):
+            dy = self._pooled_norm_grad(dy)
+        dy = self._check_grad(dy, out.shape, self.dtype)
+        if self.fused_relu:
+            masked = self._buffer("masked_grad", dy.shape, self.dtype)
+            relu_backward(out.reshape(-1), dy.reshape(-1), masked.reshape(-1))
+            dy = masked
+        return dy
 
     def _pooled_norm_grad(self, grad: PooledNormGrad) -> np.ndarray:
         """The dense gradient a handed-back batch norm + max-pool gradient stands for."""
@@ -656,9 +657,7 @@ class Conv2D(Layer):
         plan = self.plan(x.shape, True)
         if plan.direct_backward:
             self._cache = None
-            dy = self._pooled_norm_grad(dy) if norm else dy
-            return self._direct_backward(x, out, self._check_grad(dy, out.shape, self.dtype),
-                                         plan.input_grad_skip, need_input_grad)
+            return self._direct_backward(x, out, dy, plan.input_grad_skip, need_input_grad)
         (pkh, pkw), psh = self.fused_pool.kernel_size if self.fused_pool else (1, 1), 1
         if norm:
             (pkh, _), (psh, _) = dy.pool_kernel, dy.pool_stride
