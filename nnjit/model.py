@@ -192,6 +192,11 @@ class Model:
         return values[last]
 
     def _run_inference(self, x: np.ndarray) -> np.ndarray:
+        """One inference pass on x, the norms folded anew first: a replay
+        (``ReplayedInference``) repeats the folds with the layers' kernels, on the
+        parameters as they are at each call, without the dispatch of each
+        (ResNet-20 on one image: 21 folds, ~60 us of calls)."""
+        self._inference.refresh()
         return self._run(x, training=False)
 
     def _bindings(self) -> list[tuple[object, str]]:
@@ -299,7 +304,6 @@ class Model:
         # replay that calls BLAS.)
         with single_threaded_blas.lock:
             if len(x) <= batch_size:
-                self._inference.refresh()
                 if len(x) <= step:
                     out = self._replayed(x)
                     self._logits = None

@@ -97,6 +97,27 @@ def test_replay_follows_buffers_and_parameters_replaced(rng):
     assert not np.array_equal(got, after_norm)
 
 
+def test_a_replay_folds_each_norm_anew_from_what_the_parameters_hold(rng):
+    """The fold of a norm into its conv is part of the replayed calls: writing
+    into the conv's weight or the norm's statistics in place, or replacing the
+    statistics, reaches the next replayed predict."""
+    model = small_cnn_bn(0)
+    conv, norm = model.layers[0], model.layers[1]
+    x = rng.standard_normal((1, 1, 12, 12)).astype(np.float32)
+    before = [model.predict(x) for _ in range(3)][-1]
+    assert any(r is not None for r in model._replayed._recordings.values())
+    changes = [lambda: conv.weight.value.__imul__(-1.5),
+               lambda: norm.running_var.__imul__(4.0),
+               lambda: setattr(norm, "running_mean",
+                               rng.standard_normal(4).astype(np.float32))]
+    for change in changes:
+        change()
+        got = model.predict(x)
+        np.testing.assert_array_equal(got, layers_path(model, x))
+        assert not np.array_equal(got, before)
+        before = got
+
+
 class Doubling(Layer):
     """Computes outside any kernel: a recording of its model's kernels alone is not the model."""
 
