@@ -85,7 +85,7 @@ class Model:
             self._needs_grad.append(bool(layer.parameters()) or any(
                 j >= 0 and self._needs_grad[j] for j in inputs))
         self._grad_sums: dict[int, np.ndarray] = {}  # where gradients of shared outputs add up
-        self._output_bytes: dict[tuple, int] = {}  # input shape -> ``_largest_output``
+        self._pass_shapes: dict[tuple, tuple] = {}  # input shape -> ``_pass_shape``
 
     def nodes(self) -> list[Node]:
         """The graph as the fusion pass reads it: each layer with the indices it reads."""
@@ -297,7 +297,7 @@ class Model:
         # the next (the planner's size). Within one batch the passes replay
         # (``ReplayedInference``); a loop over several batches runs the layers.
         step = len(x) if len(x) <= min(batch_size, planner.INFERENCE_PASS_MIN) else min(
-            batch_size, planner.inference_pass(len(x), self._largest_output(x.shape[1:])))
+            batch_size, planner.inference_pass(len(x), *self._pass_shape(x.shape[1:])))
         # Held throughout: passes from several threads take turns (the layers'
         # buffers are shared), and each copies its results out before the next.
         # (BLAS is set to one thread by the parts that call it: ``_run``, a
@@ -320,16 +320,19 @@ class Model:
             self._logits = None
             return out
 
-    def _largest_output(self, input_shape) -> int:
-        """Bytes of one sample's largest layer output on input (C, H, W)."""
+    def _pass_shape(self, input_shape) -> tuple[int, float]:
+        """(bytes of one sample's largest layer output, forward FLOPs per byte of
+        the input and layer outputs) on input (C, H, W): what
+        ``planner.inference_pass`` sizes a pass by."""
         key = tuple(input_shape)
-        if key not in self._output_bytes:
-            if len(self._output_bytes) >= 16:
-                self._output_bytes.clear()
-            self._output_bytes[key] = max(int(np.prod(shape, dtype=np.int64))
-                                          for _, shape, _ in self.summary(key)) \
-                * self.dtype.itemsize
-        return self._output_bytes[key]
+        if key not in self._pass_shapes:
+            if len(self._pass_shapes) >= 16:
+                self._pass_shapes.clear()
+            largest = max(int(np.prod(shape, dtype=np.int64))
+                          for _, shape, _ in self.summary(key)) * self.dtype.itemsize
+            self._pass_shapes[key] = (largest,
+                                       self.forward_flops(key) / self.forward_bytes(key))
+        return self._pass_shapes[key]
 
     def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
         """The loss (``self.loss``, over the whole set) and accuracy of the model on
@@ -439,6 +442,14 @@ class Model:
         values = int(np.prod(input_shape, dtype=object)) + sum(
             int(np.prod(shape, dtype=object)) for _, shape, _ in self.summary(input_shape))
         return batch * values * self.dtype.itemsize
+
+    def forward_flops(self, input_shape: tuple[int, ...]) -> int:
+        """Floating-point operations (2 per multiply-add) of one sample's forward
+        pass on ``input_shape``, in the layers that describe their work (convs,
+        Dense layers; ``describe``): the rest do a few per value."""
+        return sum(layer.describe((1, *shape), False)["flops"] or 0
+                   for layer, shape in zip(self.layers, self.input_shapes(input_shape))
+                   if hasattr(layer, "describe"))
 
     def check_fits(self, input_shape: tuple[int, ...], batch: int = 1) -> None:
         """Raise OutOfMemoryError when a pass on ``batch`` samples of ``input_shape``

@@ -175,6 +175,18 @@ class Tuning:
     #: pool, res:32, res:64:2, global pool) 97 / 85 / 79 / 98, cnn 16.2 / 13.3 /
     #: 13.7 / 18.6, resnet20 (64 KB) 442 / 440 / 455 / 473.
     inference_pass_bytes: int = 8 << 20
+    #: A network doing fewer FLOPs than this per byte its layers write
+    #: (``Model.forward_flops`` over ``Model.forward_bytes``) is memory-bound at
+    #: inference: its passes keep the largest output within
+    #: ``memory_bound_pass_bytes``, in the cores' L2, instead. Batch-1000 predict
+    #: on the AMD host (2 MB of L2 a core), 2 threads, img/s in passes of 16 / 32 /
+    #: 64 / 128 images: mobilenet (5.0 FLOP a byte, 128 KB) 13.1k / 11.7k / 10.7k /
+    #: 10.5k; above the bound, larger passes won or tied: cnn-bn (9.6) 46.1k /
+    #: 48.5k / 55.0k / 51.2k, cnn (18.1) 47.9k / 50.9k / 60.5k / 53.8k,
+    #: resnet-mini (20.4) 17.0k / 17.9k / 17.8k / 15.7k, resnet20 (30.2) 1.90k /
+    #: 2.12k / 2.16k / 2.13k.
+    memory_bound_flops_per_byte: float = 7.0
+    memory_bound_pass_bytes: int = 2 << 20
 
 
 # -- the settings ----------------------------------------------------------------------
@@ -631,12 +643,18 @@ def plan_dense(rows: int, in_features: int, out_features: int, dtype, training: 
 INFERENCE_PASS_MIN = 16
 
 
-def inference_pass(batch: int, largest_output_bytes: int) -> int:
+def inference_pass(batch: int, largest_output_bytes: int,
+                   flops_per_byte: float = float("inf")) -> int:
     """Images per pass of a ``predict`` on ``batch`` images whose largest layer
-    output takes ``largest_output_bytes`` an image: the largest power of two,
-    at least INFERENCE_PASS_MIN, whose outputs fit
-    ``Tuning.inference_pass_bytes``; the whole batch when it is no larger."""
-    fit = max(1, tuning().inference_pass_bytes // max(1, largest_output_bytes))
+    output takes ``largest_output_bytes`` an image, of a network doing
+    ``flops_per_byte`` FLOPs per byte its layers write: the largest power of
+    two, at least INFERENCE_PASS_MIN, whose outputs fit
+    ``Tuning.inference_pass_bytes`` (``memory_bound_pass_bytes`` below
+    ``memory_bound_flops_per_byte``); the whole batch when it is no larger."""
+    t = tuning()
+    budget = t.memory_bound_pass_bytes if flops_per_byte < t.memory_bound_flops_per_byte \
+        else t.inference_pass_bytes
+    fit = max(1, budget // max(1, largest_output_bytes))
     return min(batch, max(INFERENCE_PASS_MIN, 1 << (fit.bit_length() - 1)))
 
 

@@ -44,7 +44,7 @@ else:
 import numba
 from rich.table import Table
 
-from nnjit import SGD, Conv2D, Dense
+from nnjit import SGD, Conv2D
 from nnjit.cli import HelpFormatter, console, positive_int, run
 from nnjit.kernels.blas import blas_description
 from nnjit.onnx_export import to_onnx
@@ -79,16 +79,6 @@ def parse_args(argv=None):
 
 
 # -- FLOP counts (2 x multiply-accumulates) ----------------------------------
-def forward_flops(model, input_shape) -> float:
-    """2*MACs of one sample's forward pass through the Conv2D and Dense layers."""
-    flops = 0.0
-    for layer, (_, out, _) in zip(model.layers, model.summary(input_shape)):
-        if isinstance(layer, (Conv2D, Dense)):  # weight (out, ...) at every output position
-            positions = int(np.prod(out[1:])) if len(out) > 1 else 1
-            flops += 2.0 * layer.weight.value.size * positions
-    return flops
-
-
 def matmul_peak(threads) -> float:
     """Measured float32 GEMM GFLOP/s of numpy at 2048 (best of 5)."""
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
@@ -432,7 +422,7 @@ def measure(args, peers) -> list[dict]:
                                            ("resnet20", (128,), True),
                                            ("mobilenet", (128,), True)):
         model, shape = model_for(model_name)
-        fwd = forward_flops(model, shape)
+        fwd = model.forward_flops(shape)
         for batch in batches:
             name = f"{model_name} training, batch {batch}"
             if wanted(name):

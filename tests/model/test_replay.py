@@ -389,9 +389,9 @@ def test_a_large_batch_runs_in_passes_that_equal_the_layers_path(rng, using):
     same passes (the kernels split their work by the images they get, so other
     passes may differ in the last bits)."""
     model = small_cnn_bn(seed=3)
-    largest = model._largest_output((1, 12, 12))
-    using(inference_pass_bytes=16 * largest)
-    assert nnjit.planner.inference_pass(70, largest) == 16
+    largest, intensity = model._pass_shape((1, 12, 12))
+    using(inference_pass_bytes=16 * largest, memory_bound_pass_bytes=16 * largest)
+    assert nnjit.planner.inference_pass(70, largest, intensity) == 16
     x = rng.random((70, 1, 12, 12), dtype=np.float32)
     want = np.concatenate([layers_path(model, x[i:i + 16]) for i in range(0, 70, 16)])
     for _ in range(3):  # recorded on the second call, replayed after
@@ -408,3 +408,20 @@ def test_inference_pass_sizes():
     assert inference_pass(1000, limit) == 16  # at least 16 images
     assert inference_pass(10, limit // 64) == 10  # a small batch in one pass
     assert inference_pass(1000, 100) == 1000
+
+
+def test_a_memory_bound_network_runs_in_passes_that_stay_in_l2(using):
+    """Few FLOPs per byte written: passes sized by memory_bound_pass_bytes."""
+    from nnjit.planner import inference_pass, tuning
+
+    using(inference_pass_bytes=64 << 10, memory_bound_pass_bytes=16 << 10,
+          memory_bound_flops_per_byte=5.0)
+    assert inference_pass(1000, 1 << 10, 4.9) == 16
+    assert inference_pass(1000, 1 << 10, 5.0) == 64
+    assert inference_pass(1000, 1 << 10) == 64  # intensity unknown: not memory-bound
+    assert tuning().memory_bound_pass_bytes < tuning().inference_pass_bytes
+    # small_cnn_bn, per image: conv 1->4 3x3 on 12x12 (2*4*9*100 FLOPs) and Dense
+    # 100->3 (2*100*3); its input and nine outputs hold 144 + 3*400 + 3*100 + 2*3 values.
+    largest, intensity = small_cnn_bn(seed=0)._pass_shape((1, 12, 12))
+    assert largest == 400 * 4
+    assert intensity == pytest.approx((7200 + 600) / ((144 + 1200 + 300 + 6) * 4))
