@@ -173,11 +173,13 @@ def dense_backward(backward_part, x, out, dy, weight, N, IN, F, relu, parts, chu
     """
     if relu:
         for p in prange(parts):
-            for i in range(p * N // parts * F, (p + 1) * N // parts * F):
-                if out[i] > 0:
-                    masked[i] = dy[i]
+            lo, hi = p * N // parts * F, (p + 1) * N // parts * F
+            o, g, m = out[lo:hi], dy[lo:hi], masked[lo:hi]  # views: a plain index vectorises
+            for i in range(hi - lo):
+                if o[i] > 0:
+                    m[i] = g[i]
                 else:
-                    masked[i] = 0
+                    m[i] = 0
     for p in prange(parts):
         call_part(backward_part, np.int64(p), x, out, dy, weight, N, IN, F, relu, parts, chunk,
                   need_dx, masked, dweight, dbias, dx, tiles, blas)

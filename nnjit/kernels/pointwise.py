@@ -90,8 +90,9 @@ def pointwise_conv_backward(x, dy, out, weight, P, bounds, relu, need_dx, masked
             gemm(blas, NO_TRANS, TRANS, OC, C, P, 1.0, g, P, x[n * C * P:], P, 1.0, dwp, C)
             for oc in range(OC):
                 acc = 0.0
-                for j in range(oc * P, (oc + 1) * P):
-                    acc += g[j]
+                row = g[oc * P:(oc + 1) * P]  # a view: a plain index vectorises
+                for j in range(P):
+                    acc += row[j]
                 dbp[oc] += acc
             if need_dx:
                 gemm(blas, TRANS, NO_TRANS, C, P, OC, 1.0, weight, C, g, P, 0.0,

