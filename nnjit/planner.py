@@ -121,11 +121,15 @@ class Tuning:
     #: 3.9, 4->16 2.8-3.1 both; the weight gradient alone of 1->32 on 28x28 2.0-2.4
     #: vs 1.1 with its channel padded to four (three rows of zeros a tile).
     direct_backward_min_channels: int = 8
-    #: The direct conv skips the columns a row drops (skipping tiles) where they
-    #: are this share of the padded row or more and OW >= 16: each vector's
-    #: row-end crossing costs ~4-6% (10->20 5x5, one image, one core: 28x28, 14%
-    #: dropped, 26.1 -> 23.6 us; 20x20 1.22x; 40x40, 10%, 1.05x; 64x64, 6%,
-    #: 1.00x; 3x3 on 28x28, 7%, 0.95x).
+    #: The direct conv skips the columns a row drops (skipping tiles, which store
+    #: the conv's output itself: no pass moves the product out) where OW >= 16
+    #: and either no vector crosses a row's end (OW a multiple of 16) or the
+    #: dropped columns are this share of the padded row or more: each crossing
+    #: costs ~4-6% (10->20 5x5, one image, one core: 28x28, 14% dropped, 26.1 ->
+    #: 23.6 us; 20x20 1.22x; 40x40, 10%, 1.05x; 64x64, 6%, 1.00x; 3x3 on 28x28,
+    #: 7%, 0.95x; two threads, 16->32 3x3 on 20x20, 9%: 1.63 against 1.76 ms).
+    #: Without crossings, inference at two threads, ms: 16->16 3x3 on 32x32 at
+    #: batch 128 3.63-3.71 -> 3.30-3.39, 3->16 at batch 16 0.107 -> 0.094.
     skipping_min_dropped: float = 0.1
     #: Most bytes of im2col columns plus GEMM output per block: each thread
     #: unfolds a block, multiplies it in slices and moves the product out while
@@ -399,6 +403,12 @@ def tiles_pay(rows: int, reduction: int, dtype) -> bool:
                  and reduction >= t.tiles_min_reduction))
 
 
+def skipping_pays(width: int, dropped: float) -> bool:
+    """True when a direct conv of output ``width`` whose padded rows drop the
+    share ``dropped`` runs in skipping tiles (``Tuning.skipping_min_dropped``)."""
+    return width >= 16 and (width % 16 == 0 or dropped >= _settings.tuning.skipping_min_dropped)
+
+
 def _grouped_only(p: ConvProblem) -> str | None:
     """Why only the grouped path can run ``p`` (groups or dilation), or None when
     every algorithm's own rules decide."""
@@ -511,11 +521,11 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
                  weight_grad_tiles=tiles_pay(k, oc, p.dtype) and k >= nt_least)
     wp = p.width + 2 * p.padding[1]
     dropped = (p.kernel[1] - 1) / wp
-    skip = dropped >= t.skipping_min_dropped and ow >= 16
+    skip = skipping_pays(ow, dropped)
     backward = {}
     if direct_backward_fits(p) is None:  # the input gradient's output is the input
-        backward = dict(direct_backward=True, input_grad_skip=p.width >= 16 and
-                        _input_grad_dropped(p) >= t.skipping_min_dropped)
+        backward = dict(direct_backward=True,
+                        input_grad_skip=skipping_pays(p.width, _input_grad_dropped(p)))
     forced = _settings.conv
     if forced is not None:
         why = None if forced is ConvAlgorithm.GROUPED else _grouped_only(p) or {

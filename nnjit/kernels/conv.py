@@ -568,22 +568,21 @@ def conv_forward_direct_part(part, bounds, blocks, x, weight, bias, g, relu, ski
                     padded_image(x, n, C, H, W, PH, PW, 0, H + 2 * PH, image)
                     copied = n
                 src, src_off = image, r0 * Wp
-            if skipping:
+            if skipping:  # the product, bias and ReLU written in the output planes
                 skipping_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, OW, Wp, L,
-                                   ybuf)
-            else:
-                shifted_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, L, ybuf)
+                                   out, (n * OC * OH + r0) * OW, OH * OW, bias, relu)
+                continue
+            shifted_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, L, ybuf)
             for oc in range(OC):
                 bo = bias[oc]
-                for r in range(1 if skipping else r1 - r0):  # skipping: the rows are one run
+                for r in range(r1 - r0):
                     s = U(oc * L + r * Wp)
                     d = U(((n * OC + oc) * OH + r0 + r) * OW)
-                    width = U(L if skipping else OW)
                     if relu:
-                        for j in range(width):
+                        for j in range(U(OW)):
                             out[d + j] = max(ybuf[s + j] + bo, 0)
                     else:
-                        for j in range(width):
+                        for j in range(U(OW)):
                             out[d + j] = ybuf[s + j] + bo
 
 
@@ -608,7 +607,8 @@ def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bia
     block, each image copied once for all its blocks of rows). With
     ``skipping`` (the planner's choice: enough is dropped to pay for a
     vector's row-end crossing, at most one per vector since OW >= 16), the
-    product skips them (``skipping_rows_gemm``).
+    product skips them (``skipping_rows_gemm``) and its tiles are stored in
+    the output planes with the bias and ReLU: no pass moves it out of ybuf.
 
     bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
     x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:

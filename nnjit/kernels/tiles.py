@@ -78,7 +78,10 @@ def _row_tile(rows, vectors=2, masked=False, skipping=False):
     b[row + o_h + j] for j < split_h, else from b[row + o_h + gap + j], with
     o_0 = 0, o_1 = ``second`` (a conv's output positions, whose rows in the
     image are ``gap`` values longer than the kept ones; see
-    ``skipping_rows_gemm``)."""
+    ``skipping_rows_gemm``), then a conv's epilogue: ``bias, bias_off, relu``
+    (a float32 array, int64, bool): row i of the tile is stored as its sum +
+    bias[bias_off + i], then max(., 0) with ``relu`` (``v < 0`` as the test:
+    NaN and -0.0 pass, as in ``runs``), so that a conv's product is its output."""
 
     def codegen(context, builder, signature, args):
         if signature.args[0].dtype != types.float32:
@@ -144,6 +147,25 @@ def _row_tile(rows, vectors=2, masked=False, skipping=False):
         def c_vector(i, h):  # pointer to the 16 floats of vector h of tile row i in c
             row = builder.gep(C, [builder.mul(const(i), ldc)])
             return builder.gep(row, [const(16 * h)])
+
+        if skipping:  # the epilogue's per-row bias, loaded before the loop
+            bias_row = builder.gep(data(17, args[17]), [args[18]])
+            biases = []
+            for i in range(rows):
+                value = builder.load(builder.gep(bias_row, [const(i)]))
+                biases.append(builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(v16, ir.Undefined), value,
+                                           ir.Constant(i32, 0)),
+                    ir.Constant(v16, ir.Undefined), splat))
+            relu = context.cast(builder, args[19], signature.args[19], types.boolean)
+
+        def finished(value, i):
+            """The value a tile row's vector is stored as (skipping: the epilogue)."""
+            if not skipping:
+                return value
+            value = builder.fadd(value, biases[i])
+            clipped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)
+            return builder.select(relu, clipped, value)
 
         entry = builder.block
         load = builder.append_basic_block("tile.load")
@@ -230,7 +252,7 @@ def _row_tile(rows, vectors=2, masked=False, skipping=False):
             builder.position_at_end(store)  # each loop stores its own accumulators
             for i in range(rows):
                 for h in range(vectors):
-                    store16(accs[vectors * i + h], c_vector(i, h), h)
+                    store16(finished(accs[vectors * i + h], i), c_vector(i, h), h)
             builder.branch(done)
 
         builder.position_at_end(done)
@@ -239,9 +261,9 @@ def _row_tile(rows, vectors=2, masked=False, skipping=False):
     if skipping:
         @intrinsic
         def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
-                 cols, second, split0, split1, gap):
+                 cols, second, split0, split1, gap, bias, bias_off, relu):
             return types.void(a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
-                              cols, second, split0, split1, gap), codegen
+                              cols, second, split0, split1, gap, bias, bias_off, relu), codegen
     elif masked:
         @intrinsic
         def tile(typingctx, a, a_off, a_row, a_col, b, b_off, ldb, K, c, c_off, ldc, accumulate,
@@ -356,13 +378,17 @@ def shifted_rows_gemm(M, K, a, b, b_off, offsets, L, c):
 
 
 @cached_njit()
-def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c):
-    """``shifted_rows_gemm`` over a conv's kept output positions only: column p of
-    B is position (p // OW, p % OW) of output rows Wp apart in b, row k of B
-    holding b[b_off + offsets[k] + (p // OW)*Wp + p % OW], so the Wp - OW
-    columns a row drops are neither computed nor read (skipping tiles: each
-    16-lane vector steps over the gap at most once, hence OW >= 16).
-    float32, M >= 4; writes c (M*L,), rows L apart, L a multiple of OW."""
+def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c, c_off, ldc, bias, relu):
+    """A conv's output rows straight from the image: c[c_off + i*ldc + p] = the sum
+    over k of a[i*K + k] * B[k, p], + bias[i], then max(., 0) with ``relu``, for
+    i < M, p < L (L a multiple of OW), where column p of B is position
+    (p // OW, p % OW) of output rows Wp apart in b: row k of B holds
+    b[b_off + offsets[k] + (p // OW)*Wp + p % OW]. So the Wp - OW columns a row
+    of the image has past the output's are neither computed nor read
+    (skipping tiles: each 16-lane vector steps over the gap at most once,
+    hence OW >= 16), and no pass moves the product to the output: c may be
+    the output planes themselves (ldc = OH*OW). float32, M >= 4; the last M % 4
+    rows by an overlapping 4-row tile (the same values written twice)."""
     M8, M4 = tiled_rows(M)
     gap = Wp - OW
     for p0 in range(0, L, TILE_COLS):
@@ -372,14 +398,15 @@ def skipping_rows_gemm(M, K, a, b, b_off, offsets, OW, Wp, L, c):
         second = (p0 + 16) // OW * Wp + q1 - m0
         s0, s1 = min(OW - q0, 16), min(OW - q1, 16)
         for r0 in range(0, M8, TILE_ROWS):
-            skipping_8x32(a, r0 * K, K, 1, b, b_off + m0, offsets, K, c, r0 * L + p0, L, False,
-                          cols, second, s0, s1, gap)
+            skipping_8x32(a, r0 * K, K, 1, b, b_off + m0, offsets, K, c, c_off + r0 * ldc + p0,
+                          ldc, False, cols, second, s0, s1, gap, bias, r0, relu)
         if M4 > M8:
-            skipping_4x32(a, M8 * K, K, 1, b, b_off + m0, offsets, K, c, M8 * L + p0, L, False,
-                          cols, second, s0, s1, gap)
+            skipping_4x32(a, M8 * K, K, 1, b, b_off + m0, offsets, K, c, c_off + M8 * ldc + p0,
+                          ldc, False, cols, second, s0, s1, gap, bias, M8, relu)
         if M4 < M:  # the last rows by an overlapping 4-row tile
-            skipping_4x32(a, (M - 4) * K, K, 1, b, b_off + m0, offsets, K, c, (M - 4) * L + p0,
-                          L, False, cols, second, s0, s1, gap)
+            skipping_4x32(a, (M - 4) * K, K, 1, b, b_off + m0, offsets, K, c,
+                          c_off + (M - 4) * ldc + p0, ldc, False, cols, second, s0, s1, gap,
+                          bias, M - 4, relu)
 
 
 @cached_njit()

@@ -9,36 +9,17 @@ from nnjit import Conv2D, ReLU, Sequential
 from nnjit.kernels.tiles import shifted_rows_gemm, skipping_rows_gemm
 
 
-@pytest.mark.parametrize("m, c, h, w, kh, kw", [(20, 10, 28, 28, 5, 5), (4, 1, 9, 9, 3, 3),
-                                                (13, 3, 10, 12, 3, 2), (6, 5, 7, 40, 5, 5),
-                                                (37, 2, 6, 6, 1, 1)])
-def test_shifted_rows_gemm_matches_numpy(m, c, h, w, kh, kw, rng):
-    """Rows of the right-hand side read in place at K offsets into one image
-    (overlapping), all row tiles (8, 4, the overlapping last 4) and masked
-    last columns; nothing written past c."""
-    oh = h - kh + 1
-    length, k = oh * w, c * kh * kw
-    image = np.concatenate([rng.standard_normal(c * h * w), np.zeros(kw)]).astype(np.float32)
-    offsets = np.array([(ci * h + i) * w + j for ci in range(c) for i in range(kh)
-                        for j in range(kw)], np.int64)
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    out = np.full(m * length + 16, 7.0, np.float32)
-    shifted_rows_gemm(m, k, a.reshape(-1), image, 0, offsets, length, out)
-    rows = np.stack([image[o:o + length] for o in offsets]).astype(np.float64)
-    np.testing.assert_allclose(out[:m * length].reshape(m, length), a @ rows, rtol=1e-5,
-                               atol=1e-5 * np.sqrt(k))
-    assert (out[m * length:] == 7.0).all()
-
-
 @pytest.mark.parametrize("m, c, h, w, kh, kw", [(20, 10, 28, 28, 5, 5), (4, 2, 9, 18, 3, 3),
                                                 (13, 3, 10, 35, 3, 2), (37, 1, 6, 16, 1, 1),
                                                 (8, 2, 7, 40, 3, 7)])
-def test_skipping_rows_gemm_computes_only_the_kept_columns(m, c, h, w, kh, kw, rng):
+@pytest.mark.parametrize("relu", [False, True])
+def test_skipping_rows_gemm_computes_only_the_kept_columns(m, c, h, w, kh, kw, relu, rng):
     """As ``shifted_rows_gemm`` over whole rows, then the last kw - 1 columns of
-    each output row dropped: the same sums, bit for bit, without computing
-    them (vectors stepping over the gap at every lane position: kept widths
-    16 to 38), all row tiles and masked last columns; nothing written past c,
-    nothing read past the image (NaN there)."""
+    each output row dropped, the bias added and ReLU applied: the same values,
+    bit for bit, without computing the dropped ones (vectors stepping over the
+    gap at every lane position: kept widths 16 to 38), all row tiles and
+    masked last columns, each row stored ldc apart from c_off on; nothing
+    written outside the rows, nothing read past the image (NaN there)."""
     oh, ow = h - kh + 1, w - kw + 1
     k = c * kh * kw
     image = np.concatenate([rng.standard_normal(c * h * w),
@@ -46,13 +27,20 @@ def test_skipping_rows_gemm_computes_only_the_kept_columns(m, c, h, w, kh, kw, r
     offsets = np.array([(ci * h + i) * w + j for ci in range(c) for i in range(kh)
                         for j in range(kw)], np.int64)
     a = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
     whole = np.zeros(m * oh * w, np.float32)
     shifted_rows_gemm(m, k, a.reshape(-1), np.nan_to_num(image), 0, offsets, oh * w, whole)
-    out = np.full(m * oh * ow + 16, 7.0, np.float32)
-    skipping_rows_gemm(m, k, a.reshape(-1), image, 0, offsets, ow, w, oh * ow, out)
-    kept = whole.reshape(m, oh, w)[:, :, :ow].reshape(m, -1)
-    np.testing.assert_array_equal(out[:m * oh * ow].reshape(m, -1), kept)
-    assert (out[m * oh * ow:] == 7.0).all()
+    kept = whole.reshape(m, oh, w)[:, :, :ow].reshape(m, -1) + bias[:, None]
+    if relu:
+        kept = np.where(kept < 0, np.float32(0), kept)
+    ldc, c_off = oh * ow + 5, 3  # rows apart, as a conv's output planes are
+    out = np.full(c_off + m * ldc + 16, 7.0, np.float32)
+    skipping_rows_gemm(m, k, a.reshape(-1), image, 0, offsets, ow, w, oh * ow, out, c_off, ldc,
+                       bias, relu)
+    rows = out[c_off:c_off + m * ldc].reshape(m, ldc)
+    np.testing.assert_array_equal(rows[:, :oh * ow], kept)
+    assert (rows[:, oh * ow:] == 7.0).all() and (out[:c_off] == 7.0).all()
+    assert (out[c_off + m * ldc:] == 7.0).all()
 
 
 def _tiles_forced(host_with, using):

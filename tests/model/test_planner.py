@@ -187,3 +187,22 @@ def test_replay_can_be_turned_off(rng):
     for _ in range(4):
         model.predict(x)
     assert any(r is not None for r in model._replayed._recordings.values())
+
+
+@pytest.mark.parametrize("width, kernel, padding, skips", [
+    (32, 3, 1, True),   # OW 32: no vector crosses a row's end, 6% dropped
+    (64, 3, 1, True),   # OW 64, 3% dropped
+    (20, 3, 1, False),  # OW 20: crossings, 9% dropped
+    (28, 5, 0, True),   # OW 24: crossings, but 14% dropped
+    (14, 3, 1, False),  # OW 14: under one vector
+])
+def test_the_direct_conv_skips_dropped_columns_where_it_pays(width, kernel, padding, skips):
+    """Skipping tiles store the output itself: where OW is a multiple of 16 they
+    cost nothing more; elsewhere each row-end crossing must be paid for by the
+    dropped columns (``Tuning.skipping_min_dropped``)."""
+    p = ConvProblem(8, 16, width, width, 16, (kernel, kernel), (1, 1), (padding, padding),
+                    "float32", True, None, False)
+    with nnjit.using(host=Host(tiles=True, blas_avx512=True, cores=2)):
+        plan = plan_conv(p)
+    assert plan.algorithm is ConvAlgorithm.DIRECT
+    assert plan.skip_dropped is skips
