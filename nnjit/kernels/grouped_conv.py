@@ -49,12 +49,15 @@ def tap_range(k, D, S, P, size, out_size):
 
 
 @cached_njit(inline="always")
-def chunks_of(count):
-    """How many pieces a prange over ``count`` planes is cut into: each piece
-    allocates its padded planes once, so a piece holds at least 8 planes (as
-    many pieces as planes, MobileNet's five depthwise convs on one image took
-    95 against 83 us, two threads)."""
-    return min(64, max(1, count // 8))
+def chunks_of(count, threads):
+    """How many pieces a prange over ``count`` planes is cut into on ``threads``
+    threads: two a thread, each of at least 8 planes. Each piece allocates its
+    scratch (padded planes, offsets) once, and the prange hands each thread an
+    equal run of pieces, so more pieces only add allocations: up to 64 pieces
+    took 61-83 against 53-61 us (128 planes of 8x8, 16 images, two threads),
+    77 against 70 at stride 2 on 16x16 (and as many pieces as planes,
+    MobileNet's five depthwise convs on one image took 95 against 83 us)."""
+    return max(1, min(count // 8, 2 * threads))
 
 
 @cached_njit(inline="always")
@@ -212,7 +215,8 @@ def tap_dots(sums, sbase, wide, src, offsets, t, n):
 
 
 @helper(reassociate=True)
-def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, out):
+def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, out,
+                              threads):
     """Piece ``piece`` of ``grouped_conv_forward`` (same arguments): its share of
     the output planes (``chunks_of``)."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
@@ -232,7 +236,7 @@ def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, o
     o9[:min(T, 9)] = offsets[:min(T, 9)]
     offsets9 = (U(o9[0]), U(o9[1]), U(o9[2]), U(o9[3]), U(o9[4]), U(o9[5]), U(o9[6]),
                 U(o9[7]), U(o9[8]))
-    pieces = chunks_of(N * OC)
+    pieces = chunks_of(N * OC, threads)
     pad = np.zeros(SH * SW * F, x.dtype)
     acc = np.empty(OH * Wq, x.dtype)
     for plane in range(piece * N * OC // pieces, (piece + 1) * N * OC // pieces):
@@ -262,18 +266,19 @@ def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, o
 
 @kernel(cost=16, parts=(grouped_conv_forward_part,))
 def grouped_conv_forward(grouped_conv_forward_part, x, weight, bias, g, groups, DH, DW, relu,
-                         out):
+                         out, threads):
     """out = conv(x, weight) + bias with ``groups`` and dilation (DH, DW), then
     max(., 0) with ``relu``. x: float (N*C*H*W,); weight (OC*C/G*KH*KW,);
-    bias (OC,). Writes out: (N*OC*OH*OW,). Parallel over output planes. The
-    taps' sums may be reordered (``reassociate``)."""
-    for piece in prange(chunks_of(x.size // (g[0] * g[1] * g[2]) * bias.size)):
+    bias (OC,). Writes out: (N*OC*OH*OW,). Parallel over output planes, in
+    ``chunks_of(planes, threads)`` pieces (threads: int64, the thread count).
+    The taps' sums may be reordered (``reassociate``)."""
+    for piece in prange(chunks_of(x.size // (g[0] * g[1] * g[2]) * bias.size, threads)):
         call_part(grouped_conv_forward_part, np.int64(piece), x, weight, bias, g, groups, DH, DW,
-                  relu, out)
+                  relu, out, threads)
 
 
 @helper(reassociate=True)
-def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx):
+def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx, threads):
     """Piece ``piece`` of ``grouped_conv_input_grad`` (same arguments): its share
     of the input planes (``chunks_of``)."""
     C, H, W, KH, KW, SH, SW, PH, PW, OH, OW = g
@@ -310,7 +315,7 @@ def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx):
     for w in range(W):
         at_col[w] = _tap_offset(0, w + PW, SH, SW, Wq, F)
     even, odd = stride2_columns(PW, F)
-    pieces = chunks_of(N * C)
+    pieces = chunks_of(N * C, threads)
     dpad = np.zeros(phases * F, dy.dtype)  # phases without taps stay 0
     wide = np.zeros(margin + max(Hq, OH) * Wq, dy.dtype)  # its zeros stay 0
     for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
@@ -339,15 +344,17 @@ def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx):
 
 
 @kernel(cost=16, parts=(grouped_conv_input_grad_part,))
-def grouped_conv_input_grad(grouped_conv_input_grad_part, dy, weight, g, groups, DH, DW, dx):
+def grouped_conv_input_grad(grouped_conv_input_grad_part, dy, weight, g, groups, DH, DW, dx,
+                            threads):
     """dx = the gradient of ``grouped_conv_forward`` at x for the gradient dy:
     float (N*OC*OH*OW,) at its output (masked by a fused ReLU beforehand).
-    Writes dx: (N*C*H*W,). Parallel over input planes: each owns its plane,
-    gathering for each of its values the taps that reach it (one pass per
-    phase, ``tap_sums``) from a zero-bordered copy of each dy plane."""
-    for piece in prange(chunks_of(dx.size // (g[1] * g[2]))):
+    Writes dx: (N*C*H*W,). Parallel over input planes (``chunks_of``, as the
+    forward): each owns its plane, gathering for each of its values the taps
+    that reach it (one pass per phase, ``tap_sums``) from a zero-bordered copy
+    of each dy plane."""
+    for piece in prange(chunks_of(dx.size // (g[1] * g[2]), threads)):
         call_part(grouped_conv_input_grad_part, np.int64(piece), dy, weight, g, groups, DH, DW,
-                  dx)
+                  dx, threads)
 
 
 @helper(reassociate=True)

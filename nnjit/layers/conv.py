@@ -549,7 +549,7 @@ class Conv2D(Layer):
                             self.dtype)
         grouped_conv_forward(x.reshape(-1), self.weight.value.reshape(-1), self._bias_values(),
                              geometry, self.groups, *self.dilation, self.fused_relu,
-                             conv.reshape(-1))
+                             conv.reshape(-1), np.int64(get_num_threads()))
         out = conv if self.fused_pool is None else self.fused_pool.forward(conv, training)
         self._cache = (x, conv, None, "grouped") if training else None
         return out
@@ -568,7 +568,8 @@ class Conv2D(Layer):
             return None
         dx = self._buffer("dx", x.shape, self.dtype)
         grouped_conv_input_grad(dy.reshape(-1), self.weight.value.reshape(-1), geometry,
-                                self.groups, *self.dilation, dx.reshape(-1))
+                                self.groups, *self.dilation, dx.reshape(-1),
+                                np.int64(get_num_threads()))
         return dx
 
     def _grad_at_output(self, dy, out) -> np.ndarray:
