@@ -157,9 +157,18 @@ def avgpool_forward(x, planes, H, W, KH, KW, SH, SW, OH, OW, out):
 def avgpool_backward(dy, planes, H, W, KH, KW, SH, SW, OH, OW, dx):
     """dy: float (planes*OH*OW,). Writes dx: float (planes*H*W,) (overwritten):
     each output's gradient / (KH*KW) spread over its window, overlaps summed."""
+    scale = 1.0 / (KH * KW)
+    if OH == 1 and OW == 1 and KW == W:  # one window of whole rows (global pooling)
+        for pl in prange(planes):
+            plane = dx[pl * H * W:(pl + 1) * H * W]  # a view: a plain index vectorises
+            g = dy[pl] * scale
+            for j in range(KH * W):
+                plane[j] = g
+            for j in range(KH * W, H * W):
+                plane[j] = 0
+        return
     d3 = dy.reshape((planes, OH, OW))
     x3 = dx.reshape((planes, H, W))
-    scale = 1.0 / (KH * KW)
     for pl in prange(planes):
         dst = x3[pl]
         dst[:] = 0

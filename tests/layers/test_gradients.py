@@ -75,6 +75,7 @@ def test_dense_gradients(rng):
     (lambda: AvgPool2D(3, 2), (2, 2, 7, 8)),  # overlapping windows
     (lambda: AvgPool2D((2, 3), (1, 2)), (1, 2, 5, 7)),
     (GlobalAvgPool2D, (3, 2, 4, 5)),
+    (lambda: AvgPool2D((4, 5), (4, 5)), (2, 2, 5, 5)),  # one window of whole rows, the last row out
 ])
 def test_average_pooling_gradients(make, shape, rng):
     check_layer_gradients(make(), rng.normal(size=shape), rng)
