@@ -191,6 +191,14 @@ class Tuning:
     #: 2.12k / 2.16k / 2.13k.
     memory_bound_flops_per_byte: float = 7.0
     memory_bound_pass_bytes: int = 2 << 20
+    #: An unfolded or direct conv at inference, where one image's output rows
+    #: are shared between the threads, gives a thread this many times less work
+    #: than ``threads.WORK_PER_PART`` (4e6 multiply-adds). A single-image
+    #: predict races that split against a recording on one thread
+    #: (``nnjit.replay``), so a busy core costs nothing; with the threads awake
+    #: from the kernel before, ResNet-20's 16-channel convs on one image pay to
+    #: split: single-image p10 of 3,000 calls, two threads, 707-712 -> 603-608 us.
+    inference_split_finer: int = 4
 
 
 # -- the settings ----------------------------------------------------------------------

@@ -51,12 +51,14 @@ def get_num_threads() -> int:
     return count() if count is not None else numba.get_num_threads()
 
 
-def parts_for(work: int, most: int) -> int:
+def parts_for(work: int, most: int, finer: int = 1) -> int:
     """How many threads a kernel of ``work`` multiply-adds should split into
-    (at most ``most``, the count of independent pieces it has)."""
-    if work < 2 * WORK_PER_PART or most < 2:  # one part: skip asking Numba (~1 us)
+    (at most ``most``, the count of independent pieces it has): one per
+    WORK_PER_PART / ``finer``."""
+    per = max(1, WORK_PER_PART // finer)
+    if work < 2 * per or most < 2:  # one part: skip asking Numba (~1 us)
         return 1
-    return max(1, min(get_num_threads(), work // WORK_PER_PART, most))
+    return max(1, min(get_num_threads(), work // per, most))
 
 
 def split(n: int, parts: int) -> list[tuple[int, int]]:

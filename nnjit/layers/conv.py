@@ -198,7 +198,8 @@ class Conv2D(Layer):
         """(bounds, blocks, most): the kernels' work split for a batch of ``n``.
 
         The batch is cut into parts, one per thread, as many as the work pays
-        for (``parts_for``); part p walks blocks[bounds[p]:bounds[p+1]]
+        for (``parts_for``; with ``share_images``, split finer by the planner's
+        ``inference_split_finer``); part p walks blocks[bounds[p]:bounds[p+1]]
         (int64 (B, 6), see ``_blocks``); ``most`` is the largest block's
         column count, which sizes the workspaces. Parts own whole images,
         except with ``share_images`` (forward only: backward's col2im must
@@ -208,7 +209,8 @@ class Conv2D(Layer):
         """
         # + 10 per output: the output moves' share of the work
         work = n * oh * ow * self.out_channels * (k + 10)
-        parts = parts_for(work, n * (oh if share_images else 1))
+        parts = parts_for(work, n * oh, planner.tuning().inference_split_finer) \
+            if share_images else parts_for(work, n)
         key = (n, oh, ow, k, parts, share_images, self.fused_pool is not None, planner.version)
         if key not in self._plans:
             if len(self._plans) >= 16:  # many batch sizes (e.g. predict on varied inputs)

@@ -206,3 +206,27 @@ def test_the_direct_conv_skips_dropped_columns_where_it_pays(width, kernel, padd
         plan = plan_conv(p)
     assert plan.algorithm is ConvAlgorithm.DIRECT
     assert plan.skip_dropped is skips
+
+
+def test_inference_splits_one_image_finer_than_training(monkeypatch):
+    """At inference one image's output rows are shared between the threads from
+    a quarter of the work per thread that training asks (``inference_split_finer``):
+    a 16->16 3x3 conv on one 32x32 image (2.5e6 multiply-adds with its output
+    moves) splits there, not in training."""
+    import numba
+
+    import nnjit.threads
+    from nnjit.threads import threads_set_to
+
+    monkeypatch.setattr(nnjit.threads, "WORK_PER_PART", 4_000_000)  # the library's, not the suite's
+
+    conv = Conv2D(16, 16, 3, padding=1)
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    with threads_set_to(threads):
+        inference = conv._plan(1, 32, 32, 16 * 9, share_images=True)
+        training = conv._plan(1, 32, 32, 16 * 9, share_images=False)
+        with nnjit.using(inference_split_finer=1):
+            coarse = conv._plan(1, 32, 32, 16 * 9, share_images=True)
+    assert len(inference[0]) - 1 == threads
+    assert len(training[0]) - 1 == 1
+    assert len(coarse[0]) - 1 == 1
