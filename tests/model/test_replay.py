@@ -385,9 +385,9 @@ def test_one_image_on_two_threads_races_a_single_threaded_recording(rng, monkeyp
 
 def test_a_large_batch_runs_in_passes_that_equal_the_layers_path(rng, using):
     """predict on more images than a pass holds (``planner.inference_pass``)
-    replays pass by pass, the last one shorter; the result is the layers' on the
-    same passes (the kernels split their work by the images they get, so other
-    passes may differ in the last bits)."""
+    replays pass by pass, the last one shorter, the norms folded once before
+    them; the result is the layers' on the same passes (the kernels split their
+    work by the images they get, so other passes may differ in the last bits)."""
     model = small_cnn_bn(seed=3)
     largest, intensity = model._pass_shape((1, 12, 12))
     using(inference_pass_bytes=16 * largest, memory_bound_pass_bytes=16 * largest)
@@ -396,7 +396,16 @@ def test_a_large_batch_runs_in_passes_that_equal_the_layers_path(rng, using):
     want = np.concatenate([layers_path(model, x[i:i + 16]) for i in range(0, 70, 16)])
     for _ in range(3):  # recorded on the second call, replayed after
         np.testing.assert_array_equal(model.predict(x), want)
-    assert {key[0][0] for key in model._replayed._recordings} == {16, 6}
+    assert {key[0][0] for key in model._replayed_pass._recordings} == {16, 6}
+    assert not model._replayed._recordings  # the single-pass replays, which fold each call
+    # A training step between two such predicts reaches every pass.
+    opt = nnjit.SGD(model.parameters(), lr=0.5)
+    model.forward(x[:8] * 3 + 1)
+    model.backward(np.arange(8) % 3)
+    opt.step()
+    got = model.predict(x)  # first: the layers' path folds the norms too
+    want = np.concatenate([layers_path(model, x[i:i + 16]) for i in range(0, 70, 16)])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_inference_pass_sizes():
