@@ -612,7 +612,8 @@ def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bia
 
     bounds, blocks: as ``conv_forward`` (rows [r0, r1) of images [n0, n1));
     x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
-    (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts, >= OC*OH*Wp). Writes
+    (parts, >= C*Hp*Wp + KW - 1) as above; ybuf: (parts, >= OC*OH*Wp), unread
+    with ``skipping``. Writes
     offsets: int64 (K,) (here, not by the caller: a replayed call of another
     input shape finds them right) and out: (N*OC*OH*OW,).
     """

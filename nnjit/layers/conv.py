@@ -320,7 +320,8 @@ class Conv2D(Layer):
             threads = len(bounds) - 1
             if algorithm is ConvAlgorithm.DIRECT:
                 rows = int((blocks[:, 3] - blocks[:, 2]).max())
-                floats = threads * (c * hp * wp + kw + oc * rows * wp)
+                floats = threads * (c * hp * wp + kw + (0 if plan.skip_dropped else
+                                                        oc * rows * wp))
             else:
                 floats = threads * (k + oc) * most
         rule = plan.rule + ("; gradients without unfolding (direct_backward)"
@@ -454,7 +455,8 @@ class Conv2D(Layer):
             self._bias_values(), geometry, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
-            self._buffer("direct/y", (parts, oc * rows * wp), self.dtype), out.reshape(-1))
+            self._buffer("direct/y", (parts, 1 if skipping else oc * rows * wp), self.dtype),
+            out.reshape(-1))
         self._cache = (x, out, self._no_argmax(), False) if training else None
         return out
 
@@ -540,7 +542,8 @@ class Conv2D(Layer):
             self._buffer("direct/no_bias", (c,), self.dtype, fill=0), transposed, False,
             skipping, self._buffer("direct/dx_offsets", (oc * kh * kw,), np.int64),
             self._buffer("direct/dy_image", (parts, oc * thp * twp + kw), self.dtype, fill=0),
-            self._buffer("direct/dx_y", (parts, c * rows * twp), self.dtype), dx.reshape(-1))
+            self._buffer("direct/dx_y", (parts, 1 if skipping else c * rows * twp), self.dtype),
+            dx.reshape(-1))
         return dx
 
     def _grouped_forward(self, x, geometry, training):
