@@ -267,6 +267,165 @@ def _nine_taps_step(kind):
     return step
 
 
+# Flags of a ``_plane_taps_step`` vector: its rows include the plane's first or
+# last; it starts or ends a row (rows of whole vectors).
+TOP, BOTTOM, FIRST, LAST = 1, 2, 4, 8
+
+
+def _plane_taps_step(rows):
+    """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) computing one
+    output vector of a 3x3, stride-1, padding-1 conv over a plane of rows of
+    W = lanes // ``rows`` values (``rows`` of them to a vector; for ``rows`` 1,
+    any multiple of lanes): out[o + i] = b +
+    the sum over taps (kh, kw) of weights[3*kh + kw] * the plane's value at
+    row + kh - 1, column + kw - 1 of output i (zero outside the plane), then
+    max(., 0) with ``relu``. Output i is src[s + i] of the plane, so tap (kh, kw)
+    is the vector at s + (kh - 1)*W + kw - 1 with the lanes that fall outside
+    masked off: a row's first (kw = 0) or last (kw = 2) column (for ``rows`` 1,
+    where ``edges`` has FIRST or LAST), the row above the plane where it has
+    TOP, below it where it has BOTTOM.
+    Nothing is copied: a padded copy of an 8x8 plane cost a third of the conv.
+    o, s, W, edges: uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
+
+    @intrinsic
+    def step(typingctx, out, o, src, s, W, edges, weights, b, relu):
+        sig = types.void(out, o, src, s, W, edges, weights, b, relu)
+
+        def codegen(context, builder, signature, args):
+            dtype = signature.args[0].dtype
+            v = _Vectors(context, builder, dtype)
+            lanes = v.lanes
+            width = lanes // rows
+            o_value, s_value, w_value, edges_value = (v.uint(args[i], signature.args[i])
+                                                      for i in (1, 3, 4, 5))
+            bits = ir.VectorType(ir.IntType(1), lanes)
+
+            def lanes_where(test):
+                return ir.Constant(bits, [int(bool(test(i))) for i in range(lanes)])
+
+            def flagged(flag, mask):
+                on = builder.icmp_unsigned("!=", builder.and_(edges_value, ir.Constant(v.i64, flag)),
+                                           ir.Constant(v.i64, 0))
+                return builder.select(on, mask, lanes_where(lambda i: True))
+
+            row_masks = (flagged(TOP, lanes_where(lambda i: i >= width)), None,
+                         flagged(BOTTOM, lanes_where(lambda i: i < lanes - width)))
+            if rows == 1:  # rows of one vector or more: only a row's first and last have edges
+                column_masks = (flagged(FIRST, lanes_where(lambda i: i != 0)), None,
+                                flagged(LAST, lanes_where(lambda i: i != lanes - 1)))
+            else:
+                column_masks = (lanes_where(lambda i: i % width != 0), None,
+                                lanes_where(lambda i: i % width != width - 1))
+            weight_type = signature.args[6].dtype
+            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+            for kh in range(3):
+                row = (builder.sub(s_value, w_value), s_value, builder.add(s_value, w_value))[kh]
+                for kw in range(3):
+                    address = v.address(signature.args[2], args[2],
+                                        builder.add(row, ir.Constant(v.i64, kw - 1)))
+                    masks = [m for m in (row_masks[kh], column_masks[kw]) if m is not None]
+                    if masks:
+                        value = v.load(address, masks[0] if len(masks) == 1
+                                       else builder.and_(*masks))
+                    else:
+                        value = builder.load(builder.bitcast(address, v.vector.as_pointer()),
+                                             align=v.align.constant)
+                    weight = context.cast(builder, builder.extract_value(args[6], 3 * kh + kw),
+                                          weight_type, dtype)
+                    total = v.fma(v.splat(weight), value, total)
+            clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
+            target = v.address(signature.args[0], args[0], o_value)
+            builder.store(builder.select(relu_value, clipped, total),
+                          builder.bitcast(target, v.vector.as_pointer()), align=v.align.constant)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return step
+
+
+def _strided_plane_taps_step(rows):
+    """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) computing one
+    output vector of a 3x3, stride-2, padding-1 conv over a plane of rows of W
+    values, W = 2 * lanes // ``rows`` (an output row of W / 2 values, ``rows``
+    of them to a vector): out[o + i] = b + the sum over taps (kh, kw) of
+    weights[3*kh + kw] * the plane's value at row 2*oh + kh - 1, column
+    2*ow + kw - 1 of output i, at (oh, ow) (zero outside the plane), then
+    max(., 0) with ``relu``. src[s] starts input row 2*oh of the vector's first
+    output row; ``edges`` has TOP where that is the plane's first. Each tap is
+    one two-source shuffle of two input vectors (an input row's halves, or the
+    rows of two outputs two apart), picking the even or odd columns: no copy
+    of the plane into its phases. o, s, W, edges: uint64; weights: a 9-tuple of
+    out's dtype; b: out's dtype."""
+
+    @intrinsic
+    def step(typingctx, out, o, src, s, W, edges, weights, b, relu):
+        sig = types.void(out, o, src, s, W, edges, weights, b, relu)
+
+        def codegen(context, builder, signature, args):
+            dtype = signature.args[0].dtype
+            v = _Vectors(context, builder, dtype)
+            lanes = v.lanes
+            width = lanes // rows  # an output row
+            o_value, s_value, w_value, edges_value = (v.uint(args[i], signature.args[i])
+                                                      for i in (1, 3, 4, 5))
+            bits = ir.VectorType(ir.IntType(1), lanes)
+            everything = ir.Constant(bits, [1] * lanes)
+            top = builder.icmp_unsigned("!=", builder.and_(edges_value, ir.Constant(v.i64, TOP)),
+                                        ir.Constant(v.i64, 0))
+            # the second vector of a pair: the row's other half, or the row two below
+            apart = ir.Constant(v.i64, lanes) if rows == 1 else builder.add(w_value, w_value)
+            pairs = []
+            for kh in range(3):
+                first = (builder.sub(s_value, w_value), s_value, builder.add(s_value, w_value))[kh]
+                vectors = []
+                for start, above in ((first, True), (builder.add(first, apart), rows == 1)):
+                    address = v.address(signature.args[2], args[2], start)
+                    if kh == 0 and above:  # the row above the plane where it has TOP
+                        mask = builder.select(top, ir.Constant(bits, [0] * lanes), everything)
+                        vectors.append(v.load(address, mask))
+                    else:
+                        vectors.append(builder.load(builder.bitcast(address,
+                                                                    v.vector.as_pointer()),
+                                                    align=v.align.constant))
+                pairs.append(vectors)
+            # output lane i's column 2*ow + kw - 1 is lane 2*(i % width) + kw - 1
+            # of its row in the pair: even lanes for kw = 1, odd ones for 2, odd
+            # ones a column left for 0 (zero at a row's first output)
+            def picks(kw):
+                return [(i // width) * 2 * width + 2 * (i % width) + kw - 1 if
+                        (kw or i % width) else 0 for i in range(lanes)]
+            first_columns = ir.Constant(bits, [int(i % width != 0) for i in range(lanes)])
+            weight_type = signature.args[6].dtype
+            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+            for kh in range(3):
+                for kw in range(3):
+                    value = v.shuffle(pairs[kh][0], pairs[kh][1], picks(kw))
+                    if kw == 0:
+                        value = builder.select(first_columns, value, v.zero)
+                    weight = context.cast(builder, builder.extract_value(args[6], 3 * kh + kw),
+                                          weight_type, dtype)
+                    total = v.fma(v.splat(weight), value, total)
+            clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
+            target = v.address(signature.args[0], args[0], o_value)
+            builder.store(builder.select(relu_value, clipped, total),
+                          builder.bitcast(target, v.vector.as_pointer()), align=v.align.constant)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return step
+
+
+_plane_taps_one_row = _plane_taps_step(1)
+_plane_taps_two_rows = _plane_taps_step(2)
+_plane_taps_four_rows = _plane_taps_step(4)
+_strided_taps_one_row = _strided_plane_taps_step(1)
+_strided_taps_two_rows = _strided_plane_taps_step(2)
+
+
 _nine_taps_vector = _nine_taps_step(VECTOR)
 _nine_taps_tail = _nine_taps_step(TAIL)
 _nine_taps_row_pair = _nine_taps_step(ROW_PAIR)
@@ -371,3 +530,65 @@ def nine_tap_rows(out, o, ldo, src, s, lds, offsets, weights, rows, n, b, relu):
             else:
                 _nine_taps_tail(out, d + j, src, e + j, lds, offsets, weights, width, b, relu)
             j += width
+
+
+@cached_njit(inline="always")
+def nine_tap_plane_fits(H, W, itemsize):
+    """True where ``nine_tap_plane`` takes a plane of H rows of W values of
+    ``itemsize`` bytes: rows of whole vectors, or two or four rows to a vector
+    and the plane whole vectors."""
+    lanes = _VECTOR_BYTES // itemsize
+    return W % lanes == 0 or ((W * 2 == lanes or W * 4 == lanes) and (H * W) % lanes == 0)
+
+
+@cached_njit(inline="always")
+def nine_tap_plane(out, o, src, s, H, W, weights, b, relu):
+    """out[o + h*W + w] = b + the sum over taps (kh, kw) of weights[3*kh + kw] *
+    src[s + (h + kh - 1)*W + w + kw - 1] (zero outside the H x W plane), then
+    max(., 0) with ``relu``: a 3x3, stride-1, padding-1 conv of one plane
+    (``nine_tap_plane_fits``), a vector of outputs at a time straight from src
+    (``_plane_taps_step``). out, src: 1-D float arrays of one dtype; o, s, H, W:
+    uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
+    step = _lanes(out)
+    size = H * W
+    row = max(W, step)  # the values from one vector's first row to the next vector's
+    column = U(0)  # where the vector starts in its row (rows of whole vectors)
+    for e in range(U(0), size, step):
+        edges = (U(TOP) if e < row else U(0)) | (U(BOTTOM) if e + row >= size else U(0))
+        if W >= step:
+            edges |= (U(FIRST) if column == U(0) else U(0)) | (
+                U(LAST) if column + step == W else U(0))
+            column = U(0) if column + step == W else column + step
+            _plane_taps_one_row(out, o + e, src, s + e, W, edges, weights, b, relu)
+        elif W * U(2) == step:
+            _plane_taps_two_rows(out, o + e, src, s + e, W, edges, weights, b, relu)
+        else:
+            _plane_taps_four_rows(out, o + e, src, s + e, W, edges, weights, b, relu)
+
+
+@cached_njit(inline="always")
+def strided_nine_tap_plane_fits(H, W, itemsize):
+    """True where ``strided_nine_tap_plane`` takes a plane of H rows of W values of
+    ``itemsize`` bytes: rows of one or two vectors, H a multiple of 2 (of 4
+    for rows of one vector, whose outputs go two rows to a vector)."""
+    lanes = _VECTOR_BYTES // itemsize
+    return (W == 2 * lanes and H % 2 == 0) or (W == lanes and H % 4 == 0)
+
+
+@cached_njit(inline="always")
+def strided_nine_tap_plane(out, o, src, s, H, W, weights, b, relu):
+    """out[o + oh*W/2 + ow] = b + the sum over taps (kh, kw) of weights[3*kh + kw]
+    * src[s + (2*oh + kh - 1)*W + 2*ow + kw - 1] (zero outside the H x W
+    plane), then max(., 0) with ``relu``: a 3x3, stride-2, padding-1 conv of one
+    plane (``strided_nine_tap_plane_fits``), a vector of outputs at a time
+    (``_strided_plane_taps_step``). out, src: 1-D float arrays of one dtype;
+    o, s, H, W: uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
+    step = _lanes(out)
+    rows = U(2) * step // W  # output rows to a vector
+    for r in range(U(0), H // U(2), rows):
+        edges = U(TOP) if r == U(0) else U(0)
+        d, e = o + r * (W // U(2)), s + U(2) * r * W
+        if rows == U(1):
+            _strided_taps_one_row(out, d, src, e, W, edges, weights, b, relu)
+        else:
+            _strided_taps_two_rows(out, d, src, e, W, edges, weights, b, relu)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nnjit.kernels.runs import (copy_run, deinterleave_run, interleave_run, nine_tap_rows,
-                                relu_copy_run, zero_run)
+from nnjit.kernels.runs import (copy_run, deinterleave_run, interleave_run, nine_tap_plane,
+                                nine_tap_plane_fits, nine_tap_rows, relu_copy_run,
+                                strided_nine_tap_plane, strided_nine_tap_plane_fits, zero_run)
 
 U = np.uint64
 
@@ -127,3 +128,72 @@ def test_nine_tap_rows_sum_their_taps_and_touch_only_their_rows(dtype, rng):
         np.testing.assert_allclose(out, want, rtol=tol, atol=tol,
                                    err_msg=f"n {n} relu {relu} rows {rows} gap {gap}")
         assert np.isnan(out).sum() == np.isnan(want).sum()
+
+
+@njit(cache=False)
+def _plane(stride, out, o, src, s, H, W, weights, b, relu):
+    w = (weights[0], weights[1], weights[2], weights[3], weights[4], weights[5], weights[6],
+         weights[7], weights[8])
+    if stride == 1:
+        nine_tap_plane(out, U(o), src, U(s), U(H), U(W), w, b, relu)
+    else:
+        strided_nine_tap_plane(out, U(o), src, U(s), U(H), U(W), w, b, relu)
+
+
+@njit(cache=False)
+def _plane_fits(stride, H, W, itemsize):
+    if stride == 1:
+        return nine_tap_plane_fits(H, W, itemsize)
+    return strided_nine_tap_plane_fits(H, W, itemsize)
+
+
+def _plane_conv(plane, weights, b, stride, relu):
+    """3x3 conv of one plane with padding 1 at ``stride``, in float64 by numpy."""
+    H, W = plane.shape
+    padded = np.pad(plane.astype(np.float64), 1)
+    OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
+    total = np.full((OH, OW), float(b))
+    for kh in range(3):
+        for kw in range(3):
+            total += weights[3 * kh + kw] * padded[kh:kh + stride * (OH - 1) + 1:stride,
+                                                   kw:kw + stride * (OW - 1) + 1:stride]
+    return np.where(total < 0, 0, total) if relu else total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_planes_summed_in_registers_match_numpy_and_read_only_their_plane(dtype, stride, rng):
+    """Every plane shape the register paths take (rows of a quarter, half, one,
+    two and three vectors at stride 1; rows of one and two vectors at stride
+    2), placed at the start and at the end of their arrays with NaN all around:
+    no value outside the plane reaches the sums, and nothing around the output
+    plane is written. The shapes they refuse are the ones around those."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    if stride == 1:
+        shapes = [(h, w) for w in (lanes // 4, lanes // 2) for h in (4, 8, 12)
+                  if h * w % lanes == 0] + [(h, w) for w in (lanes, 2 * lanes, 3 * lanes)
+                                            for h in (1, 2, 5)]
+        refused = [(3, lanes // 2), (8, lanes // 2 + 1), (8, lanes - 1), (4, lanes + 2)]
+    else:
+        shapes = [(4, lanes), (8, lanes), (2, 2 * lanes), (6, 2 * lanes)]
+        refused = [(6, lanes), (3, 2 * lanes), (8, lanes // 2), (8, 3 * lanes), (8, lanes + 2)]
+    for (H, W), relu, at_end in itertools.product(shapes, (False, True), (False, True)):
+        assert _plane_fits(stride, H, W, np.dtype(dtype).itemsize), (H, W)
+        plane = rng.normal(size=(H, W)).astype(dtype)
+        plane[rng.random(size=plane.shape) < 0.05] = -0.0
+        weights = rng.normal(size=9).astype(dtype)
+        b = dtype(rng.normal())
+        want = _plane_conv(plane, weights, b, stride, relu).ravel()
+        src = np.full(H * W + 2 * lanes, np.nan, dtype)
+        s = src.size - H * W if at_end else 0
+        src[s:s + H * W] = plane.ravel()
+        out = rng.normal(size=want.size + lanes).astype(dtype)
+        o = out.size - want.size if at_end else 0
+        around = np.delete(out.copy(), np.arange(o, o + want.size))
+        _plane(stride, out, o, src, s, H, W, weights, b, relu)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out[o:o + want.size], want, rtol=tol, atol=tol,
+                                   err_msg=f"H {H} W {W} relu {relu} at end {at_end}")
+        np.testing.assert_array_equal(np.delete(out, np.arange(o, o + want.size)), around)
+    for H, W in refused:
+        assert not _plane_fits(stride, H, W, np.dtype(dtype).itemsize), (H, W)

@@ -8,6 +8,7 @@ import pytest
 import reference as ref
 from nnjit import (BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, PlanError, ReLU, Sequential,
                    Softmax, load_checkpoint, save_checkpoint, using)
+from nnjit.kernels.grouped_conv import planes_in_registers
 from nnjit.onnx_export import export_onnx
 from test_gradients import check_layer_gradients
 
@@ -80,6 +81,28 @@ def test_wide_depthwise_planes_with_and_without_relu(width, stride, dilation, dt
     x = rng.normal(size=(3, 4, 7, width)).astype(dtype)
     want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
                               4, conv.dilation)
+    np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=tol, atol=tol)
+    model = Sequential([conv, ReLU()])
+    assert 1 in model.fused_layers(training=False)
+    np.testing.assert_allclose(model.predict(x), np.maximum(want, 0), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("height,width,stride", [(8, 8, 1), (4, 4, 1), (16, 16, 1), (3, 32, 1),
+                                                 (16, 16, 2), (8, 16, 2), (6, 32, 2)])
+@pytest.mark.parametrize("dtype,tol", [(F64, 1e-12), (np.float32, 1e-5)])
+def test_depthwise_planes_summed_in_registers(height, width, stride, dtype, tol, rng, using):
+    """Depthwise 3x3 convs whose planes are summed straight from the input (rows of
+    a few to a vector, or of whole vectors; at stride 2 rows of one or two
+    vectors), with a channel multiplier, against numpy; and fused with ReLU at
+    inference."""
+    conv = Conv2D(3, 6, 3, stride=stride, padding=1, groups=3, dtype=dtype)
+    x = rng.normal(size=(5, 3, height, width)).astype(dtype)
+    # float64's rows of 32 at stride 2 are four vectors: the padded copy's path
+    in_registers = not (dtype == F64 and width == 32 and stride == 2)
+    assert planes_in_registers(conv._geometry(x), 1, 1, 1, x.itemsize) == in_registers
+    conv.bias.value[...] = rng.normal(size=6)
+    want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
+                              3, conv.dilation)
     np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=tol, atol=tol)
     model = Sequential([conv, ReLU()])
     assert 1 in model.fused_layers(training=False)
