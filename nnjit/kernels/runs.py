@@ -307,7 +307,8 @@ def _plane_taps_step(rows, stack):
                 return ir.Constant(bits, [int(bool(test(i))) for i in range(lanes)])
 
             def flagged(flag, mask):
-                on = builder.icmp_unsigned("!=", builder.and_(edges_value, ir.Constant(v.i64, flag)),
+                on = builder.icmp_unsigned("!=", builder.and_(edges_value,
+                                                              ir.Constant(v.i64, flag)),
                                            ir.Constant(v.i64, 0))
                 return builder.select(on, mask, lanes_where(lambda i: True))
 

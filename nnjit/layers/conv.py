@@ -444,8 +444,12 @@ class Conv2D(Layer):
     def _direct_forward(self, x, geometry, training, skipping):
         """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW)."""
         n, oc = x.shape[0], self.out_channels
-        c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
+        c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = geometry
         hp, wp = h + 2 * ph, w + 2 * pw
+        # At a stride, each channel is split into its sh*sw phases of hq x wq
+        # (``phased_image``), with the slack a tap's run reads past the last.
+        hq, wq = -(-hp // sh), -(-wp // sw)
+        image = c * hp * wp + kw if sh == sw == 1 else c * sh * sw * (hq * wq + (kw - 1) // sw)
         bounds, blocks, _ = self._plan(n, oh, ow, c * kh * kw, share_images=not training)
         parts = len(bounds) - 1
         rows = int((blocks[:, 3] - blocks[:, 2]).max())
@@ -454,8 +458,8 @@ class Conv2D(Layer):
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
             self._bias_values(), geometry, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
-            self._buffer("direct/image", (parts, c * hp * wp + kw), self.dtype, fill=0),
-            self._buffer("direct/y", (parts, 1 if skipping else oc * rows * wp), self.dtype),
+            self._buffer("direct/image", (parts, image), self.dtype, fill=0),
+            self._buffer("direct/y", (parts, 1 if skipping else oc * rows * wq), self.dtype),
             out.reshape(-1))
         self._cache = (x, out, self._no_argmax(), False) if training else None
         return out

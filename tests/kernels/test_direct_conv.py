@@ -1,5 +1,6 @@
-"""The unpooled stride-1 conv without unfolding (``conv_forward_direct``) against the
-unfold path and the float64 layer, and ``shifted_rows_gemm`` against numpy."""
+"""The unpooled conv without unfolding (``conv_forward_direct``, at stride 1 and on
+images split into their phases at stride 2) against the unfold path and the
+float64 layer, and ``shifted_rows_gemm`` against numpy."""
 import numpy as np
 import pytest
 
@@ -49,14 +50,19 @@ def _tiles_forced(host_with, using):
     using(host=host_with(tiles=True, blas_avx512=False), winograd_in_training=False)
 
 
-CASES = [(10, 20, 28, 28, 5, 0, False), (3, 8, 9, 11, 3, 1, True), (4, 6, 12, 12, 3, "same", False),
-         (2, 5, 20, 17, 5, 2, True), (16, 36, 30, 30, 3, 1, False), (6, 8, 9, 9, 1, 0, False)]
+CASES = [(10, 20, 28, 28, 5, 0, False, 1), (3, 8, 9, 11, 3, 1, True, 1),
+         (4, 6, 12, 12, 3, "same", False, 1), (2, 5, 20, 17, 5, 2, True, 1),
+         (16, 36, 30, 30, 3, 1, False, 1), (6, 8, 9, 9, 1, 0, False, 1),
+         # stride 2: kept columns skipped (rows of 16), odd sizes and kernels, 1x1
+         (16, 32, 32, 32, 3, 1, True, 2), (8, 16, 7, 9, 3, 1, False, 2),
+         (4, 16, 11, 13, 5, 2, True, 2), (3, 16, 10, 33, 2, 0, False, 2),
+         (6, 16, 12, 32, 1, 0, False, 2)]
 
 
 @pytest.mark.parametrize("n, block_bytes", [(1, None), (7, None), (3, 1 << 13)])
-@pytest.mark.parametrize("c, oc, h, w, k, padding, relu", CASES)
-def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, n,
-                                                         block_bytes, rng, host_with, using):
+@pytest.mark.parametrize("c, oc, h, w, k, padding, relu, stride", CASES)
+def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding, relu, stride,
+                                                         n, block_bytes, rng, host_with, using):
     """predict (one image: its rows split among the threads) and the training
     forward by the direct path (forced) equal the unfold path's and the float64
     layer's; backward after a direct forward gives the unfold path's gradients.
@@ -68,7 +74,7 @@ def test_direct_conv_matches_the_unfold_path_and_float64(c, oc, h, w, k, padding
         using(block_bytes=block_bytes)
 
     def build(dtype):
-        return Sequential([Conv2D(c, oc, k, padding=padding, dtype=dtype)]
+        return Sequential([Conv2D(c, oc, k, stride=stride, padding=padding, dtype=dtype)]
                           + ([ReLU()] if relu else []), seed=4)
 
     x = rng.standard_normal((n, c, h, w))
@@ -104,19 +110,24 @@ def test_direct_conv_agrees_with_its_serial_twin(rng, monkeypatch, host_with, us
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-def test_direct_conv_after_an_input_of_another_shape_and_the_same_size(rng, host_with, using):
-    """10x10 and 7x14 inputs padded by 1 fill the same 144 positions per channel:
-    neither may see the other's values where its border is, nor its kernel
-    offsets (replayed or not)."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_direct_conv_after_an_input_of_another_shape_and_the_same_size(stride, rng, host_with,
+                                                                       using):
+    """10x10 and 7x14 inputs padded by 1 fill the same 144 positions per channel
+    (at stride 2, 10x10 and 6x16 fill four phases of 36): neither may see the
+    other's values where its border is, nor its kernel offsets (replayed or
+    not)."""
     _tiles_forced(host_with, using)
+    using(conv="direct")
 
     def build():
-        return Sequential([Conv2D(3, 8, 3, padding=1)], seed=6)
+        return Sequential([Conv2D(3, 8, 3, stride=stride, padding=1)], seed=6)
 
     for n in (1, 2):  # one image: replayed calls, alternating between the shapes
         model = build()
         a = rng.standard_normal((n, 3, 10, 10)).astype(np.float32) + 5
-        b = rng.standard_normal((n, 3, 7, 14)).astype(np.float32)
+        other = (7, 14) if stride == 1 else (6, 16)
+        b = rng.standard_normal((n, 3, *other)).astype(np.float32)
         want_a, want_b = build().predict(a), build().predict(b)
         for _ in range(3):
             np.testing.assert_array_equal(model.predict(a), want_a)

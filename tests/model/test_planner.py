@@ -208,6 +208,27 @@ def test_the_direct_conv_skips_dropped_columns_where_it_pays(width, kernel, padd
     assert plan.skip_dropped is skips
 
 
+@pytest.mark.parametrize("c, oc, width, kernel, padding, direct", [
+    (16, 32, 32, 3, 1, True),    # ResNet-20's first strided conv: OW 16, every phase read
+    (32, 64, 16, 3, 1, False),   # OW 8: rows under a vector, nothing skipped
+    (16, 32, 32, 1, 0, False),   # 1x1: one phase of four read
+    (8, 16, 64, 2, 0, True),     # 2x2: one tap in each phase, OW 32
+])
+def test_the_direct_conv_runs_stride_2_where_it_skips_and_reads_every_phase(
+        c, oc, width, kernel, padding, direct):
+    """At stride 2 the direct conv runs on each image split into its phases: only
+    where its product skips the dropped columns and each phase holds a tap.
+    Stride 3 it refuses."""
+    p = ConvProblem(1, c, width, width, oc, (kernel, kernel), (2, 2), (padding, padding),
+                    "float32", False, None, False)
+    with nnjit.using(host=Host(tiles=True, blas_avx512=True, cores=2)):
+        plan = plan_conv(p)
+        assert plan.algorithm is (ConvAlgorithm.DIRECT if direct else ConvAlgorithm.UNFOLD)
+        assert plan.skip_dropped is direct
+        with nnjit.using(conv="direct"), pytest.raises(PlanError, match="stride 1 or 2"):
+            plan_conv(dataclasses.replace(p, stride=(3, 3)))
+
+
 def test_inference_splits_one_image_finer_than_training(monkeypatch):
     """At inference one image's output rows are shared between the threads from
     a quarter of the work per thread that training asks (``inference_split_finer``):
