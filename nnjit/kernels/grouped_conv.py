@@ -336,6 +336,17 @@ def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx, threa
     CG, OCG = C // groups, OC // groups
     P = OH * OW
     T = KH * KW
+    pieces = chunks_of(N * C, threads)
+    if SH == 1 and OCG == 1 and planes_in_registers(g, CG, DH, DW, dx.itemsize):
+        # A depthwise 3x3, stride 1, padding 1: dx's plane is dy's convolved the
+        # same way with the filter turned round (``nine_tap_plane``, no copies).
+        for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
+            k = (plane % C) * 9
+            nine_tap_plane(dx, U(plane * H * W), dy, U(plane * H * W), U(H), U(W),
+                           (weight[k + 8], weight[k + 7], weight[k + 6], weight[k + 5],
+                            weight[k + 4], weight[k + 3], weight[k + 2], weight[k + 1],
+                            weight[k]), dx.dtype.type(0), False)
+        return
     Hq, Wq, F = phase_geometry(H, W, PH, PW, KW, DW, SH, SW)
     offsets = tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F)
     phases = SH * SW
@@ -364,7 +375,6 @@ def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx, threa
     for w in range(W):
         at_col[w] = _tap_offset(0, w + PW, SH, SW, Wq, F)
     even, odd = stride2_columns(PW, F)
-    pieces = chunks_of(N * C, threads)
     dpad = np.zeros(phases * F, dy.dtype)  # phases without taps stay 0
     wide = np.zeros(margin + max(Hq, OH) * Wq, dy.dtype)  # its zeros stay 0
     for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):

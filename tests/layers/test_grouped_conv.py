@@ -109,6 +109,18 @@ def test_depthwise_planes_summed_in_registers(height, width, stride, dtype, tol,
     np.testing.assert_allclose(model.predict(x), np.maximum(want, 0), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("height,width", [(8, 8), (4, 4), (3, 16), (8, 2)])
+def test_depthwise_input_gradient_in_registers_matches_finite_differences(height, width, rng):
+    """A depthwise 3x3 conv at stride 1 (one output channel a group) takes its
+    input gradient as the same register path's conv of the output gradient
+    with each filter turned round: planes of whole vectors, two and four rows
+    to a vector (float64's lanes), against finite differences."""
+    conv = Conv2D(3, 3, 3, padding=1, groups=3, dtype=F64)
+    x = rng.normal(size=(2, 3, height, width))
+    assert planes_in_registers(conv._geometry(x), 1, 1, 1, x.itemsize)
+    check_layer_gradients(conv, x, rng)
+
+
 @pytest.mark.parametrize("tail", [[], [ReLU], [ReLU, MaxPool2D]])
 def test_forced_grouped_path_agrees_with_unfold_on_plain_convs(tail, rng, using):
     """The grouped kernels run any conv: forced on a plain one (with the fused
