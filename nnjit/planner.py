@@ -191,14 +191,16 @@ class Tuning:
     #: 2.12k / 2.16k / 2.13k.
     memory_bound_flops_per_byte: float = 7.0
     memory_bound_pass_bytes: int = 2 << 20
-    #: An unfolded or direct conv at inference, where one image's output rows
-    #: are shared between the threads, gives a thread this many times less work
-    #: than ``threads.WORK_PER_PART`` (4e6 multiply-adds). A single-image
-    #: predict races that split against a recording on one thread
-    #: (``nnjit.replay``), so a busy core costs nothing; with the threads awake
-    #: from the kernel before, ResNet-20's 16-channel convs on one image pay to
-    #: split: single-image p10 of 3,000 calls, two threads, 707-712 -> 603-608 us.
-    inference_split_finer: int = 4
+    #: An unfolded, direct or pointwise conv at inference, where one image's
+    #: output rows (or output channels) are shared between the threads, gives a
+    #: thread this many times less work than ``threads.WORK_PER_PART`` (4e6
+    #: multiply-adds). A single-image predict races that split against a
+    #: recording on one thread (``nnjit.replay``), so a busy core costs nothing;
+    #: with the threads awake from the kernel before, even MobileNet's 1x1 convs
+    #: on one image (0.5-1e6 multiply-adds) pay to split. Single-image p10 of
+    #: 3,000 calls, two threads: ResNet-20 707-712 us unsplit, 603-608 at 4,
+    #: 580-583 at 16 (589 at 8); MobileNet 136-138 at 4, 121-124 at 16 and 32.
+    inference_split_finer: int = 16
 
 
 # -- the settings ----------------------------------------------------------------------

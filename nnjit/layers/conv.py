@@ -309,7 +309,7 @@ class Conv2D(Layer):
             outputs = poh * pow_ * oc * (1 if self.fused_pool else 4)
             floats = threads * (hp * wp * c + 16 * rows * (c + oc) + outputs) + 2 * 16 * c * oc
         elif algorithm is ConvAlgorithm.POINTWISE:
-            threads, floats = self._pointwise_split(n, c, h * w)[0], 0
+            threads, floats = self._pointwise_split(n, c, h * w, training)[0], 0
         elif algorithm is ConvAlgorithm.WINDOWS:
             _, poh, pow_ = self.fused_pool.output_shape((oc, oh, ow))
             lanes = -(-oc // LANES) * LANES
@@ -468,7 +468,7 @@ class Conv2D(Layer):
         """Forward by ``pointwise_conv_forward`` (1x1, stride 1, unpadded, no pool):
         x float (N, C, H, W) -> (N, OC, H, W), one product per image in place."""
         n, oc, p = x.shape[0], self.out_channels, geometry.H * geometry.W
-        parts, chunks = self._pointwise_split(n, geometry.C, p)
+        parts, chunks = self._pointwise_split(n, geometry.C, p, training)
         out = self._buffer("out/train" if training else "out/eval", (n, oc, geometry.OH,
                                                                         geometry.OW), self.dtype)
         pointwise_conv_forward.run(parts > 1, x.reshape(-1), self.weight.value.reshape(-1),
@@ -502,12 +502,14 @@ class Conv2D(Layer):
             self.weight.grad.reshape(-1), self._bias_grads(), blas_handle())
         return dx if need_input_grad else None
 
-    def _pointwise_split(self, n, c, p):
+    def _pointwise_split(self, n, c, p, training):
         """(parts, chunks) of ``pointwise_conv_forward`` on n images of c x p values:
         the threads, and the pieces of output channels (of 8 or more) each image is
-        cut into so that fewer images than threads still use them all."""
+        cut into so that fewer images than threads still use them all (at
+        inference from less work, as ``_plan`` splits one image's rows)."""
         most = max(1, self.out_channels // 8)
-        parts = parts_for(n * p * self.out_channels * c, n * most)
+        finer = 1 if training else planner.tuning().inference_split_finer
+        parts = parts_for(n * p * self.out_channels * c, n * most, finer)
         return parts, min(most, -(-parts // n))
 
     def _direct_backward(self, x, out, dy, skipping, need_input_grad):

@@ -230,10 +230,11 @@ def test_the_direct_conv_runs_stride_2_where_it_skips_and_reads_every_phase(
 
 
 def test_inference_splits_one_image_finer_than_training(monkeypatch):
-    """At inference one image's output rows are shared between the threads from
-    a quarter of the work per thread that training asks (``inference_split_finer``):
-    a 16->16 3x3 conv on one 32x32 image (2.5e6 multiply-adds with its output
-    moves) splits there, not in training."""
+    """At inference one image's output rows (a 1x1 conv's output channels) are
+    shared between the threads from less work per thread than training asks
+    (``inference_split_finer``): a 16->16 3x3 conv on one 32x32 image (2.5e6
+    multiply-adds with its output moves) and a 64->64 1x1 on one 16x16 (1.0e6)
+    split there, not in training."""
     import numba
 
     import nnjit.threads
@@ -251,3 +252,7 @@ def test_inference_splits_one_image_finer_than_training(monkeypatch):
     assert len(inference[0]) - 1 == threads
     assert len(training[0]) - 1 == 1
     assert len(coarse[0]) - 1 == 1
+    pointwise = Conv2D(64, 64, 1)
+    with threads_set_to(threads):
+        assert pointwise._pointwise_split(1, 64, 16 * 16, training=False) == (threads, threads)
+        assert pointwise._pointwise_split(1, 64, 16 * 16, training=True) == (1, 1)
