@@ -31,8 +31,10 @@ nine taps are loads straight from the input plane, the lanes outside it
 masked off (rows of a quarter or half a vector several to a vector, or of
 whole vectors); at stride 2 each tap is one two-source shuffle of input
 vectors picking the even or odd columns. MobileNet's, per pass of 16 images
-on two threads: 128 channels of 8x8 49.5 -> 36 us, 64 channels of 16x16 at
-stride 2 61 -> 18, 32 channels of 32x32 at stride 2 71 -> 26.
+on two threads: 16 channels of 32x32 ~62 -> 31 us, 64 of 16x16 ~70 -> 35,
+128 of 8x8 49.5 -> 30, at stride 2 64 of 16x16 61 -> 18 and 32 of 32x32 71
+-> 26. The input gradient at stride 1 takes the same path: the output
+gradient convolved with each filter turned round.
 
 Layouts (flat, C-contiguous): x (N, C, H, W); weight (OC, C/G, KH, KW);
 out and dy (N, OC, OH, OW). ``g`` is the ``ConvGeometry`` (C, H, W, KH, KW,
