@@ -81,7 +81,8 @@ class InferenceLayers:
                 continue
             source = node.inputs[0]
             while source != MODEL_INPUT and source in self.skipped and readers[source] == 1:
-                source = self.nodes[source].inputs[0]  # a skipped layer passes its input on
+                # a skipped layer passes on its input, an absorbed one its head's output
+                source = self.fusion.heads.get(source, self.nodes[source].inputs[0])
             before = chains.pop(source, None)
             if before is not None and readers[source] == 1 \
                     and node.layer.dtype == self.layers[before[0]].dtype:

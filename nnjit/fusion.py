@@ -12,6 +12,13 @@ layer its epilogue before a pass runs, since one layer object serves both.
 To fuse a new pattern, add the head's layer type and the post-ops its
 kernels apply to ``POST_OPS`` and give the layer a ``set_epilogue`` that
 takes them (keyword arguments named after the post-ops).
+
+At inference a residual sum is fused too: an ``Add`` of two tensors, one the
+output of a Conv2D that nothing else reads, the other computed before that
+conv, runs inside the conv's output pass (``add``: the container hands the
+conv the other tensor, which its output pass adds, then the ReLU after the
+Add, ``add_relu``). Training keeps the Add: its backward routes the gradient
+to both branches.
 """
 from __future__ import annotations
 
@@ -68,14 +75,17 @@ class FusionPlan:
     epilogues: for every node whose layer takes post-ops, (its index, keyword
     arguments of its ``set_epilogue``), empty ones included (the layer may
     hold another mode's). absorbed: indices of nodes whose work another
-    node's epilogue does; the container does not run them. heads: absorbed
-    node -> the node that does its work.
+    node's epilogue does; the container does not run them (each passes on its
+    head's output). heads: absorbed node -> the node that does its work.
+    residuals: a head whose epilogue adds a residual -> the node whose output
+    it adds (``MODEL_INPUT``: the graph's input), which the container passes it.
     """
 
     epilogues: list[tuple[int, dict]] = field(default_factory=list)
     absorbed: set[int] = field(default_factory=set)
     heads: dict[int, int] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
+    residuals: dict[int, int] = field(default_factory=dict)
 
     def apply(self) -> None:
         """Give each layer its epilogue of this plan (a few attribute sets)."""
@@ -130,6 +140,8 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
             plan.absorbed.add(nxt)
             plan.heads[nxt] = i
             tail, step = nxt, step + 1
+    if enabled and not training:
+        _fuse_residual_sums(plan, epilogue_of, readers, leaving)
     if enabled and training:
         for i, epilogue in epilogue_of.items():
             layer = nodes[i].layer
@@ -145,3 +157,38 @@ def plan_fusion(nodes: list[Node], outputs: tuple[int, ...], training: bool,
         if isinstance(nodes[i].layer, BatchNorm2D):
             epilogue.setdefault("hand_back", False)
     return plan
+
+
+def _fuse_residual_sums(plan: FusionPlan, epilogue_of: dict[int, dict], readers: list[int],
+                        leaving: set[int]) -> None:
+    """Absorb each Add of two tensors into the Conv2D that computes one of them,
+    where that conv's output is read by the Add alone, has nothing fused after
+    it, and the other tensor is computed before it (of two such convs, the
+    later); the Add's fused ReLU moves to the conv (``add_relu``)."""
+    nodes = plan.nodes
+    for a, node in enumerate(nodes):
+        if not isinstance(node.layer, Add) or len(node.inputs) != 2 or a in plan.absorbed \
+                or node.inputs[0] == node.inputs[1]:
+            continue
+        candidates = [h for h in node.inputs if h != MODEL_INPUT
+                      and isinstance(nodes[h].layer, Conv2D) and h not in plan.absorbed
+                      and readers[h] == 1 and h not in leaving
+                      and epilogue_of.get(h) == {"relu": False, "pool": None}]
+        head = max(candidates, default=None)
+        if head is None:
+            continue
+        other = node.inputs[1] if node.inputs[0] == head else node.inputs[0]
+        if other > head:  # not computed yet when the conv runs
+            continue
+        relu = bool(epilogue_of[a].get("relu"))
+        epilogue_of[head].update(add=True, add_relu=relu)
+        plan.residuals[head] = other
+        plan.absorbed.add(a)
+        plan.heads[a] = head
+        for absorbed, h in list(plan.heads.items()):
+            if h == a:  # the ReLU the Add had taken
+                plan.heads[absorbed] = head
+    for i, epilogue in epilogue_of.items():
+        if isinstance(nodes[i].layer, Conv2D):
+            epilogue.setdefault("add", False)
+            epilogue.setdefault("add_relu", False)

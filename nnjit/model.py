@@ -172,22 +172,28 @@ class Model:
         ``nnjit.folding``). A layer that is not run (its work done by another's
         epilogue, or the identity at inference) passes its input on."""
         training_plan, inference = self._pass()
+        plan = training_plan if training else inference.fusion
         if training:
             nodes, skipped = training_plan.nodes, training_plan.absorbed
-            training_plan.apply()
         else:
             nodes, skipped = inference.nodes, inference.skipped
-            inference.fusion.apply()
+        plan.apply()
+        heads, residuals = plan.heads, plan.residuals
         values = [None] * len(nodes)
         last = len(nodes) - 1
         with single_threaded_blas:  # once for all layers (each kernel call re-enters cheaply)
             for i, node in enumerate(nodes):
                 read = [x if j == MODEL_INPUT else values[j] for j in node.inputs]
-                if i in skipped:
-                    values[i] = read[0]
+                if i in skipped:  # an absorbed layer: its head's output (a residual sum's)
+                    values[i] = values[heads[i]] if i in heads else read[0]
                     continue
                 if i == last and isinstance(node.layer, Softmax):
                     self._logits = read[0]
+                if i in residuals:
+                    other = residuals[i]
+                    values[i] = node.layer.forward(
+                        read[0], training, residual=x if other == MODEL_INPUT else values[other])
+                    continue
                 values[i] = node.layer.forward(read if node.layer.merges else read[0], training)
         if not isinstance(nodes[last].layer, Softmax):
             self._logits = values[last]

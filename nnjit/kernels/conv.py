@@ -31,6 +31,7 @@ from .batchnorm import routed_affine_segment
 from .blas import NO_TRANS, TRANS, gemm
 from .cache import cached_njit
 from .grouped_conv import _tap_offset, phase_geometry, phase_planes
+from .merge import add_run
 from .pool import pool_plane
 from .runs import copy_run, zero_run
 from .tiles import shifted_rows_gemm, skipping_rows_gemm, tiled_gemm, tiled_gemm_nt
@@ -574,7 +575,7 @@ def phased_image(x, n, g, image):
 
 @helper
 def conv_forward_direct_part(part, bounds, blocks, x, weight, bias, g, relu, skipping, offsets,
-                             image, ybuf, out):
+                             image, ybuf, out, residual, add_relu):
     """Part ``part`` of ``conv_forward_direct`` (same arguments): blocks[bounds[part]:
     bounds[part+1]], in the part's rows of image and ybuf."""
     first, last = bounds[part], bounds[part + 1]
@@ -610,24 +611,28 @@ def conv_forward_direct_part(part, bounds, blocks, x, weight, bias, g, relu, ski
             if skipping:  # the product, bias and ReLU written in the output planes
                 skipping_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, OW, Wq, L,
                                    out, (n * OC * OH + r0) * OW, OH * OW, bias, relu)
-                continue
-            shifted_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, L, ybuf)
-            for oc in range(OC):
-                bo = bias[oc]
-                for r in range(r1 - r0):
-                    s = U(oc * L + r * Wq)
-                    d = U(((n * OC + oc) * OH + r0 + r) * OW)
-                    if relu:
-                        for j in range(U(OW)):
-                            out[d + j] = max(ybuf[s + j] + bo, 0)
-                    else:
-                        for j in range(U(OW)):
-                            out[d + j] = ybuf[s + j] + bo
+            else:
+                shifted_rows_gemm(OC, offsets.size, weight, src, src_off, offsets, L, ybuf)
+                for oc in range(OC):
+                    bo = bias[oc]
+                    for r in range(r1 - r0):
+                        s = U(oc * L + r * Wq)
+                        d = U(((n * OC + oc) * OH + r0 + r) * OW)
+                        if relu:
+                            for j in range(U(OW)):
+                                out[d + j] = max(ybuf[s + j] + bo, 0)
+                        else:
+                            for j in range(U(OW)):
+                                out[d + j] = ybuf[s + j] + bo
+            if residual.size == out.size:  # a residual sum, while the block is in cache
+                for oc in range(OC):
+                    add_run(out, ((n * OC + oc) * OH + r0) * OW, residual, (r1 - r0) * OW,
+                            add_relu)
 
 
 @kernel(parts=(conv_forward_direct_part,))
 def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bias, g, relu,
-                        skipping, offsets, image, ybuf, out):
+                        skipping, offsets, image, ybuf, out, residual, add_relu):
     """Conv2D forward without unfolding: out = conv(x, weight) + bias, then ReLU
     with ``relu`` (no fused pool).
 
@@ -659,7 +664,9 @@ def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bia
     x: float32 (N*C*H*W,); weight (OC*K,), K = C*KH*KW; bias (OC,); image:
     (parts, >= C*Hp*Wp + KW - 1) as above (strided: >= C*SH*SW*F,
     ``phase_geometry``); ybuf: (parts, >= OC*OH*Wq), unread with ``skipping``.
-    Writes
+    residual: of out's size, or none (size 0): added to each block's output
+    while it is in cache, then max(., 0) with ``add_relu`` (a residual sum
+    fused into the conv, ``nnjit.fusion``). Writes
     offsets: int64 (K,) (here, not by the caller: a replayed call of another
     input shape finds them right) and out: (N*OC*OH*OW,).
     """
@@ -669,7 +676,7 @@ def conv_forward_direct(conv_forward_direct_part, bounds, blocks, x, weight, bia
         phased_tap_offsets(g, offsets)
     for part in prange(bounds.size - 1):
         call_part(conv_forward_direct_part, np.int64(part), bounds, blocks, x, weight, bias, g,
-                  relu, skipping, offsets, image, ybuf, out)
+                  relu, skipping, offsets, image, ybuf, out, residual, add_relu)
 
 
 @helper

@@ -1,6 +1,7 @@
 """Elementwise sums and channel-wise copies: the merge layers (Add, Concatenate)
 and gradients that add up where a tensor is read by several layers."""
 from ._jit import kernel, prange
+from .cache import cached_njit
 
 
 @kernel
@@ -25,3 +26,17 @@ def copy_columns(src, rows, src_width, src_start, dst_width, dst_start, width, d
         s, d = r * src_width + src_start, r * dst_width + dst_start
         for j in range(width):
             dst[d + j] = src[s + j]
+
+
+@cached_njit(inline="always")
+def add_run(out, start, residual, count, relu):
+    """out[start:start+count] += residual[start:start+count], then max(., 0) with
+    ``relu`` (``v < 0`` as the test: NaN stays): a residual sum over a run of
+    output a conv has just written (``nnjit.fusion``). out, residual: 1-D float
+    arrays of one dtype and size; start, count: int."""
+    o = out[start:start + count]  # views: a loop over them vectorises
+    r = residual[start:start + count]
+    zero = o.dtype.type(0)
+    for j in range(count):
+        v = o[j] + r[j]
+        o[j] = zero if relu and v < 0 else v

@@ -35,6 +35,7 @@ import numpy as np
 from ._jit import call_part, helper, kernel, prange
 from .blas import TRANS
 from .cache import cached_njit
+from .merge import add_run
 from .runs import copy_run, zero_run
 from .tiles import batched_product, product, refresh_kept, transpose_slice
 
@@ -447,7 +448,7 @@ def split_bound(g, L, split):
 @helper
 def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
                          per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
-                         blas):
+                         blas, residual, add_relu):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments) refreshing the
     transformed filters (``refresh_filters``) of its share of the output
     channels, all of them when the kernel splits one chunk."""
@@ -457,9 +458,27 @@ def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu,
 
 
 @helper
+def unpooled_rows_add(residual, OC, POH, POW, t0, t1, start, relu, out):
+    """Add residual to the runs of out that ``unpooled_rows_out`` wrote for tiles
+    [t0, t1) of the image whose output starts at out[start] (OC, OH*OW), then
+    max(., 0) with ``relu`` (``add_run``): a residual sum fused into the conv."""
+    OW, P = 2 * POW, 4 * POH * POW
+    if t0 % POW == 0 and t1 % POW == 0:  # whole rows of tiles: one run a channel
+        for oc in range(OC):
+            add_run(out, start + oc * P + 4 * t0, residual, 4 * (t1 - t0), relu)
+        return
+    for i in range(t0 // POW, (t1 - 1) // POW + 1):
+        j0, j1 = max(t0 - i * POW, 0), min(t1 - i * POW, POW)
+        for a in range(2):
+            p0 = (2 * i + a) * OW + 2 * j0
+            for oc in range(OC):
+                add_run(out, start + oc * P + p0, residual, 2 * (j1 - j0), relu)
+
+
+@helper
 def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
                         per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
-                        blas):
+                        blas, residual, add_relu):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments): the pooled
     outputs of images [part*N//parts, (part+1)*N//parts), ``per`` at a time,
     in the part's workspaces, or with split > 1 of thread ``part``'s share of
@@ -493,6 +512,9 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
             if not pool:
                 unpooled_tiles(Mt, bias, OC, POW, t0, t1, n * T + t0 - w0, Lp, relu, pooled)
                 unpooled_rows_out(pooled, OC, POH, POW, t0, t1, out[n * OC * 4 * T:])
+                if residual.size == out.size:  # a residual sum, while they are in cache
+                    unpooled_rows_add(residual, OC, POH, POW, t0, t1, n * OC * 4 * T, add_relu,
+                                      out)
                 continue
             pool_windows(Mt, bias, OC, t1 - t0, n * T + t0 - w0, Lp, relu, pooled, train,
                          argmax[(n * T + t0) * OC:])
@@ -503,7 +525,7 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
 @kernel(blas=True, parts=(forward_filters_part, forward_images_part))
 def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bias, C, H, W, PH,
                        PW, POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled,
-                       out, train, argmax, split, tiles, blas):
+                       out, train, argmax, split, tiles, blas, residual, add_relu):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
     F(2x2, 3x3) (module docstring); without ``pool`` the conv + [ReLU] alone,
     of an even output size 2*POH x 2*POW, its 2x2 tiles taking the pooling
@@ -526,24 +548,27 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
     refreshed first, on one thread). (Split by output channels instead, each
     thread transformed the whole input: one image, 11.2 us against 14.3 on
     one thread.) The parts (``forward_filters_part``, ``forward_images_part``)
-    are taken by address (``nnjit.kernels._jit``).
+    are taken by address (``nnjit.kernels._jit``). residual: of out's size
+    (without ``pool``), or none (size 0): added to the outputs as each chunk
+    writes them, then max(., 0) with ``add_relu`` (a residual sum fused into
+    the conv, ``nnjit.fusion``).
     """
     if split > 1:  # the filters on one thread, then the windows shared
         call_part(forward_filters_part, np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW,
                   relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                  split, tiles, blas)
+                  split, tiles, blas, residual, add_relu)
     else:
         for p in prange(parts):
             call_part(forward_filters_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH,
                       POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
-                      argmax, split, tiles, blas)
+                      argmax, split, tiles, blas, residual, add_relu)
     # The count in a variable: a conditional expression inside prange() leaves
     # the loop serial (Numba converts no parfor there).
     shares = split if split > 1 else parts
     for p in prange(shares):
         call_part(forward_images_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW,
                   relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                  split, tiles, blas)
+                  split, tiles, blas, residual, add_relu)
 
 
 @helper

@@ -7,6 +7,7 @@ from .. import planner
 from ..kernels.activation import relu_backward
 from ..kernels.batchnorm import batchnorm_pool_input_grad
 from ..kernels.blas import blas_handle
+from ..kernels.merge import add_forward
 from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_grad,
                                     grouped_conv_weight_grad)
 from ..kernels.conv import (NO_POOL, ConvGeometry, PoolGeometry, conv_backward, conv_forward,
@@ -110,13 +111,17 @@ class Conv2D(Layer):
             return self.bias.grad
         return self._buffer("bias/none-grad", (self.out_channels,), self.dtype)
 
-    def set_epilogue(self, relu=False, pool=None):
+    def set_epilogue(self, relu=False, pool=None, add=False, add_relu=False):
         """What the output pass applies after the bias (the fusion pass decides,
         ``nnjit.fusion``): a ReLU, then a max-pool (a MaxPool2D whose shape
         parameters it reads); conv -> ReLU -> max-pool then runs as one GEMM and
-        one pass that writes only the pooled output, and backward likewise."""
+        one pass that writes only the pooled output, and backward likewise.
+        ``add`` (at inference): the residual sum an Add after the conv did,
+        then its ReLU with ``add_relu``; ``forward`` takes the other tensor."""
         self.fused_relu = bool(relu)
         self.fused_pool = pool
+        self.fused_add = bool(add)
+        self.fused_add_relu = bool(add_relu)
 
     def reset_parameters(self, rng):
         kh, kw = self.kernel_size
@@ -356,11 +361,12 @@ class Conv2D(Layer):
                              self.dtype),
                 self._buffer("winograd/Vt", (parts, 16 * rows * c), self.dtype))
 
-    def _winograd_forward(self, x, training):
+    def _winograd_forward(self, x, training, residual=None):
         """Forward by ``winograd_conv_pool``: x float32 (N, C, H, W) -> the pooled
         output (N, OC, POH, POW); in training, with the windows' winners
         (``pool_windows``) kept for ``_winograd_backward``. Without a fused pool
-        -> (N, OC, OH, OW)."""
+        -> (N, OC, OH, OW), plus ``residual`` (of its shape; then the add's
+        ReLU) if given."""
         n, oc, dtype = x.shape[0], self.out_channels, self.dtype
         parts, per, chunk_threads, rows, geometry = self._winograd_plan(x.shape)
         c, h, w, ph, pw, poh, pow_ = geometry
@@ -381,7 +387,9 @@ class Conv2D(Layer):
             *self._winograd_workspaces(spaces, rows, *geometry),
             self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
             self._buffer("winograd/pooled", (spaces, poh * pow_ * oc * (1 if pool else 4)), dtype),
-            out.reshape(-1), training, argmax, chunk_threads, planner.host().tiles, blas_handle())
+            out.reshape(-1), training, argmax, chunk_threads, planner.host().tiles, blas_handle(),
+            self._no_residual() if residual is None else residual.reshape(-1),
+            self.fused_add_relu)
         self._cache = (x, out, argmax, "winograd") if training else None
         return out
 
@@ -441,8 +449,13 @@ class Conv2D(Layer):
         self._cache = (x, out, argmax, "unfold") if training else None
         return out
 
-    def _direct_forward(self, x, geometry, training, skipping):
-        """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW)."""
+    def _no_residual(self) -> np.ndarray:
+        """What a kernel that can add a residual takes when it adds none: size 0."""
+        return self._buffer("residual/none", (0,), self.dtype)
+
+    def _direct_forward(self, x, geometry, training, skipping, residual=None):
+        """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW),
+        plus ``residual`` (of the output's shape; then the add's ReLU) if given."""
         n, oc = x.shape[0], self.out_channels
         c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = geometry
         hp, wp = h + 2 * ph, w + 2 * pw
@@ -460,7 +473,8 @@ class Conv2D(Layer):
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, image), self.dtype, fill=0),
             self._buffer("direct/y", (parts, 1 if skipping else oc * rows * wq), self.dtype),
-            out.reshape(-1))
+            out.reshape(-1), self._no_residual() if residual is None else residual.reshape(-1),
+            self.fused_add_relu)
         self._cache = (x, out, self._no_argmax(), False) if training else None
         return out
 
@@ -549,7 +563,7 @@ class Conv2D(Layer):
             skipping, self._buffer("direct/dx_offsets", (oc * kh * kw,), np.int64),
             self._buffer("direct/dy_image", (parts, oc * thp * twp + kw), self.dtype, fill=0),
             self._buffer("direct/dx_y", (parts, 1 if skipping else c * rows * twp), self.dtype),
-            dx.reshape(-1))
+            dx.reshape(-1), self._no_residual(), False)
         return dx
 
     def _grouped_forward(self, x, geometry, training):
@@ -606,8 +620,37 @@ class Conv2D(Layer):
                                   grad.out[0, 0].size, grad.relu, dx.reshape(-1))
         return dx
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=True, residual=None):
+        """x: float (N, C, H, W) of the layer's dtype -> (N, OC, OH, OW) (pooled, if
+        a pool is fused), a buffer of the layer's. ``residual``: with an ``add``
+        epilogue at inference, the Add's other tensor, of the output's shape and
+        dtype: added to the output (then a ReLU with ``add_relu``)."""
         x = self._check_input(x, 4, self.dtype)
+        if residual is None:
+            return self._forward(x, training)
+        self._check_residual(residual, x, training)
+        algorithm = self.plan(x.shape, training).algorithm
+        if algorithm is ConvAlgorithm.DIRECT:  # summed in the output pass
+            return self._direct_forward(x, self._geometry(x), training,
+                                        self.plan(x.shape, training).skip_dropped, residual)
+        if algorithm is ConvAlgorithm.WINOGRAD:
+            return self._winograd_forward(x, training, residual)
+        out = self._forward(x, training)  # the others: then one pass over the output
+        add_forward(out.reshape(-1), residual.reshape(-1), out.reshape(-1), self.fused_add_relu)
+        return out
+
+    def _check_residual(self, residual, x, training):
+        """Raise ValueError unless ``residual`` can be added to this call's output."""
+        if training or not self.fused_add:
+            raise ValueError("Conv2D takes a residual at inference, with an add epilogue only")
+        shape = (x.shape[0], *self.output_shape(x.shape[1:]))
+        if not isinstance(residual, np.ndarray) or residual.shape != shape \
+                or residual.dtype != self.dtype or not residual.flags.c_contiguous:
+            raise ValueError(f"Conv2D's residual must be a C-contiguous {self.dtype} array of "
+                             f"shape {shape}, got {getattr(residual, 'shape', type(residual))}")
+
+    def _forward(self, x, training):
+        """``forward`` by the planned algorithm, before any residual sum."""
         n = x.shape[0]
         geometry = self._geometry(x)
         plan = self.plan(x.shape, training)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import nnjit
 import reference as ref
 from nnjit import (Add, BatchNorm2D, CheckpointError, Concatenate, Conv2D, Dense, Dropout, Flatten,
                    GlobalAvgPool2D, Input, MaxPool2D, Model, ReLU, Sequential, Softmax,
@@ -83,6 +84,96 @@ def test_fused_and_reference_paths_agree(rng, using):
     plain = run(residual_net(seed=2))
     for a, b in zip(fused, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def residual_stack(c, hw, seed=0):
+    """Two residual blocks: an identity shortcut from the model's input, then a
+    stride-2 block whose 1x1 projection comes after its second conv (the
+    sum fuses into the projection) and whose sum has no ReLU after it."""
+    x = Input((c, hw, hw))
+
+    def conv_bn(inputs, c_in, c_out, k, stride=1):
+        conv = Conv2D(c_in, c_out, k, stride=stride, padding=k // 2, bias=False)
+        return BatchNorm2D(c_out)(conv(inputs))
+
+    h = ReLU()(conv_bn(x, c, c, 3))
+    y = ReLU()(Add()([conv_bn(h, c, c, 3), x]))
+    h = ReLU()(conv_bn(y, c, 2 * c, 3, stride=2))
+    z = Add()([conv_bn(h, 2 * c, 2 * c, 3), conv_bn(y, c, 2 * c, 1, stride=2)])
+    model = Model(x, Softmax()(Dense(2 * c, 5)(GlobalAvgPool2D()(z))), seed=seed)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:  # statistics that are not the identity
+        if isinstance(layer, BatchNorm2D):
+            layer.running_mean[...] = rng.normal(size=layer.num_features) * 0.2
+            layer.running_var[...] = rng.uniform(0.5, 2.0, size=layer.num_features)
+            layer.weight.value[...] = rng.uniform(0.5, 1.5, size=layer.num_features)
+            layer.bias.value[...] = rng.normal(size=layer.num_features) * 0.2
+    return model
+
+
+@pytest.mark.parametrize("channels, forced, head_algorithm", [
+    (16, "direct", "direct"), (16, "unfold", "unfold"), (32, None, "winograd")])
+def test_a_residual_sum_runs_in_the_conv_before_it_at_inference(channels, forced,
+                                                                head_algorithm, rng, using):
+    """At inference each Add (and the ReLU after it) is absorbed into the conv
+    that computes its last input, which adds the other (the model's input, or
+    a conv's output) in its output pass: the direct conv and Winograd while
+    each block of output is in cache, the others in one pass after. Predict
+    equals the unfused reference path on one image (replayed), a few and a
+    batch run in several passes; training keeps the Adds."""
+    if forced:
+        using(conv=forced)
+    model = residual_stack(channels, 8, seed=3)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    adds = {i for i, k in enumerate(kinds) if k == "Add"}
+    assert adds <= model.fused_layers(training=False)
+    assert not adds & model.fused_layers(training=True)
+    inference = model._inference
+    assert len(inference.fusion.residuals) == 2
+    head = min(inference.fusion.residuals)  # the first block's second conv
+    assert inference.fusion.residuals[head] == -1  # adds the model's input
+    assert inference.layers[head].plan((2, channels, 8, 8), False).algorithm.value \
+        == head_algorithm
+    x = rng.normal(size=(300, channels, 8, 8)).astype(np.float32)
+    fused = [model.predict(x[:1]), model.predict(x[:1]), model.predict(x[:3]),
+             model.predict(x, batch_size=300)]
+    using(fusion=False, replay=False)
+    plain = [model.predict(x[:1]), model.predict(x[:1]), model.predict(x[:3]), model.predict(x)]
+    for a, b in zip(fused, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_sum_whose_conv_output_is_read_again_is_not_fused(rng):
+    """Not absorbed: the conv's output read by another layer too, and a sum of
+    three; their predictions still equal the unfused path's."""
+    x_in = Input((4, 6, 6))
+    conv = Conv2D(4, 4, 3, padding=1)(x_in)
+    twice = Add()([conv, x_in])
+    three = Add()([Conv2D(4, 4, 3, padding=1)(x_in), x_in, conv])
+    model = Model(x_in, Flatten()(Concatenate()([twice, three, conv])), seed=2)
+    assert not model._inference.fusion.residuals
+    x = rng.normal(size=(3, 4, 6, 6)).astype(np.float32)
+    fused = model.predict(x)
+    with nnjit.using(fusion=False):
+        np.testing.assert_allclose(fused, model.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_conv_takes_a_residual_only_where_the_fusion_gave_it_one(rng):
+    conv = Conv2D(2, 3, 3, padding=1)
+    x = rng.normal(size=(2, 2, 5, 5)).astype(np.float32)
+    residual = np.zeros((2, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="add epilogue"):
+        conv.forward(x, training=False, residual=residual)
+    conv.set_epilogue(add=True, add_relu=True)
+    with pytest.raises(ValueError, match="add epilogue"):
+        conv.forward(x, training=True, residual=residual)
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 5, 5\)"):
+        conv.forward(x, training=False, residual=residual[:, :2])
+    conv.set_epilogue()
+    want = np.maximum(conv.forward(x, training=False) + 1.0, 0)
+    conv.set_epilogue(add=True, add_relu=True)
+    got = conv.forward(x, training=False, residual=residual + 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_graph_checkpoint_round_trip(tmp_path, rng):
