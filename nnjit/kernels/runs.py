@@ -272,6 +272,68 @@ def _nine_taps_step(kind):
 TOP, BOTTOM, FIRST, LAST = 1, 2, 4, 8
 
 
+class _PlaneStep:
+    """What the code generation of a plane step, step(out, o, src, s, W, edges,
+    weights, b, relu), needs: its arguments as LLVM values (o, s, W, edges as
+    uint64; ``weights``, the nine weights, and ``bias`` as vectors), loads from
+    src, the edge flags, and the store of an output vector."""
+
+    def __init__(self, context, builder, signature, args):
+        self.context, self.builder, self.signature, self.args = context, builder, signature, args
+        dtype = signature.args[0].dtype
+        v = self.v = _Vectors(context, builder, dtype)
+        self.o, self.s, self.W, self.edges = (v.uint(args[i], signature.args[i])
+                                              for i in (1, 3, 4, 5))
+        self.bits = ir.VectorType(ir.IntType(1), v.lanes)
+        weight_type = signature.args[6].dtype
+        self.weights = [v.splat(context.cast(builder, builder.extract_value(args[6], t),
+                                             weight_type, dtype)) for t in range(9)]
+        self.bias = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
+
+    def lanes_where(self, test):
+        """The constant mask of the lanes i where test(i)."""
+        return ir.Constant(self.bits, [int(bool(test(i))) for i in range(self.v.lanes)])
+
+    def flagged(self, flag, mask):
+        """``mask`` where ``edges`` has ``flag``, else every lane."""
+        b = self.builder
+        on = b.icmp_unsigned("!=", b.and_(self.edges, ir.Constant(self.v.i64, flag)),
+                             ir.Constant(self.v.i64, 0))
+        return b.select(on, mask, self.lanes_where(lambda i: True))
+
+    def load(self, start, mask=None):
+        """The vector at src[start]: under ``mask`` (lanes off read nothing), or plain."""
+        v, b = self.v, self.builder
+        address = v.address(self.signature.args[2], self.args[2], start)
+        if mask is not None:
+            return v.load(address, mask)
+        return b.load(b.bitcast(address, v.vector.as_pointer()), align=v.align.constant)
+
+    def store(self, at, total):
+        """out[at:at+lanes] = total, then max(., 0) with ``relu`` (NaN stays)."""
+        v, b = self.v, self.builder
+        clipped = b.select(b.fcmp_ordered("<", total, v.zero), v.zero, total)
+        relu = self.context.cast(b, self.args[8], self.signature.args[8], types.boolean)
+        target = v.address(self.signature.args[0], self.args[0], at)
+        b.store(b.select(relu, clipped, total), b.bitcast(target, v.vector.as_pointer()),
+                align=v.align.constant)
+
+
+def _plane_intrinsic(generate):
+    """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) whose code
+    ``generate(_PlaneStep)`` emits."""
+
+    @intrinsic
+    def step(typingctx, out, o, src, s, W, edges, weights, b, relu):
+        def codegen(context, builder, signature, args):
+            generate(_PlaneStep(context, builder, signature, args))
+            return context.get_dummy_value()
+
+        return types.void(out, o, src, s, W, edges, weights, b, relu), codegen
+
+    return step
+
+
 def _plane_taps_step(rows, stack):
     """An intrinsic step(out, o, src, s, W, edges, weights, b, relu) computing
     ``stack`` output vectors of a 3x3, stride-1, padding-1 conv over a plane of
@@ -290,84 +352,47 @@ def _plane_taps_step(rows, stack):
     Nothing is copied: a padded copy of an 8x8 plane cost a third of the conv.
     o, s, W, edges: uint64; weights: a 9-tuple of out's dtype; b: out's dtype."""
 
-    @intrinsic
-    def step(typingctx, out, o, src, s, W, edges, weights, b, relu):
-        sig = types.void(out, o, src, s, W, edges, weights, b, relu)
+    def generate(p):
+        b, v = p.builder, p.v
+        lanes = v.lanes
+        width = lanes // rows
 
-        def codegen(context, builder, signature, args):
-            dtype = signature.args[0].dtype
-            v = _Vectors(context, builder, dtype)
-            lanes = v.lanes
-            width = lanes // rows
-            o_value, s_value, w_value, edges_value = (v.uint(args[i], signature.args[i])
-                                                      for i in (1, 3, 4, 5))
-            bits = ir.VectorType(ir.IntType(1), lanes)
+        def rows_down(count):  # count * W values, count >= -1
+            return b.mul(p.W, ir.Constant(v.i64, count)) if count >= 0 else \
+                b.sub(ir.Constant(v.i64, 0), p.W)
 
-            def lanes_where(test):
-                return ir.Constant(bits, [int(bool(test(i))) for i in range(lanes)])
+        # Vector m's tap row kh starts (m*rows + kh - 1) rows of W below s.
+        lowest = (stack - 1) * rows + 1
+        row_masks = {-1: p.flagged(TOP, p.lanes_where(lambda i: i >= width)),
+                     lowest: p.flagged(BOTTOM, p.lanes_where(lambda i: i < lanes - width))}
+        if rows == 1:  # rows of one vector or more: only a row's first and last have edges
+            column_masks = (p.flagged(FIRST, p.lanes_where(lambda i: i != 0)), None,
+                            p.flagged(LAST, p.lanes_where(lambda i: i != lanes - 1)))
+        else:
+            column_masks = (p.lanes_where(lambda i: i % width != 0), None,
+                            p.lanes_where(lambda i: i % width != width - 1))
+        loaded = {}
 
-            def flagged(flag, mask):
-                on = builder.icmp_unsigned("!=", builder.and_(edges_value,
-                                                              ir.Constant(v.i64, flag)),
-                                           ir.Constant(v.i64, 0))
-                return builder.select(on, mask, lanes_where(lambda i: True))
+        def tap(down, kw):
+            if (down, kw) not in loaded:
+                start = b.add(b.add(p.s, rows_down(down)), ir.Constant(v.i64, kw - 1))
+                masks = [m for m in (row_masks.get(down), column_masks[kw]) if m is not None]
+                loaded[down, kw] = p.load(start, None if not masks else masks[0]
+                                          if len(masks) == 1 else b.and_(*masks))
+            return loaded[down, kw]
 
-            def rows_down(count):  # count * W values, count >= -1
-                return builder.mul(w_value, ir.Constant(v.i64, count)) if count >= 0 else \
-                    builder.sub(ir.Constant(v.i64, 0), w_value)
+        totals = [p.bias] * stack
+        for down in range(-1, lowest + 1):  # row by row, each load used by all its taps
+            for kw in range(3):
+                for m in range(stack):
+                    kh = down - m * rows + 1
+                    if 0 <= kh <= 2:
+                        totals[m] = v.fma(p.weights[3 * kh + kw], tap(down, kw), totals[m])
+        apart = rows_down(1) if rows == 1 else ir.Constant(v.i64, lanes)
+        for m, total in enumerate(totals):
+            p.store(b.add(p.o, b.mul(apart, ir.Constant(v.i64, m))), total)
 
-            # Vector m's tap row kh starts (m*rows + kh - 1) rows of W below s.
-            lowest = (stack - 1) * rows + 1
-            row_masks = {-1: flagged(TOP, lanes_where(lambda i: i >= width)),
-                         lowest: flagged(BOTTOM, lanes_where(lambda i: i < lanes - width))}
-            if rows == 1:  # rows of one vector or more: only a row's first and last have edges
-                column_masks = (flagged(FIRST, lanes_where(lambda i: i != 0)), None,
-                                flagged(LAST, lanes_where(lambda i: i != lanes - 1)))
-            else:
-                column_masks = (lanes_where(lambda i: i % width != 0), None,
-                                lanes_where(lambda i: i % width != width - 1))
-            loaded = {}
-
-            def tap(down, kw):
-                if (down, kw) not in loaded:
-                    start = builder.add(builder.add(s_value, rows_down(down)),
-                                        ir.Constant(v.i64, kw - 1))
-                    address = v.address(signature.args[2], args[2], start)
-                    masks = [m for m in (row_masks.get(down), column_masks[kw]) if m is not None]
-                    if masks:
-                        loaded[down, kw] = v.load(address, masks[0] if len(masks) == 1
-                                                  else builder.and_(*masks))
-                    else:
-                        loaded[down, kw] = builder.load(
-                            builder.bitcast(address, v.vector.as_pointer()),
-                            align=v.align.constant)
-                return loaded[down, kw]
-
-            weight_type = signature.args[6].dtype
-            weights = [v.splat(context.cast(builder, builder.extract_value(args[6], t),
-                                            weight_type, dtype)) for t in range(9)]
-            bias = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
-            totals = [bias] * stack
-            for down in range(-1, lowest + 1):  # row by row, each load used by all its taps
-                for kw in range(3):
-                    for m in range(stack):
-                        kh = down - m * rows + 1
-                        if 0 <= kh <= 2:
-                            totals[m] = v.fma(weights[3 * kh + kw], tap(down, kw), totals[m])
-            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
-            apart = rows_down(1) if rows == 1 else ir.Constant(v.i64, lanes)
-            for m, total in enumerate(totals):
-                clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
-                at = builder.add(o_value, builder.mul(apart, ir.Constant(v.i64, m)))
-                target = v.address(signature.args[0], args[0], at)
-                builder.store(builder.select(relu_value, clipped, total),
-                              builder.bitcast(target, v.vector.as_pointer()),
-                              align=v.align.constant)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return step
+    return _plane_intrinsic(generate)
 
 
 def _strided_plane_taps_step(rows):
@@ -384,64 +409,36 @@ def _strided_plane_taps_step(rows):
     of the plane into its phases. o, s, W, edges: uint64; weights: a 9-tuple of
     out's dtype; b: out's dtype."""
 
-    @intrinsic
-    def step(typingctx, out, o, src, s, W, edges, weights, b, relu):
-        sig = types.void(out, o, src, s, W, edges, weights, b, relu)
+    def generate(p):
+        b, v = p.builder, p.v
+        lanes = v.lanes
+        width = lanes // rows  # an output row
+        above_plane = p.flagged(TOP, p.lanes_where(lambda i: False))
+        # the second vector of a pair: the row's other half, or the row two below
+        apart = ir.Constant(v.i64, lanes) if rows == 1 else b.add(p.W, p.W)
+        pairs = []
+        for kh in range(3):
+            first = (b.sub(p.s, p.W), p.s, b.add(p.s, p.W))[kh]
+            pairs.append([p.load(start, above_plane if kh == 0 and above else None)
+                          for start, above in ((first, True), (b.add(first, apart), rows == 1))])
 
-        def codegen(context, builder, signature, args):
-            dtype = signature.args[0].dtype
-            v = _Vectors(context, builder, dtype)
-            lanes = v.lanes
-            width = lanes // rows  # an output row
-            o_value, s_value, w_value, edges_value = (v.uint(args[i], signature.args[i])
-                                                      for i in (1, 3, 4, 5))
-            bits = ir.VectorType(ir.IntType(1), lanes)
-            everything = ir.Constant(bits, [1] * lanes)
-            top = builder.icmp_unsigned("!=", builder.and_(edges_value, ir.Constant(v.i64, TOP)),
-                                        ir.Constant(v.i64, 0))
-            # the second vector of a pair: the row's other half, or the row two below
-            apart = ir.Constant(v.i64, lanes) if rows == 1 else builder.add(w_value, w_value)
-            pairs = []
-            for kh in range(3):
-                first = (builder.sub(s_value, w_value), s_value, builder.add(s_value, w_value))[kh]
-                vectors = []
-                for start, above in ((first, True), (builder.add(first, apart), rows == 1)):
-                    address = v.address(signature.args[2], args[2], start)
-                    if kh == 0 and above:  # the row above the plane where it has TOP
-                        mask = builder.select(top, ir.Constant(bits, [0] * lanes), everything)
-                        vectors.append(v.load(address, mask))
-                    else:
-                        vectors.append(builder.load(builder.bitcast(address,
-                                                                    v.vector.as_pointer()),
-                                                    align=v.align.constant))
-                pairs.append(vectors)
-            # output lane i's column 2*ow + kw - 1 is lane 2*(i % width) + kw - 1
-            # of its row in the pair: even lanes for kw = 1, odd ones for 2, odd
-            # ones a column left for 0 (zero at a row's first output)
-            def picks(kw):
-                return [(i // width) * 2 * width + 2 * (i % width) + kw - 1 if
-                        (kw or i % width) else 0 for i in range(lanes)]
-            first_columns = ir.Constant(bits, [int(i % width != 0) for i in range(lanes)])
-            weight_type = signature.args[6].dtype
-            total = v.splat(context.cast(builder, args[7], signature.args[7], dtype))
-            for kh in range(3):
-                for kw in range(3):
-                    value = v.shuffle(pairs[kh][0], pairs[kh][1], picks(kw))
-                    if kw == 0:
-                        value = builder.select(first_columns, value, v.zero)
-                    weight = context.cast(builder, builder.extract_value(args[6], 3 * kh + kw),
-                                          weight_type, dtype)
-                    total = v.fma(v.splat(weight), value, total)
-            clipped = builder.select(builder.fcmp_ordered("<", total, v.zero), v.zero, total)
-            relu_value = context.cast(builder, args[8], signature.args[8], types.boolean)
-            target = v.address(signature.args[0], args[0], o_value)
-            builder.store(builder.select(relu_value, clipped, total),
-                          builder.bitcast(target, v.vector.as_pointer()), align=v.align.constant)
-            return context.get_dummy_value()
+        # output lane i's column 2*ow + kw - 1 is lane 2*(i % width) + kw - 1
+        # of its row in the pair: even lanes for kw = 1, odd ones for 2, odd
+        # ones a column left for 0 (zero at a row's first output)
+        def picks(kw):
+            return [(i // width) * 2 * width + 2 * (i % width) + kw - 1 if
+                    (kw or i % width) else 0 for i in range(lanes)]
+        first_columns = p.lanes_where(lambda i: i % width != 0)
+        total = p.bias
+        for kh in range(3):
+            for kw in range(3):
+                value = v.shuffle(pairs[kh][0], pairs[kh][1], picks(kw))
+                if kw == 0:
+                    value = b.select(first_columns, value, v.zero)
+                total = v.fma(p.weights[3 * kh + kw], value, total)
+        p.store(p.o, total)
 
-        return sig, codegen
-
-    return step
+    return _plane_intrinsic(generate)
 
 
 #: PLANE_STACK output vectors at a time, then single ones for the rest

@@ -77,10 +77,16 @@ def test_wide_depthwise_planes_with_and_without_relu(width, stride, dilation, dt
     one): every width around half, one and two vectors, both strides, dilation,
     the fused ReLU (at inference) or not, against numpy."""
     conv = Conv2D(4, 4, 3, stride=stride, padding=1, groups=4, dilation=dilation, dtype=dtype)
-    conv.bias.value[...] = rng.normal(size=4)
-    x = rng.normal(size=(3, 4, 7, width)).astype(dtype)
+    check_against_numpy_with_relu(conv, rng.normal(size=(3, 4, 7, width)).astype(dtype), tol,
+                                  rng)
+
+
+def check_against_numpy_with_relu(conv, x, tol, rng):
+    """conv (a random bias given) on x against numpy, alone and with a ReLU fused
+    into it at inference."""
+    conv.bias.value[...] = rng.normal(size=conv.out_channels)
     want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
-                              4, conv.dilation)
+                              conv.groups, conv.dilation)
     np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=tol, atol=tol)
     model = Sequential([conv, ReLU()])
     assert 1 in model.fused_layers(training=False)
@@ -100,13 +106,7 @@ def test_depthwise_planes_summed_in_registers(height, width, stride, dtype, tol,
     # float64's rows of 32 at stride 2 are four vectors: the padded copy's path
     in_registers = not (dtype == F64 and width == 32 and stride == 2)
     assert planes_in_registers(conv._geometry(x), 1, 1, 1, x.itemsize) == in_registers
-    conv.bias.value[...] = rng.normal(size=6)
-    want = ref.conv2d_grouped(x, conv.weight.value, conv.bias.value, conv.stride, conv.padding,
-                              3, conv.dilation)
-    np.testing.assert_allclose(conv.forward(x, training=False), want, rtol=tol, atol=tol)
-    model = Sequential([conv, ReLU()])
-    assert 1 in model.fused_layers(training=False)
-    np.testing.assert_allclose(model.predict(x), np.maximum(want, 0), rtol=tol, atol=tol)
+    check_against_numpy_with_relu(conv, x, tol, rng)
 
 
 @pytest.mark.parametrize("height,width", [(8, 8), (4, 4), (3, 16), (8, 2)])
