@@ -265,7 +265,8 @@ def grouped_conv_forward_part(piece, x, weight, bias, g, groups, DH, DW, relu, o
         # Each output vector's taps come straight from x, under masks or by
         # shuffles (``nine_tap_plane``, ``strided_nine_tap_plane``): no padded
         # copy. Output plane ``plane`` reads input plane plane // OCG, counted
-        # here: a division per plane took a fifth of the time on 8x8 planes.
+        # here: with three divisions a plane, 128 channels of 8x8 on 16 images took
+        # 44 against 35-37 us.
         oc, source, k = first % OC, first // OCG, first % OCG
         for plane in range(first, last):
             if SH == 1:
