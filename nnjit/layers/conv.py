@@ -628,7 +628,7 @@ class Conv2D(Layer):
         x = self._check_input(x, 4, self.dtype)
         if residual is None:
             return self._forward(x, training)
-        self._check_residual(residual, x, training)
+        residual = self._checked_residual(residual, x, training)
         algorithm = self.plan(x.shape, training).algorithm
         if algorithm is ConvAlgorithm.DIRECT:  # summed in the output pass
             return self._direct_forward(x, self._geometry(x), training,
@@ -639,15 +639,19 @@ class Conv2D(Layer):
         add_forward(out.reshape(-1), residual.reshape(-1), out.reshape(-1), self.fused_add_relu)
         return out
 
-    def _check_residual(self, residual, x, training):
-        """Raise ValueError unless ``residual`` can be added to this call's output."""
+    def _checked_residual(self, residual, x, training) -> np.ndarray:
+        """``residual`` C-contiguous, where it can be added to this call's output;
+        otherwise ValueError, as the Add whose work this is would raise."""
         if training or not self.fused_add:
             raise ValueError("Conv2D takes a residual at inference, with an add epilogue only")
         shape = (x.shape[0], *self.output_shape(x.shape[1:]))
-        if not isinstance(residual, np.ndarray) or residual.shape != shape \
-                or residual.dtype != self.dtype or not residual.flags.c_contiguous:
-            raise ValueError(f"Conv2D's residual must be a C-contiguous {self.dtype} array of "
-                             f"shape {shape}, got {getattr(residual, 'shape', type(residual))}")
+        if not isinstance(residual, np.ndarray) or residual.shape != shape:
+            raise ValueError(f"Add needs inputs of one shape, got "
+                             f"{[shape, getattr(residual, 'shape', type(residual).__name__)]}")
+        if residual.dtype != self.dtype:
+            raise ValueError(f"Add needs inputs of one dtype, got "
+                             f"{sorted(map(str, {self.dtype, residual.dtype}))}")
+        return np.ascontiguousarray(residual)
 
     def _forward(self, x, training):
         """``forward`` by the planned algorithm, before any residual sum."""

@@ -143,6 +143,24 @@ def test_a_residual_sum_runs_in_the_conv_before_it_at_inference(channels, forced
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_fused_sum_of_the_model_input_takes_what_the_add_took(rng):
+    """The model's input as the residual: a strided view or a Fortran-ordered
+    array predicts as a C-ordered copy does (replayed or not), and a float64 one
+    meets the Add's own error, fused or not."""
+    x_in = Input((4, 6, 6))
+    y = ReLU()(Add()([Conv2D(4, 4, 3, padding=1)(ReLU()(Conv2D(4, 4, 3, padding=1)(x_in))),
+                      x_in]))
+    model = Model(x_in, Flatten()(y), seed=0)
+    assert model._inference.fusion.residuals
+    x = rng.normal(size=(3, 4, 6, 12)).astype(np.float32)[:, :, :, ::2]
+    want = model.predict(np.ascontiguousarray(x))
+    for variant in (x, np.asfortranarray(x), x[:1], x[:1]):
+        np.testing.assert_allclose(model.predict(variant), want[:len(variant)], rtol=1e-6)
+    for fusion in (True, False):
+        with nnjit.using(fusion=fusion), pytest.raises(ValueError, match="one dtype"):
+            model.predict(x.astype(np.float64))
+
+
 def test_a_sum_whose_conv_output_is_read_again_is_not_fused(rng):
     """Not absorbed: the conv's output read by another layer too, and a sum of
     three; their predictions still equal the unfused path's."""
@@ -167,8 +185,10 @@ def test_a_conv_takes_a_residual_only_where_the_fusion_gave_it_one(rng):
     conv.set_epilogue(add=True, add_relu=True)
     with pytest.raises(ValueError, match="add epilogue"):
         conv.forward(x, training=True, residual=residual)
-    with pytest.raises(ValueError, match=r"shape \(2, 3, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"one shape, got \[\(2, 3, 5, 5\), \(2, 2, 5, 5\)\]"):
         conv.forward(x, training=False, residual=residual[:, :2])
+    with pytest.raises(ValueError, match=r"one dtype, got \['float32', 'float64'\]"):
+        conv.forward(x, training=False, residual=residual.astype(np.float64))
     conv.set_epilogue()
     want = np.maximum(conv.forward(x, training=False) + 1.0, 0)
     conv.set_epilogue(add=True, add_relu=True)
