@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -127,9 +128,16 @@ def abort_job_on_error():
             _abort(code)
         raise
     except BaseException:  # noqa: BLE001  (printed, then the job ends)
-        traceback.print_exc()
+        # One write for the whole message: printed line by line, the launcher
+        # forwarded the first line and lost the rest when the abort came.
+        sys.stderr.write(traceback.format_exc())
         _abort(1)
         raise
+
+
+#: Seconds between the last output and the abort: the launcher forwards each
+#: rank's output from a pipe, and the abort ends its forwarding too.
+ABORT_GRACE = 0.3
 
 
 def _abort(code: int) -> None:
@@ -140,4 +148,5 @@ def _abort(code: int) -> None:
     except ImportError:
         return
     if MPI.Is_initialized() and not MPI.Is_finalized():
+        time.sleep(ABORT_GRACE)
         MPI.COMM_WORLD.Abort(code)
