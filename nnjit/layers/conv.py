@@ -263,9 +263,9 @@ class Conv2D(Layer):
             * (g.W + 2 * g.PW) if g.PH or g.PW else 1
         return self._buffer("unfold/image", (parts, size), self.dtype)
 
-    def _geometry(self, x) -> ConvGeometry:
-        """The :class:`~nnjit.kernels.conv.ConvGeometry` of a call on x (N, C, H, W)."""
-        _, c, h, w = x.shape
+    def _geometry(self, input_shape) -> ConvGeometry:
+        """The :class:`~nnjit.kernels.conv.ConvGeometry` of a call on input (N, C, H, W)."""
+        _, c, h, w = input_shape
         _, oh, ow = self.output_shape((c, h, w))
         return ConvGeometry(c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
@@ -324,9 +324,9 @@ class Conv2D(Layer):
             bounds, blocks, most = self._plan(n, oh, ow, k, share_images=not training)
             threads = len(bounds) - 1
             if algorithm is ConvAlgorithm.DIRECT:
-                rows = int((blocks[:, 3] - blocks[:, 2]).max())
-                floats = threads * (c * hp * wp + kw + (0 if plan.skip_dropped else
-                                                        oc * rows * wp))
+                floats = threads * sum(self._direct_workspaces(
+                    self._geometry(input_shape),
+                    int((blocks[:, 3] - blocks[:, 2]).max()), plan.skip_dropped))
             else:
                 floats = threads * (k + oc) * most
         rule = plan.rule + ("; gradients without unfolding (direct_backward)"
@@ -449,6 +449,19 @@ class Conv2D(Layer):
         self._cache = (x, out, argmax, "unfold") if training else None
         return out
 
+    def _direct_workspaces(self, geometry, rows, skipping) -> tuple[int, int]:
+        """Floats a part of ``conv_forward_direct`` needs for its image copy and its
+        product buffer, with blocks of at most ``rows`` output rows: the padded
+        image and the slack its last tap's run reads past it; at a stride its
+        phases (``phased_image``: sh*sw of hq x wq a channel, and the slack); a
+        product of rows of the copy's width, or one float where the skipping
+        tiles store the output."""
+        c, h, w, _, kw, sh, sw, ph, pw, _, _ = geometry
+        hp, wp = h + 2 * ph, w + 2 * pw
+        hq, wq = -(-hp // sh), -(-wp // sw)
+        image = c * hp * wp + kw if sh == sw == 1 else c * sh * sw * (hq * wq + (kw - 1) // sw)
+        return image, 1 if skipping else self.out_channels * rows * wq
+
     def _no_residual(self) -> np.ndarray:
         """What a kernel that can add a residual takes when it adds none: size 0."""
         return self._buffer("residual/none", (0,), self.dtype)
@@ -457,22 +470,18 @@ class Conv2D(Layer):
         """Forward by ``conv_forward_direct``: x float32 (N, C, H, W) -> (N, OC, OH, OW),
         plus ``residual`` (of the output's shape; then the add's ReLU) if given."""
         n, oc = x.shape[0], self.out_channels
-        c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = geometry
-        hp, wp = h + 2 * ph, w + 2 * pw
-        # At a stride, each channel is split into its sh*sw phases of hq x wq
-        # (``phased_image``), with the slack a tap's run reads past the last.
-        hq, wq = -(-hp // sh), -(-wp // sw)
-        image = c * hp * wp + kw if sh == sw == 1 else c * sh * sw * (hq * wq + (kw - 1) // sw)
+        c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
         bounds, blocks, _ = self._plan(n, oh, ow, c * kh * kw, share_images=not training)
         parts = len(bounds) - 1
-        rows = int((blocks[:, 3] - blocks[:, 2]).max())
+        image, y = self._direct_workspaces(geometry, int((blocks[:, 3] - blocks[:, 2]).max()),
+                                           skipping)
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, x.reshape(-1), self.weight.value.reshape(-1),
             self._bias_values(), geometry, self.fused_relu, skipping,
             self._buffer("direct/offsets", (c * kh * kw,), np.int64),
             self._buffer("direct/image", (parts, image), self.dtype, fill=0),
-            self._buffer("direct/y", (parts, 1 if skipping else oc * rows * wq), self.dtype),
+            self._buffer("direct/y", (parts, y), self.dtype),
             out.reshape(-1), self._no_residual() if residual is None else residual.reshape(-1),
             self.fused_add_relu)
         self._cache = (x, out, self._no_argmax(), False) if training else None
@@ -534,7 +543,7 @@ class Conv2D(Layer):
         conv of dy with the weight flipped and transposed, padding KH-1-PH."""
         dy = self._grad_at_output(dy, out)
         n, oc = x.shape[0], self.out_channels
-        geometry = self._geometry(x)
+        geometry = self._geometry(x.shape)
         c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
         hp, wp = h + 2 * ph, w + 2 * pw
         bounds = split_bounds(n, parts_for(n * oh * ow * oc * c * kh * kw, n))
@@ -585,7 +594,7 @@ class Conv2D(Layer):
         if self.fused_pool is not None and not isinstance(dy, PooledNormGrad):
             dy = self.fused_pool.backward(dy)
         dy = self._grad_at_output(dy, conv)
-        geometry = self._geometry(x)
+        geometry = self._geometry(x.shape)
         grouped_conv_weight_grad(x.reshape(-1), dy.reshape(-1), geometry, self.groups,
                                  *self.dilation, self.weight.grad.reshape(-1),
                                  self._bias_grads())
@@ -626,17 +635,20 @@ class Conv2D(Layer):
         epilogue at inference, the Add's other tensor, of the output's shape and
         dtype: added to the output (then a ReLU with ``add_relu``)."""
         x = self._check_input(x, 4, self.dtype)
-        if residual is None:
-            return self._forward(x, training)
-        residual = self._checked_residual(residual, x, training)
-        algorithm = self.plan(x.shape, training).algorithm
-        if algorithm is ConvAlgorithm.DIRECT:  # summed in the output pass
-            return self._direct_forward(x, self._geometry(x), training,
-                                        self.plan(x.shape, training).skip_dropped, residual)
-        if algorithm is ConvAlgorithm.WINOGRAD:
+        if residual is not None:
+            residual = self._checked_residual(residual, x, training)
+        geometry = self._geometry(x.shape)
+        plan = self.plan(x.shape, training)
+        # Winograd and the direct conv add a residual in their output pass; the
+        # others in one pass over the output after.
+        if plan.algorithm is ConvAlgorithm.WINOGRAD:
             return self._winograd_forward(x, training, residual)
-        out = self._forward(x, training)  # the others: then one pass over the output
-        add_forward(out.reshape(-1), residual.reshape(-1), out.reshape(-1), self.fused_add_relu)
+        if plan.algorithm is ConvAlgorithm.DIRECT:
+            return self._direct_forward(x, geometry, training, plan.skip_dropped, residual)
+        out = self._forward_without_residual(x, geometry, plan, training)
+        if residual is not None:
+            add_forward(out.reshape(-1), residual.reshape(-1), out.reshape(-1),
+                        self.fused_add_relu)
         return out
 
     def _checked_residual(self, residual, x, training) -> np.ndarray:
@@ -653,18 +665,13 @@ class Conv2D(Layer):
                              f"{sorted(map(str, {self.dtype, residual.dtype}))}")
         return np.ascontiguousarray(residual)
 
-    def _forward(self, x, training):
-        """``forward`` by the planned algorithm, before any residual sum."""
+    def _forward_without_residual(self, x, geometry, plan, training):
+        """``forward`` by ``plan``'s algorithm other than Winograd and the direct
+        conv (which ``forward`` calls itself), without a residual sum."""
         n = x.shape[0]
-        geometry = self._geometry(x)
-        plan = self.plan(x.shape, training)
         algorithm = plan.algorithm
-        if algorithm is ConvAlgorithm.WINOGRAD:
-            return self._winograd_forward(x, training)
         if algorithm is ConvAlgorithm.WINDOWS:
             return self._windows_forward(x, geometry, training)
-        if algorithm is ConvAlgorithm.DIRECT:
-            return self._direct_forward(x, geometry, training, plan.skip_dropped)
         if algorithm is ConvAlgorithm.GROUPED:
             return self._grouped_forward(x, geometry, training)
         if algorithm is ConvAlgorithm.POINTWISE:
@@ -726,7 +733,7 @@ class Conv2D(Layer):
             relu, pooled_out, coef = self.fused_relu, out, self._bias_grads()[:0]
             dy = self._check_grad(dy, out.shape, self.dtype)
         n = x.shape[0]
-        geometry = self._geometry(x)
+        geometry = self._geometry(x.shape)
         oh, ow = geometry.OH, geometry.OW
         oc, k = self.out_channels, geometry.C * geometry.KH * geometry.KW
         bounds, blocks, most = self._plan(n, oh, ow, k, share_images=False)

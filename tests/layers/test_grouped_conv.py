@@ -105,7 +105,7 @@ def test_depthwise_planes_summed_in_registers(height, width, stride, dtype, tol,
     x = rng.normal(size=(5, 3, height, width)).astype(dtype)
     # float64's rows of 32 at stride 2 are four vectors: the padded copy's path
     in_registers = not (dtype == F64 and width == 32 and stride == 2)
-    assert planes_in_registers(conv._geometry(x), 1, 1, 1, x.itemsize) == in_registers
+    assert planes_in_registers(conv._geometry(x.shape), 1, 1, 1, x.itemsize) == in_registers
     check_against_numpy_with_relu(conv, x, tol, rng)
 
 
@@ -117,7 +117,7 @@ def test_depthwise_input_gradient_in_registers_matches_finite_differences(height
     to a vector (float64's lanes), against finite differences."""
     conv = Conv2D(3, 3, 3, padding=1, groups=3, dtype=F64)
     x = rng.normal(size=(2, 3, height, width))
-    assert planes_in_registers(conv._geometry(x), 1, 1, 1, x.itemsize)
+    assert planes_in_registers(conv._geometry(x.shape), 1, 1, 1, x.itemsize)
     check_layer_gradients(conv, x, rng)
 
 
