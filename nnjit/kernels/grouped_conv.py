@@ -159,6 +159,15 @@ def nine_weights(weight, k):
 
 
 @cached_njit(inline="always")
+def nine_weights_turned(weight, k):
+    """The 3x3 filter weight[k:k+9] turned round (both axes flipped) as a 9-tuple:
+    the filter whose conv takes a stride-1 depthwise conv's output gradient to
+    its input gradient."""
+    return (weight[k + 8], weight[k + 7], weight[k + 6], weight[k + 5], weight[k + 4],
+            weight[k + 3], weight[k + 2], weight[k + 1], weight[k])
+
+
+@cached_njit(inline="always")
 def tap_sums(out, o, src, weight, wbase, taps, offsets, t, n, init, b):
     """out[o + j] = (b if init else out[o + j]) + the sum over entries e of
     weight[wbase + taps[e]] * src[offsets[e] + j], for j < n and the entries e
@@ -344,11 +353,9 @@ def grouped_conv_input_grad_part(piece, dy, weight, g, groups, DH, DW, dx, threa
         # A depthwise 3x3, stride 1, padding 1: dx's plane is dy's convolved the
         # same way with the filter turned round (``nine_tap_plane``, no copies).
         for plane in range(piece * N * C // pieces, (piece + 1) * N * C // pieces):
-            k = (plane % C) * 9
+            channel = plane % C  # its filter's too: one filter a channel
             nine_tap_plane(dx, U(plane * H * W), dy, U(plane * H * W), U(H), U(W),
-                           (weight[k + 8], weight[k + 7], weight[k + 6], weight[k + 5],
-                            weight[k + 4], weight[k + 3], weight[k + 2], weight[k + 1],
-                            weight[k]), dx.dtype.type(0), False)
+                           nine_weights_turned(weight, channel * 9), dx.dtype.type(0), False)
         return
     Hq, Wq, F = phase_geometry(H, W, PH, PW, KW, DW, SH, SW)
     offsets = tap_offsets(KH, KW, DH, DW, SH, SW, Wq, F)

@@ -325,7 +325,7 @@ class Conv2D(Layer):
             threads = len(bounds) - 1
             if algorithm is ConvAlgorithm.DIRECT:
                 floats = threads * sum(self._direct_workspaces(
-                    self._geometry(input_shape),
+                    self._geometry(input_shape), oc,
                     int((blocks[:, 3] - blocks[:, 2]).max()), plan.skip_dropped))
             else:
                 floats = threads * (k + oc) * most
@@ -449,9 +449,11 @@ class Conv2D(Layer):
         self._cache = (x, out, argmax, "unfold") if training else None
         return out
 
-    def _direct_workspaces(self, geometry, rows, skipping) -> tuple[int, int]:
+    def _direct_workspaces(self, geometry, out_channels, rows, skipping) -> tuple[int, int]:
         """Floats a part of ``conv_forward_direct`` needs for its image copy and its
-        product buffer, with blocks of at most ``rows`` output rows: the padded
+        product buffer, for a conv of ``geometry`` to ``out_channels`` (this
+        layer's, or its input's for the input gradient), with blocks of at most
+        ``rows`` output rows: the padded
         image and the slack its last tap's run reads past it; at a stride its
         phases (``phased_image``: sh*sw of hq x wq a channel, and the slack); a
         product of rows of the copy's width, or one float where the skipping
@@ -460,7 +462,7 @@ class Conv2D(Layer):
         hp, wp = h + 2 * ph, w + 2 * pw
         hq, wq = -(-hp // sh), -(-wp // sw)
         image = c * hp * wp + kw if sh == sw == 1 else c * sh * sw * (hq * wq + (kw - 1) // sw)
-        return image, 1 if skipping else self.out_channels * rows * wq
+        return image, 1 if skipping else out_channels * rows * wq
 
     def _no_residual(self) -> np.ndarray:
         """What a kernel that can add a residual takes when it adds none: size 0."""
@@ -473,7 +475,7 @@ class Conv2D(Layer):
         c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry
         bounds, blocks, _ = self._plan(n, oh, ow, c * kh * kw, share_images=not training)
         parts = len(bounds) - 1
-        image, y = self._direct_workspaces(geometry, int((blocks[:, 3] - blocks[:, 2]).max()),
+        image, y = self._direct_workspaces(geometry, oc, int((blocks[:, 3] - blocks[:, 2]).max()),
                                            skipping)
         out = self._buffer("out/train" if training else "out/eval", (n, oc, oh, ow), self.dtype)
         conv_forward_direct.run(
@@ -561,17 +563,17 @@ class Conv2D(Layer):
         weight_t = self._buffer("direct/weight_t", (c * oc * kh * kw,), self.dtype)
         flipped_transposed(self.weight.value.reshape(-1), oc, c, kh, kw, weight_t)
         transposed = ConvGeometry(oc, oh, ow, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, h, w)
-        thp, twp = oh + 2 * (kh - 1 - ph), ow + 2 * (kw - 1 - pw)
         bounds, blocks, _ = self._plan(n, h, w, oc * kh * kw, share_images=False)
         parts = len(bounds) - 1
-        rows = int((blocks[:, 3] - blocks[:, 2]).max())
+        image, y = self._direct_workspaces(transposed, c, int((blocks[:, 3] - blocks[:, 2]).max()),
+                                           skipping)
         dx = self._buffer("dx", x.shape, self.dtype)
         conv_forward_direct.run(
             parts > 1, bounds, blocks, dy.reshape(-1), weight_t,
             self._buffer("direct/no_bias", (c,), self.dtype, fill=0), transposed, False,
             skipping, self._buffer("direct/dx_offsets", (oc * kh * kw,), np.int64),
-            self._buffer("direct/dy_image", (parts, oc * thp * twp + kw), self.dtype, fill=0),
-            self._buffer("direct/dx_y", (parts, 1 if skipping else c * rows * twp), self.dtype),
+            self._buffer("direct/dy_image", (parts, image), self.dtype, fill=0),
+            self._buffer("direct/dx_y", (parts, y), self.dtype),
             dx.reshape(-1), self._no_residual(), False)
         return dx
 
