@@ -37,6 +37,8 @@ from .model import Model, Sequential
 MAX_VALUES = 1 << 28
 
 #: Named networks; ``{classes}`` becomes the dataset's class count.
+#: Preset name -> its spec, or its specs from the one that needs the largest
+#: images to the one that fits the smallest (``build_model`` takes the first that fits).
 PRESETS = {
     "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:{classes},softmax",
     "mlp": "flatten,dense:128,relu,dense:{classes},softmax",
@@ -47,9 +49,12 @@ PRESETS = {
                 "res:64,res:64,gap,dense:{classes},softmax",
     # Small and fast: the stem pools first, so the residual block runs at 14x14;
     # a 128-channel conv on the pooled 6x6 map, then a dense head over its 4x4
-    # output keeps where things are.
-    "resnet-mini": "conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,"
-                   "conv:128:3,bn,relu,dropout:0.4,dense:{classes},softmax",
+    # output keeps where things are. Images under 16x16 leave too small a map
+    # for that conv: they get the network without it.
+    "resnet-mini": ("conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,"
+                    "conv:128:3,bn,relu,dropout:0.4,dense:{classes},softmax",
+                    "conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,dropout:0.4,"
+                    "dense:{classes},softmax"),
     "mobilenet": "conv:16:3:same,bn,relu,dwsep:32,dwsep:64:2,dwsep:64,dwsep:128:2,dwsep:128,"
                  "gap,dense:{classes},softmax",
 }
@@ -80,10 +85,24 @@ def build_model(spec: str, input_shape=(1, 28, 28), seed: int | None = None,
     ``Model`` when it holds residual blocks.
 
     input_shape: one sample's shape (C, H, W); a preset ends in ``num_classes``
-    outputs (a spec is taken literally). Raises SpecError naming the first
-    token that is unknown, malformed or does not fit its input.
+    outputs (a spec is taken literally), in the first of its variants that fits
+    the input (``PRESETS``). Raises SpecError naming the first token that is
+    unknown, malformed or does not fit its input (for a preset: in its last
+    variant).
     """
-    text = PRESETS[spec].format(classes=num_classes) if spec in PRESETS else spec
+    if spec not in PRESETS:
+        return _built(spec, spec, input_shape, seed)
+    variants = PRESETS[spec] if isinstance(PRESETS[spec], tuple) else (PRESETS[spec],)
+    for text in variants[:-1]:
+        try:
+            return _built(spec, text.format(classes=num_classes), input_shape, seed)
+        except SpecError:
+            continue  # needs larger images: the next variant
+    return _built(spec, variants[-1].format(classes=num_classes), input_shape, seed)
+
+
+def _built(spec: str, text: str, input_shape, seed) -> Model:
+    """The model the spec text describes (``spec``: the name errors give)."""
     total = [0]
 
     def make(layer_type, **config):

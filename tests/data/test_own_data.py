@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nnjit import Conv2D, SpecError
 from nnjit.augment import Augment
 from nnjit.data import DataError, load_dataset
 from nnjit.data.cifar import read_batch
@@ -247,3 +248,20 @@ def test_presets_adapt_to_input_shape_and_class_count():
         model = build_model(preset, (3, 32, 32), num_classes=7, seed=0)
         assert model.summary((3, 32, 32))[-1][1] == (7,)
         assert model.predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 7)
+
+
+def test_resnet_mini_keeps_its_128_channel_conv_where_the_map_allows_it():
+    """From 16x16 images the pooled map is 6x6 or more: the 3x3 conv to 128
+    channels runs on it; smaller images get the network without that conv, and
+    images too small for any variant get the last variant's error."""
+    def conv_channels(shape):
+        model = build_model("resnet-mini", shape, num_classes=7, seed=0)
+        assert model.predict(np.zeros((2, *shape), np.float32)).shape == (2, 7)
+        return [layer.out_channels for layer in model.layers if isinstance(layer, Conv2D)]
+
+    for shape in ((1, 28, 28), (1, 16, 16), (3, 32, 32), (3, 17, 23)):
+        assert conv_channels(shape)[-1] == 128, shape
+    for shape in ((1, 15, 15), (3, 12, 12), (1, 8, 8), (1, 28, 12)):
+        assert 128 not in conv_channels(shape), shape
+    with pytest.raises(SpecError, match="resnet-mini.*Conv2D"):
+        build_model("resnet-mini", (1, 4, 4))
