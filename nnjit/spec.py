@@ -36,9 +36,12 @@ from .model import Model, Sequential
 #: a larger request is refused before anything is allocated.
 MAX_VALUES = 1 << 28
 
-#: Named networks; ``{classes}`` becomes the dataset's class count.
-#: Preset name -> its spec, or its specs from the one that needs the largest
-#: images to the one that fits the smallest (``build_model`` takes the first that fits).
+#: resnet-mini's layers up to its last pool (``PRESETS``).
+_RESNET_MINI_BODY = "conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,"
+
+#: Named networks; ``{classes}`` becomes the dataset's class count. A name maps
+#: to its spec, or to its specs from the one that needs the largest images to
+#: the one that fits the smallest (``build_model`` takes the first that fits).
 PRESETS = {
     "cnn": "conv:32:3,relu,pool:2,conv:64:3,relu,pool:2,flatten,dense:{classes},softmax",
     "mlp": "flatten,dense:128,relu,dense:{classes},softmax",
@@ -51,10 +54,8 @@ PRESETS = {
     # a 128-channel conv on the pooled 6x6 map, then a dense head over its 4x4
     # output keeps where things are. Images under 16x16 leave too small a map
     # for that conv: they get the network without it.
-    "resnet-mini": ("conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,"
-                    "conv:128:3,bn,relu,dropout:0.4,dense:{classes},softmax",
-                    "conv:32:3:same,bn,relu,pool:2,res:32,conv:64:3,bn,relu,pool:2,dropout:0.4,"
-                    "dense:{classes},softmax"),
+    "resnet-mini": (_RESNET_MINI_BODY + "conv:128:3,bn,relu,dropout:0.4,dense:{classes},softmax",
+                    _RESNET_MINI_BODY + "dropout:0.4,dense:{classes},softmax"),
     "mobilenet": "conv:16:3:same,bn,relu,dwsep:32,dwsep:64:2,dwsep:64,dwsep:128:2,dwsep:128,"
                  "gap,dense:{classes},softmax",
 }
