@@ -1,6 +1,6 @@
 """Random augmentation of training batches: shifts (random crops of a
 zero-padded image), horizontal flips and random erasing, seeded and
-reproducible."""
+reproducible; and the views test-time augmentation averages over."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +12,11 @@ AUGMENT_HELP = ("comma-separated: crop:P (shift each image by up to P pixels eac
                 "left-right; wrong for digits and text), erase:P (with probability P, set a "
                 "random rectangle of 2 to 40 percent of the image, aspect 0.3-3.3, to 0 in every "
                 "channel: torchvision's RandomErasing)")
+#: Test-time augmentation (``Model.predict(..., tta=...)``, ``--tta``): "none", or
+#: "flip" (the mean of the outputs for an image and for its left-right mirror).
+TTA_CHOICES = ("none", "flip")
+TTA_HELP = ("test-time augmentation: none, or flip (predict each image and its left-right "
+            "mirror and average the two outputs; twice the work of a prediction)")
 #: Random erasing's rectangle: area as a fraction of the image, aspect ratio (h / w)
 #: drawn log-uniformly, and the draws per image before it gives up (torchvision's
 #: RandomErasing defaults, from Zhong et al. 2017).
@@ -119,3 +124,18 @@ def _probability(text: str) -> float | None:
     except ValueError:
         return None
     return value if 0 < value <= 1 else None
+
+
+def check_tta(tta: str | None) -> bool:
+    """True for a test-time augmentation that adds views ("flip"), False for None
+    or "none"; ValueError for anything else."""
+    if tta is None or tta == "none":
+        return False
+    if tta == "flip":
+        return True
+    raise ValueError(f"tta must be one of {', '.join(TTA_CHOICES)} (or None), got {tta!r}")
+
+
+def mirrored(x: np.ndarray) -> np.ndarray:
+    """A new C-contiguous array: images x (..., H, W) mirrored left-right (W reversed)."""
+    return np.ascontiguousarray(np.asarray(x)[..., ::-1])

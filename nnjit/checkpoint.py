@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .augment import check_tta
 from .errors import CheckpointError, OutOfMemoryError
 from .fileio import atomic_write_text, read_bounded
 from .layers import LAYER_TYPES
@@ -73,6 +74,16 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: the model does not take inputs of shape "
                                   f"{tuple(shape)}: {err}") from None
         return tuple(shape)
+
+    def tta(self) -> str:
+        """The test-time augmentation the run was trained with (train.py's --tta):
+        "none" when the metadata records none; CheckpointError for an unknown one."""
+        tta = self.metadata.get("tta") or "none"
+        try:
+            check_tta(tta)
+        except ValueError as err:
+            raise CheckpointError(f"{self.path}: metadata 'tta': {err}") from None
+        return tta
 
     def class_names(self, k: int) -> list[str]:
         """The k class names recorded in the metadata, or "0".."k-1" when they are

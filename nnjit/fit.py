@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .augment import check_tta
 from .callbacks import Callback, CallbackList, History
 from .data.preprocess import Preprocessing
 from .data.streaming import StreamingDataset
@@ -115,12 +116,13 @@ class _InterruptFlag:
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None,
         lr_schedule="constant", validation_data=None, validation_split: float = 0.0,
         augment=None, callbacks=(), shuffle: bool = True, seed: int = 0, verbose: int = 1,
-        initial_epoch: int = 0, initial_batch: int = 0, distributed=None,
+        initial_epoch: int = 0, initial_batch: int = 0, distributed=None, tta=None,
         interrupt_message: str = "\nCtrl-C: stopping after this batch "
                                  "(Ctrl-C again to quit at once)") -> History:
     """Train ``model`` (``Model.fit`` calls this; see there for the arguments)."""
     batch_size = 32 if batch_size is None else batch_size  # Keras's default for None
     x, y = training_arrays(x, y, model.dtype)
+    check_tta(tta)
     if validation_data is not None and validation_split:
         raise ValueError("pass validation_data or validation_split, not both")
     if not 0 <= validation_split < 1:
@@ -203,7 +205,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=No
             if validation_data is not None:
                 start = time.perf_counter()
                 logs["val_loss"], logs["val_accuracy"] = model.evaluate(*validation_data,
-                                                                        batch_size=256)
+                                                                        batch_size=256, tta=tta)
                 result.evaluation_seconds += time.perf_counter() - start
             logs["lr"] = opt.lr
             for c in hooks.callbacks:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .augment import check_tta, mirrored
 from .kernels.blas import single_threaded_blas
 from .layers import LAYER_TYPES, Layer, Softmax
 from .losses import CrossEntropyLoss
@@ -292,14 +293,22 @@ class Model:
         for start in range(0, len(x), batch_size):
             yield start, self._run(x[start:start + batch_size], training=False)
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = 256, tta: str | None = None) -> np.ndarray:
         """Inference only (no caches kept for backward), in batches of at most
         ``batch_size``, each run in passes of as many images as keep a layer's
         output in cache for the next (``planner.inference_pass``).
 
         x: float (N, C, H, W). Returns a new float array (N, K) of outputs
         (probabilities for a model ending in Softmax); (0, K) for no images.
+        ``tta``: test-time augmentation. None runs each image as it is; "flip"
+        also runs its left-right mirror and returns the mean of the two outputs
+        (twice the work).
         """
+        if check_tta(tta):
+            out = self.predict(x, batch_size)
+            out += self.predict(mirrored(x), batch_size)
+            out *= 0.5
+            return out
         if len(x) == 0:  # the layers' kernels split work by images: none to split
             rows = self.summary(np.shape(x)[1:])
             return np.empty((0, *(rows[-1][1] if rows else np.shape(x)[1:])), self.dtype)
@@ -347,19 +356,22 @@ class Model:
                                        self.forward_flops(key) / self.forward_bytes(key))
         return self._pass_shapes[key]
 
-    def evaluate(self, x: np.ndarray, labels, batch_size: int = 256) -> tuple[float, float]:
+    def evaluate(self, x: np.ndarray, labels, batch_size: int = 256,
+                 tta: str | None = None) -> tuple[float, float]:
         """The loss (``self.loss``, over the whole set) and accuracy of the model on
         (x, labels).
 
         x: float (N, C, H, W), or a streaming dataset (``nnjit.data.streaming``)
-        read batch by batch; labels: int (N,). Returns (loss, accuracy).
+        read batch by batch; labels: int (N,). ``tta`` as in ``predict``: with
+        "flip", the accuracy is that of predict's mean outputs, and the loss
+        that of their log (for a model ending in Softmax: of the mean
+        probabilities). Returns (loss, accuracy).
         """
         labels = np.asarray(labels)
         loss_sum, weight_sum, correct = 0.0, 0.0, 0
         weight = self.loss.weight
         with single_threaded_blas:  # as in predict
-            for start, _ in self._batches(x, batch_size):
-                logits = self._logits
+            for start, logits in self._evaluated_logits(x, batch_size, tta):
                 batch_labels = labels[start:start + len(logits)]
                 loss, _ = self.loss(logits, batch_labels)
                 # the batches' means, weighted as one mean over the set
@@ -370,10 +382,26 @@ class Model:
             self._logits = None
         return loss_sum / weight_sum if weight_sum else 0.0, correct / max(len(x), 1)
 
+    def _evaluated_logits(self, x, batch_size: int, tta: str | None):
+        """(start, logits (n, K)) for x's batches: what the loss reads, with ``tta``
+        the model's mean outputs over the views (their log after a Softmax)."""
+        if not check_tta(tta):
+            for start, _ in self._batches(x, batch_size):
+                yield start, self._logits
+            return
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        ends_in_softmax = bool(self.layers) and isinstance(self.layers[-1], Softmax)
+        for start in range(0, len(x), batch_size):
+            out = self.predict(np.asarray(x[start:start + batch_size]), batch_size, tta)
+            yield start, np.log(np.maximum(out, np.finfo(out.dtype).tiny)) if ends_in_softmax \
+                else out
+
     def fit(self, x, y=None, *, epochs: int = 1, batch_size: int = 32, optimizer=None,
             lr_schedule="constant", validation_data=None, validation_split: float = 0.0,
             augment=None, callbacks=(), shuffle: bool = True, seed: int = 0, verbose: int = 1,
-            initial_epoch: int = 0, initial_batch: int = 0, distributed=None, **options):
+            initial_epoch: int = 0, initial_batch: int = 0, distributed=None,
+            tta: str | None = None, **options):
         """Train on (x, y) for ``epochs`` epochs and return a
         :class:`~nnjit.callbacks.History` (Keras's ``fit``).
 
@@ -388,7 +416,8 @@ class Model:
         "cosine" or "onecycle" (over the whole run, from the optimizer's rate)
         or a function step -> rate. ``validation_data`` (x, y), or
         ``validation_split``: the last fraction of (x, y), taken before
-        shuffling (Keras's rule); evaluated after each epoch. ``augment``: an
+        shuffling (Keras's rule); evaluated after each epoch (with the
+        test-time augmentation ``tta``, as in ``predict``). ``augment``: an
         ``nnjit.augment.Augment`` or its text ("crop:4,flip"). ``callbacks``:
         ``nnjit.callbacks`` objects. The order of each epoch, the dropout
         masks and the augmentation follow ``seed`` (and the epoch) only, so a
@@ -411,7 +440,7 @@ class Model:
                    lr_schedule=lr_schedule, validation_data=validation_data,
                    validation_split=validation_split, augment=augment, callbacks=callbacks,
                    shuffle=shuffle, seed=seed, verbose=verbose, initial_epoch=initial_epoch,
-                   initial_batch=initial_batch, distributed=distributed, **options)
+                   initial_batch=initial_batch, distributed=distributed, tta=tta, **options)
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter and buffer (batch norms' running statistics), in order."""

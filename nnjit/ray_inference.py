@@ -47,7 +47,7 @@ class _Predictor:
     """Ray Data actor: loads the checkpoint once (from its bytes, so that no node
     needs the file), runs its kernels on ``threads`` threads."""
 
-    def __init__(self, checkpoint_bytes: bytes, threads: int):
+    def __init__(self, checkpoint_bytes: bytes, threads: int, tta: str | None = None):
         import nnjit
         from .checkpoint import load_checkpoint
         from .data.preprocess import Preprocessing
@@ -60,16 +60,17 @@ class _Predictor:
             ckpt = load_checkpoint(path)
         self.model = ckpt.model
         self.preprocessing = Preprocessing.from_metadata(ckpt.metadata)
+        self.tta = tta
 
     def __call__(self, batch: dict) -> dict:
         x = self.preprocessing.apply(batch["pixels"])
-        return {"path": batch["path"], "probabilities": self.model.predict(x, len(x)),
+        return {"path": batch["path"], "probabilities": self.model.predict(x, len(x), self.tta),
                 "error": batch["error"]}
 
 
 def classify_on_ray(checkpoint_path, folder, paths: list, labels: np.ndarray | None, shape,
                     writer, batch_size: int = 1000, address: str | None = None,
-                    actors: int | None = None) -> None:
+                    actors: int | None = None, tta: str | None = None) -> None:
     """Classify the images at ``paths`` (all under ``folder``; absolute) with the
     checkpoint, whose model takes (C, H, W) ``shape`` inputs, writing each batch
     to ``writer`` (a PredictionWriter) in ``paths``' order, ``labels`` alongside.
@@ -77,7 +78,8 @@ def classify_on_ray(checkpoint_path, folder, paths: list, labels: np.ndarray | N
     per file); files it finds that are not in ``paths`` (deeper in the folder) are
     dropped. ``address``: a Ray cluster's (default: the one ray.init finds, else
     a local Ray started and shut down here). ``actors``: the pool's size
-    (default: ``actor_plan``).
+    (default: ``actor_plan``). ``tta``: the test-time augmentation of
+    ``Model.predict``.
     DataError for an unreadable image, a missing Ray, or a folder that changed."""
     try:
         import ray
@@ -101,7 +103,7 @@ def classify_on_ray(checkpoint_path, folder, paths: list, labels: np.ndarray | N
         ds = ds.map_batches(_decode_batch, batch_size=256,
                             fn_kwargs={"channels": shape[0], "size": (shape[2], shape[1])})
         ds = ds.map_batches(_Predictor, fn_constructor_args=(checkpoint_bytes,
-                                                              max(1, math.floor(each))),
+                                                              max(1, math.floor(each)), tta),
                             batch_size=batch_size, num_cpus=each,
                             compute=ray.data.ActorPoolStrategy(size=count))
         done = 0

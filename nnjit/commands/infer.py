@@ -10,6 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from nnjit.augment import TTA_CHOICES, TTA_HELP
 from nnjit.checkpoint import CheckpointError, load_checkpoint
 from nnjit.cli import HelpFormatter, console, fail, positive_int
 from nnjit.data import DataError, load_split, read_idx
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--data", metavar="PATH",
                    help="evaluate on an image folder (PATH/test/<class>/*.png, or PATH/<class>/...) "
                         "or the x_test, y_test of an .npz; classes matched to the checkpoint's by name")
+    p.add_argument("--tta", choices=TTA_CHOICES,
+                   help=f"{TTA_HELP} (default: the checkpoint's, as it was trained with --tta)")
     p.add_argument("--top", type=positive_int, default=5, help="how many classes to list")
     p.add_argument("--json", action="store_true", help="print a machine-readable result instead")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="batch size for --idx and --data")
@@ -119,8 +122,8 @@ def predict_one(args, ckpt, shape, preprocessing):
     except DataError as err:
         fail(str(err))
     x = preprocessing.apply(pixels[None])
-    compile_with_progress(lambda: ckpt.model.predict(x), show=not args.json)
-    probs = ckpt.model.predict(x)[0]
+    compile_with_progress(lambda: ckpt.model.predict(x, tta=args.tta), show=not args.json)
+    probs = ckpt.model.predict(x, tta=args.tta)[0]
     names = ckpt.class_names(len(probs))
     order = np.argsort(-probs)[:args.top]
     best = int(order[0])
@@ -168,12 +171,13 @@ def evaluate(args, ckpt, shape, preprocessing):
     x = preprocessing.apply(images)
     preds = np.empty(len(x), np.int64)
     batches = {min(args.batch_size, len(x)), len(x) % args.batch_size or args.batch_size}
-    compile_with_progress(lambda: [ckpt.model.predict(x[:n], args.batch_size) for n in batches],
+    compile_with_progress(lambda: [ckpt.model.predict(x[:n], args.batch_size, args.tta)
+                                   for n in batches],
                           show=not args.json)
     with Progress(console=console, transient=True, disable=args.json or not console.is_terminal) as bar:
         task = bar.add_task("evaluating", total=len(x))
         for start in range(0, len(x), args.batch_size):
-            probs = ckpt.model.predict(x[start:start + args.batch_size], args.batch_size)
+            probs = ckpt.model.predict(x[start:start + args.batch_size], args.batch_size, args.tta)
             preds[start:start + len(probs)] = probs.argmax(axis=1)
             bar.update(task, advance=len(probs))
     confusion = np.zeros((k, k), np.int64)
@@ -221,7 +225,7 @@ def classify_folder(args, ckpt, shape, preprocessing):
         with PredictionWriter(args.out, names, labels is not None) as writer:
             if args.ray:
                 classify_on_ray(args.checkpoint, folder.resolve(), paths, labels, shape, writer,
-                                args.batch_size, args.address, args.ray_actors)
+                                args.batch_size, args.address, args.ray_actors, args.tta)
             else:
                 classify_in_process(args, ckpt, shape, preprocessing, paths, labels, writer)
     except DataError as err:
@@ -239,7 +243,8 @@ def classify_in_process(args, ckpt, shape, preprocessing, paths, labels, writer)
     from nnjit.data.folder import read_images
 
     compile_with_progress(lambda: ckpt.model.predict(
-        np.zeros((min(args.batch_size, len(paths)), *shape), ckpt.model.dtype), args.batch_size),
+        np.zeros((min(args.batch_size, len(paths)), *shape), ckpt.model.dtype), args.batch_size,
+        args.tta),
         show=not args.json)
     chunk = args.batch_size * max(1, DECODED_PER_CHUNK // args.batch_size)
     with Progress(console=console, transient=True,
@@ -251,7 +256,8 @@ def classify_in_process(args, ckpt, shape, preprocessing, paths, labels, writer)
             for start in range(0, len(x), args.batch_size):
                 rows = slice(first + start, first + start + args.batch_size)
                 writer.write(paths[rows],
-                             ckpt.model.predict(x[start:start + args.batch_size], args.batch_size),
+                             ckpt.model.predict(x[start:start + args.batch_size], args.batch_size,
+                                                args.tta),
                              None if labels is None else labels[rows])
                 bar.update(task, advance=len(paths[rows]))
 
@@ -269,6 +275,10 @@ def main(argv=None):
     except CheckpointError as err:
         fail(str(err))
     shape, preprocessing = input_spec(ckpt)
+    try:
+        args.tta = args.tta or ckpt.tta()
+    except CheckpointError as err:
+        fail(str(err))
     if args.ray and not args.out:
         fail("--ray writes a table: add --out results.csv (or .parquet)")
     if args.out and args.data is None:

@@ -23,7 +23,7 @@ from nnjit.checkpoint import CheckpointError, checkpoint_text, load_checkpoint
 from nnjit.cli import (EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_WRITE_FAILED, HelpFormatter, console,
                        count_or_fraction, fail, non_negative_float, non_negative_int,
                        positive_float, positive_int, smoothing)
-from nnjit.augment import AUGMENT_HELP, Augment
+from nnjit.augment import AUGMENT_HELP, TTA_CHOICES, TTA_HELP, Augment
 from nnjit.data import DATASETS, DataError, load_dataset
 from nnjit.data.preprocess import Preprocessing
 from nnjit.data.split import stratified_split, validation_size
@@ -42,7 +42,7 @@ OPTIMIZERS = {"sgd": "SGD", "momentum": "Momentum", "adam": "Adam", "adamw": "Ad
 # with lr 0.01 reached 97.7-98.0% and PyTorch 97.4%.
 DEFAULT_RECIPE = {"optimizer": "momentum", "learning_rate": 0.05, "lr_schedule": "cosine",
                   "weight_decay": None, "nesterov": False, "batch_size": 32, "nb_epochs": 5,
-                  "augment": None}
+                  "augment": None, "tta": "none"}
 # cnn-bn: conv 24 and 48 channels, dropout 0.1, Nesterov momentum, weight decay 5e-4, one-cycle to
 # 0.05, batch 64, 6 epochs. Chosen on Fashion-MNIST with 10,000 training images held out
 # (--val-split 10000; the test set chose nothing), seeds 0-2, among settings whose whole command
@@ -54,7 +54,7 @@ DEFAULT_RECIPE = {"optimizer": "momentum", "learning_rate": 0.05, "lr_schedule":
 # weight decay 1e-3; peak rate 0.08; batch 32; 7 epochs with --augment flip (92.14%, 2 seeds):
 # no better. PyTorch's anchor recipe, 4 epochs in its 60 s: 89.8%.
 # resnet-mini: Nesterov momentum, weight decay 5e-4, one-cycle to 0.05, batch 128, 12 epochs,
-# left-right flips, sized to the five-minute budget on the 2-core machine. Network and recipe
+# left-right flips in training and test-time flips, sized to the five-minute budget on the 2-core machine. Network and recipe
 # were chosen on Fashion-MNIST with 10,000 training images held out (--val-split 10000; the test
 # set chose nothing): the best mean validation accuracy over seeds among the settings that fit,
 # by the table of settings and accuracies in docs/performance.md ("The five-minute recipe").
@@ -62,7 +62,7 @@ RECIPES = {"cnn-bn": {**DEFAULT_RECIPE, "nesterov": True, "weight_decay": 5e-4,
                       "lr_schedule": "onecycle", "batch_size": 64, "nb_epochs": 6},
            "resnet-mini": {**DEFAULT_RECIPE, "nesterov": True, "weight_decay": 5e-4,
                            "lr_schedule": "onecycle", "batch_size": 128, "nb_epochs": 12,
-                           "augment": "flip"}}
+                           "augment": "flip", "tta": "flip"}}
 
 EXAMPLES = """
 examples (scripts/train.py takes the same flags):
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", metavar="SPEC",
                    help=f"augment training batches: {AUGMENT_HELP}; none (no augmentation, "
                         "where the model's recipe has some)")
+    p.add_argument("--tta", choices=TTA_CHOICES,
+                   help=f"{TTA_HELP}, for the validation and test figures; stored in the "
+                        "checkpoint, where infer.py and export_onnx.py take it from (default: the "
+                        "model's recipe: flip for resnet-mini, else none)")
     p.add_argument("--normalize", action="store_true",
                    help="standardise each channel with the mean/std of the training part (default: "
                         "x/255 only); stored in the checkpoint and applied by infer.py")
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"network: {SPEC_HELP}. The recipe flags below (and --augment) default "
                         "to the model's recipe: cnn-bn's is --nesterov --weight-decay 5e-4 "
                         "--lr-schedule onecycle --batch-size 64 --nb-epochs 6; resnet-mini's the "
-                        "same with --batch-size 128 --nb-epochs 12 --augment flip; every other "
+                        "same with --batch-size 128 --nb-epochs 12 --augment flip --tta flip; "
+                        "every other "
                         "model's is the stated defaults")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="sgd, momentum (PyTorch's, 0.9), adam (betas 0.9, 0.999) or adamw "
@@ -233,7 +238,7 @@ RESUMED = {
     "learning_rate": _number_in(1e-300, 1e300),
     "lr_schedule": _one_of("cosine", "onecycle", "constant"),
     "label_smoothing": _number_in(0, 0.999999),
-    "class_weights": _text,
+    "class_weights": _text, "tta": _one_of(*TTA_CHOICES),
 }
 
 
@@ -289,7 +294,7 @@ class RunRecord(Callback):
         if self.x_test is not None:
             start = time.perf_counter()
             logs["test_loss"], logs["test_accuracy"] = self.model.evaluate(
-                self.x_test, self.y_test, batch_size=256)
+                self.x_test, self.y_test, batch_size=256, tta=args.tta)
             result.evaluation_seconds += time.perf_counter() - start
         self.train_seconds += result.seconds
         self.evaluation_seconds += result.evaluation_seconds
@@ -311,7 +316,8 @@ def show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
     settings = {
         "dataset": f"{data.name}: {data.description}",
         "input": f"{input_shape}, {len(data.class_names)} classes; {preprocessing.describe()}"
-                 + (f"; augment {args.augment}" if args.augment else ""),
+                 + (f"; augment {args.augment}" if args.augment else "")
+                + (f"; test-time augmentation {args.tta}" if args.tta != "none" else ""),
         "model": args.model if args.resume is None else f"from {args.resume}",
         "optimizer": f"{type(opt).__name__} {opt.hyperparameters()}, {args.lr_schedule} schedule",
         "batch size": args.batch_size, "epochs": f"{start_epoch} done, up to {args.nb_epochs}",
@@ -446,6 +452,7 @@ def main(argv=None, started: float | None = None, callbacks=()):
                     channels=args.channels, image_size=args.image_size, augment=args.augment,
                     learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                     label_smoothing=args.label_smoothing, class_weights=args.class_weights,
+                    tta=args.tta,
                     test_accuracy=None if math.isnan(accuracy) else accuracy,
                     val_accuracy=val_accuracy, best_accuracy=record.best)
         # latest.json first: a run killed between the two writes can still resume.
@@ -482,7 +489,7 @@ def main(argv=None, started: float | None = None, callbacks=()):
             optimizer=opt, lr_schedule=lr_at or "constant", augment=augment, seed=args.seed,
             validation_data=None if x_val is None else (x_val, y_val),
             callbacks=[record, *callbacks] if rank == 0 else [], verbose=0 if quiet else 1,
-            initial_epoch=start_epoch, initial_batch=start_batch, distributed=group,
+            initial_epoch=start_epoch, initial_batch=start_batch, distributed=group, tta=args.tta,
             interrupt_message="\nCtrl-C: stopping after this batch and saving a checkpoint "
                               "(Ctrl-C again to quit at once)")
     except nnjit.TrainingDiverged as err:
@@ -510,6 +517,8 @@ def main(argv=None, started: float | None = None, callbacks=()):
     final = "no test part" if x_test is None else f"final test accuracy {accuracy:.2%}"
     chosen = (f"best validation accuracy {best:.2%} (best.json), {final}" if x_val is not None else
               f"best test accuracy {best:.2%}, final {accuracy:.2%}")
+    if args.tta != "none":
+        chosen += f" (--tta {args.tta})"
     console.print(f"done in {time.perf_counter() - run_start:.1f}s (training "
                   f"{record.train_seconds:.1f}s, evaluation {record.evaluation_seconds:.1f}s; "
                   f"start-up before it "

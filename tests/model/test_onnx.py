@@ -82,6 +82,26 @@ def test_output_is_named_probs():
     assert to_onnx(build_model("mlp"), (1, 28, 28)).graph.output[0].name == "probs"
 
 
+@pytest.mark.parametrize("spec,shape", [("cnn-bn", (1, 28, 28)),
+                                        ("conv:4:3,relu,res:4,dense:3", (3, 9, 13))])
+def test_flip_in_the_graph_averages_each_image_with_its_mirror(spec, shape, tmp_path):
+    from nnjit.onnx_export import to_onnx
+    model = build_model(spec, shape, seed=3)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, shape, tta="flip")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [o.name for o in proto.graph.output] == \
+        [o.name for o in to_onnx(model, shape).graph.output]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((5, *shape), dtype=np.float32)
+    for batch in (x[:1], x):
+        (got,) = session.run(None, {"input": batch})
+        expected = (model.predict(batch) + model.predict(batch[..., ::-1].copy())) / 2
+        assert np.abs(expected - model.predict(batch)).max() > 1e-4  # the mirror matters
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
 SCRIPT = str(ROOT / "scripts" / "export_onnx.py")
 
 
@@ -95,12 +115,31 @@ def test_script_exports_and_verifies(tmp_path):
     onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"), full_check=True)
 
 
+def test_script_exports_the_checkpoints_test_time_flips_unless_told_otherwise(tmp_path):
+    model = build_model("cnn", seed=0)
+    save_checkpoint(model, tmp_path / "c.json", input_shape=[1, 28, 28], tta="flip")
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    single = model.predict(x)
+    flipped = (single + model.predict(x[..., ::-1].copy())) / 2
+    for extra, expected, tta in (((), flipped, "flip"), (("--tta", "none"), single, "none")):
+        proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint-path", tmp_path / "c.json",
+                               "--onnx-path", tmp_path / "m.onnx", "--verify", *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        proto = onnx.load(tmp_path / "m.onnx")
+        assert {p.key: p.value for p in proto.metadata_props}["tta"] == tta
+        session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("ckpt,out,match", [
     ("{tmp}/missing.json", "{tmp}/m.onnx", "cannot read"),
     ("{tmp}/c.json", "{tmp}/no/such/folder/m.onnx", "cannot write"),
+    ("{tmp}/bad_tta.json", "{tmp}/m.onnx", "metadata 'tta': tta must be one of"),
 ])
 def test_script_bad_input_exits_2(tmp_path, ckpt, out, match):
     save_checkpoint(build_model("mlp", seed=0), tmp_path / "c.json")
+    save_checkpoint(build_model("mlp", seed=0), tmp_path / "bad_tta.json", tta="rotate")
     proc = subprocess.run([sys.executable, SCRIPT, "--checkpoint-path", ckpt.format(tmp=tmp_path),
                            "--onnx-path", out.format(tmp=tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and match in proc.stderr and "Traceback" not in proc.stderr

@@ -98,6 +98,32 @@ def test_idx_evaluation_equals_library_evaluation(ckpt, tmp_path):
     assert f"accuracy {accuracy:.2%}" in human.stdout and "confusion matrix" in human.stdout
 
 
+def test_a_checkpoint_trained_with_test_time_flips_is_evaluated_with_them(tmp_path):
+    ckpt = tmp_path / "flip.json"
+    save_checkpoint(block_detector(), ckpt, input_shape=[1, 28, 28], class_names=FASHION,
+                    tta="flip")
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 10, size=200).astype(np.uint8)
+    images = class_images(labels, rng)
+    write_idx(tmp_path / "i.gz", images)
+    write_idx(tmp_path / "l.gz", labels)
+    x = to_float(images)
+    single = block_detector().predict(x)
+    mean = (single + block_detector().predict(x[..., ::-1].copy())) / 2
+    for extra, probs in (((), mean), (("--tta", "none"), single), (("--tta", "flip"), mean)):
+        proc = run(ckpt, "--idx", tmp_path / "i.gz", tmp_path / "l.gz", "--json", *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["accuracy"] == np.mean(probs.argmax(1) == labels)
+    assert np.mean(mean.argmax(1) == labels) < np.mean(single.argmax(1) == labels)  # they differ
+    (tmp_path / "one.bin").write_bytes(images[0].tobytes())
+    result = json.loads(run(ckpt, tmp_path / "one.bin", "--json").stdout)
+    np.testing.assert_allclose([result["probabilities"][n] for n in FASHION], mean[0], atol=1e-6)
+    save_checkpoint(block_detector(), ckpt, input_shape=[1, 28, 28], tta="rotate")
+    proc = run(ckpt, tmp_path / "one.bin")
+    assert proc.returncode == 2 and "metadata 'tta': tta must be one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_save_sample_writes_the_seed_format(tmp_path):
     images = class_images(np.arange(10), np.random.default_rng(0))
     write_idx(tmp_path / "i.gz", images)

@@ -258,18 +258,46 @@ def test_cnn_bn_preset_brings_its_recipe_and_flags_still_win(tiny_data, tmp_path
     assert meta.optimizer_state["name"] == "AdamW" and meta.metadata["batch_size"] == 32
 
 
-def test_resnet_mini_brings_its_recipe_and_augment_none_turns_its_flips_off(tiny_data, tmp_path):
+def test_resnet_mini_brings_its_recipe_and_none_turns_its_flips_off(tiny_data, tmp_path):
     proc = run("--train-data-dir", tiny_data, "--model", "resnet-mini", "--nb-epochs", 1,
                "--checkpoint-folder", tmp_path / "a", "--train-limit", 256, "--quiet")
     assert proc.returncode == 0, proc.stderr
+    assert "(--tta flip)" in proc.stdout
     meta = load_checkpoint(tmp_path / "a" / "latest.json")
     assert meta.metadata["augment"] == "flip" and meta.metadata["batch_size"] == 128
+    assert meta.metadata["tta"] == "flip"
     assert meta.optimizer_state["hyperparameters"]["nesterov"] is True
     proc = run("--train-data-dir", tiny_data, "--model", "resnet-mini", "--nb-epochs", 1,
-               "--augment", "none", "--checkpoint-folder", tmp_path / "b", "--train-limit", 256,
-               "--quiet")
+               "--augment", "none", "--tta", "none", "--checkpoint-folder", tmp_path / "b",
+               "--train-limit", 256, "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert load_checkpoint(tmp_path / "b" / "latest.json").metadata["augment"] == "none"
+    assert "--tta" not in proc.stdout
+    meta = load_checkpoint(tmp_path / "b" / "latest.json").metadata
+    assert meta["augment"] == "none" and meta["tta"] == "none"
+
+
+def test_test_time_flips_give_the_test_figures_and_stay_on_when_resumed(tiny_data, tmp_path):
+    from nnjit.data import read_idx, to_float
+    from nnjit.data.datasets import SPLIT_FILES
+
+    images, labels = (read_idx(tiny_data / (stem + ".gz")) for stem in SPLIT_FILES["test"])
+    x = to_float(images)
+    common = ["--train-data-dir", tiny_data, "--model", "conv:4:3,relu,pool:2,dense:10,softmax",
+              "--batch-size", 64, "--checkpoint-folder", tmp_path / "ck", "--quiet"]
+    proc = run(*common, "--nb-epochs", 1, "--tta", "flip")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("--resume", tmp_path / "ck" / "latest.json", "--nb-epochs", 2, "--quiet",
+               "--checkpoint-folder", tmp_path / "ck", "--train-data-dir", tiny_data)
+    assert proc.returncode == 0, proc.stderr
+    for epoch in (1, 2):
+        (path,) = (tmp_path / "ck").glob(f"checkpoint-e00{epoch}-*.json")
+        ckpt = load_checkpoint(path)
+        assert ckpt.metadata["tta"] == "flip"
+        probs = (ckpt.model.predict(x) + ckpt.model.predict(x[..., ::-1].copy())) / 2
+        assert ckpt.metadata["test_accuracy"] == np.mean(probs.argmax(1) == labels)
+        row = read_csv(tmp_path / "ck" / "loss.csv")[epoch]
+        assert float(row[CSV_COLUMNS.index("test_loss")]) == pytest.approx(
+            -np.mean(np.log(probs[np.arange(len(labels)), labels])), rel=1e-4)
 
 
 def test_the_default_data_folder_is_made_where_the_command_runs(tmp_path):
