@@ -54,10 +54,11 @@ DEFAULT_RECIPE = {"optimizer": "momentum", "learning_rate": 0.05, "lr_schedule":
 # weight decay 1e-3; peak rate 0.08; batch 32; 7 epochs with --augment flip (92.14%, 2 seeds):
 # no better. PyTorch's anchor recipe, 4 epochs in its 60 s: 89.8%.
 # resnet-mini: Nesterov momentum, weight decay 5e-4, one-cycle to 0.05, batch 128, 12 epochs,
-# left-right flips in training and test-time flips, sized to the five-minute budget on the 2-core machine. Network and recipe
-# were chosen on Fashion-MNIST with 10,000 training images held out (--val-split 10000; the test
-# set chose nothing): the best mean validation accuracy over seeds among the settings that fit,
-# by the table of settings and accuracies in docs/performance.md ("The five-minute recipe").
+# left-right flips in training and at test time, sized to the five-minute budget on the 2-core
+# machine. Network and recipe were chosen on Fashion-MNIST with 10,000 training images held out
+# (--val-split 10000; the test set chose nothing): the best mean validation accuracy over seeds
+# among the settings that fit, by the table of settings and accuracies in docs/performance.md
+# ("The five-minute recipe").
 RECIPES = {"cnn-bn": {**DEFAULT_RECIPE, "nesterov": True, "weight_decay": 5e-4,
                       "lr_schedule": "onecycle", "batch_size": 64, "nb_epochs": 6},
            "resnet-mini": {**DEFAULT_RECIPE, "nesterov": True, "weight_decay": 5e-4,
@@ -128,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to the model's recipe: cnn-bn's is --nesterov --weight-decay 5e-4 "
                         "--lr-schedule onecycle --batch-size 64 --nb-epochs 6; resnet-mini's the "
                         "same with --batch-size 128 --nb-epochs 12 --augment flip --tta flip; "
-                        "every other "
-                        "model's is the stated defaults")
+                        "every other model's is the stated defaults")
     p.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="sgd, momentum (PyTorch's, 0.9), adam (betas 0.9, 0.999) or adamw "
                         "(Adam with decoupled weight decay, PyTorch's defaults); default: momentum")
@@ -317,7 +317,7 @@ def show_header(args, model, data, opt, start_epoch, input_shape, preprocessing)
         "dataset": f"{data.name}: {data.description}",
         "input": f"{input_shape}, {len(data.class_names)} classes; {preprocessing.describe()}"
                  + (f"; augment {args.augment}" if args.augment else "")
-                + (f"; test-time augmentation {args.tta}" if args.tta != "none" else ""),
+                 + (f"; test-time augmentation {args.tta}" if args.tta != "none" else ""),
         "model": args.model if args.resume is None else f"from {args.resume}",
         "optimizer": f"{type(opt).__name__} {opt.hyperparameters()}, {args.lr_schedule} schedule",
         "batch size": args.batch_size, "epochs": f"{start_epoch} done, up to {args.nb_epochs}",
