@@ -265,7 +265,7 @@ def test_resnet_mini_brings_its_recipe_and_none_turns_its_flips_off(tiny_data, t
     assert "(--tta flip)" in proc.stdout
     meta = load_checkpoint(tmp_path / "a" / "latest.json")
     assert meta.metadata["augment"] == "flip" and meta.metadata["batch_size"] == 128
-    assert meta.metadata["tta"] == "flip"
+    assert meta.metadata["tta"] == "flip" and meta.metadata["learning_rate"] == 0.08
     assert meta.optimizer_state["hyperparameters"]["nesterov"] is True
     proc = run("--train-data-dir", tiny_data, "--model", "resnet-mini", "--nb-epochs", 1,
                "--augment", "none", "--tta", "none", "--checkpoint-folder", tmp_path / "b",
