@@ -287,8 +287,7 @@ class Model:
         summed.add(j)
 
     def _batches(self, x, batch_size):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_batch_size(batch_size)
         self._inference.refresh()
         for start in range(0, len(x), batch_size):
             yield start, self._run(x[start:start + batch_size], training=False)
@@ -312,8 +311,7 @@ class Model:
         if len(x) == 0:  # the layers' kernels split work by images: none to split
             rows = self.summary(np.shape(x)[1:])
             return np.empty((0, *(rows[-1][1] if rows else np.shape(x)[1:])), self.dtype)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_batch_size(batch_size)
         # Many images run in passes that keep each layer's output in cache for
         # the next (the planner's size). Within one batch the passes replay
         # (``ReplayedInference``); a loop over several batches runs the layers.
@@ -389,8 +387,7 @@ class Model:
             for start, _ in self._batches(x, batch_size):
                 yield start, self._logits
             return
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        _check_batch_size(batch_size)
         ends_in_softmax = bool(self.layers) and isinstance(self.layers[-1], Softmax)
         for start in range(0, len(x), batch_size):
             out = self.predict(np.asarray(x[start:start + batch_size]), batch_size, tta)
@@ -552,6 +549,12 @@ class Model:
         inner = ",\n  ".join(f"{i}: {layer!r} <- {list(inputs)}"
                              for i, (layer, inputs) in enumerate(zip(self.layers, self.inputs_of)))
         return f"Model([\n  {inner},\n])"
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """ValueError unless ``batch_size`` (images per pass of predict/evaluate) is >= 1."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
 def _check_graph(layers: list[Layer], inputs_of: list[tuple[int, ...]]) -> None:

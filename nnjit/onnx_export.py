@@ -57,11 +57,10 @@ def to_onnx(model: Model, input_shape: tuple[int, ...], metadata: dict | None = 
         names.append(y)
     if flip:
         nodes += _mean_of_views(names[last], output, rows[-1][1], initializers)
-    x = output
     graph = helper.make_graph(
         nodes, "nnjit", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                        ["batch", *input_shape])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *rows[-1][1]])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", *rows[-1][1]])],
         initializer=initializers)
     proto = helper.make_model(graph, producer_name="nnjit", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", OPSET)])
