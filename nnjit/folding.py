@@ -10,6 +10,8 @@ then run as one ``DenseStack``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .fusion import Node, plan_fusion
 from .graph import MODEL_INPUT
 from .kernels.batchnorm import fold_batchnorm
@@ -35,11 +37,16 @@ class InferenceLayers:
     ``fusion.apply()``; ``layers`` the nodes' layers; ``sources[i]`` the
     indices of the given nodes that node i computes. :meth:`refresh`
     recomputes the copies' weights from the originals and the norms' current
-    statistics, so call it before each inference call.
+    statistics, so call it before each inference call. A conv copy that Winograd
+    may run takes the norm's scale instead (``Conv2D.take_norm_scale``): its
+    weight is then scaled in its own call, where Winograd reads it anyway.
     """
 
     def __init__(self, nodes: list[Node], fold: bool = True):
         self.pairs: list[tuple[Layer, BatchNorm1D, Layer]] = []
+        # per pair: where its fold writes the norm's scale, and whether the copy
+        # scales its weight itself
+        self._folds: list[tuple[np.ndarray, bool]] = []
         self.nodes: list[Node] = []
         self.sources: list[tuple[int, ...]] = []
         readers = _readers(nodes)
@@ -57,6 +64,10 @@ class InferenceLayers:
                 config.pop("bias", None)
                 copy = type(layer)(**config, dtype=layer.dtype)
                 self.pairs.append((layer, nodes[norm].layer, copy))
+                by_copy = isinstance(copy, Conv2D) and copy.may_run_winograd()
+                self._folds.append(
+                    (copy.take_norm_scale(layer), True) if by_copy else
+                    (np.empty(layer.weight.shape[0], layer.dtype), False))
                 folded[norm] = i
                 layer, source = copy, (i, norm)
             self.nodes.append(Node(layer, tuple(moved[j] for j in node.inputs)))
@@ -97,13 +108,15 @@ class InferenceLayers:
             self.skipped.update(run[1:])
 
     def refresh(self) -> None:
-        """Fold each norm's current statistics into its copy's weight and bias."""
-        for source, norm, copy in self.pairs:
+        """Fold each norm's current statistics into its copy's bias and weight
+        (or scale, for a copy that scales its weight itself)."""
+        for (source, norm, copy), (scale, by_copy) in zip(self.pairs, self._folds):
             has_bias = source.bias is not None
             fold_batchnorm(norm.weight.value, norm.bias.value, norm.running_mean,
                            norm.running_var, norm.eps, source.weight.value.reshape(-1),
                            source.bias.value if has_bias else copy.bias.value, has_bias,
-                           copy.weight.value.reshape(-1), copy.bias.value)
+                           scale, scale[:0] if by_copy else copy.weight.value.reshape(-1),
+                           copy.bias.value)
 
 
 def _readers(nodes: list[Node]) -> list[int]:

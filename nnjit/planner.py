@@ -443,6 +443,16 @@ def _winograd_fits(p: ConvProblem) -> str | None:
     return None
 
 
+def winograd_may_run(kernel, stride, groups, dilation, dtype, channels) -> bool:
+    """Whether ``plan_conv`` may choose Winograd for a conv of this kind on some
+    input: (kh, kw) kernel, (sh, sw) stride, groups, (dh, dw) dilation, dtype
+    and input channels (the pool and the input's size decide the rest)."""
+    t = _settings.tuning
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and groups == 1
+            and tuple(dilation) == (1, 1) and np.dtype(dtype) == np.float32
+            and channels >= min(t.winograd_min_channels, t.winograd_unpooled_min_channels))
+
+
 def _windows_fit(p: ConvProblem) -> str | None:
     """Why window by window cannot run ``p``, or None when it can."""
     if p.stride != (1, 1):

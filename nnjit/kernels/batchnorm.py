@@ -103,29 +103,52 @@ def batchnorm_inference_affine(weight, bias, running_mean, running_var, eps, sca
         scale[c], shift[c] = channel_affine(weight, bias, running_mean, running_var, eps, c)
 
 
-@kernel
-def fold_batchnorm(weight, bias, running_mean, running_var, eps, layer_weight, layer_bias,
-                   has_bias, folded_weight, folded_bias):
-    """A batch norm folded into the conv or Dense layer before it: for each output
-    channel c, folded_weight[c, :] = layer_weight[c, :] * scale[c] and folded_bias[c]
-    = layer_bias[c] * scale[c] + shift[c] (shift[c] alone without ``has_bias``),
-    scale and shift the norm's (``channel_affine``), in float64. layer_weight,
-    folded_weight: float (C*K,), channel c's K weights at c*K; layer_bias,
-    folded_bias and the norm's arrays: (C,) (layer_bias not read without a
-    bias). One call for a pair: folding with numpy took ~8 us a pair on each
-    predict, ~90 of MobileNet's ~400 us on one image. The norm's (C,) weight
-    comes first, so the kernel's serial twin always runs it (a loop without
-    prange has nothing for the parallel one)."""
-    C = weight.size
-    K = layer_weight.size // C
+@helper
+def scale_rows(weight, scale, out):
+    """out[c*K + k] = weight[c*K + k] * scale[c]: weight, out float (C*K,),
+    scale (C,) of the same dtype."""
+    C = scale.size
+    K = weight.size // C
     for c in range(C):
-        s, shift = channel_affine(weight, bias, running_mean, running_var, eps, c)
         # Row slices, not one index over c*K..(c+1)*K: that loop did not
         # vectorise (64x576 weights: 26 against 5 us).
-        row, folded = layer_weight[c * K:(c + 1) * K], folded_weight[c * K:(c + 1) * K]
+        row, scaled = weight[c * K:(c + 1) * K], out[c * K:(c + 1) * K]
+        s = scale[c]
         for k in range(K):
-            folded[k] = row[k] * s
+            scaled[k] = row[k] * s
+
+
+@kernel
+def scaled_rows(scale, weight, out):
+    """``scale_rows(weight, scale, out)`` as a kernel: where a conv that takes its
+    norm's scale (``Conv2D.take_norm_scale``) runs an algorithm that cannot apply
+    it, the conv scales its weight itself. scale comes first: the serial twin
+    runs it (no prange)."""
+    scale_rows(weight, scale, out)
+
+
+@kernel
+def fold_batchnorm(weight, bias, running_mean, running_var, eps, layer_weight, layer_bias,
+                   has_bias, scale, folded_weight, folded_bias):
+    """A batch norm folded into the conv or Dense layer before it: for each output
+    channel c, scale[c] and shift[c] the norm's (``channel_affine``, in float64),
+    writes scale[c] (rounded to the layer's dtype), folded_bias[c] = layer_bias[c]
+    * scale[c] + shift[c] (shift[c] alone without ``has_bias``) and, unless
+    folded_weight is empty (a conv that applies the scale itself),
+    folded_weight[c, :] = layer_weight[c, :] * scale[c] (``scale_rows``: a
+    float64 product rounded back did not vectorise, 64x576 weights 5.8 against
+    3.5 us). layer_weight, folded_weight: float (C*K,), channel c's K weights
+    at c*K; layer_bias, scale, folded_bias and the norm's arrays: (C,)
+    (layer_bias not read without a bias). One call for a pair: folding with
+    numpy took ~8 us a pair on each predict, ~90 of MobileNet's ~400 us on one
+    image. The norm's (C,) weight comes first, so the kernel's serial twin
+    always runs it (a loop without prange has nothing for the parallel one)."""
+    for c in range(weight.size):
+        s, shift = channel_affine(weight, bias, running_mean, running_var, eps, c)
+        scale[c] = s
         folded_bias[c] = np.float64(layer_bias[c]) * s + shift if has_bias else shift
+    if folded_weight.size:
+        scale_rows(layer_weight, scale, folded_weight)
 
 
 @kernel(reassociate=True)

@@ -126,12 +126,23 @@ def filter_gradients(dUt, C, oc0, oc1, OC, dweight):
 
 
 @helper
-def refresh_filters(weight, C, oc0, oc1, OC, kept, Ut):
-    """Keep Ut the transform of the filters of output channels [oc0, oc1), redone
-    only when they changed (``refresh_kept``: kept (OC*C*9,) holds them as
-    last transformed)."""
-    if refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9):
+def refresh_filters(weight, scale, C, oc0, oc1, OC, kept, Ut):
+    """Keep Ut the transform of the filters of output channels [oc0, oc1), each
+    output channel's times scale[oc] (scale (OC,), or size 0: none), redone
+    only when filters or scale changed (``refresh_kept``: kept (OC*C*9 + OC,)
+    holds them as last transformed, the scale after the filters). A batch norm
+    folded into the conv comes in as that scale: at inference the weights are
+    then read once a call (to compare), not also scaled and written (ResNet-20,
+    one image: 6% of its time)."""
+    changed = refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9)
+    if scale.size:
+        changed |= refresh_kept(scale, kept[OC * C * 9:], oc0, oc1)
+    if changed:
         transform_filters(weight, C, oc0, oc1, OC, OC, 1, Ut)
+        if scale.size:
+            for xi_c in range(16 * C):
+                for oc in range(oc0, oc1):
+                    Ut[xi_c * OC + oc] *= scale[oc]
 
 
 @helper
@@ -446,15 +457,16 @@ def split_bound(g, L, split):
 
 
 @helper
-def forward_filters_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
-                         per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
-                         blas, residual, add_relu):
+def forward_filters_part(part, x, weight, scale, bias, C, H, W, PH, PW, POH, POW, relu, pool, N,
+                         parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
+                         tiles, blas, residual, add_relu):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments) refreshing the
     transformed filters (``refresh_filters``) of its share of the output
     channels, all of them when the kernel splits one chunk."""
     OC = bias.size
     shares = 1 if split > 1 else parts
-    refresh_filters(weight, C, part * OC // shares, (part + 1) * OC // shares, OC, kept, Ut)
+    refresh_filters(weight, scale, C, part * OC // shares, (part + 1) * OC // shares, OC, kept,
+                    Ut)
 
 
 @helper
@@ -476,9 +488,9 @@ def unpooled_rows_add(residual, OC, POH, POW, t0, t1, start, relu, out):
 
 
 @helper
-def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, pool, N, parts,
-                        per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split, tiles,
-                        blas, residual, add_relu):
+def forward_images_part(part, x, weight, scale, bias, C, H, W, PH, PW, POH, POW, relu, pool, N,
+                        parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax, split,
+                        tiles, blas, residual, add_relu):
     """Part ``part`` of ``winograd_conv_pool`` (same arguments): the pooled
     outputs of images [part*N//parts, (part+1)*N//parts), ``per`` at a time,
     in the part's workspaces, or with split > 1 of thread ``part``'s share of
@@ -523,17 +535,18 @@ def forward_images_part(part, x, weight, bias, C, H, W, PH, PW, POH, POW, relu, 
 
 
 @kernel(blas=True, parts=(forward_filters_part, forward_images_part))
-def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bias, C, H, W, PH,
-                       PW, POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled,
+def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, scale, bias, C, H, W,
+                       PH, PW, POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled,
                        out, train, argmax, split, tiles, blas, residual, add_relu):
     """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] + MaxPool2D(2, 2) by
     F(2x2, 3x3) (module docstring); without ``pool`` the conv + [ReLU] alone,
     of an even output size 2*POH x 2*POW, its 2x2 tiles taking the pooling
     windows' place (in training too: ``train`` then keeps nothing).
 
-    x: float (N*C*H*W,); weight (OC*C*9,); bias (OC,). kept (OC*C*9,) and
-    Ut (16*C*OC,) persist between calls: the filters as last transformed and
-    their transform (``refresh_filters``; kept starts as NaN). Part p takes
+    x: float (N*C*H*W,); weight (OC*C*9,); scale (OC,), each output channel's
+    filters' factor, or size 0 (none); bias (OC,). kept (OC*C*9 + OC,) and Ut
+    (16*C*OC,) persist between calls: the filters (and scale) as last
+    transformed and their transform (``refresh_filters``; kept starts as NaN). Part p takes
     images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
     workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
@@ -554,21 +567,21 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, bia
     the conv, ``nnjit.fusion``).
     """
     if split > 1:  # the filters on one thread, then the windows shared
-        call_part(forward_filters_part, np.int64(0), x, weight, bias, C, H, W, PH, PW, POH, POW,
-                  relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                  split, tiles, blas, residual, add_relu)
+        call_part(forward_filters_part, np.int64(0), x, weight, scale, bias, C, H, W, PH, PW, POH,
+                  POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
+                  argmax, split, tiles, blas, residual, add_relu)
     else:
         for p in prange(parts):
-            call_part(forward_filters_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH,
-                      POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
-                      argmax, split, tiles, blas, residual, add_relu)
+            call_part(forward_filters_part, np.int64(p), x, weight, scale, bias, C, H, W, PH, PW,
+                      POH, POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out,
+                      train, argmax, split, tiles, blas, residual, add_relu)
     # The count in a variable: a conditional expression inside prange() leaves
     # the loop serial (Numba converts no parfor there).
     shares = split if split > 1 else parts
     for p in prange(shares):
-        call_part(forward_images_part, np.int64(p), x, weight, bias, C, H, W, PH, PW, POH, POW,
-                  relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train, argmax,
-                  split, tiles, blas, residual, add_relu)
+        call_part(forward_images_part, np.int64(p), x, weight, scale, bias, C, H, W, PH, PW, POH,
+                  POW, relu, pool, N, parts, per, kept, Ut, image, Vt, Mt, pooled, out, train,
+                  argmax, split, tiles, blas, residual, add_relu)
 
 
 @helper

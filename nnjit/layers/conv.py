@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import planner
 from ..kernels.activation import relu_backward
-from ..kernels.batchnorm import batchnorm_pool_input_grad
+from ..kernels.batchnorm import batchnorm_pool_input_grad, scaled_rows
 from ..kernels.blas import blas_handle
 from ..kernels.merge import add_forward
 from ..kernels.grouped_conv import (grouped_conv_forward, grouped_conv_input_grad,
@@ -77,6 +77,8 @@ class Conv2D(Layer):
         self._cache = None
         self._plans = {}
         self._conv_plans = {}
+        self._scaled_from: Conv2D | None = None
+        self.norm_scale = self._no_scale()
         self.set_epilogue()
 
     @classmethod
@@ -98,6 +100,25 @@ class Conv2D(Layer):
         """The post-ops of ``nnjit.fusion.POST_OPS`` this conv's output pass applies:
         a grouped or dilated conv takes a ReLU only."""
         return ("relu", "pool") if self.plain else ("relu",)
+
+    def may_run_winograd(self) -> bool:
+        """Whether the planner may run this conv by Winograd on some input."""
+        return planner.winograd_may_run(self.kernel_size, self.stride, self.groups,
+                                        self.dilation, self.dtype, self.in_channels)
+
+    def take_norm_scale(self, source: Conv2D) -> np.ndarray:
+        """Make this conv (an inference copy of ``source``, ``nnjit.folding``)
+        compute with source's weight (OC, C, KH, KW), as it is at each call, times
+        the returned ``norm_scale`` (OC,) per output channel, which a folded norm
+        writes before each call: Winograd takes the scale into its filter
+        transform (redone only when weight or scale changed), other algorithms
+        get the scaled weight written into this conv's own at each call."""
+        self._scaled_from = source
+        self.norm_scale = np.ones(self.out_channels, self.dtype)
+        return self.norm_scale
+
+    def _no_scale(self) -> np.ndarray:
+        return np.empty(0, self.dtype)
 
     def _bias_values(self) -> np.ndarray:
         """The bias the kernels add: (OC,), zeros without one."""
@@ -378,11 +399,14 @@ class Conv2D(Layer):
         argmax = self._buffer("argmax/winograd" if winners else "argmax/none",
                               (n * poh * pow_ * oc if winners else 1,), np.int32)
         spaces = max(parts, chunk_threads)
+        scaled = self._scaled_from is not None and not training
+        weight, scale = ((self._scaled_from.weight, self.norm_scale) if scaled else
+                         (self.weight, self._no_scale()))
         winograd_conv_pool.run(
-            spaces > 1, x.reshape(-1), self.weight.value.reshape(-1),
+            spaces > 1, x.reshape(-1), weight.value.reshape(-1), scale,
             self._bias_values(), c, h, w, ph, pw, poh, pow_, self.fused_relu, pool, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
-            self._buffer("winograd/kept", (self.weight.value.size,), dtype, fill=np.nan),
+            self._buffer("winograd/kept", (weight.value.size + oc,), dtype, fill=np.nan),
             self._buffer("winograd/Ut", (16 * c * oc,), dtype),
             *self._winograd_workspaces(spaces, rows, *geometry),
             self._buffer("winograd/Mt", (spaces, 16 * rows * oc), dtype),
@@ -645,6 +669,9 @@ class Conv2D(Layer):
         # others in one pass over the output after.
         if plan.algorithm is ConvAlgorithm.WINOGRAD:
             return self._winograd_forward(x, training, residual)
+        if self._scaled_from is not None and not training:  # see take_norm_scale
+            scaled_rows(self.norm_scale, self._scaled_from.weight.value.reshape(-1),
+                        self.weight.value.reshape(-1))
         if plan.algorithm is ConvAlgorithm.DIRECT:
             return self._direct_forward(x, geometry, training, plan.skip_dropped, residual)
         out = self._forward_without_residual(x, geometry, plan, training)

@@ -118,6 +118,42 @@ def test_a_replay_folds_each_norm_anew_from_what_the_parameters_hold(rng):
         before = got
 
 
+@pytest.mark.parametrize("size, winograd", [(6, True), (5, False)])
+def test_a_norm_folded_into_a_conv_winograd_may_run_follows_in_place_changes(size, winograd, rng):
+    """A conv that Winograd may run takes its norm's scale into the filter
+    transform, redone only when weight or scale change; where its plan is
+    another algorithm (an odd output size) it scales its weight itself. Each in
+    place change must reach the next predict, replayed or not, as the
+    reference path (no folding) computes it."""
+    model = Sequential([Conv2D(32, 8, 3, padding=1), BatchNorm2D(8), ReLU(), Flatten(),
+                        Dense(8 * size * size, 3)], seed=int(rng.integers(1000)))
+    conv, norm = model.layers[0], model.layers[1]
+    norm.running_mean[...] = rng.normal(size=8)
+    norm.running_var[...] = rng.uniform(0.3, 3, size=8)
+    norm.weight.value[...] = rng.uniform(0.5, 1.5, size=8) * rng.choice([-1, 1], 8)
+    assert (nnjit.explain(model, (32, size, size))[0].runs == "winograd") == winograd
+    x = rng.standard_normal((1, 32, size, size)).astype(np.float32)
+    changes = [lambda: None,
+               lambda: conv.weight.value.__imul__(-1.5),
+               lambda: conv.weight.value[3].__iadd__(0.25),
+               lambda: norm.running_var.__imul__(4.0),
+               lambda: norm.weight.value.__setitem__(5, -2.0),
+               lambda: setattr(conv, "weight", nnjit.Parameter(
+                   "weight", rng.standard_normal(conv.weight.shape).astype(np.float32) * 0.2)),
+               lambda: setattr(norm, "running_mean", rng.standard_normal(8).astype(np.float32))]
+    before = None
+    for change in changes:
+        change()
+        with nnjit.using(conv="unfold", fusion=False, replay=False):
+            want = model.predict(x)
+        for _ in range(3):  # the layers' path, then recorded, then replayed
+            got = model.predict(x)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(layers_path(model, x), got)
+        assert before is None or not np.allclose(got, before)
+        before = got
+
+
 class Doubling(Layer):
     """Computes outside any kernel: a recording of its model's kernels alone is not the model."""
 
