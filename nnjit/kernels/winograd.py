@@ -546,8 +546,8 @@ def winograd_conv_pool(forward_filters_part, forward_images_part, x, weight, sca
     x: float (N*C*H*W,); weight (OC*C*9,); scale (OC,), each output channel's
     filters' factor, or size 0 (none); bias (OC,). kept (OC*C*9 + OC,) and Ut
     (16*C*OC,) persist between calls: the filters (and scale) as last
-    transformed and their transform (``refresh_filters``; kept starts as NaN). Part p takes
-    images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
+    transformed and their transform (``refresh_filters``; kept starts as
+    NaN). Part p takes images [p*N//parts, (p+1)*N//parts), ``per`` at a time, in its
     workspaces image[p] ((H+2PH)*(W+2PW)*C,), Vt[p] (16*Lp*C,), Mt[p]
     (16*Lp*OC,), pooled[p] (POH*POW*OC,), Lp = padded_rows(per*POH*POW).
     Writes out: (N*OC*POH*POW,) (without ``pool``: (N*OC*4*POH*POW,), and

@@ -77,8 +77,8 @@ class Conv2D(Layer):
         self._cache = None
         self._plans = {}
         self._conv_plans = {}
-        self._scaled_from: Conv2D | None = None
-        self.norm_scale = self._no_scale()
+        self._scaled_from: Conv2D | None = None  # see take_norm_scale
+        self.norm_scale: np.ndarray | None = None
         self.set_epilogue()
 
     @classmethod
@@ -118,7 +118,8 @@ class Conv2D(Layer):
         return self.norm_scale
 
     def _no_scale(self) -> np.ndarray:
-        return np.empty(0, self.dtype)
+        """What Winograd takes for no scale of its filters: size 0."""
+        return self._buffer("scale/none", (0,), self.dtype)
 
     def _bias_values(self) -> np.ndarray:
         """The bias the kernels add: (OC,), zeros without one."""
