@@ -13,7 +13,11 @@ from nnjit import (AvgPool2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
 F64 = np.float64
 
 
-def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
+def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8, eps=1e-6):
+    """``eps``: the finite differences' step. A layer linear in x and in each
+    parameter (a conv, a Dense) takes a large one (no truncation error, and the
+    loss's rounding divided by a larger step: at 1e-6, a few ulps of a sum of
+    720 terms came to 1e-8)."""
     g = rng.normal(size=layer.forward(x.copy()).shape)
 
     def loss():
@@ -23,9 +27,10 @@ def check_layer_gradients(layer, x, rng, rtol=1e-6, atol=1e-8):
     dx = layer.backward(g.copy())
     dx = None if dx is None else dx.copy()
     analytic = {p.name: p.grad.copy() for p in layer.parameters()}
-    np.testing.assert_allclose(dx, ref.numeric_grad(loss, x), rtol=rtol, atol=atol, err_msg="dx")
+    np.testing.assert_allclose(dx, ref.numeric_grad(loss, x, eps), rtol=rtol, atol=atol,
+                               err_msg="dx")
     for p in layer.parameters():
-        np.testing.assert_allclose(analytic[p.name], ref.numeric_grad(loss, p.value),
+        np.testing.assert_allclose(analytic[p.name], ref.numeric_grad(loss, p.value, eps),
                                    rtol=rtol, atol=atol, err_msg=p.name)
 
 
