@@ -16,7 +16,9 @@ from ..kernels.direct_grad import conv_weight_grad_direct, flipped_transposed
 from ..kernels.pointwise import pointwise_conv_backward, pointwise_conv_forward
 from ..kernels.window_conv import LANES, window_conv_pool
 from ..kernels.tiles import NT_REDUCTION_STEP
-from ..kernels.winograd import padded_rows, winograd_conv_pool, winograd_conv_pool_backward
+from ..kernels.winograd import (STAGE_CHANNELS, padded_rows, winograd_conv_pool,
+                                winograd_conv_pool_backward)
+from ..kernels.winograd4 import winograd4_conv
 from ..params import Parameter
 from ..planner import ConvAlgorithm, ConvProblem, PlanError, plan_conv
 from ..threads import get_num_threads, parts_for, split, split_bounds
@@ -335,6 +337,11 @@ class Conv2D(Layer):
             threads = max(parts, chunk_threads)
             outputs = poh * pow_ * oc * (1 if self.fused_pool else 4)
             floats = threads * (hp * wp * c + 16 * rows * (c + oc) + outputs) + 2 * 16 * c * oc
+        elif algorithm is ConvAlgorithm.WINOGRAD_4X4:
+            parts, _, chunk_threads, rows = self._winograd4_plan(input_shape)
+            threads = max(parts, chunk_threads)
+            stage = 4 * ow * oc + 36 * STAGE_CHANNELS
+            floats = threads * (hp * wp * c + 36 * rows * (c + oc) + stage) + 36 * c * oc
         elif algorithm is ConvAlgorithm.POINTWISE:
             threads, floats = self._pointwise_split(n, c, h * w, training)[0], 0
         elif algorithm is ConvAlgorithm.WINDOWS:
@@ -376,6 +383,46 @@ class Conv2D(Layer):
         chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
         return (parts, per, chunk_threads, padded_rows(per * windows),
                 (c, h, w, *self.padding, poh, pow_))
+
+    def _winograd4_plan(self, input_shape):
+        """(parts, per, chunk_threads, rows) of an F(4x4, 3x3) call on input (N, C,
+        H, W), as ``_winograd_plan``'s for the 4x4 output tiles."""
+        n, c, h, w = input_shape
+        _, oh, ow = self.output_shape((c, h, w))
+        tiles = oh // 4 * (ow // 4)
+        parts = parts_for(n * tiles * 36 * c * self.out_channels, n)
+        per = max(1, min(planner.tuning().winograd_chunk_bytes
+                         // (tiles * 36 * (c + self.out_channels) * self.dtype.itemsize),
+                         -(-n // parts)))
+        chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
+        return parts, per, chunk_threads, padded_rows(per * tiles)
+
+    def _winograd4_forward(self, x, residual=None):
+        """Inference forward by ``winograd4_conv``: x float32 (N, C, H, W) -> (N, OC,
+        OH, OW), plus ``residual`` (of its shape; then the add's ReLU) if given."""
+        n, c, h, w = x.shape
+        oc, dtype, (ph, pw) = self.out_channels, self.dtype, self.padding
+        _, oh, ow = self.output_shape((c, h, w))
+        parts, per, chunk_threads, rows = self._winograd4_plan(x.shape)
+        spaces = max(parts, chunk_threads)
+        out = self._buffer("out/eval", (n, oc, oh, ow), dtype)
+        weight, scale = ((self._scaled_from.weight, self.norm_scale)
+                         if self._scaled_from is not None else (self.weight, self._no_scale()))
+        winograd4_conv.run(
+            spaces > 1, x.reshape(-1), weight.value.reshape(-1), scale, self._bias_values(), c, h,
+            w, ph, pw, oh // 4, ow // 4, self.fused_relu, n, parts, per,
+            # NaN: the kept filters match nothing, so the first call transforms them.
+            self._buffer("winograd4/kept", (weight.value.size + oc,), dtype, fill=np.nan),
+            self._buffer("winograd4/Ut", (36 * c * oc,), dtype),
+            self._buffer("winograd/image", (spaces, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
+            self._buffer("winograd/Vt", (spaces, 36 * rows * c), dtype),
+            self._buffer("winograd/Mt", (spaces, 36 * rows * oc), dtype),
+            self._buffer("winograd4/stage", (spaces, 4 * ow * oc + 36 * STAGE_CHANNELS), dtype),
+            out.reshape(-1), chunk_threads, planner.host().tiles, blas_handle(),
+            self._no_residual() if residual is None else residual.reshape(-1),
+            self.fused_add_relu)
+        self._cache = None
+        return out
 
     def _winograd_workspaces(self, parts, rows, c, h, w, ph, pw, poh, pow_):
         """The per-part image (zero-bordered) and Vt workspaces forward and backward share."""
@@ -670,6 +717,8 @@ class Conv2D(Layer):
         # others in one pass over the output after.
         if plan.algorithm is ConvAlgorithm.WINOGRAD:
             return self._winograd_forward(x, training, residual)
+        if plan.algorithm is ConvAlgorithm.WINOGRAD_4X4:
+            return self._winograd4_forward(x, residual)
         if self._scaled_from is not None and not training:  # see take_norm_scale
             scaled_rows(self.norm_scale, self._scaled_from.weight.value.reshape(-1),
                         self.weight.value.reshape(-1))

@@ -111,9 +111,10 @@ def residual_stack(c, hw, seed=0):
     return model
 
 
-@pytest.mark.parametrize("channels, forced, head_algorithm", [
-    (16, "direct", "direct"), (16, "unfold", "unfold"), (32, None, "winograd")])
-def test_a_residual_sum_runs_in_the_conv_before_it_at_inference(channels, forced,
+@pytest.mark.parametrize("channels, settings, head_algorithm", [
+    (16, dict(conv="direct"), "direct"), (16, dict(conv="unfold"), "unfold"),
+    (32, dict(winograd4_min_channels=64), "winograd"), (32, {}, "winograd-4x4")])
+def test_a_residual_sum_runs_in_the_conv_before_it_at_inference(channels, settings,
                                                                 head_algorithm, rng, using):
     """At inference each Add (and the ReLU after it) is absorbed into the conv
     that computes its last input, which adds the other (the model's input, or
@@ -121,8 +122,7 @@ def test_a_residual_sum_runs_in_the_conv_before_it_at_inference(channels, forced
     each block of output is in cache, the others in one pass after. Predict
     equals the unfused reference path on one image (replayed), a few and a
     batch run in several passes; training keeps the Adds."""
-    if forced:
-        using(conv=forced)
+    using(**settings)
     model = residual_stack(channels, 8, seed=3)
     kinds = [type(layer).__name__ for layer in model.layers]
     adds = {i for i, k in enumerate(kinds) if k == "Add"}

@@ -106,6 +106,10 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
         ConvAlgorithm.WINOGRAD  # 32 channels, an even output
     assert plan_conv(problem(pool=None, width=13, height=13)).algorithm is not \
         ConvAlgorithm.WINOGRAD
+    assert plan_conv(problem(pool=None, width=18, height=18, training=False)).algorithm is \
+        ConvAlgorithm.WINOGRAD_4X4  # at inference, a 16x16 output
+    assert plan_conv(problem(pool=None, width=16, height=16, training=False)).algorithm is \
+        ConvAlgorithm.WINOGRAD  # a 14x14 output
     with nnjit.using(winograd_in_training=False):
         assert plan_conv(problem()).algorithm is not ConvAlgorithm.WINOGRAD
         assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD

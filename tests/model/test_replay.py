@@ -118,11 +118,12 @@ def test_a_replay_folds_each_norm_anew_from_what_the_parameters_hold(rng):
         before = got
 
 
-@pytest.mark.parametrize("size, winograd", [(6, True), (5, False)])
-def test_a_norm_folded_into_a_conv_winograd_may_run_follows_in_place_changes(size, winograd, rng):
+@pytest.mark.parametrize("size, algorithm", [(6, "winograd"), (8, "winograd-4x4"), (5, "unfold")])
+def test_a_norm_folded_into_a_conv_winograd_may_run_follows_in_place_changes(size, algorithm, rng):
     """A conv that Winograd may run takes its norm's scale into the filter
-    transform, redone only when weight or scale change; where its plan is
-    another algorithm (an odd output size) it scales its weight itself. Each in
+    transform (F(2x2, 3x3) or F(4x4, 3x3)), redone only when weight or scale
+    change; where its plan is another algorithm (an odd output size) it scales
+    its weight itself. Each in
     place change must reach the next predict, replayed or not, as the
     reference path (no folding) computes it."""
     model = Sequential([Conv2D(32, 8, 3, padding=1), BatchNorm2D(8), ReLU(), Flatten(),
@@ -131,7 +132,7 @@ def test_a_norm_folded_into_a_conv_winograd_may_run_follows_in_place_changes(siz
     norm.running_mean[...] = rng.normal(size=8)
     norm.running_var[...] = rng.uniform(0.3, 3, size=8)
     norm.weight.value[...] = rng.uniform(0.5, 1.5, size=8) * rng.choice([-1, 1], 8)
-    assert (nnjit.explain(model, (32, size, size))[0].runs == "winograd") == winograd
+    assert nnjit.explain(model, (32, size, size))[0].runs == algorithm
     x = rng.standard_normal((1, 32, size, size)).astype(np.float32)
     changes = [lambda: None,
                lambda: conv.weight.value.__imul__(-1.5),
