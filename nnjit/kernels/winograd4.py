@@ -163,40 +163,50 @@ def _output_column(Mt, s, q, step):
 
 
 @helper
-def output_tiles(Mt, bias, OC, OW, j0, j1, row0, Lp, relu, stage):
+def output_tiles(Mt, bias, OC, OW, j0, j1, row0, Lp, relu, stage, tile):
     """The 4x4 conv outputs of tiles j0 .. j1-1 of one row of tiles (A^T M A,
     tile j from row row0 + j - j0 of Mt), plus bias[oc], then max(0, .) with
     ``relu`` (a NaN stays), written channels-last: stage[(a*OW + 4j+b)*OC + oc]
-    for output (a, b) of tile j. stage: float (4*OW*OC,)."""
+    for output (a, b) of tile j. stage: float (4*OW*OC,); tile: workspace
+    (>= 16*STAGE_CHANNELS,): each block of channels goes there at constant
+    offsets first, then out as 16 runs (written straight to stage, the loop
+    over channels does not vectorise)."""
     step = U(Lp * OC)
     row = U(OW * OC)  # from output row a to a+1
     zero = F(0)
     for j in range(j0, j1):
         src = U((row0 + j - j0) * OC)
         d = U(4 * j * OC)
-        for oc in range(U(OC)):
-            s = src + oc
-            f0 = _output_column(Mt, s, 0, step)
-            f1 = _output_column(Mt, s, 1, step)
-            f2 = _output_column(Mt, s, 2, step)
-            f3 = _output_column(Mt, s, 3, step)
-            f4 = _output_column(Mt, s, 4, step)
-            f5 = _output_column(Mt, s, 5, step)
-            b = bias[oc]
+        for o0 in range(0, OC, STAGE_CHANNELS):
+            width = U(min(STAGE_CHANNELS, OC - o0))
+            for o in range(width):
+                s = src + U(o0) + o
+                f0 = _output_column(Mt, s, 0, step)
+                f1 = _output_column(Mt, s, 1, step)
+                f2 = _output_column(Mt, s, 2, step)
+                f3 = _output_column(Mt, s, 3, step)
+                f4 = _output_column(Mt, s, 4, step)
+                f5 = _output_column(Mt, s, 5, step)
+                b = bias[U(o0) + o]
+                for a in range(4):
+                    y = _output_rows(f0[a], f1[a], f2[a], f3[a], f4[a], f5[a])
+                    for q in range(4):
+                        v = y[q] + b
+                        if relu and v < 0:
+                            v = zero
+                        tile[U((a * 4 + q) * STAGE_CHANNELS) + o] = v
             for a in range(4):
-                y = _output_rows(f0[a], f1[a], f2[a], f3[a], f4[a], f5[a])
                 for q in range(4):
-                    v = y[q] + b
-                    if relu and v < 0:
-                        v = zero
-                    stage[d + U(a) * row + U(q * OC) + oc] = v
+                    copy_run(stage, d + U(a) * row + U(q * OC + o0), tile,
+                             U((a * 4 + q) * STAGE_CHANNELS), width)
 
 
 @helper
-def tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, row0, Lp, relu, stage, out, residual, add_relu):
+def tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, row0, Lp, relu, stage, tile, out, residual,
+                  add_relu):
     """The outputs of tiles [t0, t1) of one image (``output_tiles``, from rows
     row0 .. of Mt) into out (OC, OH, OW) of that image, a row of tiles at a
-    time through stage (channels-last), then, when ``residual`` (of out's
+    time through stage (channels-last; tile: ``output_tiles``'s), then, when ``residual`` (of out's
     size, same offsets) is given, residual added and max(., 0) with
     ``add_relu`` while the rows are in cache (a residual sum fused into the
     conv, ``nnjit.fusion``)."""
@@ -204,13 +214,19 @@ def tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, row0, Lp, relu, stage, out, resi
     P = 16 * TH * TW  # OH*OW
     for i in range(t0 // TW, (t1 - 1) // TW + 1):
         j0, j1 = max(t0 - i * TW, 0), min(t1 - i * TW, TW)
-        output_tiles(Mt, bias, OC, OW, j0, j1, row0 + i * TW + j0 - t0, Lp, relu, stage)
+        output_tiles(Mt, bias, OC, OW, j0, j1, row0 + i * TW + j0 - t0, Lp, relu, stage, tile)
         for a in range(4):
-            p0 = (4 * i + a) * OW
-            transpose_slice(stage[a * OW * OC:], OC, 0, OC, 4 * j0, 4 * j1, P, out[p0:])
-            if residual.size:
-                for oc in range(OC):
-                    add_run(out, oc * P + p0 + 4 * j0, residual, 4 * (j1 - j0), add_relu)
+            transpose_slice(stage[a * OW * OC:], OC, 0, OC, 4 * j0, 4 * j1, P,
+                            out[(4 * i + a) * OW:])
+        if not residual.size:
+            continue
+        for oc in range(OC):  # the row of tiles' 4 output rows: one run when they are whole
+            p0 = oc * P + 4 * i * OW
+            if j1 - j0 == TW:
+                add_run(out, p0, residual, 4 * OW, add_relu)
+                continue
+            for a in range(4):
+                add_run(out, p0 + a * OW + 4 * j0, residual, 4 * (j1 - j0), add_relu)
 
 
 @helper
@@ -247,7 +263,7 @@ def images_part(part, x, weight, scale, bias, C, H, W, PH, PW, TH, TW, relu, N, 
         start, stop = part * N // parts * T, (part + 1) * N // parts * T
         step = per * T
     image, Vt, Mt, stage = image[part], Vt[part], Mt[part], stage[part]
-    staged = stage[4 * TW * 4 * OC:]  # the input transform's; the output rows' before it
+    staged = stage[4 * TW * 4 * OC:]  # the transforms' tiles; the output rows' before it
     size = OC * 16 * T  # one image's output
     for w0 in range(start, stop, step):
         w1 = min(w0 + step, stop)
@@ -259,7 +275,7 @@ def images_part(part, x, weight, scale, bias, C, H, W, PH, PW, TH, TW, relu, N, 
         batched_product(blas, tiles, 36, w1 - w0, C, Vt, Lp * C, Ut, C * OC, OC, Mt, Lp * OC)
         for n in range(w0 // T, -(-w1 // T)):
             t0, t1 = max(w0 - n * T, 0), min(w1 - n * T, T)
-            tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, n * T + t0 - w0, Lp, relu, stage,
+            tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, n * T + t0 - w0, Lp, relu, stage, staged,
                           out[n * size:], residual[n * size:] if residual.size else residual,
                           add_relu)
 
