@@ -92,8 +92,17 @@ class Tuning:
     #: 3.30: best at 0.4-0.8 MB, in the cores' 1 MB L2.
     winograd_chunk_bytes: int = 768 << 10
     #: Fewest input channels for F(4x4, 3x3) Winograd at inference (no pool, an
-    #: output a multiple of 4 a side), which then runs before F(2x2, 3x3).
+    #: output a multiple of 4 a side), which then runs before F(2x2, 3x3): its
+    #: transforms move 36 values per 16 outputs, too many for a short sum.
+    #: Batch 128, two threads, ms F(4x4) / F(2x2) / direct: 32->32 on 16x16
+    #: 1.80 / 2.59 / -, 64->64 on 8x8 1.20 / 1.76 / -, 16->16 on 32x32 5.2 /
+    #: 4.6 / 3.5.
     winograd4_min_channels: int = 32
+    #: Fewest 4x4 tiles in a call for F(4x4, 3x3): below, its 36 products have
+    #: too few rows and the second thread no share. Two threads, us F(4x4) /
+    #: F(2x2): 64->64 on 8x8, one image (4 tiles) 55.8 / 40.7, two 80.9 /
+    #: 76.3, three 84.6 / 102.1; 32->32 on 16x16, one image (16) 45.0 / 50.7.
+    winograd4_min_tiles: int = 12
     #: Most bytes of transposed weight for a conv run window by window: every
     #: pair of windows reads all of it, so it must stay in the core's L2. The
     #: cnn's first conv: one image 4.1 -> 2.3 us, 1000 images 1.79x faster.
@@ -595,15 +604,17 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
                         "only direct loops run them", **gemms)
     f32 = np.dtype(p.dtype) == np.float32
     why_not = {}  # algorithm -> why its rule does not hold, for the general path's rule
+    tiles4 = p.batch * (oh // 4) * (ow // 4)
     why_not["winograd-4x4"] = _winograd4_fits(p) or (
         "float32 only" if not f32 else
         f"{p.channels} < {t.winograd4_min_channels} input channels"
-        if p.channels < t.winograd4_min_channels else None)
+        if p.channels < t.winograd4_min_channels else
+        f"{tiles4} < {t.winograd4_min_tiles} 4x4 tiles" if tiles4 < t.winograd4_min_tiles else None)
     if why_not["winograd-4x4"] is None:
         return ConvPlan(ConvAlgorithm.WINOGRAD_4X4,
                         f"float32 3x3 stride 1 at inference, no pool, output {oh}x{ow} (a multiple "
-                        f"of 4), {p.channels} >= {t.winograd4_min_channels} input channels",
-                        **gemms)
+                        f"of 4), {p.channels} >= {t.winograd4_min_channels} input channels, "
+                        f"{tiles4} >= {t.winograd4_min_tiles} 4x4 tiles", **gemms)
     least = t.winograd_min_channels if p.pool else t.winograd_unpooled_min_channels
     why_not["winograd"] = _winograd_fits(p) or (
         "float32 only" if not f32 else

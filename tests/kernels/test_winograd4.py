@@ -54,7 +54,7 @@ def test_error_is_near_unfolding_s(rng):
         assert np.abs(got - want).max() < 2e-6 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("n, h, w", [(1, 16, 16), (1, 12, 20), (2, 8, 8)])
+@pytest.mark.parametrize("n, h, w", [(1, 16, 16), (1, 12, 20), (3, 8, 8)])
 def test_two_threads_sharing_a_batch_match_one_thread_exactly(n, h, w, rng, monkeypatch, using):
     """A small batch split by tiles between two threads gives the same bits as one
     thread doing all of it."""
@@ -82,15 +82,15 @@ def test_a_residual_block_at_inference_matches_the_reference_path(n, rng):
     norms taken into their filters' transform, the sum and its ReLU in the
     second conv's output pass. In-place changes of a weight and of a norm's
     statistics show in the next predict."""
-    inputs = Input((32, 8, 12))
+    inputs = Input((32, 16, 12))
     y = ReLU()(BatchNorm2D(32)(Conv2D(32, 32, 3, padding=1, bias=False)(inputs)))
     y = BatchNorm2D(32)(Conv2D(32, 32, 3, padding=1, bias=False)(y))
     model = Model(inputs, ReLU()(Add()([y, inputs])), seed=4)
     for name, buffer in model.named_buffers():
         buffer[...] = (rng.uniform(0.5, 2, buffer.shape) if "var" in name
                        else rng.normal(size=buffer.shape) * 0.1)
-    x = rng.normal(size=(n, 32, 8, 12)).astype(np.float32)
-    rows = nnjit.explain(model, (32, 8, 12), batch=n, training=False)
+    x = rng.normal(size=(n, 32, 16, 12)).astype(np.float32)
+    rows = nnjit.explain(model, (32, 16, 12), batch=n, training=False)
     assert [r.runs for r in rows].count("winograd-4x4") == 2
 
     def check():
@@ -116,7 +116,7 @@ def test_never_reads_the_rows_its_workspaces_pad_to(rng):
     model = Sequential([Conv2D(32, 40, 3, padding=1), ReLU()], seed=1)
     conv = model.layers[0]
     for n in (1, 3, 40):
-        x = rng.standard_normal((n, 32, 12, 8)).astype(np.float32)
+        x = rng.standard_normal((n, 32, 12, 16)).astype(np.float32)
         assert runs_winograd4(conv, x.shape)
         before = model.predict(x).copy()
         for name, buf in conv._buffers.items():
@@ -125,8 +125,10 @@ def test_never_reads_the_rows_its_workspaces_pad_to(rng):
         np.testing.assert_array_equal(model.predict(x), before)
 
 
-def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels(using):
+def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_tiles(using):
     conv = Sequential([Conv2D(32, 8, 3, padding=1)], seed=0).layers[0]
+    assert not runs_winograd4(conv, (1, 32, 8, 8))  # 4 tiles: F(2x2, 3x3)
+    assert conv.plan((1, 32, 8, 8), False).algorithm is ConvAlgorithm.WINOGRAD
     narrow = Sequential([Conv2D(16, 8, 3, padding=1)], seed=0).layers[0]
     assert runs_winograd4(conv, (2, 32, 8, 12))
     assert conv.plan((2, 32, 8, 12), True).algorithm is ConvAlgorithm.WINOGRAD  # training
