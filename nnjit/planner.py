@@ -91,8 +91,8 @@ class Tuning:
     #: 500 windows: 64->128 on 8x8 0.76 / 1.89, 0.83 / 2.17, 1.02 / 2.39, 1.35 /
     #: 3.30: best at 0.4-0.8 MB, in the cores' 1 MB L2.
     winograd_chunk_bytes: int = 768 << 10
-    #: Fewest input channels for F(4x4, 3x3) Winograd at inference (no pool, an
-    #: output a multiple of 4 a side), which then runs before F(2x2, 3x3): its
+    #: Fewest input channels for F(4x4, 3x3) Winograd (no pool, an output a
+    #: multiple of 4 a side), which then runs before F(2x2, 3x3): its
     #: transforms move 36 values per 16 outputs, too many for a short sum.
     #: Batch 128, two threads, ms F(4x4) / F(2x2) / direct: 32->32 on 16x16
     #: 1.80 / 2.59 / -, 64->64 on 8x8 1.20 / 1.76 / -, 16->16 on 32x32 5.2 /
@@ -224,8 +224,8 @@ class ConvAlgorithm(str, enum.Enum):
 
     #: F(2x2, 3x3) Winograd with the 2x2 max-pool (and ReLU) fused; its own backward.
     WINOGRAD = "winograd"
-    #: F(4x4, 3x3) Winograd at inference, without a pool: 4x fewer multiply-adds
-    #: (F(2x2, 3x3): 2.25x), an output a multiple of 4 a side.
+    #: F(4x4, 3x3) Winograd without a pool: 4x fewer multiply-adds (F(2x2, 3x3):
+    #: 2.25x), an output a multiple of 4 a side. Backward: F(2x2, 3x3)'s.
     WINOGRAD_4X4 = "winograd-4x4"
     #: Direct loops over each output plane, for any groups and dilation (the only
     #: path that runs them; depthwise convs are memory-bound); its own backward.
@@ -461,11 +461,9 @@ def _winograd_fits(p: ConvProblem) -> str | None:
 
 def _winograd4_fits(p: ConvProblem) -> str | None:
     """Why F(4x4, 3x3) Winograd cannot run ``p``, or None when it can: a 3x3
-    stride-1 conv at inference, no pool after it, an output a multiple of 4 a side."""
+    stride-1 conv, no pool after it, an output a multiple of 4 a side."""
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return "needs a 3x3 kernel at stride 1"
-    if p.training:
-        return "runs at inference only"
     if p.pool is not None:
         return "runs without a fused pool only"
     oh, ow = p.output
@@ -609,10 +607,11 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
         "float32 only" if not f32 else
         f"{p.channels} < {t.winograd4_min_channels} input channels"
         if p.channels < t.winograd4_min_channels else
-        f"{tiles4} < {t.winograd4_min_tiles} 4x4 tiles" if tiles4 < t.winograd4_min_tiles else None)
+        f"{tiles4} < {t.winograd4_min_tiles} 4x4 tiles" if tiles4 < t.winograd4_min_tiles else
+        "off in training" if p.training and not t.winograd_in_training else None)
     if why_not["winograd-4x4"] is None:
         return ConvPlan(ConvAlgorithm.WINOGRAD_4X4,
-                        f"float32 3x3 stride 1 at inference, no pool, output {oh}x{ow} (a multiple "
+                        f"float32 3x3 stride 1, no pool, output {oh}x{ow} (a multiple "
                         f"of 4), {p.channels} >= {t.winograd4_min_channels} input channels, "
                         f"{tiles4} >= {t.winograd4_min_tiles} 4x4 tiles", **gemms)
     least = t.winograd_min_channels if p.pool else t.winograd_unpooled_min_channels

@@ -1,4 +1,4 @@
-"""A 3x3 stride-1 convolution at inference by Winograd's minimal filtering
+"""A 3x3 stride-1 convolution's forward pass by Winograd's minimal filtering
 F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural
 Networks", 2016).
 
@@ -25,7 +25,8 @@ against 3.4-4.4e-6; unfolding onto a GEMM gives 0.6-1.3e-6):
     G = [[1, 0, 0], [8, 12, 18]/65, [8, -12, 18]/65, [-81/130, -27/65, -18/65],
          [-81/130, 27/65, -18/65], [0, 0, 1]]
 
-Inference only: training runs F(2x2, 3x3), whose backward is written for it.
+Forward only: in training, backward is F(2x2, 3x3)'s (``nnjit.kernels.winograd``,
+the gradients of the same conv).
 
 Channels are the contiguous axis of every transform, as in F(2x2, 3x3): the
 image is copied channels-last first (``channels_last``), a tile's 36 inputs
@@ -284,8 +285,8 @@ def images_part(part, x, weight, scale, bias, C, H, W, PH, PW, TH, TW, relu, N, 
 def winograd4_conv(filters_part, images_part, x, weight, scale, bias, C, H, W, PH, PW, TH, TW,
                    relu, N, parts, per, kept, Ut, image, Vt, Mt, stage, out, split, tiles, blas,
                    residual, add_relu):
-    """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] at inference by F(4x4, 3x3)
-    (module docstring), for an output of 4*TH x 4*TW.
+    """Conv2D(3x3, stride 1, padding PH, PW) + [ReLU] by F(4x4, 3x3) (module
+    docstring), for an output of 4*TH x 4*TW.
 
     x: float32 (N*C*H*W,); weight (OC*C*9,); scale (OC,), each output channel's
     filters' factor (a batch norm folded into the conv), or size 0 (none);

@@ -397,31 +397,36 @@ class Conv2D(Layer):
         chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
         return parts, per, chunk_threads, padded_rows(per * tiles)
 
-    def _winograd4_forward(self, x, residual=None):
-        """Inference forward by ``winograd4_conv``: x float32 (N, C, H, W) -> (N, OC,
-        OH, OW), plus ``residual`` (of its shape; then the add's ReLU) if given."""
+    def _winograd4_forward(self, x, training, residual=None):
+        """Forward by ``winograd4_conv``: x float32 (N, C, H, W) -> (N, OC, OH, OW),
+        plus ``residual`` (of its shape; then the add's ReLU) if given. In
+        training, backward is F(2x2, 3x3)'s (``_winograd_backward``): the
+        gradients of the same conv, which F(4x4, 3x3) has no adjoint for."""
         n, c, h, w = x.shape
         oc, dtype, (ph, pw) = self.out_channels, self.dtype, self.padding
         _, oh, ow = self.output_shape((c, h, w))
         parts, per, chunk_threads, rows = self._winograd4_plan(x.shape)
         spaces = max(parts, chunk_threads)
-        out = self._buffer("out/eval", (n, oc, oh, ow), dtype)
+        out = self._buffer(f"out/{'train' if training else 'eval'}", (n, oc, oh, ow), dtype)
         weight, scale = ((self._scaled_from.weight, self.norm_scale)
-                         if self._scaled_from is not None else (self.weight, self._no_scale()))
+                         if self._scaled_from is not None and not training
+                         else (self.weight, self._no_scale()))
+        # Workspaces apart from F(2x2, 3x3)'s, which backward then uses: shared,
+        # each training step would allocate both anew.
         winograd4_conv.run(
             spaces > 1, x.reshape(-1), weight.value.reshape(-1), scale, self._bias_values(), c, h,
             w, ph, pw, oh // 4, ow // 4, self.fused_relu, n, parts, per,
             # NaN: the kept filters match nothing, so the first call transforms them.
             self._buffer("winograd4/kept", (weight.value.size + oc,), dtype, fill=np.nan),
             self._buffer("winograd4/Ut", (36 * c * oc,), dtype),
-            self._buffer("winograd/image", (spaces, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
-            self._buffer("winograd/Vt", (spaces, 36 * rows * c), dtype),
-            self._buffer("winograd/Mt", (spaces, 36 * rows * oc), dtype),
+            self._buffer("winograd4/image", (spaces, (h + 2 * ph) * (w + 2 * pw) * c), dtype),
+            self._buffer("winograd4/Vt", (spaces, 36 * rows * c), dtype),
+            self._buffer("winograd4/Mt", (spaces, 36 * rows * oc), dtype),
             self._buffer("winograd4/stage", (spaces, 4 * ow * oc + 36 * STAGE_CHANNELS), dtype),
             out.reshape(-1), chunk_threads, planner.host().tiles, blas_handle(),
             self._no_residual() if residual is None else residual.reshape(-1),
             self.fused_add_relu)
-        self._cache = None
+        self._cache = (x, out, self._no_argmax(), "winograd") if training else None
         return out
 
     def _winograd_workspaces(self, parts, rows, c, h, w, ph, pw, poh, pow_):
@@ -718,7 +723,7 @@ class Conv2D(Layer):
         if plan.algorithm is ConvAlgorithm.WINOGRAD:
             return self._winograd_forward(x, training, residual)
         if plan.algorithm is ConvAlgorithm.WINOGRAD_4X4:
-            return self._winograd4_forward(x, residual)
+            return self._winograd4_forward(x, training, residual)
         if self._scaled_from is not None and not training:  # see take_norm_scale
             scaled_rows(self.norm_scale, self._scaled_from.weight.value.reshape(-1),
                         self.weight.value.reshape(-1))

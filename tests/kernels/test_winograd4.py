@@ -120,7 +120,7 @@ def test_never_reads_the_rows_its_workspaces_pad_to(rng):
         assert runs_winograd4(conv, x.shape)
         before = model.predict(x).copy()
         for name, buf in conv._buffers.items():
-            if name.startswith("winograd/"):
+            if name.startswith("winograd4/") and name not in ("winograd4/kept", "winograd4/Ut"):
                 buf[...] = np.nan
         np.testing.assert_array_equal(model.predict(x), before)
 
@@ -130,9 +130,9 @@ def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_ti
     assert not runs_winograd4(conv, (1, 32, 8, 8))  # 4 tiles: F(2x2, 3x3)
     assert conv.plan((1, 32, 8, 8), False).algorithm is ConvAlgorithm.WINOGRAD
     narrow = Sequential([Conv2D(16, 8, 3, padding=1)], seed=0).layers[0]
-    assert runs_winograd4(conv, (2, 32, 8, 12))
-    assert conv.plan((2, 32, 8, 12), True).algorithm is ConvAlgorithm.WINOGRAD  # training
-    assert conv.plan((2, 32, 6, 8), False).algorithm is ConvAlgorithm.WINOGRAD  # 6x8
+    for training in (False, True):
+        assert conv.plan((2, 32, 8, 12), training).algorithm is ConvAlgorithm.WINOGRAD_4X4
+        assert conv.plan((2, 32, 6, 8), training).algorithm is ConvAlgorithm.WINOGRAD  # 6x8
     assert not runs_winograd4(narrow, (2, 16, 8, 8))
     assert not runs_winograd4(Sequential([Conv2D(32, 8, 3, stride=2, padding=1)]).layers[0],
                               (2, 32, 16, 16))
@@ -141,5 +141,38 @@ def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_ti
     using(conv="winograd-4x4")
     with pytest.raises(nnjit.PlanError, match="multiple of 4"):
         conv.plan((2, 32, 6, 8), False)
-    with pytest.raises(nnjit.PlanError, match="inference only"):
-        conv.plan((2, 32, 8, 8), True)
+
+
+@pytest.mark.parametrize("n, c, h, w, oc, relu, need_input_grad", [
+    (5, 32, 16, 16, 32, True, True),   # ResNet-20's middle stage, a ReLU fused
+    (3, 40, 8, 12, 20, False, True),   # not square, no ReLU
+    (1, 32, 16, 12, 48, True, False),  # one image shared by two threads; no input gradient
+])
+def test_training_forward_with_the_2x2_backward_matches_the_unfold_path(
+        n, c, h, w, oc, relu, need_input_grad, rng):
+    """In training F(4x4, 3x3) computes the output and F(2x2, 3x3) the gradients:
+    output, input, weight and bias gradients equal the unfold path's, and a
+    training step leaves no F(2x2) workspace reallocated (each keeps its own)."""
+    conv = Sequential([Conv2D(c, oc, 3, padding=1)] + ([ReLU()] if relu else []),
+                      seed=3).layers[0]
+    conv.bias.value[...] = rng.normal(size=oc)
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    dy = rng.normal(size=(n, oc, h, w)).astype(np.float32)
+    results = []
+    for algorithm in ("winograd-4x4", "unfold"):
+        with nnjit.using(conv=algorithm):
+            assert conv.plan(x.shape, True).algorithm.value == algorithm
+            for step in range(2):
+                out = conv.forward(x).copy()
+                dx = conv.backward(dy if not relu else dy * (out > 0), need_input_grad)
+                if step == 0:
+                    buffers = {name: id(b) for name, b in conv._buffers.items()}
+        assert buffers == {name: id(b) for name, b in conv._buffers.items()}
+        results.append((out, None if dx is None else dx.copy(), conv.weight.grad.copy(),
+                        conv.bias.grad.copy()))
+    assert "winograd/dU" in conv._buffers and "winograd4/Vt" in conv._buffers
+    for a, b, name in zip(*results, ("out", "dx", "dweight", "dbias"), strict=True):
+        if b is None:
+            assert a is None, name
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)

@@ -102,14 +102,17 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
     unpooled = problem(pool=None, width=28, height=28, channels=16)
     assert plan_conv(unpooled).algorithm is \
         (ConvAlgorithm.DIRECT if tiles else ConvAlgorithm.UNFOLD)
-    assert plan_conv(problem(pool=None, width=14, height=14)).algorithm is \
-        ConvAlgorithm.WINOGRAD  # 32 channels, an even output
+    assert plan_conv(problem(pool=None, width=16, height=16)).algorithm is \
+        ConvAlgorithm.WINOGRAD  # 32 channels, an even output (14x14)
     assert plan_conv(problem(pool=None, width=13, height=13)).algorithm is not \
         ConvAlgorithm.WINOGRAD
-    assert plan_conv(problem(pool=None, width=18, height=18, training=False)).algorithm is \
-        ConvAlgorithm.WINOGRAD_4X4  # at inference, a 16x16 output
-    assert plan_conv(problem(pool=None, width=16, height=16, training=False)).algorithm is \
-        ConvAlgorithm.WINOGRAD  # a 14x14 output
+    for training in (True, False):
+        assert plan_conv(problem(pool=None, width=18, height=18, training=training)).algorithm \
+            is ConvAlgorithm.WINOGRAD_4X4  # a 16x16 output
+        assert plan_conv(problem(pool=None, width=18, height=18, training=training,
+                                 batch=1)).algorithm is ConvAlgorithm.WINOGRAD_4X4  # 16 tiles
+        assert plan_conv(problem(pool=None, width=10, height=10, training=training,
+                                 batch=2)).algorithm is ConvAlgorithm.WINOGRAD  # 8 tiles
     with nnjit.using(winograd_in_training=False):
         assert plan_conv(problem()).algorithm is not ConvAlgorithm.WINOGRAD
         assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD
