@@ -460,10 +460,13 @@ def _winograd_fits(p: ConvProblem) -> str | None:
 
 
 def _winograd4_fits(p: ConvProblem) -> str | None:
-    """Why F(4x4, 3x3) Winograd cannot run ``p``, or None when it can: a 3x3
-    stride-1 conv, no pool after it, an output a multiple of 4 a side."""
+    """Why F(4x4, 3x3) Winograd cannot run ``p``, or None when it can: a float32
+    3x3 stride-1 conv, no pool after it, an output a multiple of 4 a side (its
+    transforms' constants are float32: 2/3 and 4/9 are not exact)."""
     if p.kernel != (3, 3) or p.stride != (1, 1):
         return "needs a 3x3 kernel at stride 1"
+    if np.dtype(p.dtype) != np.float32:
+        return f"runs float32 only (got {p.dtype})"
     if p.pool is not None:
         return "runs without a fused pool only"
     oh, ow = p.output
@@ -604,7 +607,6 @@ def plan_conv(p: ConvProblem) -> ConvPlan:
     why_not = {}  # algorithm -> why its rule does not hold, for the general path's rule
     tiles4 = p.batch * (oh // 4) * (ow // 4)
     why_not["winograd-4x4"] = _winograd4_fits(p) or (
-        "float32 only" if not f32 else
         f"{p.channels} < {t.winograd4_min_channels} input channels"
         if p.channels < t.winograd4_min_channels else
         f"{tiles4} < {t.winograd4_min_tiles} 4x4 tiles" if tiles4 < t.winograd4_min_tiles else

@@ -138,9 +138,13 @@ def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_ti
                               (2, 32, 16, 16))
     assert not runs_winograd4(Sequential([Conv2D(32, 8, 5, padding=2)]).layers[0],
                               (2, 32, 16, 16))
+    double = Sequential([Conv2D(32, 8, 3, padding=1, dtype=np.float64)], seed=0).layers[0]
+    assert not runs_winograd4(double, (2, 32, 8, 8))
     using(conv="winograd-4x4")
     with pytest.raises(nnjit.PlanError, match="multiple of 4"):
         conv.plan((2, 32, 6, 8), False)
+    with pytest.raises(nnjit.PlanError, match="float32 only"):
+        double.plan((2, 32, 8, 8), False)
 
 
 @pytest.mark.parametrize("n, c, h, w, oc, relu, need_input_grad", [
