@@ -130,8 +130,11 @@ def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_ti
     assert not runs_winograd4(conv, (1, 32, 8, 8))  # 4 tiles: F(2x2, 3x3)
     assert conv.plan((1, 32, 8, 8), False).algorithm is ConvAlgorithm.WINOGRAD
     narrow = Sequential([Conv2D(16, 8, 3, padding=1)], seed=0).layers[0]
+    assert runs_winograd4(conv, (2, 32, 8, 12))
+    assert conv.plan((2, 32, 8, 12), True).algorithm is ConvAlgorithm.WINOGRAD  # training
+    with nnjit.using(winograd4_in_training=True):
+        assert conv.plan((2, 32, 8, 12), True).algorithm is ConvAlgorithm.WINOGRAD_4X4
     for training in (False, True):
-        assert conv.plan((2, 32, 8, 12), training).algorithm is ConvAlgorithm.WINOGRAD_4X4
         assert conv.plan((2, 32, 6, 8), training).algorithm is ConvAlgorithm.WINOGRAD  # 6x8
     assert not runs_winograd4(narrow, (2, 16, 8, 8))
     assert not runs_winograd4(Sequential([Conv2D(32, 8, 3, stride=2, padding=1)]).layers[0],
@@ -154,7 +157,8 @@ def test_runs_at_inference_on_outputs_a_multiple_of_4_from_32_channels_and_12_ti
 ])
 def test_training_forward_with_the_2x2_backward_matches_the_unfold_path(
         n, c, h, w, oc, relu, need_input_grad, rng):
-    """In training F(4x4, 3x3) computes the output and F(2x2, 3x3) the gradients:
+    """In training (forced, or ``Tuning.winograd4_in_training``) F(4x4, 3x3)
+    computes the output and F(2x2, 3x3) the gradients:
     output, input, weight and bias gradients equal the unfold path's, and a
     training step leaves no F(2x2) workspace reallocated (each keeps its own)."""
     conv = Sequential([Conv2D(c, oc, 3, padding=1)] + ([ReLU()] if relu else []),

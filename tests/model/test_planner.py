@@ -106,13 +106,14 @@ def test_the_rules_choose_by_problem_host_and_thresholds(tiles, using):
         ConvAlgorithm.WINOGRAD  # 32 channels, an even output (14x14)
     assert plan_conv(problem(pool=None, width=13, height=13)).algorithm is not \
         ConvAlgorithm.WINOGRAD
-    for training in (True, False):
-        assert plan_conv(problem(pool=None, width=18, height=18, training=training)).algorithm \
-            is ConvAlgorithm.WINOGRAD_4X4  # a 16x16 output
-        assert plan_conv(problem(pool=None, width=18, height=18, training=training,
-                                 batch=1)).algorithm is ConvAlgorithm.WINOGRAD_4X4  # 16 tiles
-        assert plan_conv(problem(pool=None, width=10, height=10, training=training,
-                                 batch=2)).algorithm is ConvAlgorithm.WINOGRAD  # 8 tiles
+    assert plan_conv(problem(pool=None, width=18, height=18)).algorithm is \
+        ConvAlgorithm.WINOGRAD  # training: F(4x4, 3x3) off (Tuning.winograd4_in_training)
+    assert plan_conv(problem(pool=None, width=18, height=18, training=False)).algorithm is \
+        ConvAlgorithm.WINOGRAD_4X4  # a 16x16 output at inference
+    assert plan_conv(problem(pool=None, width=18, height=18, training=False,
+                             batch=1)).algorithm is ConvAlgorithm.WINOGRAD_4X4  # 16 tiles
+    assert plan_conv(problem(pool=None, width=10, height=10, training=False,
+                             batch=2)).algorithm is ConvAlgorithm.WINOGRAD  # 8 tiles
     with nnjit.using(winograd_in_training=False):
         assert plan_conv(problem()).algorithm is not ConvAlgorithm.WINOGRAD
         assert plan_conv(problem(training=False)).algorithm is ConvAlgorithm.WINOGRAD
