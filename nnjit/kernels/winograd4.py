@@ -207,10 +207,10 @@ def tile_rows_out(Mt, bias, OC, TH, TW, t0, t1, row0, Lp, relu, stage, tile, out
                   add_relu):
     """The outputs of tiles [t0, t1) of one image (``output_tiles``, from rows
     row0 .. of Mt) into out (OC, OH, OW) of that image, a row of tiles at a
-    time through stage (channels-last; tile: ``output_tiles``'s), then, when ``residual`` (of out's
-    size, same offsets) is given, residual added and max(., 0) with
-    ``add_relu`` while the rows are in cache (a residual sum fused into the
-    conv, ``nnjit.fusion``)."""
+    time through stage (channels-last; tile: ``output_tiles``'s workspace),
+    then, when ``residual`` (of out's size, same offsets) is given, residual
+    added and max(., 0) with ``add_relu`` while the rows are in cache (a
+    residual sum fused into the conv, ``nnjit.fusion``)."""
     OW = 4 * TW
     P = 16 * TH * TW  # OH*OW
     for i in range(t0 // TW, (t1 - 1) // TW + 1):
