@@ -134,12 +134,12 @@ def _planned(model, shape, batch, optimizer, settings):
 
 def extras():
     """What no network above calls: the loss's options, the augmentation and
-    the inference-only conv."""
+    F(4x4, 3x3) Winograd (by default at inference only)."""
     logits = np.random.default_rng(0).random((64, 10)).astype(np.float32)
     CrossEntropyLoss(weight=np.ones(10), label_smoothing=0.1)(logits, np.arange(64) % 10)
     images = np.zeros((64, 3, 8, 8), np.float32)
     Augment(crop=2, flip=True, erase=0.5)(images, np.random.default_rng(0))
-    # F(4x4, 3x3) Winograd runs at inference only: a norm folded into it, a residual summed
+    # F(4x4, 3x3) Winograd with a norm folded into it and a residual summed
     x = Input((32, 8, 8))
     y = BatchNorm2D(32)(Conv2D(32, 32, 3, padding=1, bias=False)(x))
     model = Model(x, ReLU()(Add()([y, x])), seed=0)
