@@ -126,6 +126,18 @@ def filter_gradients(dUt, C, oc0, oc1, OC, dweight):
 
 
 @helper
+def filters_changed(weight, scale, C, oc0, oc1, OC, kept):
+    """True when the filters of output channels [oc0, oc1) or their scale ((OC,),
+    or size 0: none) differ from kept (OC*C*9 + OC,: the filters, then the
+    scale, as last transformed), which then takes them (``refresh_kept``).
+    Both Winograd transforms keep their filters this way."""
+    changed = refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9)
+    if scale.size:
+        changed |= refresh_kept(scale, kept[OC * C * 9:], oc0, oc1)
+    return changed
+
+
+@helper
 def refresh_filters(weight, scale, C, oc0, oc1, OC, kept, Ut):
     """Keep Ut the transform of the filters of output channels [oc0, oc1), each
     output channel's times scale[oc] (scale (OC,), or size 0: none), redone
@@ -134,10 +146,7 @@ def refresh_filters(weight, scale, C, oc0, oc1, OC, kept, Ut):
     folded into the conv comes in as that scale: at inference the weights are
     then read once a call (to compare), not also scaled and written (ResNet-20,
     one image: 6% of its time)."""
-    changed = refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9)
-    if scale.size:
-        changed |= refresh_kept(scale, kept[OC * C * 9:], oc0, oc1)
-    if changed:
+    if filters_changed(weight, scale, C, oc0, oc1, OC, kept):
         transform_filters(weight, C, oc0, oc1, OC, OC, 1, Ut)
         if scale.size:
             for xi_c in range(16 * C):
@@ -449,6 +458,17 @@ def transform_windows(x, w0, w1, C, H, W, PH, PW, POH, POW, image, Vt, Lp, stage
 
 
 @cached_njit(inline="always")
+def part_windows(part, N, T, parts, per, split):
+    """(start, stop, step): the windows (or tiles) of a batch of N images of T
+    each that part ``part`` of a Winograd forward takes, ``step`` at a time:
+    images [part*N//parts, (part+1)*N//parts), ``per`` at a time, or with
+    split > 1 thread ``part``'s share of the one chunk (``split_bound``)."""
+    if split > 1:
+        return split_bound(part, N * T, split), split_bound(part + 1, N * T, split), N * T
+    return part * N // parts * T, (part + 1) * N // parts * T, per * T
+
+
+@cached_njit(inline="always")
 def split_bound(g, L, split):
     """Where thread g's windows start when ``split`` threads share L: near g*L/split,
     at a multiple of 8 (whole 8-row register tiles: of one image's 25, 16 and
@@ -507,12 +527,7 @@ def forward_images_part(part, x, weight, scale, bias, C, H, W, PH, PW, POH, POW,
     OC = bias.size
     T = POH * POW
     Lp = padded_rows(per * T)
-    if split > 1:  # one chunk: this thread's windows of it
-        start, stop = split_bound(part, N * T, split), split_bound(part + 1, N * T, split)
-        step = N * T
-    else:
-        start, stop = part * N // parts * T, (part + 1) * N // parts * T
-        step = per * T
+    start, stop, step = part_windows(part, N, T, parts, per, split)
     image, Vt, Mt, pooled = image[part], Vt[part], Mt[part], pooled[part]
     stage = np.empty(16 * STAGE_CHANNELS, x.dtype)
     for w0 in range(start, stop, step):

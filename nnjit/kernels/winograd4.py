@@ -45,8 +45,8 @@ from ._jit import call_part, helper, kernel, prange
 from .cache import cached_njit
 from .merge import add_run
 from .runs import copy_run
-from .tiles import batched_product, refresh_kept, transpose_slice
-from .winograd import STAGE_CHANNELS, channels_last, padded_rows, split_bound
+from .tiles import batched_product, transpose_slice
+from .winograd import STAGE_CHANNELS, channels_last, filters_changed, padded_rows, part_windows
 
 U = np.uint64
 F = np.float32
@@ -108,12 +108,8 @@ def transform_filters(weight, scale, C, oc0, oc1, OC, Ut):
 def refresh_filters(weight, scale, C, oc0, oc1, OC, kept, Ut):
     """Keep Ut the transform of the filters of output channels [oc0, oc1) times
     their scale, redone only when filters or scale changed (``refresh_kept``;
-    kept (OC*C*9 + OC,), the scale after the filters), as
-    ``winograd.refresh_filters`` does for F(2x2, 3x3)."""
-    changed = refresh_kept(weight, kept, oc0 * C * 9, oc1 * C * 9)
-    if scale.size:
-        changed |= refresh_kept(scale, kept[OC * C * 9:], oc0, oc1)
-    if changed:
+    kept (OC*C*9 + OC,), the scale after the filters: ``filters_changed``)."""
+    if filters_changed(weight, scale, C, oc0, oc1, OC, kept):
         transform_filters(weight, scale, C, oc0, oc1, OC, Ut)
 
 
@@ -257,12 +253,7 @@ def images_part(part, x, weight, scale, bias, C, H, W, PH, PW, TH, TW, relu, N, 
     OC = bias.size
     T = TH * TW
     Lp = padded_rows(per * T)
-    if split > 1:  # one chunk: this thread's tiles of it
-        start, stop = split_bound(part, N * T, split), split_bound(part + 1, N * T, split)
-        step = N * T
-    else:
-        start, stop = part * N // parts * T, (part + 1) * N // parts * T
-        step = per * T
+    start, stop, step = part_windows(part, N, T, parts, per, split)
     image, Vt, Mt, stage = image[part], Vt[part], Mt[part], stage[part]
     staged = stage[4 * TW * 4 * OC:]  # the transforms' tiles; the output rows' before it
     size = OC * 16 * T  # one image's output

@@ -375,27 +375,28 @@ class Conv2D(Layer):
         _, oh, ow = self.output_shape((c, h, w))
         poh, pow_ = (oh // 2, ow // 2) if self.fused_pool is None else \
             self.fused_pool.output_shape((oc, oh, ow))[1:]
-        windows = poh * pow_
-        parts = parts_for(n * windows * 16 * c * oc, n)
+        return (*self._winograd_chunks(n, c, poh * pow_, 16), (c, h, w, *self.padding, poh, pow_))
+
+    def _winograd_chunks(self, n, c, windows, products):
+        """(parts, per, chunk_threads, rows) of a Winograd call on n images of c
+        channels, each ``windows`` pooling windows (or tiles), with ``products``
+        GEMMs per chunk: the threads' parts, images per chunk (its transformed
+        tiles and products within ``Tuning.winograd_chunk_bytes``), the threads
+        that share a batch in one chunk (1: none), and Lp (``padded_rows``)."""
+        oc = self.out_channels
+        parts = parts_for(n * windows * products * c * oc, n)
         per = max(1, min(planner.tuning().winograd_chunk_bytes
-                         // (windows * 16 * (c + oc) * self.dtype.itemsize),
+                         // (windows * products * (c + oc) * self.dtype.itemsize),
                          -(-n // parts)))
         chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
-        return (parts, per, chunk_threads, padded_rows(per * windows),
-                (c, h, w, *self.padding, poh, pow_))
+        return parts, per, chunk_threads, padded_rows(per * windows)
 
     def _winograd4_plan(self, input_shape):
         """(parts, per, chunk_threads, rows) of an F(4x4, 3x3) call on input (N, C,
         H, W), as ``_winograd_plan``'s for the 4x4 output tiles."""
         n, c, h, w = input_shape
         _, oh, ow = self.output_shape((c, h, w))
-        tiles = oh // 4 * (ow // 4)
-        parts = parts_for(n * tiles * 36 * c * self.out_channels, n)
-        per = max(1, min(planner.tuning().winograd_chunk_bytes
-                         // (tiles * 36 * (c + self.out_channels) * self.dtype.itemsize),
-                         -(-n // parts)))
-        chunk_threads = min(2, get_num_threads()) if parts == 1 and per >= n else 1
-        return parts, per, chunk_threads, padded_rows(per * tiles)
+        return self._winograd_chunks(n, c, oh // 4 * (ow // 4), 36)
 
     def _winograd4_forward(self, x, training, residual=None):
         """Forward by ``winograd4_conv``: x float32 (N, C, H, W) -> (N, OC, OH, OW),
