@@ -74,9 +74,9 @@ class Model:
         # and export, but are not run.
         self._passes: dict[bool, tuple] = {}
         self._pass()[0].apply()  # the layers called one by one run as in training
-        self._replayed = ReplayedInference(self._run_inference, self.dtype, self._bindings)
+        self._replayed = ReplayedInference(self._run_inference, self.dtype)
         # The passes of a larger predict, the norms folded once before them.
-        self._replayed_pass = ReplayedInference(self._run_folded, self.dtype, self._bindings)
+        self._replayed_pass = ReplayedInference(self._run_folded, self.dtype)
         self._logits = None
         #: What ``backward`` and ``evaluate`` take the gradient and loss of; replace it
         #: for class weights or label smoothing (``CrossEntropyLoss``).
@@ -211,15 +211,6 @@ class Model:
         """One inference pass on x, the norms as last folded (``predict`` folds them
         once before a batch's passes: MobileNet on 1,000 images runs 63)."""
         return self._run(x, training=False)
-
-    def _bindings(self) -> list[tuple[object, str]]:
-        """(owner, attribute) of every parameter and buffer inference reads, and of
-        each parameter's value (see ``ReplayedInference``)."""
-        layers = self.layers + [copy for _, inference in self._passes.values()
-                                for _, _, copy in inference.pairs]
-        return [pair for layer in layers for name, p in layer.named_parameters()
-                for pair in ((layer, name), (p, "value"))] + \
-            [(layer, name) for layer in layers for name in layer.buffer_names]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Training forward pass; keeps what ``backward`` needs.

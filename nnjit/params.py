@@ -7,7 +7,27 @@ here, and the optimizer state laid out against them, stay attached.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+_rebinds = 0
+_rebinds_lock = threading.Lock()
+
+
+def rebinds() -> int:
+    """How many times an array that kernels may hold by reference has been
+    rebound: a Parameter's ``value``, or a layer attribute holding a Parameter
+    or a buffer (``Layer.__setattr__``). A replayed ``predict`` whose count has
+    moved since it recorded its kernel calls records them anew."""
+    return _rebinds
+
+
+def note_rebinding() -> None:
+    """Count one rebinding (see :func:`rebinds`)."""
+    global _rebinds
+    with _rebinds_lock:  # two threads' += must not count once
+        _rebinds += 1
 
 
 class Parameter:
@@ -27,6 +47,11 @@ class Parameter:
         self.value = np.ascontiguousarray(value)
         self.grad = np.zeros_like(self.value)
         self._flat: FlatParameters | None = None
+
+    def __setattr__(self, name, value):
+        if name == "value" and self.__dict__.get("value", value) is not value:
+            note_rebinding()
+        object.__setattr__(self, name, value)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import memory
-from ..params import Parameter
+from ..params import Parameter, note_rebinding
 
 #: Every Layer subclass by class name, so checkpoints can rebuild a model.
 LAYER_TYPES: dict[str, type["Layer"]] = {}
@@ -37,6 +37,16 @@ class Layer:
 
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
+
+    def __setattr__(self, name, value):
+        # A replayed predict holds parameters and buffers by reference: replacing
+        # one must reach it (``nnjit.params.rebinds``).
+        held = self.__dict__
+        if name in held and held[name] is not value and (
+                name in self.buffer_names or isinstance(value, Parameter)
+                or isinstance(held[name], Parameter)):
+            note_rebinding()
+        object.__setattr__(self, name, value)
 
     def __call__(self, *inputs):
         """On symbolic tensors (``nnjit.Input`` and layers' outputs): record this

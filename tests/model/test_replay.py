@@ -6,7 +6,7 @@ import nnjit
 from conftest import errors_in_threads
 from nnjit import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                    Sequential, Softmax)
-from nnjit.params import FlatParameters
+from nnjit.params import FlatParameters, rebinds
 from nnjit.replay import REPLAY_ELEMENTS
 from nnjit.spec import build_model
 
@@ -95,6 +95,34 @@ def test_replay_follows_buffers_and_parameters_replaced(rng):
     got = model.predict(x)
     np.testing.assert_array_equal(got, layers_path(model, x))
     assert not np.array_equal(got, after_norm)
+
+
+def test_training_steps_and_in_place_changes_keep_the_recording(rng):
+    """Only rebinding makes a recording stale: training steps and in-place
+    changes reach a replay through the arrays it holds, so a predict after each
+    step replays the recording it has; replacing a buffer records anew."""
+    model = build_model("conv:8:3:same,bn,relu,res:8,gap,dense:3,softmax", (1, 10, 10), seed=0)
+    opt = nnjit.Momentum(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    norm = next(layer for layer in model.layers if isinstance(layer, BatchNorm2D))
+    x = rng.standard_normal((1, 1, 10, 10)).astype(np.float32)
+    model.predict(x)
+    model.predict(x)
+    recordings = [r for r in model._replayed._recordings.values() if r is not None]
+    assert recordings
+    before = rebinds()
+    for _ in range(3):
+        model.forward(rng.standard_normal((4, 1, 10, 10)).astype(np.float32))
+        model.backward(rng.integers(0, 3, 4))
+        opt.step()
+        norm.running_var *= 1.5
+        np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+        assert all(any(r is kept for kept in model._replayed._recordings.values())
+                   for r in recordings)
+    assert rebinds() == before
+    norm.running_var = norm.running_var * 2
+    assert rebinds() > before
+    np.testing.assert_array_equal(model.predict(x), layers_path(model, x))
+    assert not any(r is kept for r in recordings for kept in model._replayed._recordings.values())
 
 
 def test_a_replay_folds_each_norm_anew_from_what_the_parameters_hold(rng):
