@@ -49,9 +49,10 @@ class Parameter:
         self._flat: FlatParameters | None = None
 
     def __setattr__(self, name, value):
-        if name == "value" and self.__dict__.get("value", value) is not value:
-            note_rebinding()
+        rebinding = name == "value" and self.__dict__.get("value", value) is not value
         object.__setattr__(self, name, value)
+        if rebinding:  # counted once it is done (``Layer.__setattr__``)
+            note_rebinding()
 
     @property
     def shape(self) -> tuple[int, ...]:

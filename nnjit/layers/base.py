@@ -42,11 +42,12 @@ class Layer:
         # A replayed predict holds parameters and buffers by reference: replacing
         # one must reach it (``nnjit.params.rebinds``).
         held = self.__dict__
-        if name in held and held[name] is not value and (
-                name in self.buffer_names or isinstance(value, Parameter)
-                or isinstance(held[name], Parameter)):
-            note_rebinding()
+        rebinding = name in held and held[name] is not value and (
+            name in self.buffer_names or isinstance(value, Parameter)
+            or isinstance(held[name], Parameter))
         object.__setattr__(self, name, value)
+        if rebinding:  # counted once it is done: a recording made before sees the count move
+            note_rebinding()
 
     def __call__(self, *inputs):
         """On symbolic tensors (``nnjit.Input`` and layers' outputs): record this
