@@ -108,7 +108,10 @@ class Tuning:
     #: chosen on validation with F(2x2, 3x3) training; with it on, ResNet-20's
     #: 32->32 convs ran forward in 2.6-3.1 ms against 3.3-3.8 at batch 128, and
     #: resnet-mini's Fashion-MNIST run (seed 0) trained in 228 s against 249
-    #: but ended at 93.49% test accuracy against 93.53%.
+    #: but ended at 93.49% test accuracy against 93.53%; whole steps at batch
+    #: 128, on against off in alternating processes, stayed within the noise
+    #: (resnet-mini 35.6-49.5 ms against 37.0-38.1, ResNet-20 194-197 against
+    #: 195-210).
     winograd4_in_training: bool = False
     #: Most bytes of transposed weight for a conv run window by window: every
     #: pair of windows reads all of it, so it must stay in the core's L2. The
