@@ -73,11 +73,19 @@ SEEN_SHAPES = 64
 #: the slower (up to EXPLORE_MOST), and at once when a window of the serving
 #: one is slower than the other's last. Windows, not single timings: each
 #: recording slows the other's next calls (a thread left spinning after split
-#: calls, or asleep before one).
+#: calls, or asleep before one). While the single-threaded one serves, the
+#: split one is also tried after EXPLORE_SECONDS of calls: a core turning busy
+#: slows the split recording at once, but one turning free again does not
+#: slow the single-threaded one, and after a busy spell had doubled the
+#: interval to 256 windows, ResNet-20 on one image stayed on its
+#: single-threaded recording (~730 us a call, against ~510 split) for seconds
+#: after the other core was free (in full ``bench.py`` runs, 734-752 us
+#: against 502-521 with the bound).
 WINDOW = 16
 WARMUP = 4
 EXPLORE_FIRST = 16
 EXPLORE_MOST = 256
+EXPLORE_SECONDS = 0.5
 
 
 class _Recording:
@@ -146,10 +154,12 @@ class _Race:
         self._trying = False  # the current window tries the recording that did not serve
         self._interval = EXPLORE_FIRST  # windows between tries
         self._until_try = EXPLORE_FIRST
+        self._since_try = 0.0  # seconds of calls served since the last try (see EXPLORE_SECONDS)
 
     def window_done(self) -> None:
         """Take the mean of the window's calls; pick the recording that serves the next."""
         counted = sorted(self.times[WARMUP:])[:-1]  # past the warm-up, but the slowest
+        self._since_try += sum(self.times)
         self.times = []
         current, other = self.serving, 1 - self.serving
         mean = self._means[current] = sum(counted) / len(counted)
@@ -161,9 +171,11 @@ class _Race:
                 self.serving = other
                 self._interval = min(2 * self._interval, EXPLORE_MOST)
             self._until_try = self._interval
+            self._since_try = 0.0
             return
         self._until_try -= 1
-        if self._until_try <= 0 or self._means[other] is not None and mean > self._means[other]:
+        if self._until_try <= 0 or current == 1 and self._since_try >= EXPLORE_SECONDS \
+                or self._means[other] is not None and mean > self._means[other]:
             self._trying = True
             self.serving = other
 

@@ -410,6 +410,33 @@ def test_a_race_serves_the_faster_recording_and_tries_the_other_less_often():
     assert served[-2:] == [0, 0] and race.serving == 0
 
 
+def test_after_a_long_busy_spell_a_race_tries_the_split_recording_within_a_time_bound():
+    """A busy spell doubles the windows between tries up to EXPLORE_MOST; for a
+    large model that would keep the single-threaded recording serving for
+    seconds after the spell. While it serves, no more than EXPLORE_SECONDS of
+    served calls pass between tries of the split one, so that one serves again
+    soon after; while the split one serves, tries stay as rare as before."""
+    from nnjit.replay import EXPLORE_MOST, EXPLORE_SECONDS, WINDOW, _Race
+
+    race = _Race(("parallel", "serial"))
+    busy = {0: 1.2e-3, 1: 0.73e-3}  # ResNet-20 on one image, the other core busy
+    served = serve_windows(race, lambda which, call: busy[which], 40 * EXPLORE_MOST)
+    assert race.serving == 1 and served[-1] == 1
+    tries = [i for i in range(1, len(served)) if served[i] == 0 and served[i - 1] == 1]
+    assert len(tries) > 20
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    window_seconds = WINDOW * busy[1]
+    assert max(gaps) <= EXPLORE_SECONDS / window_seconds + 2  # bounded by time, not 256 windows
+    assert max(gaps) < EXPLORE_MOST
+    idle = {0: 0.51e-3, 1: 0.73e-3}
+    served = serve_windows(race, lambda which, call: idle[which],
+                           int(EXPLORE_SECONDS / window_seconds) + 3)
+    assert race.serving == 0 and served[-1] == 0
+    served = serve_windows(race, lambda which, call: idle[which], 4 * EXPLORE_MOST)
+    tries = [i for i in range(1, len(served)) if served[i] == 1 and served[i - 1] == 0]
+    assert len(tries) <= 8  # every 16, 32, ... up to EXPLORE_MOST windows, not every 0.5 s
+
+
 def test_one_image_on_two_threads_races_a_single_threaded_recording(rng, monkeypatch):
     """The cnn's one image splits its second conv between two threads; while split
     calls are slow (a busy core, simulated by a clock), the recording made on
