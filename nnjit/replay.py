@@ -79,8 +79,8 @@ SEEN_SHAPES = 64
 #: slow the single-threaded one, and after a busy spell had doubled the
 #: interval to 256 windows, ResNet-20 on one image stayed on its
 #: single-threaded recording (~730 us a call, against ~510 split) for seconds
-#: after the other core was free (in full ``bench.py`` runs, 734-752 us
-#: against 502-521 with the bound).
+#: after the other core was free (250-call medians after a 5 s spell: 743,
+#: 743, 682, 588, 557 us; with the bound 724, 511, 514).
 WINDOW = 16
 WARMUP = 4
 EXPLORE_FIRST = 16
