@@ -86,6 +86,8 @@ WARMUP = 4
 EXPLORE_FIRST = 16
 EXPLORE_MOST = 256
 EXPLORE_SECONDS = 0.5
+#: The index of the single-threaded recording in a race's keys.
+SINGLE_THREADED = 1
 
 
 class _Recording:
@@ -141,7 +143,8 @@ class _Recording:
 
 class _Race:
     """The two recordings of one shape that race (module docstring): ``keys``,
-    (the parallel one's, the single-threaded one's); ``serving``, the index of
+    (the parallel one's, the single-threaded one's: index SINGLE_THREADED);
+    ``serving``, the index of
     the one that serves the current window; ``times``, the seconds of the
     window's calls so far (the caller appends, then calls ``window_done`` at
     WINDOW: a method call per call cost ~0.2 us)."""
@@ -174,7 +177,8 @@ class _Race:
             self._since_try = 0.0
             return
         self._until_try -= 1
-        if self._until_try <= 0 or current == 1 and self._since_try >= EXPLORE_SECONDS \
+        if self._until_try <= 0 \
+                or current == SINGLE_THREADED and self._since_try >= EXPLORE_SECONDS \
                 or self._means[other] is not None and mean > self._means[other]:
             self._trying = True
             self.serving = other
