@@ -2,9 +2,9 @@
 
 In a fresh checkout Numba's disk cache is empty and the suite's first call of
 each kernel signature compiles it, one after the other, in pytest's process:
-about 190 of the suite's 620 s on the 2-core CI machine, while the second core
-mostly waits. ``conftest.py`` starts this script at the start of the session;
-it records the kernel calls of a set of networks that together use every
+about 190 s on the 2-core CI machine, while the second core mostly waits.
+``conftest.py`` starts this script at the start of the session; it records
+the kernel calls of a set of networks that together use every
 kernel (each layer type and conv algorithm, training and inference, float32
 and float64, the parallel and the serial twin) and compiles those neither in
 memory nor in the cache into the cache, which the suite's first calls then
